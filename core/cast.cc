@@ -1,0 +1,197 @@
+#include "core/cast.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/dtype_dispatch.h"
+#include "core/element_convert.h"
+#include "core/parallel.h"
+
+namespace asarray {
+namespace {
+
+// One dimension of the iteration, strides in elements.
+struct LoopDim {
+  int64_t size;
+  int64_t src;
+  int64_t dst;
+};
+
+// Below this many elements a copy runs on the calling thread.
+constexpr int64_t kParallelGrain = int64_t{1} << 18;
+// Edge of the square tiles a transposing copy works in.
+constexpr int64_t kTile = 32;
+
+// Drops size-1 dims, orders the rest by destination stride (outermost first)
+// so the copy writes memory in order, and merges dims that are one run in both
+// source and destination. Returns an empty list for a single element.
+std::vector<LoopDim> MakeLoop(const Layout& src, const Layout& dst) {
+  std::vector<LoopDim> dims;
+  for (size_t i = 0; i < src.shape.size(); ++i) {
+    if (src.shape[i] != 1) dims.push_back({src.shape[i], src.strides[i], dst.strides[i]});
+  }
+  std::stable_sort(dims.begin(), dims.end(), [](const LoopDim& a, const LoopDim& b) {
+    return a.dst > b.dst;
+  });
+  std::vector<LoopDim> merged;
+  for (const LoopDim& d : dims) {
+    if (!merged.empty()) {
+      LoopDim& outer = merged.back();
+      if (outer.src == d.src * d.size && outer.dst == d.dst * d.size) {
+        outer = {outer.size * d.size, d.src, d.dst};
+        continue;
+      }
+    }
+    merged.push_back(d);
+  }
+  return merged;
+}
+
+template <typename S, typename D>
+void ConvertRun(const S* __restrict src, int64_t src_stride, D* __restrict dst,
+                int64_t dst_stride, int64_t n) {
+  if (src_stride == 1 && dst_stride == 1) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = Convert<D>(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i * dst_stride] = Convert<D>(src[i * src_stride]);
+  }
+}
+
+// Converts the elements with linear (row-major over `dims`) indices
+// [begin, end), a row of the innermost dim at a time.
+template <typename S, typename D>
+void ConvertRange(const S* src, D* dst, const std::vector<LoopDim>& dims, int64_t begin,
+                  int64_t end) {
+  const size_t rank = dims.size();
+  const LoopDim& inner = dims.back();
+  std::vector<int64_t> index(rank);
+  int64_t rest = begin, src_off = 0, dst_off = 0;
+  for (size_t k = rank; k-- > 0;) {
+    index[k] = rest % dims[k].size;
+    rest /= dims[k].size;
+    src_off += index[k] * dims[k].src;
+    dst_off += index[k] * dims[k].dst;
+  }
+  int64_t pos = begin;
+  while (pos < end) {
+    const int64_t n = std::min(inner.size - index[rank - 1], end - pos);
+    ConvertRun(src + src_off, inner.src, dst + dst_off, inner.dst, n);
+    pos += n;
+    src_off += n * inner.src;
+    dst_off += n * inner.dst;
+    index[rank - 1] += n;
+    // Carry into the outer dims.
+    for (size_t k = rank - 1; k > 0 && index[k] == dims[k].size; --k) {
+      src_off -= dims[k].size * dims[k].src;
+      dst_off -= dims[k].size * dims[k].dst;
+      index[k] = 0;
+      ++index[k - 1];
+      src_off += dims[k - 1].src;
+      dst_off += dims[k - 1].dst;
+    }
+  }
+}
+
+// A copy whose innermost destination dim is strided in the source while the
+// next dim is contiguous there (a transpose) reads and writes whole cache lines
+// by working in kTile x kTile blocks. Work items are rows of tiles.
+template <typename S, typename D>
+void ConvertTransposed(const S* src, D* dst, const std::vector<LoopDim>& dims) {
+  const size_t rank = dims.size();
+  const LoopDim& rows = dims[rank - 2];  // contiguous in the source
+  const LoopDim& cols = dims[rank - 1];  // contiguous in the destination
+  std::vector<LoopDim> outer(dims.begin(), dims.end() - 2);
+  int64_t outer_count = 1;
+  for (const LoopDim& d : outer) outer_count *= d.size;
+  const int64_t tile_rows = (rows.size + kTile - 1) / kTile;
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / (kTile * std::max<int64_t>(1, cols.size)));
+  ParallelFor(outer_count * tile_rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t rest = item / tile_rows, src_off = 0, dst_off = 0;
+      for (size_t k = outer.size(); k-- > 0;) {
+        const int64_t i = rest % outer[k].size;
+        rest /= outer[k].size;
+        src_off += i * outer[k].src;
+        dst_off += i * outer[k].dst;
+      }
+      const int64_t r0 = (item % tile_rows) * kTile;
+      const int64_t r1 = std::min(rows.size, r0 + kTile);
+      for (int64_t c0 = 0; c0 < cols.size; c0 += kTile) {
+        const int64_t c1 = std::min(cols.size, c0 + kTile);
+        for (int64_t r = r0; r < r1; ++r) {
+          ConvertRun(src + src_off + r * rows.src + c0 * cols.src, cols.src,
+                     dst + dst_off + r * rows.dst + c0 * cols.dst, cols.dst, c1 - c0);
+        }
+      }
+    }
+  });
+}
+
+template <typename S, typename D>
+void CastTyped(const S* src, D* dst, const std::vector<LoopDim>& dims, int64_t numel) {
+  if (dims.empty()) {
+    *dst = Convert<D>(*src);
+    return;
+  }
+  const LoopDim& inner = dims.back();
+  if (dims.size() >= 2 && inner.src != 1 && dims[dims.size() - 2].src == 1 &&
+      inner.size >= kTile && dims[dims.size() - 2].size >= kTile) {
+    ConvertTransposed(src, dst, dims);
+    return;
+  }
+  ParallelFor(numel, kParallelGrain,
+              [&](int64_t begin, int64_t end) { ConvertRange(src, dst, dims, begin, end); });
+}
+
+// Sufficient test that no two indices of `layout` share a destination slot:
+// with dims sorted by stride, each stride exceeds the reach of all smaller ones.
+bool HasNoInternalOverlap(const Layout& layout) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (size_t i = 0; i < layout.shape.size(); ++i) {
+    if (layout.shape[i] == 0) return true;
+    if (layout.shape[i] > 1) dims.push_back({layout.strides[i], layout.shape[i]});
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;  // largest offset the smaller dims reach
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) return false;
+    reach += (size - 1) * stride;  // bounded: the layout was validated
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst) {
+  if (src.layout.shape != dst.layout.shape) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot copy shape ",
+                                                   DimsToString(src.layout.shape),
+                                                   " into shape ", DimsToString(dst.layout.shape)));
+  }
+  if (!HasNoInternalOverlap(dst.layout)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("destination strides ", DimsToString(dst.layout.strides),
+                     " make elements overlap"));
+  }
+  const int64_t numel = NumElements(src.layout.shape).value_or(0);
+  if (numel == 0) return absl::OkStatus();
+  const std::vector<LoopDim> dims = MakeLoop(src.layout, dst.layout);
+  DispatchDType(src.dtype, [&](auto src_tag) {
+    using S = typename decltype(src_tag)::type;
+    DispatchDType(dst.dtype, [&](auto dst_tag) {
+      using D = typename decltype(dst_tag)::type;
+      CastTyped(static_cast<const S*>(src.base) + src.layout.offset,
+                static_cast<D*>(dst.base) + dst.layout.offset, dims, numel);
+    });
+  });
+  return absl::OkStatus();
+}
+
+bool CastDiscardsImaginary(DType from, DType to) {
+  return IsComplex(from) && !IsComplex(to) && to != DType::kBool;
+}
+
+}  // namespace asarray

@@ -1,0 +1,40 @@
+// Copies a strided view into another view of the same shape, converting each
+// element with core/element_convert.h. The destination may have any
+// non-overlapping layout; large copies are split across threads.
+#ifndef ASARRAY_CORE_CAST_H_
+#define ASARRAY_CORE_CAST_H_
+
+#include "absl/status/status.h"
+#include "core/dtype.h"
+#include "core/layout.h"
+
+namespace asarray {
+
+// `base` is the start of the storage; the layout's offset and strides, in
+// elements, locate the view inside it.
+struct ConstStridedView {
+  const void* base = nullptr;
+  DType dtype = DType::kFloat32;
+  Layout layout;
+};
+
+struct StridedView {
+  void* base = nullptr;
+  DType dtype = DType::kFloat32;
+  Layout layout;
+};
+
+// Writes Convert(src[i]) to dst[i] for every index i.
+// REQUIRES: both layouts pass ValidateLayout and lie inside their storage;
+// the destination's memory does not overlap the source's.
+// INVALID_ARGUMENT when the shapes differ or the destination overlaps itself
+// (a zero stride on a dimension of size > 1, or any overlap torch would reject).
+absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst);
+
+// Whether casting `from` into `to` discards information torch warns about
+// (complex into a real dtype).
+bool CastDiscardsImaginary(DType from, DType to);
+
+}  // namespace asarray
+
+#endif  // ASARRAY_CORE_CAST_H_
