@@ -61,10 +61,11 @@ void ConvertRun(const S* __restrict src, int64_t src_stride, D* __restrict dst,
 }
 
 // Converts the elements with linear (row-major over `dims`) indices
-// [begin, end), a row of the innermost dim at a time.
+// [begin, end), a row of the innermost dim at a time. Destination offsets are
+// taken relative to `dst_origin` (the offset `dst` points at).
 template <typename S, typename D>
 void ConvertRange(const S* src, D* dst, const std::vector<LoopDim>& dims, int64_t begin,
-                  int64_t end) {
+                  int64_t end, int64_t dst_origin = 0) {
   const size_t rank = dims.size();
   const LoopDim& inner = dims.back();
   std::vector<int64_t> index(rank);
@@ -78,7 +79,7 @@ void ConvertRange(const S* src, D* dst, const std::vector<LoopDim>& dims, int64_
   int64_t pos = begin;
   while (pos < end) {
     const int64_t n = std::min(inner.size - index[rank - 1], end - pos);
-    ConvertRun(src + src_off, inner.src, dst + dst_off, inner.dst, n);
+    ConvertRun(src + src_off, inner.src, dst + (dst_off - dst_origin), inner.dst, n);
     pos += n;
     src_off += n * inner.src;
     dst_off += n * inner.dst;
@@ -186,6 +187,31 @@ absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst) {
       CastTyped(static_cast<const S*>(src.base) + src.layout.offset,
                 static_cast<D*>(dst.base) + dst.layout.offset, dims, numel);
     });
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CopyRowMajorRange(const ConstStridedView& src, int64_t begin, int64_t count,
+                               void* dst) {
+  const int64_t numel = NumElements(src.layout.shape).value_or(0);
+  if (begin < 0 || count < 0 || begin > numel || count > numel - begin) {
+    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin + count,
+                                                   ") is outside [0, ", numel, ")"));
+  }
+  if (count == 0) return absl::OkStatus();
+  // With a contiguous destination the loop's linear index is the row-major
+  // index, so the range maps straight onto ConvertRange.
+  const std::vector<LoopDim> dims =
+      MakeLoop(src.layout, Layout{src.layout.shape, ContiguousStrides(src.layout.shape), 0});
+  DispatchDType(src.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* base = static_cast<const T*>(src.base) + src.layout.offset;
+    T* out = static_cast<T*>(dst);
+    if (dims.empty()) {
+      *out = *base;
+    } else {
+      ConvertRange(base, out, dims, begin, begin + count, /*dst_origin=*/begin);
+    }
   });
   return absl::OkStatus();
 }

@@ -31,6 +31,13 @@ struct StridedView {
 // (a zero stride on a dimension of size > 1, or any overlap torch would reject).
 absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst);
 
+// Copies the elements [begin, begin + count) of `src`, in row-major order, to
+// the contiguous buffer `dst` (count * item size bytes), keeping the dtype.
+// For streaming a strided tensor out in bounded pieces.
+// REQUIRES: as CastCopy; 0 <= begin, begin + count <= numel.
+absl::Status CopyRowMajorRange(const ConstStridedView& src, int64_t begin, int64_t count,
+                               void* dst);
+
 // Whether casting `from` into `to` discards information torch warns about
 // (complex into a real dtype).
 bool CastDiscardsImaginary(DType from, DType to);

@@ -6,6 +6,12 @@ one rule from PyTorch 2.x: complex to bool is `real != 0 or imag != 0`, with no
 warning.
 
     /usr/bin/python3 generate_cases.py --seed N --out FILE.jsonl [--reference cases.jsonl]
+
+With --edges it writes, instead, one cast case per (source, target) dtype pair
+holding the source dtype's special values (NaN, infinities, extremes, rounding
+ties, out-of-range values), ids "edge-SRC-DST". Float to integer casts of
+values out of the target's range are included: their expectation is what torch
+computes on x86 (see core/element_convert.h).
 """
 import argparse
 import base64
@@ -118,9 +124,41 @@ def cast_is_defined(view, dst):
     return bool(((v >= info.min) & (v < float(info.max) + 1)).all())
 
 
+def edge_floats(name):
+    """Special float64 values that stay finite (unless already not) when converted into float dtype `name`."""
+    info = torch.finfo(DTYPES[name])
+    sub = info.tiny * info.eps
+    vals = [0.0, -0.0, sub, -sub, info.max, -info.max, INF, -INF, NAN, 0.5, -0.5, 1.5, 2.5, -2.5,
+            300.7, -300.7, -5.0, 255.0, 256.0, 65504.0, 65519.0, 65520.0, 3e9, -3e9, 1e20, -1e20]
+    if name in ("float32", "float64"):
+        ties = [1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8]
+        vals += ties + ([t + d for t in ties for d in (2.0 ** -40, -2.0 ** -40)] if name == "float64" else [])
+    t = torch.tensor(vals, dtype=torch.float64)
+    return t[torch.isfinite(t.to(DTYPES[name])) | ~torch.isfinite(t)].tolist()
+
+
+def edge_values(name):
+    """A 1-D tensor of dtype `name` holding its special values."""
+    dt = DTYPES[name]
+    if name == "bool":
+        return torch.tensor([False, True])
+    if name in INTS:
+        info = torch.iinfo(dt)
+        vals = [0, 1, -1, info.min, info.max, info.min + 1, info.max - 1, 127, 128, 255, 256, -129,
+                65535, 65536, 2 ** 24 + 1, 2 ** 31 - 1, -2 ** 31, 2 ** 53 + 1, 2 ** 63 - 1]
+        return torch.tensor([v for v in vals if info.min <= v <= info.max], dtype=dt)
+    if name in FLOATS:
+        return torch.tensor(edge_floats(name), dtype=torch.float64).to(dt)
+    pairs = [(re, im) for re in edge_floats("float32" if name == "complex64" else "float64")
+             for im in (0.0, 1.0, -0.0, NAN, INF)] + [(0.0, 1.0), (0.0, NAN)]
+    re, im = (torch.tensor(part, dtype=torch.float64) for part in zip(*pairs))
+    return torch.complex(re, im).to(dt)
+
+
 class Generator:
     def __init__(self, seed):
         self.seed = seed
+        self.prefix = "" if seed is None else f"s{seed}-"
         self.rng = np.random.default_rng(seed)
         self.cases = []
 
@@ -207,7 +245,7 @@ class Generator:
     # case recording ------------------------------------------------------
 
     def add(self, name, tags, inp, kwargs, expect):
-        self.cases.append({"id": f"s{self.seed}-{name}", "tags": tags, "input": inp,
+        self.cases.append({"id": self.prefix + name, "tags": tags, "input": inp,
                            "kwargs": kwargs, "expect": expect})
 
     def array_case(self, name, tags, storage, shape, strides, offset, kwargs):
@@ -219,7 +257,7 @@ class Generator:
         if err is not None:
             expect = error_expect(err)
         else:
-            assert cast_is_defined(view, NAMES[result.dtype]), name
+            assert "edge" in tags or cast_is_defined(view, NAMES[result.dtype]), name
             data = result
             if view.is_complex() and result.dtype == torch.bool:
                 data, warns = (view.real != 0) | (view.imag != 0), []
@@ -389,6 +427,13 @@ class Generator:
         self.flat_case("device-cpu", ["device"], storage, {"device": "cpu"})
         self.flat_case("device-cpu-copyfalse", ["device", "copy"], storage, {"device": "cpu", "copy": False})
 
+    def edges(self):
+        for src in DTYPES:
+            storage = edge_values(src)
+            for dst in DTYPES:
+                self.flat_case(f"edge-{src}-{dst}", ["cast", "edge"], storage, {"dtype": dst})
+        return self.cases
+
     def generate(self):
         for family in (self.casts, self.copies, self.layouts, self.grads, self.nesteds,
                        self.bad, self.roundings, self.devices):
@@ -450,13 +495,17 @@ def validate(path, reference):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--seed", type=int, help="required, except with --edges (which ignores it)")
+    parser.add_argument("--edges", action="store_true",
+                        help="write the special-value cast cases for every dtype pair instead")
     parser.add_argument("--out", required=True)
     parser.add_argument("--reference", default=os.path.join(os.path.dirname(__file__), "cases.jsonl"),
                         help="case file whose per-tag counts are printed beside the new ones")
     args = parser.parse_args()
+    if args.seed is None and not args.edges:
+        parser.error("--seed is required")
     torch.set_warn_always(True)
-    cases = Generator(args.seed).generate()
+    cases = Generator(None).edges() if args.edges else Generator(args.seed).generate()
     with open(args.out, "w") as f:
         for c in cases:
             f.write(json.dumps(c, allow_nan=False) + "\n")

@@ -1,0 +1,281 @@
+// asarrayctl: the command line of asarrayd.
+//
+//   asarrayctl [--server ADDR] convert FILE.npy | --json LITERAL
+//              [--via shm|inline] [--dtype D] [--device DEV] [--copy true|false|none]
+//              [--requires-grad] [--save OUT.npy]
+//   asarrayctl [--server ADDR] read ID --save OUT.npy
+//   asarrayctl [--server ADDR] release ID | list | stats | health
+//
+// Handles print as one JSON object per line. On failure it prints the gRPC
+// code name and message on stderr and exits 1 (2 for a usage error).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
+#include "client/client.h"
+#include "client/npy.h"
+#include "core/literal_json.h"
+#include "core/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace asarray {
+namespace {
+
+using Json = nlohmann::json;
+
+struct Args {
+  std::string server;
+  std::string command;
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> options;  // --name value
+  bool requires_grad = false;
+};
+
+absl::Status Usage(absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      why,
+      "\nusage: asarrayctl [--server ADDR] convert (FILE.npy | --json LITERAL) [--via shm|inline]"
+      " [--dtype D] [--device DEV] [--copy true|false|none] [--requires-grad] [--save OUT.npy]\n"
+      "       asarrayctl [--server ADDR] read ID --save OUT.npy\n"
+      "       asarrayctl [--server ADDR] (release ID | list | stats | health)"));
+}
+
+absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
+  Args args;
+  static const char* kValued[] = {"--server", "--json", "--via", "--dtype",
+                                  "--device", "--copy", "--save"};
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--requires-grad") {
+      args.requires_grad = true;
+      continue;
+    }
+    bool valued = false;
+    for (const char* name : kValued) valued |= arg == name;
+    if (valued) {
+      if (i + 1 >= argc) return Usage(absl::StrCat(arg, " needs a value"));
+      args.options[arg] = argv[++i];
+    } else if (arg.rfind("--", 0) == 0) {
+      return Usage(absl::StrCat("unknown option ", arg));
+    } else if (args.command.empty()) {
+      args.command = arg;
+    } else {
+      args.positional.push_back(arg);
+    }
+  }
+  if (args.options.count("--server")) args.server = args.options["--server"];
+  if (args.command.empty()) return Usage("no command");
+  return args;
+}
+
+Json HandleJson(const HandleInfo& h) {
+  Json j;
+  j["id"] = h.id;
+  j["dtype"] = std::string(DTypeName(h.dtype));
+  j["shape"] = h.layout.shape;
+  j["strides"] = h.layout.strides;
+  j["offset"] = h.layout.offset;
+  j["device"] = DeviceName(h.device);
+  j["requires_grad"] = h.requires_grad;
+  j["shares_memory"] = h.shares_memory;
+  if (!h.shm_name.empty()) {
+    j["memory"] = {{"kind", "shm"}, {"name", h.shm_name}, {"offset", h.shm_offset},
+                   {"size", h.shm_size}};
+  }
+  if (h.lease_expires != absl::InfinitePast()) {
+    j["lease_expires_unix_ms"] = absl::ToUnixMillis(h.lease_expires);
+  }
+  j["warnings"] = h.warnings;
+  return j;
+}
+
+// Progress on a terminal, for transfers past 16 MiB.
+void ShowProgress(uint64_t done, uint64_t total) {
+  if (total < (16u << 20)) return;
+  std::fprintf(stderr, "\r%3d%% (%llu / %llu MiB)", static_cast<int>(done * 100 / total),
+               static_cast<unsigned long long>(done >> 20),
+               static_cast<unsigned long long>(total >> 20));
+  if (done >= total) std::fprintf(stderr, "\n");
+}
+
+absl::Status WriteFile(const std::string& path, absl::string_view bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+absl::Status SaveNpy(const std::string& path, DType dtype, const Dims& shape,
+                     absl::string_view row_major) {
+  ASSIGN_OR_RETURN(const std::string image, EncodeNpy(dtype, shape, row_major));
+  return WriteFile(path, image);
+}
+
+// A read-only mapping of a whole file.
+class MappedFile {
+ public:
+  static absl::StatusOr<MappedFile> Open(const std::string& path) {
+    MappedFile f;
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+    struct stat st;
+    fstat(fd, &st);
+    f.size_ = static_cast<size_t>(st.st_size);
+    if (f.size_ > 0) {
+      void* p = mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        close(fd);
+        return absl::InternalError(absl::StrCat("cannot map ", path));
+      }
+      f.data_ = static_cast<const char*>(p);
+    }
+    close(fd);
+    return f;
+  }
+  MappedFile(MappedFile&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(o.size_) {}
+  MappedFile(const MappedFile&) = delete;
+  ~MappedFile() {
+    if (data_ != nullptr) munmap(const_cast<char*>(data_), size_);
+  }
+  absl::string_view view() const { return absl::string_view(data_, size_); }
+
+ private:
+  MappedFile() = default;
+  const char* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+absl::StatusOr<ConvertOptions> OptionsFromArgs(const Args& args) {
+  ConvertOptions options;
+  options.requires_grad = args.requires_grad;
+  auto it = args.options.find("--dtype");
+  if (it != args.options.end()) {
+    ASSIGN_OR_RETURN(options.dtype, ParseDType(it->second));
+  }
+  it = args.options.find("--device");
+  if (it != args.options.end()) {
+    ASSIGN_OR_RETURN(options.device, ParseDevice(it->second));
+  }
+  it = args.options.find("--copy");
+  if (it != args.options.end()) {
+    if (it->second == "true") {
+      options.copy = true;
+    } else if (it->second == "false") {
+      options.copy = false;
+    } else if (it->second != "none") {
+      return Usage("--copy takes true, false or none");
+    }
+  }
+  return options;
+}
+
+absl::Status Convert(Client& client, const Args& args) {
+  ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
+  std::optional<MappedTensor> result;
+  std::optional<SharedRegion> region;  // must outlive the conversion
+  if (args.options.count("--json")) {
+    if (!args.positional.empty()) return Usage("give either FILE.npy or --json, not both");
+    ASSIGN_OR_RETURN(const Literal literal, ParseLiteralJson(args.options.at("--json")));
+    ASSIGN_OR_RETURN(result, client.ConvertLiteral(literal, options));
+  } else {
+    if (args.positional.size() != 1) return Usage("convert needs one FILE.npy or --json");
+    ASSIGN_OR_RETURN(const MappedFile file, MappedFile::Open(args.positional[0]));
+    ASSIGN_OR_RETURN(const NpyHeader npy, ParseNpyHeader(file.view()));
+    if (file.view().size() - npy.data_offset < npy.data_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(args.positional[0], " holds fewer than the ",
+                                                     npy.data_bytes, " data bytes its header declares"));
+    }
+    const char* data = file.view().data() + npy.data_offset;
+    const std::string via = args.options.count("--via") ? args.options.at("--via") : "shm";
+    if (via == "inline") {
+      ASSIGN_OR_RETURN(result, client.ConvertInline(data, npy.data_bytes, npy.dtype, npy.layout, options));
+    } else if (via == "shm") {
+      ASSIGN_OR_RETURN(region, SharedRegion::Create(npy.data_bytes));
+      if (npy.data_bytes > 0) std::memcpy(region->data(), data, npy.data_bytes);
+      ASSIGN_OR_RETURN(result, client.ConvertRegion(region->name(), 0, npy.data_bytes, npy.dtype,
+                                                    npy.layout, options));
+    } else {
+      return Usage("--via takes shm or inline");
+    }
+  }
+  // The handle outlives this command: whoever uses it releases it.
+  result->DetachLease();
+  std::printf("%s\n", HandleJson(result->handle()).dump().c_str());
+  if (args.options.count("--save")) {
+    RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result->dtype(), result->shape(),
+                            result->RowMajorBytes()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Run(int argc, char** argv) {
+  ASSIGN_OR_RETURN(const Args args, ParseArgs(argc, argv));
+  ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(args.server));
+  if (isatty(STDERR_FILENO)) client->set_progress(ShowProgress);
+  const std::string& cmd = args.command;
+  if (cmd == "convert") return Convert(*client, args);
+  if (cmd == "read") {
+    if (args.positional.size() != 1 || !args.options.count("--save")) {
+      return Usage("read needs ID and --save OUT.npy");
+    }
+    HandleInfo handle;
+    ASSIGN_OR_RETURN(const std::string bytes,
+                     client->ReadBytes(args.positional[0], &handle));
+    std::printf("%s\n", HandleJson(handle).dump().c_str());
+    return SaveNpy(args.options.at("--save"), handle.dtype, handle.layout.shape, bytes);
+  }
+  if (cmd == "release") {
+    if (args.positional.size() != 1) return Usage("release needs ID");
+    return client->Release(args.positional[0]);
+  }
+  if (cmd == "list") {
+    ASSIGN_OR_RETURN(const std::vector<HandleInfo> handles, client->List());
+    for (const HandleInfo& h : handles) std::printf("%s\n", HandleJson(h).dump().c_str());
+    return absl::OkStatus();
+  }
+  if (cmd == "stats") {
+    ASSIGN_OR_RETURN(const v1::StatsResponse s, client->Stats());
+    Json j = {{"tensors", s.tensors()},           {"segments", s.segments()},
+              {"bytes_in_use", s.bytes_in_use()}, {"max_bytes", s.max_bytes()},
+              {"client_regions", s.client_regions()}, {"converts", s.converts()},
+              {"errors", s.errors()},             {"expired", s.expired()},
+              {"default_ttl_ms", s.default_ttl_ms()}, {"uptime_ms", s.uptime_ms()},
+              {"instance", s.instance()}};
+    std::printf("%s\n", j.dump().c_str());
+    return absl::OkStatus();
+  }
+  if (cmd == "health") {
+    RETURN_IF_ERROR(client->Health());
+    std::printf("SERVING\n");
+    return absl::OkStatus();
+  }
+  return Usage(absl::StrCat("unknown command '", cmd, "'"));
+}
+
+}  // namespace
+}  // namespace asarray
+
+int main(int argc, char** argv) {
+  const absl::Status status = asarray::Run(argc, argv);
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+                 std::string(status.message()).c_str());
+    return absl::StrContains(status.message(), "\nusage: ") ? 2 : 1;
+  }
+  return 0;
+}

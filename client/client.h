@@ -1,0 +1,158 @@
+// asarray::Client: the C++ client of asarrayd. It converts array-likes
+// (inline host buffers, literals, shared-memory regions, held tensors) and
+// maps the resulting handles into this process without a copy.
+//
+// Ownership: a SharedRegion owns a segment this process created (and unlinks
+// it); a MappedTensor owns one mapping of a handle and, unless told not to,
+// the handle's lease, which it releases on destruction. Client methods are
+// thread-safe; a SharedRegion or MappedTensor is used by one thread at a time.
+#ifndef ASARRAY_CLIENT_CLIENT_H_
+#define ASARRAY_CLIENT_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "asarray/v1/asarray.grpc.pb.h"
+#include "core/dtype.h"
+#include "core/layout.h"
+#include "core/literal.h"
+#include "core/plan.h"
+#include "server/convert.h"
+
+namespace asarray {
+
+// A POSIX shared-memory segment this process creates, mode 0600, for data
+// the server may alias. Unmapped, closed and unlinked on destruction.
+class SharedRegion {
+ public:
+  // A fresh segment "/asarray-client-<pid>-<random>" of `bytes` bytes.
+  static absl::StatusOr<SharedRegion> Create(size_t bytes);
+  SharedRegion(SharedRegion&& other) noexcept;
+  SharedRegion& operator=(SharedRegion&& other) noexcept;
+  SharedRegion(const SharedRegion&) = delete;
+  SharedRegion& operator=(const SharedRegion&) = delete;
+  ~SharedRegion();
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  SharedRegion() = default;
+  void Reset();
+  std::string name_;
+  int fd_ = -1;
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// A tensor handle mapped into this process.
+class MappedTensor {
+ public:
+  MappedTensor(MappedTensor&& other) noexcept;
+  MappedTensor& operator=(MappedTensor&& other) noexcept;
+  MappedTensor(const MappedTensor&) = delete;
+  MappedTensor& operator=(const MappedTensor&) = delete;
+  // Unmaps, and releases the lease if this object holds it.
+  ~MappedTensor();
+
+  // Element [0, ..., 0]: the storage plus the layout's offset.
+  const void* data() const;
+  void* mutable_data() const;
+  DType dtype() const { return handle_.dtype; }
+  const Dims& shape() const { return handle_.layout.shape; }
+  const Dims& strides() const { return handle_.layout.strides; }
+  const HandleInfo& handle() const { return handle_; }
+  const std::string& id() const { return handle_.id; }
+  int64_t numel() const;
+
+  // The elements, row-major and contiguous (a copy, for checks and saving).
+  std::string RowMajorBytes() const;
+
+  // Releases the lease now (the mapping stays valid until destruction).
+  absl::Status Release();
+  // Keeps the lease past this object's life (someone else releases it).
+  void DetachLease() { stub_.reset(); }
+
+ private:
+  friend class Client;
+  MappedTensor() = default;
+  void Reset();
+  HandleInfo handle_;
+  void* map_ = nullptr;
+  size_t map_len_ = 0;
+  unsigned char* storage_ = nullptr;  // the handle's shm offset within map_
+  std::shared_ptr<v1::AsArray::Stub> stub_;  // set while this object holds the lease
+};
+
+class Client {
+ public:
+  // `address`: "unix:/path" or "host:port"; empty means the default socket.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& address = "");
+
+  // Inline bytes: `storage` is what the layout indexes into. Payloads past
+  // `upload_threshold` bytes stream through ConvertUpload. Only the bytes the
+  // view touches travel.
+  absl::StatusOr<MappedTensor> ConvertInline(const void* storage, size_t storage_bytes,
+                                             DType dtype, const Layout& layout,
+                                             const ConvertOptions& options);
+  absl::StatusOr<MappedTensor> ConvertLiteral(const Literal& literal,
+                                              const ConvertOptions& options);
+  // A view into [offset, offset + size) of a region (storage starts at offset).
+  absl::StatusOr<MappedTensor> ConvertRegion(const std::string& region_name, uint64_t offset,
+                                             uint64_t size, DType dtype, const Layout& layout,
+                                             const ConvertOptions& options);
+  absl::StatusOr<MappedTensor> ConvertTensor(const std::string& id,
+                                             const ConvertOptions& options);
+
+  // The raw calls, for callers that manage handles themselves.
+  absl::StatusOr<v1::ConvertResponse> Convert(const v1::ConvertRequest& request);
+  // Streams `storage` (exactly header.storage_size bytes) in chunks.
+  absl::StatusOr<v1::ConvertResponse> Upload(const v1::ConvertUploadHeader& header,
+                                             const void* storage);
+
+  // Maps a handle. With `owns_lease` the MappedTensor releases it.
+  absl::StatusOr<MappedTensor> Map(const HandleInfo& handle, bool owns_lease);
+
+  // A held tensor's elements, row-major, read over gRPC (for remote use).
+  absl::StatusOr<std::string> ReadBytes(const std::string& id, HandleInfo* handle = nullptr);
+  // Converts and reads the result back in one call; no tensor outlives it.
+  absl::StatusOr<std::string> ConvertToData(const v1::ConvertRequest& request,
+                                            HandleInfo* handle = nullptr);
+
+  absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl = absl::ZeroDuration());
+  absl::Status Release(const std::string& id);
+  absl::StatusOr<std::vector<HandleInfo>> List();
+  absl::StatusOr<v1::StatsResponse> Stats();
+  // SERVING, or the reason it is not.
+  absl::Status Health();
+
+  // Called as streamed uploads and reads advance, with bytes done and total.
+  using Progress = std::function<void(uint64_t done, uint64_t total)>;
+  void set_progress(Progress progress) { progress_ = std::move(progress); }
+
+  // Payloads above this go through ConvertUpload (default 32 MiB).
+  void set_upload_threshold(size_t bytes) { upload_threshold_ = bytes; }
+  size_t chunk_size() const { return chunk_size_; }
+
+ private:
+  explicit Client(std::shared_ptr<grpc::Channel> channel);
+  absl::StatusOr<MappedTensor> ConvertAndMap(const v1::ConvertRequest& request);
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::shared_ptr<v1::AsArray::Stub> stub_;
+  size_t upload_threshold_ = 32 << 20;
+  size_t chunk_size_ = 1 << 20;
+  Progress progress_;
+};
+
+}  // namespace asarray
+
+#endif  // ASARRAY_CLIENT_CLIENT_H_

@@ -1,0 +1,188 @@
+#include "server/convert.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+
+namespace asarray {
+
+static_assert(static_cast<int>(absl::StatusCode::kResourceExhausted) ==
+                  static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) &&
+                  static_cast<int>(absl::StatusCode::kUnauthenticated) ==
+                      static_cast<int>(grpc::StatusCode::UNAUTHENTICATED),
+              "absl and gRPC status codes must agree");
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+namespace {
+
+constexpr DType kProtoOrder[] = {
+    DType::kBool,    DType::kUInt8,   DType::kInt8,     DType::kInt16,
+    DType::kInt32,   DType::kInt64,   DType::kFloat16,  DType::kBFloat16,
+    DType::kFloat32, DType::kFloat64, DType::kComplex64, DType::kComplex128,
+};
+
+absl::Status LiteralFromProtoAt(const v1::Literal& proto, int depth, Literal* out) {
+  switch (proto.value_case()) {
+    case v1::Literal::kBoolValue: *out = Literal::Bool(proto.bool_value()); break;
+    case v1::Literal::kIntValue: *out = Literal::Int(proto.int_value()); break;
+    case v1::Literal::kFloatValue: *out = Literal::Float(proto.float_value()); break;
+    case v1::Literal::kComplexValue:
+      *out = Literal::Complex(proto.complex_value().real(), proto.complex_value().imag());
+      break;
+    case v1::Literal::kNotANumber: *out = Literal::Invalid(proto.not_a_number()); break;
+    case v1::Literal::VALUE_NOT_SET:
+      return absl::InvalidArgumentError("literal node has no value set");
+    case v1::Literal::kList: {
+      if (depth >= kMaxRank) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("literal nests lists deeper than the maximum rank ", kMaxRank));
+      }
+      std::vector<Literal> items(proto.list().items_size());
+      for (int i = 0; i < proto.list().items_size(); ++i) {
+        RETURN_IF_ERROR(LiteralFromProtoAt(proto.list().items(i), depth + 1, &items[i]));
+      }
+      *out = Literal::List(std::move(items));
+      break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LiteralToProtoAt(const Literal& literal, int depth, v1::Literal* proto) {
+  switch (literal.kind()) {
+    case Literal::Kind::kBool: proto->set_bool_value(literal.bool_value()); break;
+    case Literal::Kind::kInt: proto->set_int_value(literal.int_value()); break;
+    case Literal::Kind::kFloat: proto->set_float_value(literal.float_value()); break;
+    case Literal::Kind::kComplex:
+      proto->mutable_complex_value()->set_real(literal.float_value());
+      proto->mutable_complex_value()->set_imag(literal.imag_value());
+      break;
+    case Literal::Kind::kInvalid: proto->set_not_a_number(literal.invalid_description()); break;
+    case Literal::Kind::kList: {
+      if (depth >= kMaxRank) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("literal nests lists deeper than the maximum rank ", kMaxRank));
+      }
+      v1::LiteralList* list = proto->mutable_list();
+      list->mutable_items()->Reserve(static_cast<int>(literal.items().size()));
+      for (const Literal& item : literal.items()) {
+        RETURN_IF_ERROR(LiteralToProtoAt(item, depth + 1, list->add_items()));
+      }
+      break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<DType> DTypeFromProto(int proto_dtype) {
+  if (proto_dtype >= 1 && proto_dtype <= kNumDTypes) return kProtoOrder[proto_dtype - 1];
+  return absl::InvalidArgumentError(
+      proto_dtype == 0 ? std::string("dtype is unspecified")
+                       : absl::StrCat("unknown dtype enum value ", proto_dtype));
+}
+
+v1::DType DTypeToProto(DType dtype) {
+  for (int i = 0; i < kNumDTypes; ++i) {
+    if (kProtoOrder[i] == dtype) return static_cast<v1::DType>(i + 1);
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+absl::StatusOr<Layout> LayoutFromProto(const v1::Layout& proto) {
+  Layout layout;
+  layout.shape.assign(proto.shape().begin(), proto.shape().end());
+  layout.strides.assign(proto.strides().begin(), proto.strides().end());
+  layout.offset = proto.offset();
+  RETURN_IF_ERROR(ValidateLayout(layout));
+  return layout;
+}
+
+void LayoutToProto(const Layout& layout, v1::Layout* proto) {
+  proto->mutable_shape()->Assign(layout.shape.begin(), layout.shape.end());
+  proto->mutable_strides()->Assign(layout.strides.begin(), layout.strides.end());
+  proto->set_offset(layout.offset);
+}
+
+absl::StatusOr<ConvertOptions> OptionsFromProto(const v1::Options& proto) {
+  ConvertOptions options;
+  if (proto.has_dtype()) {
+    ASSIGN_OR_RETURN(options.dtype, DTypeFromProto(proto.dtype()));
+  }
+  if (!proto.device().empty()) {
+    ASSIGN_OR_RETURN(options.device, ParseDevice(proto.device()));
+  }
+  if (proto.has_copy()) options.copy = proto.copy();
+  options.requires_grad = proto.requires_grad();
+  return options;
+}
+
+void OptionsToProto(const ConvertOptions& options, v1::Options* proto) {
+  if (options.dtype) proto->set_dtype(DTypeToProto(*options.dtype));
+  if (options.device) proto->set_device(DeviceName(*options.device));
+  if (options.copy) proto->set_copy(*options.copy);
+  proto->set_requires_grad(options.requires_grad);
+}
+
+absl::StatusOr<Literal> LiteralFromProto(const v1::Literal& proto) {
+  Literal literal;
+  RETURN_IF_ERROR(LiteralFromProtoAt(proto, 0, &literal));
+  return literal;
+}
+
+absl::Status LiteralToProto(const Literal& literal, v1::Literal* proto) {
+  return LiteralToProtoAt(literal, 0, proto);
+}
+
+void HandleToProto(const HandleInfo& info, v1::TensorHandle* proto) {
+  proto->set_id(info.id);
+  proto->set_dtype(DTypeToProto(info.dtype));
+  LayoutToProto(info.layout, proto->mutable_layout());
+  proto->set_device(DeviceName(info.device));
+  proto->set_requires_grad(info.requires_grad);
+  proto->set_shares_memory(info.shares_memory);
+  for (const std::string& w : info.warnings) proto->add_warnings(w);
+  if (!info.shm_name.empty()) {
+    v1::SharedMemoryLocation* shm = proto->mutable_shared_memory();
+    shm->set_name(info.shm_name);
+    shm->set_offset(info.shm_offset);
+    shm->set_size(info.shm_size);
+  }
+  if (info.lease_expires != absl::InfinitePast()) {
+    proto->set_lease_expires_unix_ms(absl::ToUnixMillis(info.lease_expires));
+  }
+  proto->set_nbytes(NumElements(info.layout.shape).value_or(0) * ItemSize(info.dtype));
+}
+
+absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto) {
+  HandleInfo info;
+  info.id = proto.id();
+  ASSIGN_OR_RETURN(info.dtype, DTypeFromProto(proto.dtype()));
+  ASSIGN_OR_RETURN(info.layout, LayoutFromProto(proto.layout()));
+  ASSIGN_OR_RETURN(info.device, ParseDevice(proto.device()));
+  info.requires_grad = proto.requires_grad();
+  info.shares_memory = proto.shares_memory();
+  info.warnings.assign(proto.warnings().begin(), proto.warnings().end());
+  if (proto.has_shared_memory()) {
+    info.shm_name = proto.shared_memory().name();
+    info.shm_offset = proto.shared_memory().offset();
+    info.shm_size = proto.shared_memory().size();
+  }
+  if (proto.lease_expires_unix_ms() != 0) {
+    info.lease_expires = absl::FromUnixMillis(proto.lease_expires_unix_ms());
+  }
+  return info;
+}
+
+}  // namespace asarray

@@ -1,0 +1,61 @@
+// The one place where asarray.v1 messages and core types meet, in both
+// directions, for the server and the client alike; and the one conversion of
+// absl::Status into grpc::Status. Pure functions; thread-safe.
+#ifndef ASARRAY_SERVER_CONVERT_H_
+#define ASARRAY_SERVER_CONVERT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "asarray/v1/asarray.pb.h"
+#include "core/dtype.h"
+#include "core/layout.h"
+#include "core/literal.h"
+#include "core/plan.h"
+#include "grpcpp/support/status.h"
+
+namespace asarray {
+
+grpc::Status ToGrpcStatus(const absl::Status& status);
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// INVALID_ARGUMENT for DTYPE_UNSPECIFIED or a value this build does not know.
+absl::StatusOr<DType> DTypeFromProto(int proto_dtype);
+v1::DType DTypeToProto(DType dtype);
+
+// Validates as ValidateLayout does.
+absl::StatusOr<Layout> LayoutFromProto(const v1::Layout& proto);
+void LayoutToProto(const Layout& layout, v1::Layout* proto);
+
+absl::StatusOr<ConvertOptions> OptionsFromProto(const v1::Options& proto);
+void OptionsToProto(const ConvertOptions& options, v1::Options* proto);
+
+// Nesting beyond kMaxRank is INVALID_ARGUMENT, never deep recursion.
+absl::StatusOr<Literal> LiteralFromProto(const v1::Literal& proto);
+absl::Status LiteralToProto(const Literal& literal, v1::Literal* proto);
+
+// Everything a TensorHandle says, in core types.
+struct HandleInfo {
+  std::string id;
+  DType dtype = DType::kFloat32;
+  Layout layout;
+  Device device;
+  bool requires_grad = false;
+  bool shares_memory = false;
+  std::vector<std::string> warnings;
+  std::string shm_name;  // empty when the handle has no shared memory
+  uint64_t shm_offset = 0;
+  uint64_t shm_size = 0;
+  absl::Time lease_expires = absl::InfinitePast();
+};
+
+void HandleToProto(const HandleInfo& info, v1::TensorHandle* proto);
+absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto);
+
+}  // namespace asarray
+
+#endif  // ASARRAY_SERVER_CONVERT_H_

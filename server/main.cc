@@ -1,0 +1,73 @@
+// asarrayd: serves torch.asarray over gRPC. With no flags it listens on the
+// default Unix socket (see --help). SIGTERM or SIGINT shut it down
+// gracefully: in-flight calls finish and every segment it created is unlinked.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::vector<std::string>, listen, {"default"},
+          "Comma-separated gRPC addresses: unix:/path, or host:port for TCP (only when "
+          "named). 'default' is $XDG_RUNTIME_DIR/asarrayd/asarrayd.sock, or "
+          "/tmp/asarrayd-<uid>/asarrayd.sock without XDG_RUNTIME_DIR.");
+ABSL_FLAG(std::string, shm_prefix, "asarrayd",
+          "Prefix of the shared-memory segments this server creates.");
+ABSL_FLAG(absl::Duration, lease_ttl, absl::Minutes(10),
+          "Lease of each handle unless renewed.");
+ABSL_FLAG(absl::Duration, max_lease_ttl, absl::Hours(24), "Longest lease a renewal may ask.");
+ABSL_FLAG(uint64_t, max_bytes, 0,
+          "Quota on the bytes of all result segments together; 0 means none.");
+ABSL_FLAG(int, workers, 4, "Threads that perform conversions.");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted or sent.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Serves torch.asarray over gRPC, results in shared memory.");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the shutdown signals in every thread; one thread waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  asarray::server::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.store.prefix = absl::GetFlag(FLAGS_shm_prefix);
+  options.store.default_ttl = absl::GetFlag(FLAGS_lease_ttl);
+  options.store.max_ttl = absl::GetFlag(FLAGS_max_lease_ttl);
+  options.store.max_bytes = absl::GetFlag(FLAGS_max_bytes);
+  options.workers = absl::GetFlag(FLAGS_workers);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+
+  auto server = asarray::server::Server::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "asarrayd: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "asarrayd: listening on %s (instance %s, swept %d orphaned segments)\n",
+               absl::StrJoin((*server)->addresses(), ", ").c_str(),
+               (*server)->store().instance().c_str(), (*server)->orphans_swept());
+
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::fprintf(stderr, "asarrayd: signal %d, shutting down\n", sig);
+    (*server)->Shutdown();
+  });
+  (*server)->Wait();
+  waiter.join();
+  server->reset();
+  std::fprintf(stderr, "asarrayd: stopped\n");
+  return 0;
+}

@@ -1,0 +1,71 @@
+// An asarrayd server: the store, the worker pool, the service, health and
+// reflection, listening on Unix sockets and (when asked) TCP. Used by the
+// asarrayd binary and by tests, which run it in process. Shutdown() and the
+// destructor let in-flight calls finish, then unlink every segment the
+// server created.
+#ifndef ASARRAY_SERVER_SERVER_H_
+#define ASARRAY_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "server/executor.h"
+#include "server/socket_path.h"
+#include "server/service.h"
+#include "server/tensor_store.h"
+
+namespace asarray::server {
+
+struct ServerOptions {
+  // gRPC addresses: "unix:/path" or "host:port" (port 0 picks one). The
+  // word "default" stands for the default socket.
+  std::vector<std::string> listen = {"default"};
+  StoreOptions store;
+  int workers = 4;
+  int64_t max_message_bytes = 64 << 20;
+  absl::Duration sweep_interval = absl::Seconds(1);
+  bool sweep_orphans = true;  // unlink segments of dead instances at start
+};
+
+// Creates the socket's directory with mode 0700 or checks that an existing
+// one belongs to this uid and admits nobody else (FAILED_PRECONDITION).
+absl::Status PrepareSocketDirectory(const std::string& socket_path);
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The addresses it listens on, TCP ports resolved ("unix:/..." or "host:port").
+  const std::vector<std::string>& addresses() const { return addresses_; }
+  TensorStore& store() { return *store_; }
+  int orphans_swept() const { return orphans_swept_; }
+
+  // Stops accepting calls, waits up to `grace` for those in flight, then
+  // cancels the rest. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(10));
+  // Blocks until Shutdown() is called (from another thread).
+  void Wait();
+
+ private:
+  Server() = default;
+
+  std::unique_ptr<TensorStore> store_;
+  std::unique_ptr<Executor> executor_;
+  std::unique_ptr<AsArrayService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::vector<std::string> addresses_;
+  std::vector<std::string> socket_paths_;
+  int orphans_swept_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace asarray::server
+
+#endif  // ASARRAY_SERVER_SERVER_H_

@@ -1,0 +1,335 @@
+#include "server/service.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/cast.h"
+#include "core/status_macros.h"
+#include "server/convert.h"
+
+namespace asarray::server {
+namespace {
+
+constexpr uint64_t kDefaultChunk = 1 << 20;
+constexpr uint64_t kMaxChunk = 4 << 20;
+
+HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires) {
+  HandleInfo info;
+  info.id = t.id;
+  info.dtype = t.dtype;
+  info.layout = t.layout;
+  info.device = t.device;
+  info.requires_grad = t.requires_grad;
+  info.shares_memory = t.shares_memory;
+  info.warnings = t.warnings;
+  info.shm_name = t.memory->name();
+  info.shm_offset = t.memory->offset_in_segment();
+  info.shm_size = t.memory->size();
+  info.lease_expires = expires;
+  return info;
+}
+
+// The handle of a result that is returned as data: no id, memory or lease.
+HandleInfo DataOnlyHandle(const Tensor& t) {
+  HandleInfo info = ToHandleInfo(t, absl::InfinitePast());
+  info.id.clear();
+  info.shm_name.clear();
+  info.shm_offset = info.shm_size = 0;
+  info.layout.strides = ContiguousStrides(info.layout.shape);
+  info.layout.offset = 0;
+  return info;
+}
+
+int64_t Bytes(const Tensor& t) {
+  return NumElements(t.layout.shape).value_or(0) * static_cast<int64_t>(ItemSize(t.dtype));
+}
+
+// Streams a tensor's elements in row-major order, the handle in the first
+// message. With a pending conversion it first waits for Start().
+class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
+ public:
+  TensorStreamer(AsArrayService* service, uint64_t chunk_bytes)
+      : service_(service), chunk_bytes_(chunk_bytes) {}
+
+  // Starts streaming `tensor`. `handle` goes into the first message.
+  void Start(std::shared_ptr<const Tensor> tensor, const HandleInfo& handle) {
+    tensor_ = std::move(tensor);
+    HandleToProto(handle, response_.mutable_handle());
+    total_ = NumElements(tensor_->layout.shape).value_or(0);
+    chunk_elements_ = std::max<uint64_t>(1, chunk_bytes_ / ItemSize(tensor_->dtype));
+    NextWrite();
+  }
+
+  void Fail(const absl::Status& status) {
+    service_->Count(status);
+    Finish(ToGrpcStatus(status));
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Fail(absl::CancelledError("the client stopped reading"));
+      return;
+    }
+    response_.Clear();
+    NextWrite();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void NextWrite() {
+    if (sent_ == total_ && !response_.has_handle()) {
+      service_->Count(absl::OkStatus());
+      Finish(grpc::Status::OK);
+      return;
+    }
+    const int64_t count = std::min<int64_t>(chunk_elements_, total_ - sent_);
+    std::string* data = response_.mutable_data();
+    data->resize(count * ItemSize(tensor_->dtype));
+    absl::Status s = CopyRowMajorRange(
+        {tensor_->memory->data(), tensor_->dtype, tensor_->layout}, sent_, count, data->data());
+    if (!s.ok()) {
+      Fail(s);
+      return;
+    }
+    sent_ += count;
+    StartWrite(&response_);
+  }
+
+  AsArrayService* const service_;
+  const uint64_t chunk_bytes_;
+  std::shared_ptr<const Tensor> tensor_;
+  v1::ReadResponse response_;
+  int64_t total_ = 0;
+  int64_t sent_ = 0;
+  int64_t chunk_elements_ = 1;
+};
+
+// Receives an upload straight into its storage segment: a header, then data
+// chunks in order. The conversion runs on the executor once all bytes are in.
+class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadRequest> {
+ public:
+  UploadReceiver(AsArrayService* service, uid_t caller, v1::ConvertResponse* response)
+      : service_(service), caller_(caller), response_(response) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      EndOfStream();
+      return;
+    }
+    if (request_.has_header()) {
+      if (header_.has_value()) {
+        Fail(absl::InvalidArgumentError("upload sent a second header"));
+        return;
+      }
+      header_ = std::move(*request_.mutable_header());
+      // Reserving and mapping a large segment takes a while: off this thread.
+      service_->executor()->Schedule([this] {
+        absl::StatusOr<std::shared_ptr<ShmSegment>> segment =
+            service_->converter()->BeginUpload(*header_);
+        if (!segment.ok()) {
+          Fail(segment.status());
+          return;
+        }
+        storage_ = *std::move(segment);
+        StartRead(&request_);
+      });
+      return;
+    }
+    if (!header_.has_value()) {
+      Fail(absl::InvalidArgumentError("upload sent data before its header"));
+      return;
+    }
+    const std::string& chunk = request_.data();
+    if (chunk.size() > storage_->size() - received_) {
+      Fail(absl::InvalidArgumentError(
+          absl::StrCat("upload sent ", received_ + chunk.size(), " bytes, past the declared ",
+                       storage_->size())));
+      return;
+    }
+    std::memcpy(storage_->data() + received_, chunk.data(), chunk.size());
+    received_ += chunk.size();
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void EndOfStream() {
+    if (!header_.has_value()) {
+      Fail(absl::InvalidArgumentError("upload ended before its header"));
+      return;
+    }
+    if (received_ != storage_->size()) {
+      Fail(absl::InvalidArgumentError(absl::StrCat("upload ended after ", received_, " of ",
+                                                   storage_->size(), " declared bytes")));
+      return;
+    }
+    service_->executor()->Schedule([this] {
+      absl::StatusOr<Tensor> tensor =
+          service_->converter()->FinishUpload(*header_, std::move(storage_), caller_);
+      if (!tensor.ok()) {
+        Fail(tensor.status());
+        return;
+      }
+      const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
+      HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response_->mutable_handle());
+      service_->Count(absl::OkStatus());
+      Finish(grpc::Status::OK);
+    });
+  }
+
+  void Fail(const absl::Status& status) {
+    storage_.reset();
+    service_->Count(status);
+    Finish(ToGrpcStatus(status));
+  }
+
+  AsArrayService* const service_;
+  const uid_t caller_;
+  v1::ConvertResponse* const response_;
+  v1::ConvertUploadRequest request_;
+  std::optional<v1::ConvertUploadHeader> header_;
+  std::shared_ptr<ShmSegment> storage_;
+  uint64_t received_ = 0;
+};
+
+}  // namespace
+
+uid_t CallerUid(const grpc::CallbackServerContext*) { return geteuid(); }
+
+AsArrayService::AsArrayService(TensorStore* store, Executor* executor, ServiceOptions options)
+    : store_(store), executor_(executor), options_(options), converter_(store) {}
+
+void AsArrayService::Count(const absl::Status& status) {
+  if (!status.ok()) ++errors_;
+}
+
+grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext* context,
+                                                    const absl::Status& status) {
+  Count(status);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* context,
+                                                  const v1::ConvertRequest* request,
+                                                  v1::ConvertResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const uid_t caller = CallerUid(context);
+  executor_->Schedule([this, reactor, request, response, caller] {
+    absl::Status status = [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(*request, caller));
+      ++converts_;
+      if (!request->return_data()) {
+        const TensorStore::Lease lease = store_->Add(std::move(tensor));
+        HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->mutable_handle());
+        return absl::OkStatus();
+      }
+      const int64_t bytes = Bytes(tensor);
+      if (bytes > options_.max_message_bytes - 4096) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the result holds ", bytes, " bytes, more than one message may carry (",
+            options_.max_message_bytes, "); use ConvertToData to stream it, or take a handle"));
+      }
+      HandleToProto(DataOnlyHandle(tensor), response->mutable_handle());
+      std::string* data = response->mutable_data();
+      data->resize(bytes);
+      return CopyRowMajorRange({tensor.memory->data(), tensor.dtype, tensor.layout}, 0,
+                               NumElements(tensor.layout.shape).value(), data->data());
+    }();
+    Count(status);
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::ConvertUploadRequest>* AsArrayService::ConvertUpload(
+    grpc::CallbackServerContext* context, v1::ConvertResponse* response) {
+  return new UploadReceiver(this, CallerUid(context), response);
+}
+
+grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
+    grpc::CallbackServerContext* context, const v1::ConvertRequest* request) {
+  auto* streamer = new TensorStreamer(this, kDefaultChunk);
+  const uid_t caller = CallerUid(context);
+  executor_->Schedule([this, streamer, request, caller] {
+    absl::StatusOr<Tensor> tensor = converter_.Convert(*request, caller);
+    if (!tensor.ok()) {
+      streamer->Fail(tensor.status());
+      return;
+    }
+    ++converts_;
+    auto held = std::make_shared<const Tensor>(*std::move(tensor));
+    streamer->Start(held, DataOnlyHandle(*held));
+  });
+  return streamer;
+}
+
+grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
+    grpc::CallbackServerContext* context, const v1::ReadRequest* request) {
+  const uint64_t chunk = request->chunk_size() == 0
+                             ? kDefaultChunk
+                             : std::min<uint64_t>(request->chunk_size(), kMaxChunk);
+  auto* streamer = new TensorStreamer(this, chunk);
+  absl::StatusOr<TensorStore::Lease> lease = store_->Get(request->id(), CallerUid(context));
+  if (!lease.ok()) {
+    streamer->Fail(lease.status());
+  } else {
+    streamer->Start(lease->tensor, ToHandleInfo(*lease->tensor, lease->expires));
+  }
+  return streamer;
+}
+
+grpc::ServerUnaryReactor* AsArrayService::Release(grpc::CallbackServerContext* context,
+                                                  const v1::ReleaseRequest* request,
+                                                  v1::ReleaseResponse*) {
+  return FinishNow(context, store_->Release(request->id(), CallerUid(context)));
+}
+
+grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* context,
+                                                const v1::RenewRequest* request,
+                                                v1::RenewResponse* response) {
+  absl::StatusOr<absl::Time> expires = store_->Renew(
+      request->id(), absl::Milliseconds(request->ttl_ms()), CallerUid(context));
+  if (expires.ok()) response->set_lease_expires_unix_ms(absl::ToUnixMillis(*expires));
+  return FinishNow(context, expires.status());
+}
+
+grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* context,
+                                               const v1::ListRequest*,
+                                               v1::ListResponse* response) {
+  for (const TensorStore::Lease& lease : store_->List(CallerUid(context))) {
+    HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->add_tensors());
+  }
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* context,
+                                                const v1::StatsRequest*,
+                                                v1::StatsResponse* response) {
+  const StoreStats s = store_->Stats();
+  response->set_tensors(s.tensors);
+  response->set_segments(s.segments);
+  response->set_bytes_in_use(s.bytes_in_use);
+  response->set_max_bytes(store_->options().max_bytes);
+  response->set_client_regions(s.client_regions);
+  response->set_converts(converts_.load());
+  response->set_errors(errors_.load());
+  response->set_expired(s.expired);
+  response->set_default_ttl_ms(absl::ToInt64Milliseconds(store_->options().default_ttl));
+  response->set_uptime_ms(absl::ToInt64Milliseconds(absl::Now() - started_));
+  response->set_instance(store_->instance());
+  return FinishNow(context, absl::OkStatus());
+}
+
+}  // namespace asarray::server

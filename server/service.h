@@ -1,0 +1,77 @@
+// The asarray.v1.AsArray service on gRPC's callback API. Unary calls hand
+// their work to the Executor; streaming calls are small reactors whose
+// OnDone() is their only exit. Thread-safe.
+#ifndef ASARRAY_SERVER_SERVICE_H_
+#define ASARRAY_SERVER_SERVICE_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/time/time.h"
+#include "asarray/v1/asarray.grpc.pb.h"
+#include "server/converter.h"
+#include "server/executor.h"
+#include "server/tensor_store.h"
+
+namespace asarray::server {
+
+struct ServiceOptions {
+  // Largest message the server accepts or sends; a unary return_data result
+  // beyond it is refused.
+  int64_t max_message_bytes = 64 << 20;
+};
+
+class AsArrayService final : public v1::AsArray::CallbackService {
+ public:
+  AsArrayService(TensorStore* store, Executor* executor, ServiceOptions options);
+
+  grpc::ServerUnaryReactor* Convert(grpc::CallbackServerContext* context,
+                                    const v1::ConvertRequest* request,
+                                    v1::ConvertResponse* response) override;
+  grpc::ServerReadReactor<v1::ConvertUploadRequest>* ConvertUpload(
+      grpc::CallbackServerContext* context, v1::ConvertResponse* response) override;
+  grpc::ServerWriteReactor<v1::ReadResponse>* ConvertToData(
+      grpc::CallbackServerContext* context, const v1::ConvertRequest* request) override;
+  grpc::ServerWriteReactor<v1::ReadResponse>* Read(grpc::CallbackServerContext* context,
+                                                   const v1::ReadRequest* request) override;
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
+                                    const v1::ReleaseRequest* request,
+                                    v1::ReleaseResponse* response) override;
+  grpc::ServerUnaryReactor* Renew(grpc::CallbackServerContext* context,
+                                  const v1::RenewRequest* request,
+                                  v1::RenewResponse* response) override;
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* context,
+                                 const v1::ListRequest* request,
+                                 v1::ListResponse* response) override;
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context,
+                                  const v1::StatsRequest* request,
+                                  v1::StatsResponse* response) override;
+
+  // For the reactors: counts a finished call.
+  void Count(const absl::Status& status);
+  TensorStore* store() const { return store_; }
+  Executor* executor() const { return executor_; }
+  Converter* converter() { return &converter_; }
+
+ private:
+  grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                      const absl::Status& status);
+
+  TensorStore* const store_;
+  Executor* const executor_;
+  const ServiceOptions options_;
+  Converter converter_;
+  const absl::Time started_ = absl::Now();
+  std::atomic<uint64_t> converts_{0};
+  std::atomic<uint64_t> errors_{0};
+};
+
+// The uid a call comes from. The socket's directory admits only the
+// server's own uid (mode 0700), so every peer runs as that uid.
+uid_t CallerUid(const grpc::CallbackServerContext* context);
+
+}  // namespace asarray::server
+
+#endif  // ASARRAY_SERVER_SERVICE_H_

@@ -1,0 +1,122 @@
+#include "server/shm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace asarray::server {
+namespace {
+
+absl::Status ErrnoStatus(int err, absl::string_view what) {
+  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT: return absl::NotFoundError(message);
+    case EEXIST: return absl::AlreadyExistsError(message);
+    case EACCES:
+    case EPERM: return absl::PermissionDeniedError(message);
+    case ENOSPC:
+    case ENOMEM:
+    case EMFILE:
+    case ENFILE:
+    case EFBIG: return absl::ResourceExhaustedError(message);
+    default: return absl::InternalError(message);
+  }
+}
+
+}  // namespace
+
+absl::Status ValidateSegmentName(absl::string_view name) {
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("shared-memory name '", absl::CHexEscape(name),
+                                                   "' ", why));
+  };
+  if (name.size() < 2 || name[0] != '/') return bad("must start with '/' and name a segment");
+  if (name.size() > 255) return bad("is longer than 255 bytes");
+  if (absl::StrContains(name, "..")) return bad("must not contain '..'");
+  for (char ch : name.substr(1)) {
+    const bool ok = absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '.' ||
+                    ch == '_' || ch == '-';
+    if (!ok) return bad("may hold only letters, digits, '.', '_' and '-' after its leading '/'");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Create(const std::string& name,
+                                                               size_t size) {
+  const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("creating segment ", name));
+  auto fail = [&](int err, absl::string_view what) {
+    close(fd);
+    shm_unlink(name.c_str());
+    return ErrnoStatus(err, absl::StrCat(what, " ", size, " bytes for segment ", name));
+  };
+  unsigned char* data = nullptr;
+  if (size > 0) {
+    // posix_fallocate reserves the pages now: ENOSPC here instead of SIGBUS
+    // when a client first touches a page of a full /dev/shm.
+    const int err = posix_fallocate(fd, 0, static_cast<off_t>(size));
+    if (err != 0) return fail(err, "reserving");
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) return fail(errno, "mapping");
+    data = static_cast<unsigned char*>(p);
+  }
+  return std::unique_ptr<ShmSegment>(new ShmSegment(name, fd, data, size));
+}
+
+ShmSegment::~ShmSegment() {
+  if (data_ != nullptr) munmap(data_, size_);
+  shm_unlink(name_.c_str());
+  close(fd_);
+}
+
+absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Open(const std::string& name,
+                                                                 uint64_t offset,
+                                                                 uint64_t size) {
+  absl::Status valid = ValidateSegmentName(name);
+  if (!valid.ok()) return valid;
+  const int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("opening client segment ", name));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    close(fd);
+    return ErrnoStatus(err, absl::StrCat("inspecting client segment ", name));
+  }
+  const uint64_t segment_size = static_cast<uint64_t>(st.st_size);
+  if (offset > segment_size || size > segment_size - offset) {
+    close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat("region [", offset, ", ", offset, " + ", size, ") lies outside segment ",
+                     name, " of ", segment_size, " bytes"));
+  }
+  if (size == 0) return std::unique_ptr<ClientRegion>(new ClientRegion(name, fd, nullptr, 0, 0, offset, 0));
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t map_offset = offset / page * page;
+  const size_t map_len = static_cast<size_t>(offset - map_offset + size);
+  void* p = mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                 static_cast<off_t>(map_offset));
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    close(fd);
+    return ErrnoStatus(err, absl::StrCat("mapping client segment ", name));
+  }
+  return std::unique_ptr<ClientRegion>(new ClientRegion(
+      name, fd, static_cast<unsigned char*>(p), map_len, map_offset, offset, size));
+}
+
+ClientRegion::~ClientRegion() {
+  if (map_ != nullptr) munmap(map_, map_len_);
+  close(fd_);
+}
+
+}  // namespace asarray::server

@@ -1,0 +1,18 @@
+// Where the server listens by default, and so where clients look first.
+#ifndef ASARRAY_SERVER_SOCKET_PATH_H_
+#define ASARRAY_SERVER_SOCKET_PATH_H_
+
+#include <string>
+
+namespace asarray {
+
+// $XDG_RUNTIME_DIR/asarrayd/asarrayd.sock, or /tmp/asarrayd-<uid>/asarrayd.sock
+// when XDG_RUNTIME_DIR is unset or not absolute.
+std::string DefaultSocketPath();
+
+// "unix:" + DefaultSocketPath().
+std::string DefaultAddress();
+
+}  // namespace asarray
+
+#endif  // ASARRAY_SERVER_SOCKET_PATH_H_

@@ -1,0 +1,242 @@
+#include "server/tensor_store.h"
+
+#include <dirent.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace asarray::server {
+
+struct TensorStore::Accounting {
+  std::atomic<uint64_t> bytes_in_use{0};
+  std::atomic<uint64_t> segments{0};
+  std::atomic<uint64_t> client_regions{0};
+};
+
+namespace {
+
+// The start time of a process in clock ticks since boot (field 22 of
+// /proc/PID/stat), or "" when it is not running.
+std::string ProcessStartTime(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!std::getline(in, stat)) return "";
+  // The command name (field 2) may hold spaces; fields resume after its ')'.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return "";
+  std::vector<std::string> fields = absl::StrSplit(stat.substr(close + 2), ' ');
+  return fields.size() > 19 ? fields[19] : "";
+}
+
+std::string ThisInstance() {
+  const pid_t pid = getpid();
+  return absl::StrCat(pid, ".", ProcessStartTime(pid));
+}
+
+}  // namespace
+
+std::string RandomHex128() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof bytes) {
+    const ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  static const char kHex[] = "0123456789abcdef";
+  std::string out(32, '0');
+  for (int i = 0; i < 16; ++i) {
+    out[2 * i] = kHex[bytes[i] >> 4];
+    out[2 * i + 1] = kHex[bytes[i] & 15];
+  }
+  return out;
+}
+
+TensorStore::TensorStore(StoreOptions options)
+    : options_(std::move(options)),
+      instance_(ThisInstance()),
+      accounting_(std::make_shared<Accounting>()) {}
+
+TensorStore::~TensorStore() {
+  {
+    std::lock_guard<std::mutex> lock(sweeper_mu_);
+    stopping_ = true;
+  }
+  sweeper_cv_.notify_all();
+  if (sweeper_.joinable()) sweeper_.join();
+  absl::MutexLock lock(&mu_);
+  entries_.clear();
+}
+
+absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t bytes) {
+  Accounting& acc = *accounting_;
+  // Reserve the quota first, so concurrent requests cannot overshoot it.
+  uint64_t in_use = acc.bytes_in_use.load();
+  do {
+    if (options_.max_bytes != 0 &&
+        (bytes > options_.max_bytes || in_use > options_.max_bytes - bytes)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("quota exceeded: ", bytes, " more bytes would bring the server to ",
+                       in_use + bytes, " of its --max-bytes ", options_.max_bytes));
+    }
+  } while (!acc.bytes_in_use.compare_exchange_weak(in_use, in_use + bytes));
+
+  const std::string name =
+      absl::StrCat("/", options_.prefix, "-", instance_, "-", RandomHex128());
+  absl::StatusOr<std::unique_ptr<ShmSegment>> segment = ShmSegment::Create(name, bytes);
+  if (!segment.ok()) {
+    acc.bytes_in_use -= bytes;
+    return segment.status();
+  }
+  ++acc.segments;
+  std::shared_ptr<Accounting> keep = accounting_;
+  return std::shared_ptr<ShmSegment>(segment->release(), [keep, bytes](ShmSegment* s) {
+    delete s;
+    keep->bytes_in_use -= bytes;
+    --keep->segments;
+  });
+}
+
+absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
+    const std::string& name, uint64_t offset, uint64_t size) {
+  absl::StatusOr<std::unique_ptr<ClientRegion>> region = ClientRegion::Open(name, offset, size);
+  if (!region.ok()) return region.status();
+  ++accounting_->client_regions;
+  std::shared_ptr<Accounting> keep = accounting_;
+  return std::shared_ptr<ClientRegion>(region->release(), [keep](ClientRegion* r) {
+    delete r;
+    --keep->client_regions;
+  });
+}
+
+TensorStore::Lease TensorStore::Add(Tensor tensor) {
+  tensor.id = RandomHex128();
+  auto shared = std::make_shared<const Tensor>(std::move(tensor));
+  const absl::Time expires = absl::Now() + options_.default_ttl;
+  absl::MutexLock lock(&mu_);
+  entries_[shared->id] = Entry{shared, expires};
+  return Lease{shared, expires};
+}
+
+absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id, uid_t caller) const {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second.tensor->owner != caller ||
+      it->second.expires <= absl::Now()) {
+    return absl::NotFoundError(
+        absl::StrCat("no tensor '", id, "': unknown, released or its lease expired"));
+  }
+  return Lease{it->second.tensor, it->second.expires};
+}
+
+absl::Status TensorStore::Release(const std::string& id, uid_t caller) {
+  std::shared_ptr<const Tensor> doomed;  // destroyed outside the lock
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second.tensor->owner != caller) {
+    return absl::NotFoundError(
+        absl::StrCat("no tensor '", id, "': unknown, released or its lease expired"));
+  }
+  doomed = std::move(it->second.tensor);
+  entries_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Time> TensorStore::Renew(const std::string& id, absl::Duration ttl,
+                                              uid_t caller) {
+  if (ttl <= absl::ZeroDuration()) ttl = options_.default_ttl;
+  ttl = std::min(ttl, options_.max_ttl);
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second.tensor->owner != caller || it->second.expires <= now) {
+    return absl::NotFoundError(
+        absl::StrCat("no tensor '", id, "': unknown, released or its lease expired"));
+  }
+  it->second.expires = now + ttl;
+  return it->second.expires;
+}
+
+std::vector<TensorStore::Lease> TensorStore::List(uid_t caller) const {
+  std::vector<Lease> out;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, entry] : entries_) {
+    if (entry.tensor->owner == caller && entry.expires > now) {
+      out.push_back(Lease{entry.tensor, entry.expires});
+    }
+  }
+  return out;
+}
+
+int TensorStore::SweepExpired(absl::Time now) {
+  std::vector<std::shared_ptr<const Tensor>> doomed;  // destroyed outside the lock
+  absl::MutexLock lock(&mu_);
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (it->second.expires <= now) {
+      doomed.push_back(std::move(it->second.tensor));
+      entries_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  expired_ += doomed.size();
+  return static_cast<int>(doomed.size());
+}
+
+void TensorStore::StartSweeper(absl::Duration interval) {
+  sweeper_ = std::thread([this, interval] {
+    std::unique_lock<std::mutex> lock(sweeper_mu_);
+    while (!sweeper_cv_.wait_for(lock, absl::ToChronoMilliseconds(interval),
+                                 [this] { return stopping_; })) {
+      lock.unlock();
+      SweepExpired(absl::Now());
+      lock.lock();
+    }
+  });
+}
+
+StoreStats TensorStore::Stats() const {
+  StoreStats s;
+  s.bytes_in_use = accounting_->bytes_in_use.load();
+  s.segments = accounting_->segments.load();
+  s.client_regions = accounting_->client_regions.load();
+  absl::MutexLock lock(&mu_);
+  s.tensors = entries_.size();
+  s.expired = expired_;
+  return s;
+}
+
+int TensorStore::SweepOrphans(const std::string& prefix) {
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return 0;
+  int removed = 0;
+  const std::string lead = prefix + "-";
+  while (const dirent* e = readdir(dir)) {
+    absl::string_view name = e->d_name;
+    if (!absl::ConsumePrefix(&name, lead)) continue;
+    // <pid>.<start>-<random>
+    std::vector<absl::string_view> parts = absl::StrSplit(name, absl::MaxSplits('-', 1));
+    std::vector<absl::string_view> instance = absl::StrSplit(parts[0], '.');
+    pid_t pid;
+    if (parts.size() != 2 || instance.size() != 2 || !absl::SimpleAtoi(instance[0], &pid)) {
+      continue;
+    }
+    if (ProcessStartTime(pid) == instance[1]) continue;  // still running
+    if (shm_unlink(absl::StrCat("/", e->d_name).c_str()) == 0) ++removed;
+  }
+  closedir(dir);
+  return removed;
+}
+
+}  // namespace asarray::server

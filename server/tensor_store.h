@@ -1,0 +1,133 @@
+// The registry of tensors the server holds: their memory, leases and the
+// byte quota. Every result segment is created here, named
+// "/<prefix>-<instance>-<128 random bits>", and unlinked when the last
+// tensor that references it is gone. Thread-safe.
+#ifndef ASARRAY_SERVER_TENSOR_STORE_H_
+#define ASARRAY_SERVER_TENSOR_STORE_H_
+
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/dtype.h"
+#include "core/layout.h"
+#include "core/plan.h"
+#include "server/shm.h"
+
+namespace asarray::server {
+
+// A tensor the server holds. Immutable once registered.
+struct Tensor {
+  std::string id;
+  DType dtype = DType::kFloat32;
+  Layout layout;  // element offsets from memory->data()
+  Device device;
+  bool requires_grad = false;
+  bool shares_memory = false;  // aliases the caller's memory
+  std::vector<std::string> warnings;
+  std::shared_ptr<HostMemory> memory;
+  uid_t owner = 0;
+};
+
+struct StoreOptions {
+  std::string prefix = "asarrayd";
+  absl::Duration default_ttl = absl::Minutes(10);
+  absl::Duration max_ttl = absl::Hours(24);
+  uint64_t max_bytes = 0;  // 0: no quota
+};
+
+struct StoreStats {
+  uint64_t tensors = 0;
+  uint64_t segments = 0;
+  uint64_t bytes_in_use = 0;
+  uint64_t client_regions = 0;
+  uint64_t expired = 0;
+};
+
+class TensorStore {
+ public:
+  explicit TensorStore(StoreOptions options);
+  // Releases every tensor; every segment this store created is unlinked once
+  // nothing else holds it.
+  ~TensorStore();
+  TensorStore(const TensorStore&) = delete;
+  TensorStore& operator=(const TensorStore&) = delete;
+
+  // A new segment of `bytes`, counted against the quota until destroyed.
+  // RESOURCE_EXHAUSTED when the quota or /dev/shm cannot take it.
+  absl::StatusOr<std::shared_ptr<ShmSegment>> NewSegment(uint64_t bytes);
+
+  // Maps a client's region; it counts as a client region while referenced.
+  absl::StatusOr<std::shared_ptr<ClientRegion>> OpenClientRegion(const std::string& name,
+                                                                 uint64_t offset, uint64_t size);
+
+  // Registers a tensor under a fresh id with a lease of the default TTL.
+  struct Lease {
+    std::shared_ptr<const Tensor> tensor;
+    absl::Time expires;
+  };
+  Lease Add(Tensor tensor);
+
+  // NOT_FOUND for an id that is unknown, released or expired, or owned by
+  // another uid (whose tensors this caller must not learn about).
+  absl::StatusOr<Lease> Get(const std::string& id, uid_t caller) const;
+  absl::Status Release(const std::string& id, uid_t caller);
+  // Extends the lease to now + ttl (default TTL when zero, capped at max).
+  absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl, uid_t caller);
+  std::vector<Lease> List(uid_t caller) const;
+
+  // Ends every lease that expired at `now`; returns how many.
+  int SweepExpired(absl::Time now);
+  // Runs SweepExpired every `interval` on a thread of its own until the store
+  // is destroyed.
+  void StartSweeper(absl::Duration interval);
+
+  StoreStats Stats() const;
+  const std::string& instance() const { return instance_; }
+  const StoreOptions& options() const { return options_; }
+
+  // Unlinks segments under /dev/shm named "<prefix>-<instance>-..." whose
+  // instance (pid and start time) is no longer running. Returns how many.
+  static int SweepOrphans(const std::string& prefix);
+
+ private:
+  struct Entry {
+    std::shared_ptr<const Tensor> tensor;
+    absl::Time expires;
+  };
+
+  const StoreOptions options_;
+  const std::string instance_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  uint64_t expired_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Quota and counts, shared with the deleters of segments and regions that
+  // may outlive the store (a read in flight).
+  struct Accounting;
+  std::shared_ptr<Accounting> accounting_;
+
+  std::mutex sweeper_mu_;
+  std::condition_variable sweeper_cv_;
+  bool stopping_ = false;
+  std::thread sweeper_;
+};
+
+// 128 random bits as 32 hex digits.
+std::string RandomHex128();
+
+}  // namespace asarray::server
+
+#endif  // ASARRAY_SERVER_TENSOR_STORE_H_
