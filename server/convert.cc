@@ -31,26 +31,39 @@ constexpr DType kProtoOrder[] = {
     DType::kFloat32, DType::kFloat64, DType::kComplex64, DType::kComplex128,
 };
 
-absl::Status LiteralFromProtoAt(const v1::Literal& proto, int depth, Literal* out) {
-  switch (proto.value_case()) {
-    case v1::Literal::kBoolValue: *out = Literal::Bool(proto.bool_value()); break;
-    case v1::Literal::kIntValue: *out = Literal::Int(proto.int_value()); break;
-    case v1::Literal::kFloatValue: *out = Literal::Float(proto.float_value()); break;
-    case v1::Literal::kComplexValue:
-      *out = Literal::Complex(proto.complex_value().real(), proto.complex_value().imag());
+absl::Status TooDeep() {
+  return absl::InvalidArgumentError(
+      absl::StrCat("literal nests lists deeper than the maximum rank ", kMaxRank));
+}
+
+// Decodes the subtree starting at nodes[*next], advancing *next past it.
+absl::Status LiteralFromNodes(const v1::Literal& proto, int depth, int* next, Literal* out) {
+  if (*next >= proto.nodes_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "literal ends after ", proto.nodes_size(), " nodes, inside a list that needs more"));
+  }
+  const v1::LiteralNode& node = proto.nodes((*next)++);
+  switch (node.value_case()) {
+    case v1::LiteralNode::kBoolValue: *out = Literal::Bool(node.bool_value()); break;
+    case v1::LiteralNode::kIntValue: *out = Literal::Int(node.int_value()); break;
+    case v1::LiteralNode::kFloatValue: *out = Literal::Float(node.float_value()); break;
+    case v1::LiteralNode::kComplexValue:
+      *out = Literal::Complex(node.complex_value().real(), node.complex_value().imag());
       break;
-    case v1::Literal::kNotANumber: *out = Literal::Invalid(proto.not_a_number()); break;
-    case v1::Literal::VALUE_NOT_SET:
-      return absl::InvalidArgumentError("literal node has no value set");
-    case v1::Literal::kList: {
-      if (depth >= kMaxRank) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("literal nests lists deeper than the maximum rank ", kMaxRank));
+    case v1::LiteralNode::kNotANumber: *out = Literal::Invalid(node.not_a_number()); break;
+    case v1::LiteralNode::VALUE_NOT_SET:
+      return absl::InvalidArgumentError(
+          absl::StrCat("literal node ", *next - 1, " has no value set"));
+    case v1::LiteralNode::kListLength: {
+      if (depth >= kMaxRank) return TooDeep();
+      // Every item takes at least one node: a longer list cannot be honest.
+      if (node.list_length() > static_cast<uint64_t>(proto.nodes_size() - *next)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "literal node ", *next - 1, " declares a list of ", node.list_length(),
+            " items but only ", proto.nodes_size() - *next, " nodes follow"));
       }
-      std::vector<Literal> items(proto.list().items_size());
-      for (int i = 0; i < proto.list().items_size(); ++i) {
-        RETURN_IF_ERROR(LiteralFromProtoAt(proto.list().items(i), depth + 1, &items[i]));
-      }
+      std::vector<Literal> items(node.list_length());
+      for (Literal& item : items) RETURN_IF_ERROR(LiteralFromNodes(proto, depth + 1, next, &item));
       *out = Literal::List(std::move(items));
       break;
     }
@@ -58,28 +71,24 @@ absl::Status LiteralFromProtoAt(const v1::Literal& proto, int depth, Literal* ou
   return absl::OkStatus();
 }
 
-absl::Status LiteralToProtoAt(const Literal& literal, int depth, v1::Literal* proto) {
+absl::Status LiteralToNodes(const Literal& literal, int depth, v1::Literal* proto) {
+  v1::LiteralNode* node = proto->add_nodes();
   switch (literal.kind()) {
-    case Literal::Kind::kBool: proto->set_bool_value(literal.bool_value()); break;
-    case Literal::Kind::kInt: proto->set_int_value(literal.int_value()); break;
-    case Literal::Kind::kFloat: proto->set_float_value(literal.float_value()); break;
+    case Literal::Kind::kBool: node->set_bool_value(literal.bool_value()); break;
+    case Literal::Kind::kInt: node->set_int_value(literal.int_value()); break;
+    case Literal::Kind::kFloat: node->set_float_value(literal.float_value()); break;
     case Literal::Kind::kComplex:
-      proto->mutable_complex_value()->set_real(literal.float_value());
-      proto->mutable_complex_value()->set_imag(literal.imag_value());
+      node->mutable_complex_value()->set_real(literal.float_value());
+      node->mutable_complex_value()->set_imag(literal.imag_value());
       break;
-    case Literal::Kind::kInvalid: proto->set_not_a_number(literal.invalid_description()); break;
-    case Literal::Kind::kList: {
-      if (depth >= kMaxRank) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("literal nests lists deeper than the maximum rank ", kMaxRank));
-      }
-      v1::LiteralList* list = proto->mutable_list();
-      list->mutable_items()->Reserve(static_cast<int>(literal.items().size()));
+    case Literal::Kind::kInvalid: node->set_not_a_number(literal.invalid_description()); break;
+    case Literal::Kind::kList:
+      if (depth >= kMaxRank) return TooDeep();
+      node->set_list_length(literal.items().size());
       for (const Literal& item : literal.items()) {
-        RETURN_IF_ERROR(LiteralToProtoAt(item, depth + 1, list->add_items()));
+        RETURN_IF_ERROR(LiteralToNodes(item, depth + 1, proto));
       }
       break;
-    }
   }
   return absl::OkStatus();
 }
@@ -137,12 +146,18 @@ void OptionsToProto(const ConvertOptions& options, v1::Options* proto) {
 
 absl::StatusOr<Literal> LiteralFromProto(const v1::Literal& proto) {
   Literal literal;
-  RETURN_IF_ERROR(LiteralFromProtoAt(proto, 0, &literal));
+  int next = 0;
+  RETURN_IF_ERROR(LiteralFromNodes(proto, 0, &next, &literal));
+  if (next != proto.nodes_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "literal has ", proto.nodes_size() - next, " nodes after its end (node ", next, ")"));
+  }
   return literal;
 }
 
 absl::Status LiteralToProto(const Literal& literal, v1::Literal* proto) {
-  return LiteralToProtoAt(literal, 0, proto);
+  proto->Clear();
+  return LiteralToNodes(literal, 0, proto);
 }
 
 void HandleToProto(const HandleInfo& info, v1::TensorHandle* proto) {

@@ -209,6 +209,13 @@ uid_t CallerUid(const grpc::CallbackServerContext*) { return geteuid(); }
 AsArrayService::AsArrayService(TensorStore* store, Executor* executor, ServiceOptions options)
     : store_(store), executor_(executor), options_(options), converter_(store) {}
 
+uint64_t AsArrayService::ChunkBytes(uint64_t requested) const {
+  // Leave room for the handle and framing in the first message.
+  const uint64_t limit = static_cast<uint64_t>(std::max<int64_t>(options_.max_message_bytes - 16384, 4096));
+  const uint64_t chunk = requested == 0 ? kDefaultChunk : std::min(requested, kMaxChunk);
+  return std::min(chunk, limit);
+}
+
 void AsArrayService::Count(const absl::Status& status) {
   if (!status.ok()) ++errors_;
 }
@@ -260,7 +267,7 @@ grpc::ServerReadReactor<v1::ConvertUploadRequest>* AsArrayService::ConvertUpload
 
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
     grpc::CallbackServerContext* context, const v1::ConvertRequest* request) {
-  auto* streamer = new TensorStreamer(this, kDefaultChunk);
+  auto* streamer = new TensorStreamer(this, ChunkBytes(0));
   const uid_t caller = CallerUid(context);
   executor_->Schedule([this, streamer, request, caller] {
     absl::StatusOr<Tensor> tensor = converter_.Convert(*request, caller);
@@ -277,10 +284,7 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
 
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
     grpc::CallbackServerContext* context, const v1::ReadRequest* request) {
-  const uint64_t chunk = request->chunk_size() == 0
-                             ? kDefaultChunk
-                             : std::min<uint64_t>(request->chunk_size(), kMaxChunk);
-  auto* streamer = new TensorStreamer(this, chunk);
+  auto* streamer = new TensorStreamer(this, ChunkBytes(request->chunk_size()));
   absl::StatusOr<TensorStore::Lease> lease = store_->Get(request->id(), CallerUid(context));
   if (!lease.ok()) {
     streamer->Fail(lease.status());

@@ -54,6 +54,8 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   TensorStore* store() const { return store_; }
   Executor* executor() const { return executor_; }
   Converter* converter() { return &converter_; }
+  // Bytes per streamed message: `requested` (0: 1 MiB) within the limits.
+  uint64_t ChunkBytes(uint64_t requested) const;
 
  private:
   grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,

@@ -1,0 +1,584 @@
+// The service end to end through a real in-process server: bad input gets a
+// precise code and leaks nothing; handles alias, copy, expire, renew and
+// release as documented.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "asarray/v1/asarray.grpc.pb.h"
+#include "client/client.h"
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "gtest/gtest.h"
+#include "server/convert.h"
+#include "tests/server/test_server.h"
+
+namespace asarray::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Polls `done` until it holds or 10 s pass; never a fixed sleep.
+template <typename F>
+bool Eventually(F&& done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void StartServer(const std::function<void(server::ServerOptions&)>& adjust = {}) {
+    server_ = TestServer::Start(adjust);
+    ASSERT_NE(server_, nullptr);
+    client_ = server_->NewClient();
+    grpc::ChannelArguments args;
+    args.SetMaxSendMessageSize(-1);
+    args.SetMaxReceiveMessageSize(-1);
+    stub_ = v1::AsArray::NewStub(grpc::CreateCustomChannel(
+        server_->address(), grpc::InsecureChannelCredentials(), args));
+  }
+  void SetUp() override { StartServer(); }
+
+  // After every test: the server still answers, and nothing is left over.
+  void TearDown() override {
+    if (server_ == nullptr) return;
+    EXPECT_TRUE(client_->Health().ok());
+    client_.reset();
+    server_->Stop();
+  }
+
+  absl::Status RawConvert(const v1::ConvertRequest& request, v1::ConvertResponse* response = nullptr) {
+    grpc::ClientContext context;
+    v1::ConvertResponse unused;
+    return FromGrpcStatus(stub_->Convert(&context, request, response ? response : &unused));
+  }
+
+  static v1::ConvertRequest InlineFloats(const std::vector<float>& values, Dims shape,
+                                         Dims strides, int64_t offset = 0) {
+    v1::ConvertRequest request;
+    v1::InlineArray* a = request.mutable_source()->mutable_inline_array();
+    a->set_dtype(v1::DTYPE_FLOAT32);
+    LayoutToProto(Layout{std::move(shape), std::move(strides), offset}, a->mutable_layout());
+    a->set_storage(values.data(), values.size() * sizeof(float));
+    return request;
+  }
+
+  std::unique_ptr<TestServer> server_;
+  std::unique_ptr<Client> client_;
+  std::unique_ptr<v1::AsArray::Stub> stub_;
+};
+
+// --- Bad input ---------------------------------------------------------------
+
+TEST_F(ServiceTest, InlineLengthMustMatchTheLayout) {
+  absl::Status s = RawConvert(InlineFloats({1, 2, 3}, {4}, {1}));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("needs exactly 16"));
+  EXPECT_EQ(RawConvert(InlineFloats({1, 2, 3, 4, 5}, {4}, {1})).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServiceTest, BadLayoutsAreInvalidArgument) {
+  struct BadLayout {
+    Dims shape, strides;
+    int64_t offset;
+    const char* says;
+  };
+  const BadLayout cases[] = {
+      {{-1}, {1}, 0, "negative size"},
+      {{INT64_MAX, 4}, {1, 1}, 0, "more elements than int64"},
+      {{4}, {INT64_MAX / 2}, 0, "overflow"},
+      {{4}, {1}, -1, "negative"},
+      {{2, 2}, {1}, 0, "dims but strides"},
+      {{4}, {-1}, 0, "before the start"},
+  };
+  for (const BadLayout& c : cases) {
+    absl::Status s = RawConvert(InlineFloats({1, 2, 3, 4}, c.shape, c.strides, c.offset));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.says;
+    EXPECT_THAT(s.message(), HasSubstr(c.says));
+  }
+}
+
+TEST_F(ServiceTest, UnknownDtypeOrDeviceIsInvalidArgument) {
+  v1::ConvertRequest request = InlineFloats({1}, {1}, {1});
+  request.mutable_source()->mutable_inline_array()->set_dtype(static_cast<v1::DType>(99));
+  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kInvalidArgument);
+  request.mutable_source()->mutable_inline_array()->set_dtype(v1::DTYPE_UNSPECIFIED);
+  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kInvalidArgument);
+
+  request = InlineFloats({1}, {1}, {1});
+  request.mutable_options()->set_dtype(static_cast<v1::DType>(42));
+  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kInvalidArgument);
+
+  for (const char* device : {"tpu", "cuda:", "cuda:x", "CPU"}) {
+    request = InlineFloats({1}, {1}, {1});
+    request.mutable_options()->set_device(device);
+    absl::Status s = RawConvert(request);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << device;
+    EXPECT_THAT(s.message(), HasSubstr("unknown device"));
+  }
+}
+
+TEST_F(ServiceTest, RegionOutOfBoundsIsInvalidArgument) {
+  absl::StatusOr<SharedRegion> region = SharedRegion::Create(64);
+  ASSERT_TRUE(region.ok());
+  // The region reaches past the segment.
+  absl::Status s = client_->ConvertRegion(region->name(), 32, 64, DType::kFloat32,
+                                          Layout{{8}, {1}, 0}, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("outside segment"));
+  // An offset so large that offset + size wraps around.
+  s = client_->ConvertRegion(region->name(), UINT64_MAX - 8, 16, DType::kFloat32,
+                             Layout{{4}, {1}, 0}, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  // The layout needs more than the region.
+  s = client_->ConvertRegion(region->name(), 0, 64, DType::kFloat32, Layout{{17}, {1}, 0}, {})
+          .status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("too small"));
+  EXPECT_EQ(server_->server().store().Stats().client_regions, 0u);
+}
+
+TEST_F(ServiceTest, BadRegionNames) {
+  const Layout layout{{1}, {1}, 0};
+  absl::Status s =
+      client_->ConvertRegion("/asarray-no-such-segment", 0, 4, DType::kFloat32, layout, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  for (const char* name : {"/a/b", "/..", "/x..y", "relative", "/", "/a b", ""}) {
+    s = client_->ConvertRegion(name, 0, 4, DType::kFloat32, layout, {}).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << name;
+  }
+}
+
+TEST_F(ServiceTest, UnknownReleasedAndExpiredIdsAreNotFound) {
+  EXPECT_EQ(client_->ConvertTensor("0123", {}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->Release("0123").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->Renew("0123").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->ReadBytes("0123").status().code(), absl::StatusCode::kNotFound);
+
+  absl::StatusOr<MappedTensor> t = client_->ConvertLiteral(Literal::List({Literal::Int(1)}), {});
+  ASSERT_TRUE(t.ok());
+  const std::string id = t->id();
+  ASSERT_TRUE(t->Release().ok());
+  EXPECT_EQ(client_->Release(id).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->ReadBytes(id).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServiceTest, RequiresGradOnIntegersIsInvalidArgument) {
+  ConvertOptions options;
+  options.requires_grad = true;
+  absl::Status s = client_->ConvertLiteral(Literal::List({Literal::Int(1)}), options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("requires_grad"));
+}
+
+TEST_F(ServiceTest, CopyFalseWithInlineDataIsFailedPrecondition) {
+  v1::ConvertRequest request = InlineFloats({1, 2}, {2}, {1});
+  request.mutable_options()->set_copy(false);
+  absl::Status s = RawConvert(request);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("inline"));
+  // copy unset is not copy=False: the same request converts.
+  request.mutable_options()->clear_copy();
+  EXPECT_TRUE(RawConvert(request).ok());
+}
+
+TEST(ServiceLimits, RequestOverTheMessageLimitIsResourceExhausted) {
+  std::unique_ptr<TestServer> server =
+      TestServer::Start([](server::ServerOptions& o) { o.max_message_bytes = 3 << 19; });
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<Client> client = server->NewClient();
+  client->set_upload_threshold(SIZE_MAX);  // force a single unary message
+  std::vector<float> big(512 * 1024);  // 2 MiB
+  absl::Status s = client->ConvertInline(big.data(), big.size() * 4, DType::kFloat32,
+                                         Layout{{static_cast<int64_t>(big.size())}, {1}, 0}, {})
+                       .status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  // The same bytes stream through ConvertUpload.
+  client->set_upload_threshold(64 << 10);
+  absl::StatusOr<MappedTensor> t = client->ConvertInline(
+      big.data(), big.size() * 4, DType::kFloat32, Layout{{static_cast<int64_t>(big.size())}, {1}, 0}, {});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(client->Health().ok());
+}
+
+class UploadTest : public ServiceTest {
+ protected:
+  absl::Status Upload(const std::vector<v1::ConvertUploadRequest>& messages) {
+    grpc::ClientContext context;
+    v1::ConvertResponse response;
+    auto writer = stub_->ConvertUpload(&context, &response);
+    for (const v1::ConvertUploadRequest& m : messages) {
+      if (!writer->Write(m)) break;
+    }
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
+  }
+  static v1::ConvertUploadRequest Header(uint64_t bytes) {
+    v1::ConvertUploadRequest m;
+    v1::ConvertUploadHeader* h = m.mutable_header();
+    h->set_dtype(v1::DTYPE_UINT8);
+    LayoutToProto(Layout{{static_cast<int64_t>(bytes)}, {1}, 0}, h->mutable_layout());
+    h->set_storage_size(bytes);
+    return m;
+  }
+  static v1::ConvertUploadRequest Data(size_t n) {
+    v1::ConvertUploadRequest m;
+    m.set_data(std::string(n, 'x'));
+    return m;
+  }
+};
+
+TEST_F(UploadTest, StreamEndingEarlyIsInvalidArgument) {
+  absl::Status s = Upload({Header(100), Data(40), Data(40)});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("80 of 100"));
+  EXPECT_EQ(Upload({}).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(UploadTest, ChunksPastTheDeclaredSizeAreInvalidArgument) {
+  absl::Status s = Upload({Header(100), Data(60), Data(60)});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("past the declared"));
+}
+
+TEST_F(UploadTest, HeaderRulesAreEnforced) {
+  EXPECT_EQ(Upload({Data(10)}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Upload({Header(10), Header(10)}).code(), absl::StatusCode::kInvalidArgument);
+  v1::ConvertUploadRequest wrong_size = Header(10);
+  wrong_size.mutable_header()->set_storage_size(11);
+  absl::Status s = Upload({wrong_size});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("needs exactly 10"));
+  EXPECT_TRUE(Upload({Header(10), Data(10)}).ok());
+}
+
+TEST(ServiceQuota, QuotaExceededIsResourceExhaustedUntilReleased) {
+  std::unique_ptr<TestServer> server =
+      TestServer::Start([](server::ServerOptions& o) { o.store.max_bytes = 1000; });
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<Client> client = server->NewClient();
+  std::vector<uint8_t> bytes(600);
+  const Layout layout{{600}, {1}, 0};
+  absl::StatusOr<MappedTensor> first =
+      client->ConvertInline(bytes.data(), bytes.size(), DType::kUInt8, layout, {});
+  ASSERT_TRUE(first.ok());
+  absl::Status s =
+      client->ConvertInline(bytes.data(), bytes.size(), DType::kUInt8, layout, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("quota"));
+  ASSERT_TRUE(first->Release().ok());
+  EXPECT_TRUE(client->ConvertInline(bytes.data(), bytes.size(), DType::kUInt8, layout, {}).ok());
+}
+
+TEST_F(ServiceTest, CudaRequestsFailClearlyWithoutTheBackend) {
+  ConvertOptions options;
+  options.device = Device{Device::Type::kCUDA, 0};
+  absl::Status s = client_->ConvertLiteral(Literal::List({Literal::Float(1)}), options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("no CUDA device"));
+  v1::ConvertRequest request;
+  request.mutable_source()->mutable_cuda_ipc()->set_device(0);
+  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(RawConvert(v1::ConvertRequest()).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServiceTest, MalformedLiteralsAreInvalidArgument) {
+  auto convert = [&](const std::function<void(v1::Literal*)>& build) {
+    v1::ConvertRequest request;
+    build(request.mutable_source()->mutable_literal());
+    return RawConvert(request);
+  };
+  absl::Status s = convert([](v1::Literal* l) {
+    l->add_nodes()->set_list_length(1);
+    l->add_nodes()->set_not_a_number("the string \"a\"");
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("string"));
+  // Nesting past the rank limit.
+  s = convert([](v1::Literal* l) {
+    for (int i = 0; i < 90; ++i) l->add_nodes()->set_list_length(1);
+    l->add_nodes()->set_int_value(1);
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("deeper"));
+  // A list that claims more items than there are nodes, and nodes after the end.
+  s = convert([](v1::Literal* l) {
+    l->add_nodes()->set_list_length(UINT64_MAX);
+    l->add_nodes()->set_int_value(1);
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("only 1 nodes follow"));
+  s = convert([](v1::Literal* l) {
+    l->add_nodes()->set_int_value(1);
+    l->add_nodes()->set_int_value(2);
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(convert([](v1::Literal* l) { l->add_nodes(); }).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(convert([](v1::Literal*) {}).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServiceTest, ReturnDataPastTheMessageLimitIsResourceExhausted) {
+  server_.reset();
+  StartServer([](server::ServerOptions& o) { o.max_message_bytes = 64 << 10; });
+  absl::StatusOr<SharedRegion> region = SharedRegion::Create(1 << 20);
+  ASSERT_TRUE(region.ok());
+  v1::ConvertRequest request;
+  v1::SharedMemoryArray* a = request.mutable_source()->mutable_shared_memory();
+  a->set_name(region->name());
+  a->set_size(region->size());
+  a->set_dtype(v1::DTYPE_UINT8);
+  LayoutToProto(Layout{{1 << 20}, {1}, 0}, a->mutable_layout());
+  request.set_return_data(true);
+  absl::Status s = RawConvert(request);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("ConvertToData"));
+  // ConvertToData streams the same result.
+  absl::StatusOr<std::string> data = client_->ConvertToData(request);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->size(), 1u << 20);
+  EXPECT_EQ(server_->server().store().Stats().tensors, 0u);
+}
+
+// --- Handles -----------------------------------------------------------------
+
+TEST_F(ServiceTest, ShmSourceIsAliasedWithoutACopy) {
+  absl::StatusOr<SharedRegion> region = SharedRegion::Create(4096);
+  ASSERT_TRUE(region.ok());
+  float* values = static_cast<float*>(region->data());
+  std::iota(values, values + 12, 0.0f);
+  // A transposed 3x4 view starting 64 bytes into the segment.
+  absl::StatusOr<MappedTensor> t = client_->ConvertRegion(
+      region->name(), 64, 48, DType::kFloat32, Layout{{4, 3}, {1, 4}, 0}, {});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(t->handle().shares_memory);
+  EXPECT_EQ(t->handle().shm_name, region->name());
+  EXPECT_EQ(t->handle().shm_offset, 64u);
+  EXPECT_EQ(t->strides(), (Dims{1, 4}));
+  EXPECT_EQ(server_->SegmentsInDevShm(), 0);  // no result segment was made
+  // A write through the region shows through the handle's own mapping.
+  values[16 + 5] = 42.0f;
+  EXPECT_EQ(static_cast<const float*>(t->data())[5], 42.0f);
+  EXPECT_EQ(server_->server().store().Stats().client_regions, 1u);
+  ASSERT_TRUE(t->Release().ok());
+  EXPECT_EQ(server_->server().store().Stats().client_regions, 0u);
+}
+
+TEST_F(ServiceTest, CopyTrueAndCastsMakeNewSegments) {
+  absl::StatusOr<SharedRegion> region = SharedRegion::Create(16);
+  ASSERT_TRUE(region.ok());
+  std::iota(static_cast<float*>(region->data()), static_cast<float*>(region->data()) + 4, 1.0f);
+  ConvertOptions copy;
+  copy.copy = true;
+  absl::StatusOr<MappedTensor> a =
+      client_->ConvertRegion(region->name(), 0, 16, DType::kFloat32, Layout{{4}, {1}, 0}, copy);
+  ASSERT_TRUE(a.ok());
+  EXPECT_FALSE(a->handle().shares_memory);
+  EXPECT_NE(a->handle().shm_name, region->name());
+  ConvertOptions cast;
+  cast.dtype = DType::kInt64;
+  absl::StatusOr<MappedTensor> b =
+      client_->ConvertRegion(region->name(), 0, 16, DType::kFloat32, Layout{{4}, {1}, 0}, cast);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(static_cast<const int64_t*>(b->data())[3], 4);
+  EXPECT_EQ(server_->SegmentsInDevShm(), 2);
+  a = absl::CancelledError("dropped");  // destroying the MappedTensor releases it
+  EXPECT_EQ(server_->SegmentsInDevShm(), 1);
+}
+
+TEST_F(ServiceTest, HeldTensorIsASourceAliasedOrCast) {
+  absl::StatusOr<MappedTensor> base = client_->ConvertLiteral(
+      Literal::List({Literal::Float(1.5), Literal::Float(-2.5)}), {});
+  ASSERT_TRUE(base.ok());
+  absl::StatusOr<MappedTensor> alias = client_->ConvertTensor(base->id(), {});
+  ASSERT_TRUE(alias.ok());
+  EXPECT_TRUE(alias->handle().shares_memory);
+  EXPECT_NE(alias->id(), base->id());
+  EXPECT_EQ(alias->handle().shm_name, base->handle().shm_name);
+  // Releasing the first handle keeps the memory: the alias still holds it.
+  ASSERT_TRUE(base->Release().ok());
+  EXPECT_EQ(server_->SegmentsInDevShm(), 1);
+  ConvertOptions to_int;
+  to_int.dtype = DType::kInt32;
+  absl::StatusOr<MappedTensor> cast = client_->ConvertTensor(alias->id(), to_int);
+  ASSERT_TRUE(cast.ok());
+  EXPECT_FALSE(cast->handle().shares_memory);
+  EXPECT_EQ(static_cast<const int32_t*>(cast->data())[1], -2);
+  to_int.copy = false;
+  EXPECT_EQ(client_->ConvertTensor(alias->id(), to_int).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ServiceTest, LeasesExpireUnlessRenewed) {
+  server_.reset();
+  StartServer([](server::ServerOptions& o) { o.store.default_ttl = absl::Milliseconds(200); });
+  absl::StatusOr<MappedTensor> doomed = client_->ConvertLiteral(Literal::List({Literal::Int(1)}), {});
+  absl::StatusOr<MappedTensor> kept = client_->ConvertLiteral(Literal::List({Literal::Int(2)}), {});
+  ASSERT_TRUE(doomed.ok() && kept.ok());
+  absl::StatusOr<absl::Time> renewed = client_->Renew(kept->id(), absl::Seconds(60));
+  ASSERT_TRUE(renewed.ok());
+  EXPECT_GT(*renewed, absl::Now() + absl::Seconds(50));
+  EXPECT_TRUE(Eventually([&] { return server_->server().store().Stats().expired == 1; }));
+  EXPECT_EQ(client_->ReadBytes(doomed->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->Renew(doomed->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(client_->ReadBytes(kept->id()).ok());
+  EXPECT_EQ(server_->SegmentsInDevShm(), 1);
+  // The expired tensor's mapping stays valid in this process.
+  EXPECT_EQ(static_cast<const int64_t*>(doomed->data())[0], 1);
+}
+
+TEST_F(ServiceTest, ReadStreamsRowMajorBytesOfAStridedTensor) {
+  absl::StatusOr<SharedRegion> region = SharedRegion::Create(6 * 4);
+  ASSERT_TRUE(region.ok());
+  std::iota(static_cast<int32_t*>(region->data()), static_cast<int32_t*>(region->data()) + 6, 0);
+  // The 2x3 storage read as its 3x2 transpose.
+  absl::StatusOr<MappedTensor> t = client_->ConvertRegion(region->name(), 0, 24, DType::kInt32,
+                                                          Layout{{3, 2}, {1, 3}, 0}, {});
+  ASSERT_TRUE(t.ok());
+  HandleInfo handle;
+  absl::StatusOr<std::string> bytes = client_->ReadBytes(t->id(), &handle);
+  ASSERT_TRUE(bytes.ok());
+  std::vector<int32_t> got(6);
+  std::memcpy(got.data(), bytes->data(), 24);
+  EXPECT_EQ(got, (std::vector<int32_t>{0, 3, 1, 4, 2, 5}));
+  EXPECT_EQ(handle.id, t->id());
+  EXPECT_EQ(bytes->size(), 24u);
+}
+
+TEST_F(ServiceTest, ReturnDataKeepsNoTensor) {
+  v1::ConvertRequest request = InlineFloats({1, 2, 3, 4, 5, 6}, {2, 3}, {1, 2});
+  request.set_return_data(true);
+  request.mutable_options()->set_dtype(v1::DTYPE_FLOAT64);
+  v1::ConvertResponse response;
+  ASSERT_TRUE(RawConvert(request, &response).ok());
+  std::vector<double> got(6);
+  ASSERT_EQ(response.data().size(), 48u);
+  std::memcpy(got.data(), response.data().data(), 48);
+  EXPECT_EQ(got, (std::vector<double>{1, 3, 5, 2, 4, 6}));
+  EXPECT_TRUE(response.handle().id().empty());
+  EXPECT_FALSE(response.handle().has_shared_memory());
+  EXPECT_EQ(server_->server().store().Stats().tensors, 0u);
+  EXPECT_EQ(server_->SegmentsInDevShm(), 0);
+}
+
+TEST_F(ServiceTest, UploadedStorageBecomesTheResultWhenNoCastIsNeeded) {
+  client_->set_upload_threshold(16);
+  std::vector<int16_t> values(100);
+  std::iota(values.begin(), values.end(), -50);
+  // A strided view: every other element of the first 80.
+  absl::StatusOr<MappedTensor> t = client_->ConvertInline(
+      values.data(), values.size() * 2, DType::kInt16, Layout{{40}, {2}, 0}, {});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_FALSE(t->handle().shares_memory);
+  EXPECT_EQ(t->strides(), Dims{2});  // the uploaded storage itself, no relayout
+  EXPECT_EQ(static_cast<const int16_t*>(t->data())[2 * 39], 28);
+  EXPECT_EQ(server_->SegmentsInDevShm(), 1);
+  ConvertOptions cast;
+  cast.dtype = DType::kFloat32;
+  absl::StatusOr<MappedTensor> f = client_->ConvertInline(
+      values.data(), values.size() * 2, DType::kInt16, Layout{{40}, {2}, 0}, cast);
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->strides(), Dims{1});
+  EXPECT_EQ(static_cast<const float*>(f->data())[39], 28.0f);
+  EXPECT_EQ(server_->SegmentsInDevShm(), 2);  // the upload segment went with the cast
+}
+
+TEST_F(ServiceTest, ListAndStatsDescribeLiveTensors) {
+  absl::StatusOr<MappedTensor> a = client_->ConvertLiteral(Literal::List({Literal::Int(1)}), {});
+  absl::StatusOr<MappedTensor> b = client_->ConvertLiteral(Literal::Bool(true), {});
+  ASSERT_TRUE(a.ok() && b.ok());
+  absl::StatusOr<std::vector<HandleInfo>> list = client_->List();
+  ASSERT_TRUE(list.ok());
+  std::vector<std::string> ids;
+  for (const HandleInfo& h : *list) ids.push_back(h.id);
+  EXPECT_THAT(ids, ::testing::UnorderedElementsAre(a->id(), b->id()));
+  absl::StatusOr<v1::StatsResponse> stats = client_->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->tensors(), 2u);
+  EXPECT_EQ(stats->segments(), 2u);
+  EXPECT_EQ(stats->bytes_in_use(), 9u);
+  EXPECT_EQ(stats->converts(), 2u);
+}
+
+TEST_F(ServiceTest, ShutdownWithLiveTensorsUnlinksEverySegment) {
+  std::vector<MappedTensor> live;
+  for (int i = 0; i < 5; ++i) {
+    absl::StatusOr<MappedTensor> t = client_->ConvertLiteral(Literal::List({Literal::Int(i)}), {});
+    ASSERT_TRUE(t.ok());
+    t->DetachLease();
+    live.push_back(*std::move(t));
+  }
+  EXPECT_EQ(server_->SegmentsInDevShm(), 5);
+  server_->Stop();  // fails the test if a segment is left
+  EXPECT_EQ(static_cast<const int64_t*>(live[4].data())[0], 4);  // mappings outlive the names
+  server_.reset();
+}
+
+TEST(ServiceStartup, OrphanedSegmentsOfDeadInstancesAreSwept) {
+  const std::string prefix = absl::StrCat("asarrayd-orphan-", getpid());
+  // A dead instance (no such pid) and a live one (this process, true start time).
+  const std::string dead = absl::StrCat("/", prefix, "-999999999.1-abc");
+  int fd = shm_open(dead.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  std::unique_ptr<TestServer> server = TestServer::Start([&](server::ServerOptions& o) {
+    o.store.prefix = prefix;
+    o.sweep_orphans = true;
+  });
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(server->server().orphans_swept(), 1);
+  EXPECT_EQ(CountSegments(prefix), 0);
+  std::unique_ptr<Client> client = server->NewClient();
+  absl::StatusOr<MappedTensor> t = client->ConvertLiteral(Literal::Int(7), {});
+  ASSERT_TRUE(t.ok());
+  // A second server with the same prefix leaves the live instance's segment.
+  EXPECT_EQ(server::TensorStore::SweepOrphans(prefix), 0);
+  EXPECT_EQ(CountSegments(prefix), 1);
+}
+
+TEST_F(ServiceTest, SocketIsPrivate) {
+  const std::string path = server_->address().substr(5);
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(stat(path.substr(0, path.rfind('/')).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+}
+
+TEST_F(ServiceTest, ConcurrentClientsConvertAndRelease) {
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::unique_ptr<Client> client = server_->NewClient();
+      for (int i = 0; i < 25; ++i) {
+        std::vector<int32_t> v(100, t * 1000 + i);
+        ConvertOptions o;
+        o.dtype = DType::kFloat64;
+        absl::StatusOr<MappedTensor> m =
+            client->ConvertInline(v.data(), 400, DType::kInt32, Layout{{100}, {1}, 0}, o);
+        if (!m.ok() || static_cast<const double*>(m->data())[99] != t * 1000 + i) ++failures;
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(server_->server().store().Stats().tensors, 0u);
+  EXPECT_EQ(server_->SegmentsInDevShm(), 0);
+}
+
+}  // namespace
+}  // namespace asarray::testing
