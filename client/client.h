@@ -140,6 +140,9 @@ class Client {
 
   // Payloads above this go through ConvertUpload (default 32 MiB).
   void set_upload_threshold(size_t bytes) { upload_threshold_ = bytes; }
+  // Bytes per streamed upload message (default 1 MiB); keep it below the
+  // server's --max-message-bytes.
+  void set_chunk_size(size_t bytes) { chunk_size_ = bytes; }
   size_t chunk_size() const { return chunk_size_; }
 
  private:

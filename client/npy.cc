@@ -112,9 +112,11 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(absl::string_view file) {
   if (!absl::ConsumePrefix(&shape_text, "(") || !absl::ConsumeSuffix(&shape_text, ")")) {
     return Bad("shape is not a tuple");
   }
-  for (absl::string_view part : absl::StrSplit(shape_text, ',')) {
+  std::vector<absl::string_view> parts = absl::StrSplit(shape_text, ',');
+  // "(5,)" ends in an empty part; "()" is one empty part. No other may be empty.
+  if (!parts.empty() && absl::StripAsciiWhitespace(parts.back()).empty()) parts.pop_back();
+  for (absl::string_view part : parts) {
     part = absl::StripAsciiWhitespace(part);
-    if (part.empty()) continue;
     int64_t size;
     if (!absl::SimpleAtoi(part, &size) || size < 0) {
       return Bad(absl::StrCat("shape entry '", part, "' is not a size"));

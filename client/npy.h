@@ -25,8 +25,8 @@ struct NpyHeader {
 
 // Parses the header at the start of `file` (the whole file, or at least its
 // header). INVALID_ARGUMENT says what is wrong: not .npy, an unsupported
-// version, big-endian data, an object or other unsupported dtype, a
-// malformed header, or (when the whole file is given) too few data bytes.
+// version, big-endian data, an object or other unsupported dtype, or a
+// malformed header. The caller checks that data_bytes follow data_offset.
 absl::StatusOr<NpyHeader> ParseNpyHeader(absl::string_view file);
 
 // A version 1.0 .npy image of a row-major array.

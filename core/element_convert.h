@@ -8,10 +8,13 @@
 // - Into an integer from an integer or bool: two's-complement wrap.
 // - Into an integer from a floating or complex value (real part): exactly
 //   what torch computes on x86, for every input. The value is truncated
-//   toward zero into int32 (int64 for an int64 target) and then wrapped to
-//   the target width: 300.7 into uint8 gives 44, -5.0 gives 251. NaN,
-//   infinities and values whose truncation does not fit that intermediate
-//   become its minimum (x86's "integer indefinite"), so inf into int16 is 0.
+//   toward zero into an intermediate and then wrapped to the target width.
+//   The intermediate is int64 for int64 and uint8 targets (torch routes
+//   unsigned targets through int64 on purpose) and int32 for int8, int16 and
+//   int32 (the compiler's 32-bit conversion): 300.7 into uint8 gives 44, -5.0
+//   gives 251. NaN, infinities and values whose truncation does not fit the
+//   intermediate become its minimum (x86's "integer indefinite"), so inf into
+//   int16 is 0.
 // - Into bool: != 0. NaN is true; a complex value is true when either part is
 //   non-zero (torch 2.x).
 // - Complex into real keeps the real part (the caller reports the warning).
@@ -127,12 +130,12 @@ ASARRAY_HD float FloatFromBFloat16(BFloat16 b) {
   return convert_internal::BitsFloat(static_cast<uint32_t>(b.bits) << 16);
 }
 
-// Truncation toward zero into int32, or int64 for an int64 target, with
-// x86's answer (the intermediate's minimum) for NaN and out-of-range values,
-// then the two's-complement wrap to To.
+// Truncation toward zero into the intermediate described above, with x86's
+// answer (the intermediate's minimum) for NaN and out-of-range values, then
+// the two's-complement wrap to To.
 template <typename To>
 ASARRAY_HD To TruncateToInteger(double x) {
-  if constexpr (sizeof(To) == 8) {
+  if constexpr (sizeof(To) == 8 || std::is_unsigned<To>::value) {
     const bool fits = x >= -9223372036854775808.0 && x < 9223372036854775808.0;
     return static_cast<To>(fits ? static_cast<int64_t>(x) : INT64_MIN);
   } else {

@@ -43,8 +43,16 @@ class LiteralBuilder : public nlohmann::json_sax<Json> {
   }
   bool binary(binary_t&) override { return Leaf(Literal::Invalid("binary data")); }
 
-  bool start_array(std::size_t) override { return Open(Frame::kArray); }
+  bool start_array(std::size_t) override {
+    if (list_depth_ >= kMaxRank) {
+      error_ = absl::StrCat("literal nests lists deeper than the maximum rank ", kMaxRank);
+      return false;
+    }
+    ++list_depth_;
+    return Open(Frame::kArray);
+  }
   bool end_array() override {
+    --list_depth_;
     Frame frame = std::move(frames_.back());
     frames_.pop_back();
     return Leaf(Literal::List(std::move(frame.items)));
@@ -101,7 +109,9 @@ class LiteralBuilder : public nlohmann::json_sax<Json> {
   }
 
   bool Open(Frame::Kind kind) {
-    if (frames_.size() > static_cast<size_t>(kMaxRank)) {
+    // Objects only make complex leaves, or invalid ones; bound their nesting
+    // as well, so that no input builds an unbounded stack of frames.
+    if (frames_.size() > static_cast<size_t>(kMaxRank) + 1) {
       error_ = absl::StrCat("literal nests deeper than the maximum rank ", kMaxRank);
       return false;
     }
@@ -119,6 +129,7 @@ class LiteralBuilder : public nlohmann::json_sax<Json> {
   }
 
   std::vector<Frame> frames_;
+  int list_depth_ = 0;
   Literal result_;
   std::string error_;
 };

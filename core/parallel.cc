@@ -28,12 +28,12 @@ void ParallelFor(int64_t total, int64_t min_grain,
     fn(0, total);
     return;
   }
-  const int64_t step = (total + pieces - 1) / pieces;
+  const int64_t step = total / pieces + (total % pieces != 0 ? 1 : 0);  // no overflow
   std::vector<std::thread> workers;
   workers.reserve(pieces - 1);
   for (int64_t p = 1; p < pieces; ++p) {
-    const int64_t begin = p * step;
-    const int64_t end = std::min(total, begin + step);
+    const int64_t begin = p * step;  // < total, so no overflow
+    const int64_t end = total - begin > step ? begin + step : total;
     if (begin >= end) continue;
     try {
       workers.emplace_back([=] { fn(begin, end); });

@@ -1,5 +1,6 @@
 #include "server/converter.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -96,6 +97,39 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
       break;
   }
   return absl::InvalidArgumentError("request has no source");
+}
+
+uint64_t Converter::EstimateCopyBytes(const v1::ConvertRequest& request, uid_t caller) const {
+  const v1::Source& source = request.source();
+  Source array;
+  switch (source.kind_case()) {
+    case v1::Source::kInlineArray:
+      return source.inline_array().storage().size();
+    case v1::Source::kLiteral:
+      return static_cast<uint64_t>(source.literal().nodes_size()) * 16;
+    case v1::Source::kSharedMemory: {
+      absl::StatusOr<DType> dtype = DTypeFromProto(source.shared_memory().dtype());
+      absl::StatusOr<Layout> layout = LayoutFromProto(source.shared_memory().layout());
+      if (!dtype.ok() || !layout.ok()) return 0;
+      array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
+      break;
+    }
+    case v1::Source::kTensorId: {
+      absl::StatusOr<TensorStore::Lease> held = store_->Get(source.tensor_id(), caller);
+      if (!held.ok()) return 0;
+      const Tensor& t = *held->tensor;
+      array = {SourceKind::kHostMemory, t.dtype, t.layout, t.device};
+      break;
+    }
+    default:
+      return 0;
+  }
+  absl::StatusOr<ConvertOptions> options = OptionsFromProto(request.options());
+  if (!options.ok()) return 0;
+  absl::StatusOr<Plan> plan = PlanConversion(array, *options);
+  if (!plan.ok() || plan->action == Plan::Action::kAlias) return 0;
+  return NumElements(plan->layout.shape).value_or(0) *
+         std::max(ItemSize(plan->dtype), ItemSize(array.dtype));
 }
 
 absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,

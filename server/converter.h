@@ -25,6 +25,11 @@ class Converter {
   // A unary request: any source kind.
   absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, uid_t caller);
 
+  // About how many bytes Convert(request) would copy; 0 when it would only
+  // alias or fail. Cheap: no memory is mapped. Lets the service run small
+  // requests on the calling thread and hand the rest to workers.
+  uint64_t EstimateCopyBytes(const v1::ConvertRequest& request, uid_t caller) const;
+
   // Checks an upload's header before any byte is received, and returns the
   // segment its storage is written into (exactly header.storage_size bytes).
   absl::StatusOr<std::shared_ptr<ShmSegment>> BeginUpload(const v1::ConvertUploadHeader& header);

@@ -64,6 +64,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
+  for (grpc::Service* extra : options.extra_services) builder.RegisterService(extra);
 
   std::vector<std::pair<std::string, std::unique_ptr<int>>> tcp_ports;
   for (std::string address : options.listen) {
@@ -101,7 +102,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  grpc_server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
+  // Our own count of calls in flight decides how long to wait; gRPC then
+  // only cancels what is left (nothing, unless the grace ran out).
+  service_->Drain(grace);
+  grpc_server_->Shutdown(std::chrono::system_clock::now());
 }
 
 void Server::Wait() { grpc_server_->Wait(); }
@@ -111,13 +115,15 @@ Server::~Server() {
     Shutdown();
     grpc_server_->Wait();
   }
-  // Order matters: the executor finishes queued work before the store (and
-  // with it every segment) goes.
-  grpc_server_.reset();
+  // No call runs any more. The executor finishes its queue before the store
+  // (and with it every segment) goes. The gRPC server object is destroyed
+  // last: gRPC 1.51 sometimes spends seconds in its destructor after a
+  // streaming call, and the segments should not wait for that.
   executor_.reset();
-  service_.reset();
   store_.reset();
   for (const std::string& path : socket_paths_) unlink(path.c_str());
+  grpc_server_.reset();
+  service_.reset();
 }
 
 }  // namespace asarray::server

@@ -29,6 +29,8 @@ struct ServerOptions {
   int64_t max_message_bytes = 64 << 20;
   absl::Duration sweep_interval = absl::Seconds(1);
   bool sweep_orphans = true;  // unlink segments of dead instances at start
+  // More services on the same listeners (benchmarks' baselines); not owned.
+  std::vector<grpc::Service*> extra_services;
 };
 
 // Creates the socket's directory with mode 0700 or checks that an existing

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -18,6 +19,8 @@ namespace {
 
 constexpr uint64_t kDefaultChunk = 1 << 20;
 constexpr uint64_t kMaxChunk = 4 << 20;
+// Requests that copy fewer bytes than this run on gRPC's callback thread.
+constexpr uint64_t kInlineWorkBytes = 256 << 10;
 
 HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires) {
   HandleInfo info;
@@ -57,6 +60,23 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
   TensorStreamer(AsArrayService* service, uint64_t chunk_bytes)
       : service_(service), chunk_bytes_(chunk_bytes) {}
 
+  // Runs `prepare` on the executor once gRPC has bound this reactor to its
+  // call (the initial metadata went out). Starting writes from another thread
+  // before the handler has returned the reactor races with that binding.
+  void PrepareOnExecutor(std::function<void()> prepare) {
+    prepare_ = std::move(prepare);
+    StartSendInitialMetadata();
+  }
+
+  void OnSendInitialMetadataDone(bool ok) override {
+    if (!prepare_) return;
+    if (!ok) {
+      Fail(absl::CancelledError("the client went away before the conversion"));
+      return;
+    }
+    service_->executor()->Schedule(std::move(prepare_));
+  }
+
   // Starts streaming `tensor`. `handle` goes into the first message.
   void Start(std::shared_ptr<const Tensor> tensor, const HandleInfo& handle) {
     tensor_ = std::move(tensor);
@@ -80,7 +100,10 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
     NextWrite();
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->Exit();
+    delete this;
+  }
 
  private:
   void NextWrite() {
@@ -104,6 +127,7 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
 
   AsArrayService* const service_;
   const uint64_t chunk_bytes_;
+  std::function<void()> prepare_;
   std::shared_ptr<const Tensor> tensor_;
   v1::ReadResponse response_;
   int64_t total_ = 0;
@@ -116,9 +140,10 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
 class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadRequest> {
  public:
   UploadReceiver(AsArrayService* service, uid_t caller, v1::ConvertResponse* response)
-      : service_(service), caller_(caller), response_(response) {
-    StartRead(&request_);
-  }
+      : service_(service), caller_(caller), response_(response) {}
+
+  void Begin() { StartRead(&request_); }
+  void Refuse(const absl::Status& status) { Fail(status); }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
@@ -160,7 +185,10 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
     StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->Exit();
+    delete this;
+  }
 
  private:
   void EndOfStream() {
@@ -216,6 +244,26 @@ uint64_t AsArrayService::ChunkBytes(uint64_t requested) const {
   return std::min(chunk, limit);
 }
 
+bool AsArrayService::Enter() {
+  absl::MutexLock lock(&calls_mu_);
+  ++calls_in_flight_;
+  return !draining_;
+}
+
+void AsArrayService::Exit() {
+  absl::MutexLock lock(&calls_mu_);
+  --calls_in_flight_;
+}
+
+bool AsArrayService::Drain(absl::Duration grace) {
+  absl::MutexLock lock(&calls_mu_);
+  draining_ = true;
+  return calls_mu_.AwaitWithTimeout(
+      absl::Condition(
+          +[](int* in_flight) { return *in_flight == 0; }, &calls_in_flight_),
+      grace);
+}
+
 void AsArrayService::Count(const absl::Status& status) {
   if (!status.ok()) ++errors_;
 }
@@ -225,15 +273,21 @@ grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext*
   Count(status);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
+  Exit();
   return reactor;
 }
+
+namespace {
+absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
+}  // namespace
 
 grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* context,
                                                   const v1::ConvertRequest* request,
                                                   v1::ConvertResponse* response) {
+  if (!Enter()) return FinishNow(context, ShuttingDown());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const uid_t caller = CallerUid(context);
-  executor_->Schedule([this, reactor, request, response, caller] {
+  auto work = [this, reactor, request, response, caller] {
     absl::Status status = [&]() -> absl::Status {
       ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(*request, caller));
       ++converts_;
@@ -256,20 +310,41 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
     }();
     Count(status);
     reactor->Finish(ToGrpcStatus(status));
-  });
+    Exit();
+  };
+  // Aliasing and small copies finish here; big copies go to the workers so
+  // that gRPC's threads never wait on them.
+  const uint64_t copy_bytes = converter_.EstimateCopyBytes(*request, caller);
+  if (copy_bytes < kInlineWorkBytes && !request->return_data()) {
+    work();
+  } else {
+    executor_->Schedule(std::move(work));
+  }
   return reactor;
 }
 
 grpc::ServerReadReactor<v1::ConvertUploadRequest>* AsArrayService::ConvertUpload(
     grpc::CallbackServerContext* context, v1::ConvertResponse* response) {
-  return new UploadReceiver(this, CallerUid(context), response);
+  const bool serving = Enter();
+  auto* receiver = new UploadReceiver(this, CallerUid(context), response);
+  if (serving) {
+    receiver->Begin();
+  } else {
+    receiver->Refuse(ShuttingDown());
+  }
+  return receiver;
 }
 
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
     grpc::CallbackServerContext* context, const v1::ConvertRequest* request) {
+  const bool serving = Enter();
   auto* streamer = new TensorStreamer(this, ChunkBytes(0));
+  if (!serving) {
+    streamer->Fail(ShuttingDown());
+    return streamer;
+  }
   const uid_t caller = CallerUid(context);
-  executor_->Schedule([this, streamer, request, caller] {
+  streamer->PrepareOnExecutor([this, streamer, request, caller] {
     absl::StatusOr<Tensor> tensor = converter_.Convert(*request, caller);
     if (!tensor.ok()) {
       streamer->Fail(tensor.status());
@@ -284,7 +359,12 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
 
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
     grpc::CallbackServerContext* context, const v1::ReadRequest* request) {
+  const bool serving = Enter();
   auto* streamer = new TensorStreamer(this, ChunkBytes(request->chunk_size()));
+  if (!serving) {
+    streamer->Fail(ShuttingDown());
+    return streamer;
+  }
   absl::StatusOr<TensorStore::Lease> lease = store_->Get(request->id(), CallerUid(context));
   if (!lease.ok()) {
     streamer->Fail(lease.status());
@@ -297,12 +377,14 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
 grpc::ServerUnaryReactor* AsArrayService::Release(grpc::CallbackServerContext* context,
                                                   const v1::ReleaseRequest* request,
                                                   v1::ReleaseResponse*) {
+  if (!Enter()) return FinishNow(context, ShuttingDown());
   return FinishNow(context, store_->Release(request->id(), CallerUid(context)));
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* context,
                                                 const v1::RenewRequest* request,
                                                 v1::RenewResponse* response) {
+  if (!Enter()) return FinishNow(context, ShuttingDown());
   absl::StatusOr<absl::Time> expires = store_->Renew(
       request->id(), absl::Milliseconds(request->ttl_ms()), CallerUid(context));
   if (expires.ok()) response->set_lease_expires_unix_ms(absl::ToUnixMillis(*expires));
@@ -312,6 +394,7 @@ grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* context,
                                                const v1::ListRequest*,
                                                v1::ListResponse* response) {
+  if (!Enter()) return FinishNow(context, ShuttingDown());
   for (const TensorStore::Lease& lease : store_->List(CallerUid(context))) {
     HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->add_tensors());
   }
@@ -321,6 +404,7 @@ grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* context,
                                                 const v1::StatsRequest*,
                                                 v1::StatsResponse* response) {
+  if (!Enter()) return FinishNow(context, ShuttingDown());
   const StoreStats s = store_->Stats();
   response->set_tensors(s.tensors);
   response->set_segments(s.segments);

@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "server/converter.h"
@@ -51,6 +53,16 @@ class AsArrayService final : public v1::AsArray::CallbackService {
 
   // For the reactors: counts a finished call.
   void Count(const absl::Status& status);
+
+  // Every call enters when it starts and exits when gRPC is done with it.
+  // Enter() returns false once draining, and the call must then fail with
+  // UNAVAILABLE (it still exits).
+  bool Enter();
+  void Exit();
+  // Refuses new calls and waits up to `grace` for those in flight. Returns
+  // whether all finished. Shutdown relies on this count rather than on gRPC's,
+  // so that it never waits for calls that are already over.
+  bool Drain(absl::Duration grace);
   TensorStore* store() const { return store_; }
   Executor* executor() const { return executor_; }
   Converter* converter() { return &converter_; }
@@ -68,6 +80,10 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   const absl::Time started_ = absl::Now();
   std::atomic<uint64_t> converts_{0};
   std::atomic<uint64_t> errors_{0};
+
+  absl::Mutex calls_mu_;
+  int calls_in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(calls_mu_) = false;
 };
 
 // The uid a call comes from. The socket's directory admits only the

@@ -129,7 +129,8 @@ def edge_floats(name):
     info = torch.finfo(DTYPES[name])
     sub = info.tiny * info.eps
     vals = [0.0, -0.0, sub, -sub, info.max, -info.max, INF, -INF, NAN, 0.5, -0.5, 1.5, 2.5, -2.5,
-            300.7, -300.7, -5.0, 255.0, 256.0, 65504.0, 65519.0, 65520.0, 3e9, -3e9, 1e20, -1e20]
+            300.7, -300.7, -5.0, 255.0, 256.0, 65504.0, 65519.0, 65520.0, 3e9, -3e9,
+            4294967297.0, -2147483649.0, 3000000001.0, 1e20, -1e20]
     if name in ("float32", "float64"):
         ties = [1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8]
         vals += ties + ([t + d for t in ties for d in (2.0 ** -40, -2.0 ** -40)] if name == "float64" else [])

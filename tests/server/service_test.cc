@@ -56,6 +56,7 @@ class ServiceTest : public ::testing::Test {
     if (server_ == nullptr) return;
     EXPECT_TRUE(client_->Health().ok());
     client_.reset();
+    stub_.reset();
     server_->Stop();
   }
 

@@ -1,0 +1,319 @@
+// Service benchmarks, each against a bare gRPC baseline on the same Unix
+// socket in the same run, reported as ratios (one JSON object per line):
+// - zero-copy handoff: p50 of convert + map of a shm-referenced float32
+//   array (copy=None) at 1 KiB and 1 GiB, against a bare unary echo;
+// - inline: 64 MiB upload + convert against a bare client stream of the same
+//   bytes, and a 64 MiB read-back against a bare server stream;
+// - server memory: the asarrayd process's RSS during a 1 GiB inline upload.
+//   service_bench --asarrayd PATH [--reps N]
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "echo.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "server/server.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace ab = asarray::bench;
+
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void Check(const absl::Status& s, const char* what) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, s.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+// Echo: the same transport with nothing behind it.
+class EchoService final : public ab::Echo::CallbackService {
+ public:
+  explicit EchoService(size_t chunk) : block_(chunk, 'x') {}
+
+  grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context, const ab::Empty*,
+                                 ab::Empty*) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerReadReactor<ab::Chunk>* Upload(grpc::CallbackServerContext*, ab::Empty*) override {
+    class Reader final : public grpc::ServerReadReactor<ab::Chunk> {
+     public:
+      Reader() { StartRead(&chunk_); }
+      void OnReadDone(bool ok) override {
+        if (!ok) {
+          Finish(grpc::Status::OK);
+          return;
+        }
+        StartRead(&chunk_);
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      ab::Chunk chunk_;
+    };
+    return new Reader();
+  }
+
+  grpc::ServerWriteReactor<ab::Chunk>* Download(grpc::CallbackServerContext*,
+                                                const ab::DownloadRequest* request) override {
+    class Writer final : public grpc::ServerWriteReactor<ab::Chunk> {
+     public:
+      Writer(const std::string& block, uint64_t total) : block_(block), left_(total) { Next(); }
+      void OnWriteDone(bool ok) override {
+        if (!ok) {
+          Finish(grpc::Status::CANCELLED);
+          return;
+        }
+        Next();
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      void Next() {
+        if (left_ == 0) {
+          Finish(grpc::Status::OK);
+          return;
+        }
+        const uint64_t n = std::min<uint64_t>(left_, block_.size());
+        chunk_.set_data(block_.data(), n);  // one copy per message, as the service makes
+        left_ -= n;
+        StartWrite(&chunk_);
+      }
+      const std::string& block_;
+      uint64_t left_;
+      ab::Chunk chunk_;
+    };
+    return new Writer(block_, request->bytes());
+  }
+
+ private:
+  std::string block_;
+};
+
+void PrintRow(const std::string& json) {
+  std::printf("%s\n", json.c_str());
+  std::fflush(stdout);
+}
+
+// p50 in microseconds of `body` over `n` calls after `n / 10` warm-ups.
+template <typename F>
+double P50Micros(int n, F&& body) {
+  for (int i = 0; i < n / 10; ++i) body();
+  std::vector<double> t;
+  for (int i = 0; i < n; ++i) {
+    const auto start = Clock::now();
+    body();
+    t.push_back(Seconds(start) * 1e6);
+  }
+  return Median(t);
+}
+
+void Handoff(asarray::Client& client, ab::Echo::Stub& echo) {
+  const double ping = P50Micros(2000, [&] {
+    grpc::ClientContext context;
+    ab::Empty out;
+    Check(asarray::FromGrpcStatus(echo.Ping(&context, ab::Empty(), &out)), "ping");
+  });
+  double p50[2];
+  const uint64_t sizes[2] = {1 << 10, uint64_t{1} << 30};
+  for (int k = 0; k < 2; ++k) {
+    absl::StatusOr<asarray::SharedRegion> region = asarray::SharedRegion::Create(sizes[k]);
+    Check(region.status(), "region");
+    const int64_t n = static_cast<int64_t>(sizes[k] / 4);
+    std::vector<double> t;
+    for (int i = 0; i < 1100; ++i) {
+      const auto start = Clock::now();
+      absl::StatusOr<asarray::MappedTensor> m = client.ConvertRegion(
+          region->name(), 0, sizes[k], asarray::DType::kFloat32, {{n}, {1}, 0}, {});
+      const double us = Seconds(start) * 1e6;
+      Check(m.status(), "convert");
+      if (!m->handle().shares_memory) Check(absl::InternalError("no alias"), "alias");
+      if (i >= 100) t.push_back(us);
+    }  // each MappedTensor releases its lease as it goes
+    p50[k] = Median(t);
+  }
+  PrintRow(absl::StrCat("{\"bench\": \"handoff\", \"ping_p50_us\": ", ping,
+                        ", \"convert_map_1KiB_p50_us\": ", p50[0],
+                        ", \"convert_map_1GiB_p50_us\": ", p50[1],
+                        ", \"ratio_1GiB_over_1KiB\": ", p50[1] / p50[0],
+                        ", \"ratio_1GiB_over_ping\": ", p50[1] / ping, "}"));
+}
+
+void Inline(asarray::Client& client, ab::Echo::Stub& echo, int reps) {
+  const uint64_t bytes = 64 << 20;
+  const size_t chunk = client.chunk_size();
+  std::vector<float> data(bytes / 4, 1.5f);
+  const int64_t n = static_cast<int64_t>(data.size());
+  std::vector<double> ours, bare, read, bare_read;
+  for (int r = 0; r < reps; ++r) {
+    auto start = Clock::now();
+    absl::StatusOr<asarray::MappedTensor> m =
+        client.ConvertInline(data.data(), bytes, asarray::DType::kFloat32, {{n}, {1}, 0}, {});
+    ours.push_back(Seconds(start));
+    Check(m.status(), "upload");
+
+    start = Clock::now();
+    {
+      grpc::ClientContext context;
+      ab::Empty out;
+      auto writer = echo.Upload(&context, &out);
+      ab::Chunk c;
+      const char* p = reinterpret_cast<const char*>(data.data());
+      for (uint64_t sent = 0; sent < bytes; sent += chunk) {
+        c.set_data(p + sent, std::min<uint64_t>(chunk, bytes - sent));
+        writer->Write(c);
+      }
+      writer->WritesDone();
+      Check(asarray::FromGrpcStatus(writer->Finish()), "bare upload");
+    }
+    bare.push_back(Seconds(start));
+
+    start = Clock::now();
+    absl::StatusOr<std::string> back = client.ReadBytes(m->id());
+    read.push_back(Seconds(start));
+    Check(back.status(), "read");
+    if (back->size() != bytes) Check(absl::InternalError("short read"), "read");
+
+    start = Clock::now();
+    {
+      grpc::ClientContext context;
+      ab::DownloadRequest request;
+      request.set_bytes(bytes);
+      auto reader = echo.Download(&context, request);
+      std::string all;
+      all.reserve(bytes);
+      ab::Chunk c;
+      while (reader->Read(&c)) all.append(c.data());
+      Check(asarray::FromGrpcStatus(reader->Finish()), "bare download");
+    }
+    bare_read.push_back(Seconds(start));
+  }
+  const double mib = bytes / 1048576.0;
+  PrintRow(absl::StrCat(
+      "{\"bench\": \"inline_64MiB\", \"upload_convert_MiBps\": ", mib / Median(ours),
+      ", \"bare_client_stream_MiBps\": ", mib / Median(bare),
+      ", \"upload_ratio\": ", Median(bare) / Median(ours),
+      ", \"read_MiBps\": ", mib / Median(read),
+      ", \"bare_server_stream_MiBps\": ", mib / Median(bare_read),
+      ", \"read_ratio\": ", Median(bare_read) / Median(read), "}"));
+}
+
+// kB values of a /proc/PID/status line.
+long StatusKb(pid_t pid, const char* key) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0) return std::atol(line.c_str() + std::strlen(key) + 1);
+  }
+  return -1;
+}
+
+void ServerMemory(const std::string& asarrayd) {
+  char dir[] = "/tmp/asarrayd-bench-XXXXXX";
+  if (mkdtemp(dir) == nullptr) Check(absl::InternalError("mkdtemp"), "rss");
+  const std::string address = absl::StrCat("unix:", dir, "/s/asarrayd.sock");
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string listen = "--listen=" + address;
+    execl(asarrayd.c_str(), asarrayd.c_str(), listen.c_str(), "--shm_prefix=asarrayd-bench",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  absl::StatusOr<std::unique_ptr<asarray::Client>> client = asarray::Client::Connect(address);
+  Check(client.status(), "connect");
+  for (int i = 0; i < 500 && !(*client)->Health().ok(); ++i) usleep(10000);
+  Check((*client)->Health(), "server start");
+
+  const uint64_t bytes = uint64_t{1} << 30;
+  std::vector<uint8_t> data(bytes, 7);
+  const long idle_anon = StatusKb(pid, "RssAnon:");
+  const long idle_rss = StatusKb(pid, "VmRSS:");
+  std::atomic<bool> done{false};
+  long peak_anon = idle_anon, peak_rss = idle_rss, peak_shmem = 0;
+  std::thread poll([&] {
+    while (!done) {
+      peak_anon = std::max(peak_anon, StatusKb(pid, "RssAnon:"));
+      peak_rss = std::max(peak_rss, StatusKb(pid, "VmRSS:"));
+      peak_shmem = std::max(peak_shmem, StatusKb(pid, "RssShmem:"));
+      usleep(2000);
+    }
+  });
+  const auto start = Clock::now();
+  absl::StatusOr<asarray::MappedTensor> m = (*client)->ConvertInline(
+      data.data(), bytes, asarray::DType::kUInt8, {{static_cast<int64_t>(bytes)}, {1}, 0}, {});
+  const double secs = Seconds(start);
+  done = true;
+  poll.join();
+  Check(m.status(), "1 GiB upload");
+  m = absl::CancelledError("released");
+  kill(pid, SIGTERM);
+  int wstatus = 0;
+  waitpid(pid, &wstatus, 0);
+  PrintRow(absl::StrCat(
+      "{\"bench\": \"server_rss_1GiB_upload\", \"idle_anon_MiB\": ", idle_anon / 1024.0,
+      ", \"peak_anon_above_idle_MiB\": ", (peak_anon - idle_anon) / 1024.0,
+      ", \"peak_rss_above_idle_MiB\": ", (peak_rss - idle_rss) / 1024.0,
+      ", \"peak_shmem_MiB\": ", peak_shmem / 1024.0, ", \"upload_s\": ", secs,
+      ", \"server_exit\": ", WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1, "}"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string asarrayd;
+  int reps = 7;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--asarrayd") == 0) asarrayd = argv[i + 1];
+    if (std::strcmp(argv[i], "--reps") == 0) reps = std::atoi(argv[i + 1]);
+  }
+  signal(SIGPIPE, SIG_IGN);
+  EchoService echo(1 << 20);
+  char dir[] = "/tmp/asarrayd-bench-XXXXXX";
+  if (mkdtemp(dir) == nullptr) return 1;
+  asarray::server::ServerOptions options;
+  options.listen = {absl::StrCat("unix:", dir, "/s/asarrayd.sock")};
+  options.store.prefix = absl::StrCat("asarrayd-bench-", getpid());
+  options.extra_services = {&echo};
+  absl::StatusOr<std::unique_ptr<asarray::server::Server>> server =
+      asarray::server::Server::Start(options);
+  Check(server.status(), "server");
+  absl::StatusOr<std::unique_ptr<asarray::Client>> client =
+      asarray::Client::Connect((*server)->addresses().front());
+  Check(client.status(), "client");
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto echo_stub = ab::Echo::NewStub(grpc::CreateCustomChannel(
+      (*server)->addresses().front(), grpc::InsecureChannelCredentials(), args));
+
+  Handoff(**client, *echo_stub);
+  Inline(**client, *echo_stub, reps);
+  client->reset();
+  server->reset();
+  if (!asarrayd.empty()) ServerMemory(asarrayd);
+  return 0;
+}

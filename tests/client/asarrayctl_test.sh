@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# End-to-end test of asarrayctl against a private asarrayd.
+# usage: asarrayctl_test.sh ASARRAYD ASARRAYCTL
+# numpy and torch (via /usr/bin/python3, or $ASARRAY_TORCH_PYTHON) are the reference.
+set -u
+
+if [[ $# -ne 2 ]]; then
+  echo "usage: $0 ASARRAYD ASARRAYCTL" >&2
+  exit 2
+fi
+SERVER=$(realpath "$1")
+CTL=$(realpath "$2")
+PY=${ASARRAY_TORCH_PYTHON:-/usr/bin/python3}
+PREFIX="asarrayd-ctltest-$$"
+
+TMP=$(mktemp -d)
+export XDG_RUNTIME_DIR="$TMP"
+cd "$TMP" || exit 1
+passed=0
+failed=0
+server_pid=
+
+pass() { passed=$((passed + 1)); echo "PASS $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL $1" >&2; }
+
+# check NAME CMD...: passes when CMD exits 0.
+check() {
+  local name=$1
+  shift
+  if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# ctl_fails NAME EXIT CODE ARGS...: asarrayctl ARGS must exit EXIT with CODE on stderr.
+ctl_fails() {
+  local name=$1 want_rc=$2 code=$3
+  shift 3
+  "$CTL" "$@" >out.txt 2>err.txt
+  local rc=$?
+  if [[ $rc -eq $want_rc ]] && grep -q "$code" err.txt; then
+    pass "$name"
+  else
+    fail "$name (exit $rc, stderr: $(head -c 300 err.txt))"
+  fi
+}
+
+# py SCRIPT [ARGS...]: runs python with numpy as np, json and sys imported.
+py() {
+  local script=$1
+  shift
+  "$PY" -c "import sys, json; import numpy as np
+$script" "$@"
+}
+
+cleanup() {
+  local rc=$?
+  if [[ -n $server_pid ]]; then
+    kill -TERM "$server_pid" 2>/dev/null
+    for _ in $(seq 100); do
+      kill -0 "$server_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$server_pid" 2>/dev/null; then
+      fail "asarrayd stops within 10 s of SIGTERM"
+      kill -KILL "$server_pid" 2>/dev/null
+    fi
+    wait "$server_pid"
+    local server_rc=$?
+    if [[ $server_rc -ne 0 ]]; then fail "asarrayd exits 0 on SIGTERM (got $server_rc)"; fi
+  fi
+  local left
+  left=$(ls /dev/shm | grep "^$PREFIX-" || true)
+  if [[ -n $left ]]; then
+    fail "segments left in /dev/shm: $left"
+    for f in $left; do rm -f "/dev/shm/$f"; done
+  else
+    pass "no /dev/shm/$PREFIX* left after shutdown"
+  fi
+  if [[ $failed -ne 0 && -f server.log ]]; then
+    echo "--- server log" >&2
+    tail -20 server.log >&2
+  fi
+  cd / && rm -rf "$TMP"
+  echo "asarrayctl: $passed passed, $failed failed"
+  if [[ $failed -ne 0 ]]; then exit 1; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+"$SERVER" --shm_prefix "$PREFIX" 2>server.log &
+server_pid=$!
+for _ in $(seq 100); do
+  if [[ $("$CTL" health 2>/dev/null) == SERVING ]]; then break; fi
+  if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+if [[ $("$CTL" health 2>/dev/null) != SERVING ]]; then
+  fail "asarrayd serves on \$XDG_RUNTIME_DIR/asarrayd/asarrayd.sock"
+  exit 1
+fi
+pass "health prints SERVING"
+
+py '
+np.save("f32.npy", (np.arange(12, dtype="<f4").reshape(3, 4) - 5.5) / 3)
+np.save("fort.npy", np.asfortranarray(np.arange(6, dtype="<i8").reshape(2, 3)))
+np.save("cast.npy", np.array([1 / 3, 1e-8, 65520, -2.5, 3.14159, 1e5, 0.1, -0.0], "<f4"))
+np.save("big.npy", np.arange(3, dtype=">f4"))
+np.save("obj.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+' || { fail "numpy writes the inputs"; exit 1; }
+
+# expect_json FILE PYTHON-EXPR: the expression (over j, the first JSON line) is true.
+expect_json() {
+  py 'j = json.loads(open(sys.argv[1]).readline()); ok = eval("(" + sys.argv[2] + ")")
+if not ok: print("  got", j, file=sys.stderr)
+sys.exit(0 if ok else 1)' "$@"
+}
+# same_array A.npy B.npy: same dtype, shape and values.
+same_array() {
+  py 'a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+ok = a.dtype == b.dtype and a.shape == b.shape and a.tobytes("C") == b.tobytes("C")
+if not ok: print("  ", a.dtype, a.shape, a, "vs", b.dtype, b.shape, b, file=sys.stderr)
+sys.exit(0 if ok else 1)' "$@"
+}
+
+# --via shm (the default) aliases the client's segment.
+"$CTL" convert f32.npy --save f32_out.npy >shm.json 2>err.txt
+check "convert --via shm exits 0" test $? -eq 0
+check "convert --via shm shares memory, float32 (3, 4) strides (4, 1)" expect_json shm.json \
+  'j["shares_memory"] is True and j["dtype"] == "float32" and j["shape"] == [3, 4]
+   and j["strides"] == [4, 1] and j["requires_grad"] is False and j["memory"]["kind"] == "shm"'
+check "convert --save writes the input's array" same_array f32.npy f32_out.npy
+ID=$(py 'print(json.load(open("shm.json"))["id"])')
+
+"$CTL" convert f32.npy --via inline --save inline_out.npy >inline.json 2>err.txt
+check "convert --via inline exits 0" test $? -eq 0
+check "convert --via inline does not share memory" expect_json inline.json \
+  'j["shares_memory"] is False and j["dtype"] == "float32" and j["shape"] == [3, 4]'
+check "convert --via inline --save writes the input's array" same_array f32.npy inline_out.npy
+ctl_fails "--via inline --copy false is FAILED_PRECONDITION" 1 FAILED_PRECONDITION \
+  convert f32.npy --via inline --copy false
+
+# Casts against torch.
+"$CTL" convert cast.npy --dtype float16 --save f16.npy >f16.json 2>err.txt
+check "convert --dtype float16 exits 0" test $? -eq 0
+check "--dtype float16 reports float16 and a copy" expect_json f16.json \
+  'j["dtype"] == "float16" and j["shares_memory"] is False and j["shape"] == [8]'
+check "--dtype float16 matches torch.asarray" py '
+import torch
+want = torch.asarray(np.load("cast.npy"), dtype=torch.float16).numpy()
+got = np.load("f16.npy")
+sys.exit(0 if got.dtype == np.float16 and got.tobytes() == want.tobytes() else 1)'
+"$CTL" convert cast.npy --dtype bfloat16 --save bf16.npy >bf16.json 2>err.txt
+check "convert --dtype bfloat16 exits 0" test $? -eq 0
+check "--dtype bfloat16 reports bfloat16" expect_json bf16.json 'j["dtype"] == "bfloat16"'
+check "--dtype bfloat16 saves torch's bits as <u2" py '
+import torch
+want = torch.asarray(np.load("cast.npy"), dtype=torch.bfloat16).view(torch.int16).numpy()
+got = np.load("bf16.npy")
+sys.exit(0 if got.dtype == np.dtype("<u2") and got.tobytes() == want.tobytes() else 1)'
+
+# Literals.
+"$CTL" convert --json '[[1, 2.5], [3, 4]]' --requires-grad --save lit.npy >lit.json 2>err.txt
+check "convert --json --requires-grad exits 0" test $? -eq 0
+check "--json gives float32 (2, 2) requiring grad" expect_json lit.json \
+  'j["dtype"] == "float32" and j["shape"] == [2, 2] and j["requires_grad"] is True'
+check "--json values match torch.asarray" py '
+import torch
+want = torch.asarray([[1, 2.5], [3, 4]]).numpy()
+got = np.load("lit.npy")
+sys.exit(0 if got.dtype == want.dtype and np.array_equal(got, want) else 1)'
+ctl_fails "--json of ints with --requires-grad is INVALID_ARGUMENT" 1 INVALID_ARGUMENT \
+  convert --json '[1, 2]' --requires-grad
+
+# Fortran order keeps its column-major strides, as torch.asarray does.
+"$CTL" convert fort.npy --save fort_out.npy >fort.json 2>err.txt
+check "convert Fortran-order exits 0" test $? -eq 0
+check "Fortran-order input stays column-major and shared" expect_json fort.json \
+  'j["dtype"] == "int64" and j["shape"] == [2, 3] and j["strides"] == [1, 2]
+   and j["shares_memory"] is True'
+check "Fortran-order --save writes the same array" same_array fort.npy fort_out.npy
+
+check "the server's segments carry --shm_prefix" bash -c "ls /dev/shm | grep -q '^$PREFIX-'"
+
+# Handles: read, list, stats, release.
+"$CTL" read "$ID" --save read_out.npy >read.json 2>err.txt
+check "read ID --save exits 0" test $? -eq 0
+check "read ID --save writes the converted array" same_array f32.npy read_out.npy
+"$CTL" list >list.txt 2>err.txt
+check "list exits 0" test $? -eq 0
+check "list shows the live ids" py '
+ids = {json.loads(l)["id"] for l in open("list.txt") if l.strip()}
+want = {json.load(open(f))["id"] for f in ("shm.json", "inline.json", "fort.json", "lit.json")}
+sys.exit(0 if want <= ids else 1)'
+"$CTL" stats >stats.json 2>err.txt
+check "stats exits 0" test $? -eq 0
+check "stats counts the listed tensors" py '
+s = json.load(open("stats.json"))
+n = sum(1 for l in open("list.txt") if l.strip())
+sys.exit(0 if isinstance(s["tensors"], int) and s["tensors"] == n else 1)'
+"$CTL" release "$ID" >/dev/null 2>err.txt
+check "release ID exits 0" test $? -eq 0
+ctl_fails "read after release is NOT_FOUND" 1 NOT_FOUND read "$ID" --save gone.npy
+"$CTL" list >list2.txt 2>err.txt
+check "list no longer shows a released id" bash -c "! grep -q '\"$ID\"' list2.txt"
+
+# Bad inputs and usage.
+ctl_fails "big-endian .npy is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert big.npy
+ctl_fails "object .npy is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert obj.npy
+ctl_fails "an unknown command exits 2" 2 usage frobnicate
