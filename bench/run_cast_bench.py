@@ -9,6 +9,7 @@ core is faster. Every contender allocates its output afresh each repetition.
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -55,6 +56,7 @@ def main():
     parser.add_argument("--mib", type=int, default=512)
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count())  # as many threads as the core uses
 
     out = subprocess.run([f"{args.build}/bench/cast_bench", "--mib", str(args.mib),
                           "--reps", str(args.reps)], check=True, capture_output=True, text=True)

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <functional>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -135,54 +136,41 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
   int64_t chunk_elements_ = 1;
 };
 
-// Receives an upload straight into its storage segment: a header, then data
-// chunks in order. The conversion runs on the executor once all bytes are in.
+// Receives an upload into its storage segment: a header, then data chunks in
+// order. Receiving and copying overlap: gRPC keeps reading while one worker
+// task first creates the segment and then copies the queued chunks in. The
+// queue holds at most kMaxQueuedBytes (plus one chunk); past that, reading
+// pauses until the worker catches up, so memory stays bounded. The worker
+// also runs the conversion at the end.
+//
+// gRPC operations (StartRead, Finish) are issued outside mu_. Finish comes
+// exactly once, when no read is outstanding and the worker is idle.
 class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadRequest> {
  public:
   UploadReceiver(AsArrayService* service, uid_t caller, v1::ConvertResponse* response)
       : service_(service), caller_(caller), response_(response) {}
 
-  void Begin() { StartRead(&request_); }
-  void Refuse(const absl::Status& status) { Fail(status); }
+  void Begin() {
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = true;
+    }
+    StartRead(&request_);
+  }
+
+  void Refuse(const absl::Status& status) {
+    absl::ReleasableMutexLock lock(&mu_);
+    const Action action = FailLocked(status);
+    lock.Release();
+    Perform(action);
+  }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
-      EndOfStream();
-      return;
-    }
-    if (request_.has_header()) {
-      if (header_.has_value()) {
-        Fail(absl::InvalidArgumentError("upload sent a second header"));
-        return;
-      }
-      header_ = std::move(*request_.mutable_header());
-      // Reserving and mapping a large segment takes a while: off this thread.
-      service_->executor()->Schedule([this] {
-        absl::StatusOr<std::shared_ptr<ShmSegment>> segment =
-            service_->converter()->BeginUpload(*header_);
-        if (!segment.ok()) {
-          Fail(segment.status());
-          return;
-        }
-        storage_ = *std::move(segment);
-        StartRead(&request_);
-      });
-      return;
-    }
-    if (!header_.has_value()) {
-      Fail(absl::InvalidArgumentError("upload sent data before its header"));
-      return;
-    }
-    const std::string& chunk = request_.data();
-    if (chunk.size() > storage_->size() - received_) {
-      Fail(absl::InvalidArgumentError(
-          absl::StrCat("upload sent ", received_ + chunk.size(), " bytes, past the declared ",
-                       storage_->size())));
-      return;
-    }
-    std::memcpy(storage_->data() + received_, chunk.data(), chunk.size());
-    received_ += chunk.size();
-    StartRead(&request_);
+    absl::ReleasableMutexLock lock(&mu_);
+    reading_ = false;
+    Action action = Received(ok);
+    lock.Release();
+    Perform(action);
   }
 
   void OnDone() override {
@@ -191,43 +179,165 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
   }
 
  private:
-  void EndOfStream() {
-    if (!header_.has_value()) {
-      Fail(absl::InvalidArgumentError("upload ended before its header"));
-      return;
-    }
-    if (received_ != storage_->size()) {
-      Fail(absl::InvalidArgumentError(absl::StrCat("upload ended after ", received_, " of ",
-                                                   storage_->size(), " declared bytes")));
-      return;
-    }
-    service_->executor()->Schedule([this] {
-      absl::StatusOr<Tensor> tensor =
-          service_->converter()->FinishUpload(*header_, std::move(storage_), caller_);
-      if (!tensor.ok()) {
-        Fail(tensor.status());
-        return;
+  enum class Action { kNone, kRead, kFinish };
+  static constexpr uint64_t kMaxQueuedBytes = 8 << 20;
+
+  Action Received(bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (failed_) return FinishIfIdleLocked();
+    if (!ok) {
+      if (!header_.has_value()) {
+        return FailLocked(absl::InvalidArgumentError("upload ended before its header"));
       }
-      const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
-      HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response_->mutable_handle());
-      service_->Count(absl::OkStatus());
-      Finish(grpc::Status::OK);
-    });
+      ended_ = true;
+      PumpLocked();
+      return Action::kNone;
+    }
+    if (request_.has_header()) {
+      if (header_.has_value()) {
+        return FailLocked(absl::InvalidArgumentError("upload sent a second header"));
+      }
+      header_ = std::move(*request_.mutable_header());
+      PumpLocked();  // the worker creates the segment meanwhile
+      return ReadLocked();
+    }
+    if (!header_.has_value()) {
+      return FailLocked(absl::InvalidArgumentError("upload sent data before its header"));
+    }
+    const uint64_t n = request_.data().size();
+    if (n > header_->storage_size() - received_) {
+      return FailLocked(absl::InvalidArgumentError(
+          absl::StrCat("upload sent ", received_ + n, " bytes, past the declared ",
+                       header_->storage_size())));
+    }
+    received_ += n;
+    queued_bytes_ += n;
+    queue_.push_back(std::move(*request_.mutable_data()));
+    PumpLocked();
+    return queued_bytes_ < kMaxQueuedBytes ? ReadLocked() : Action::kNone;
   }
 
-  void Fail(const absl::Status& status) {
-    storage_.reset();
-    service_->Count(status);
-    Finish(ToGrpcStatus(status));
+  Action ReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    reading_ = true;
+    return Action::kRead;
+  }
+
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (worker_running_) return;
+    worker_running_ = true;
+    service_->executor()->Schedule([this] { Work(); });
+  }
+
+  // The worker: creates the segment, copies chunks in, converts at the end.
+  void Work() {
+    absl::ReleasableMutexLock lock(&mu_);
+    for (;;) {
+      if (failed_) {
+        worker_running_ = false;
+        const Action action = FinishIfIdleLocked();
+        lock.Release();
+        Perform(action);
+        return;
+      }
+      if (storage_ == nullptr) {
+        const v1::ConvertUploadHeader header = *header_;
+        mu_.Unlock();
+        absl::StatusOr<std::shared_ptr<ShmSegment>> segment =
+            service_->converter()->BeginUpload(header);
+        mu_.Lock();
+        if (!segment.ok()) {
+          FailLocked(segment.status());
+          continue;
+        }
+        storage_ = *std::move(segment);
+        continue;
+      }
+      if (!queue_.empty()) {
+        std::string chunk = std::move(queue_.front());
+        queue_.pop_front();
+        mu_.Unlock();
+        std::memcpy(storage_->data() + copied_, chunk.data(), chunk.size());
+        mu_.Lock();
+        copied_ += chunk.size();
+        queued_bytes_ -= chunk.size();
+        if (!reading_ && !ended_ && !failed_ && queued_bytes_ < kMaxQueuedBytes) {
+          ReadLocked();
+          mu_.Unlock();
+          StartRead(&request_);
+          mu_.Lock();
+        }
+        continue;
+      }
+      if (!ended_) {
+        worker_running_ = false;
+        return;
+      }
+      // Every byte is in.
+      if (copied_ != storage_->size()) {
+        FailLocked(absl::InvalidArgumentError(absl::StrCat(
+            "upload ended after ", copied_, " of ", storage_->size(), " declared bytes")));
+        continue;
+      }
+      worker_running_ = false;
+      finished_ = true;
+      std::shared_ptr<ShmSegment> storage = std::move(storage_);
+      lock.Release();
+      absl::StatusOr<Tensor> tensor =
+          service_->converter()->FinishUpload(*header_, std::move(storage), caller_);
+      if (tensor.ok()) {
+        const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
+        HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response_->mutable_handle());
+      }
+      service_->Count(tensor.status());
+      Finish(ToGrpcStatus(tensor.status()));
+      return;
+    }
+  }
+
+  Action FailLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!failed_) {
+      failed_ = true;
+      status_ = status;
+      queue_.clear();
+      queued_bytes_ = 0;
+    }
+    return FinishIfIdleLocked();
+  }
+
+  Action FinishIfIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (reading_ || worker_running_ || finished_) return Action::kNone;
+    finished_ = true;
+    return Action::kFinish;
+  }
+
+  void Perform(Action action) {
+    if (action == Action::kRead) {
+      StartRead(&request_);
+    } else if (action == Action::kFinish) {
+      storage_.reset();  // nobody else touches it any more
+      service_->Count(status_);
+      Finish(ToGrpcStatus(status_));
+    }
   }
 
   AsArrayService* const service_;
   const uid_t caller_;
   v1::ConvertResponse* const response_;
-  v1::ConvertUploadRequest request_;
-  std::optional<v1::ConvertUploadHeader> header_;
+  v1::ConvertUploadRequest request_;  // owned by the outstanding read
+
+  absl::Mutex mu_;
+  std::optional<v1::ConvertUploadHeader> header_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t received_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t copied_ ABSL_GUARDED_BY(mu_) = 0;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool worker_running_ ABSL_GUARDED_BY(mu_) = false;
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  // Written by the worker alone once created; read by it alone.
   std::shared_ptr<ShmSegment> storage_;
-  uint64_t received_ = 0;
 };
 
 }  // namespace
