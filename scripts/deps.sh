@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages asarrayd needs to build, test and benchmark,
-# skipping those already installed. Safe to run again.
+# Installs the Debian 12 packages asarrayd needs, skipping those already
+# installed. Safe to run again.
+#   deps.sh          everything: build, tests and benchmarks
+#   deps.sh build    only what building and running the server needs
 set -euo pipefail
 
 packages=(
   cmake g++ make pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libdlpack-dev
+)
+if [ "${1:-all}" != build ]; then
   # Real torch and numpy: the reference for generated conformance cases and
   # the baselines of the benchmarks. Called as /usr/bin/python3.
-  python3 python3-torch python3-numpy python3-grpcio python3-protobuf
-)
+  packages+=(python3 python3-torch python3-numpy python3-grpcio python3-protobuf)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,6 +5,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
-"$root/scripts/deps.sh"
+"$root/scripts/deps.sh" build
 BUILD_DIR="$build" "$root/scripts/build.sh" -DASARRAY_BUILD_TESTS=OFF -DASARRAY_BUILD_BENCHMARKS=OFF >/dev/null
 exec "$build/server/asarrayd" "$@"
