@@ -8,7 +8,10 @@ build="${BUILD_DIR:-$root/build}"
 BUILD_DIR="$build" "$root/scripts/build.sh" -DASARRAY_WERROR=ON
 cd "$build"
 status=0
-ctest --output-on-failure -j "$(nproc)" || status=$?
+ctest --output-on-failure -j "$(nproc)" | tee ctest.out || status=$?
 # Each conformance runner ends with "conformance: N passed, M failed".
-grep -h -B1 '^conformance:' Testing/Temporary/LastTest.log | grep -E '^(cases|conformance):' || true
+echo "conformance runs (shared cases, torch edge cases, fresh torch cases; core, shm, inline):"
+grep -h '^conformance:' Testing/Temporary/LastTest.log || true
+# ctest's own summary closes the run.
+grep -E 'tests passed, [0-9]+ tests failed out of' ctest.out || true
 exit $status

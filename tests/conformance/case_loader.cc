@@ -67,7 +67,11 @@ absl::Status ParseCase(const std::string& line, ConformanceCase* c) {
   if (kwargs.contains("requires_grad")) {
     c->options.requires_grad = kwargs.at("requires_grad").get<bool>();
   }
-  if (kwargs.contains("device")) c->device_text = kwargs.at("device").get<std::string>();
+  if (kwargs.contains("device")) {
+    absl::StatusOr<Device> device = ParseDevice(kwargs.at("device").get<std::string>());
+    if (!device.ok()) return device.status();
+    c->options.device = *device;
+  }
 
   const Json& expect = j.at("expect");
   if (expect.contains("error")) {

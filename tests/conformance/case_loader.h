@@ -30,7 +30,6 @@ struct ConformanceCase {
   Literal literal;
 
   ConvertOptions options;
-  std::string device_text;  // kwargs.device as written, "" when absent
 
   // Either an error code or a tensor.
   std::optional<absl::StatusCode> expect_error;

@@ -17,22 +17,29 @@ std::string g_cases_path;
 int g_passed = 0;
 int g_failed = 0;
 
-Outcome RunArray(const ConformanceCase& c, const ConvertOptions& options) {
+// The outcome a plan describes, before any data.
+Outcome FromPlan(const Plan& plan) {
+  Outcome out;
+  out.dtype = plan.dtype;
+  out.shape = plan.layout.shape;
+  out.strides = plan.layout.strides;
+  out.requires_grad = plan.requires_grad;
+  out.shares_memory = plan.shares_memory;
+  out.warnings = plan.warnings;
+  return out;
+}
+
+Outcome RunArray(const ConformanceCase& c) {
   Outcome out;
   Source source{SourceKind::kHostMemory, c.dtype, c.layout, Device{}};
   out.status = CheckFitsStorage(c.layout, ItemSize(c.dtype), c.storage.size());
   if (!out.status.ok()) return out;
-  absl::StatusOr<Plan> plan = PlanConversion(source, options);
+  absl::StatusOr<Plan> plan = PlanConversion(source, c.options);
   if (!plan.ok()) {
     out.status = plan.status();
     return out;
   }
-  out.dtype = plan->dtype;
-  out.shape = plan->layout.shape;
-  out.strides = plan->layout.strides;
-  out.requires_grad = plan->requires_grad;
-  out.shares_memory = plan->shares_memory;
-  out.warnings = plan->warnings;
+  out = FromPlan(*plan);
   if (plan->action == Plan::Action::kAlias) {
     out.data = GatherRowMajor(c.storage.data(), plan->dtype, plan->layout);
     return out;
@@ -49,36 +56,21 @@ Outcome RunArray(const ConformanceCase& c, const ConvertOptions& options) {
   return out;
 }
 
-Outcome RunNested(const ConformanceCase& c, const ConvertOptions& options) {
-  Outcome out;
+Outcome RunNested(const ConformanceCase& c) {
   LiteralInfo info;
-  absl::StatusOr<Plan> plan = PlanLiteral(c.literal, options, &info);
+  absl::StatusOr<Plan> plan = PlanLiteral(c.literal, c.options, &info);
   if (!plan.ok()) {
+    Outcome out;
     out.status = plan.status();
     return out;
   }
-  out.dtype = plan->dtype;
-  out.shape = plan->layout.shape;
-  out.strides = plan->layout.strides;
-  out.requires_grad = plan->requires_grad;
+  Outcome out = FromPlan(*plan);
   out.data.resize(NumElements(info.shape).value() * ItemSize(info.dtype));
   out.status = StoreLiteral(c.literal, info, out.data.data());
   return out;
 }
 
-Outcome RunCase(const ConformanceCase& c) {
-  ConvertOptions options = c.options;
-  if (!c.device_text.empty()) {
-    absl::StatusOr<Device> device = ParseDevice(c.device_text);
-    if (!device.ok()) {
-      Outcome out;
-      out.status = device.status();
-      return out;
-    }
-    options.device = *device;
-  }
-  return c.is_array ? RunArray(c, options) : RunNested(c, options);
-}
+Outcome RunCase(const ConformanceCase& c) { return c.is_array ? RunArray(c) : RunNested(c); }
 
 TEST(ConformanceCore, EveryCase) {
   absl::StatusOr<std::vector<ConformanceCase>> cases = LoadCases(g_cases_path);

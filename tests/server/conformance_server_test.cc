@@ -38,16 +38,7 @@ Outcome FromMapped(const absl::StatusOr<MappedTensor>& mapped) {
 
 // Runs one case; `extra` receives transport-specific problems.
 Outcome RunCase(Client& client, const ConformanceCase& c, std::string* extra) {
-  ConvertOptions options = c.options;
-  if (!c.device_text.empty()) {
-    absl::StatusOr<Device> device = ParseDevice(c.device_text);
-    if (!device.ok()) {
-      Outcome out;
-      out.status = device.status();
-      return out;
-    }
-    options.device = *device;
-  }
+  const ConvertOptions& options = c.options;
   if (!c.is_array) return FromMapped(client.ConvertLiteral(c.literal, options));
   if (g_inline) {
     return FromMapped(
