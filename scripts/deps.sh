@@ -13,7 +13,8 @@ packages=(
 if [ "${1:-all}" != build ]; then
   # Real torch and numpy: the reference for generated conformance cases and
   # the baselines of the benchmarks. Called as /usr/bin/python3.
-  packages+=(python3 python3-torch python3-numpy python3-grpcio python3-protobuf)
+  packages+=(python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-pytest
+             python3-matplotlib)
 fi
 
 missing=()

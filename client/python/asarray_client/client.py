@@ -1,0 +1,434 @@
+"""asarray_client.Client: converts array-likes through asarrayd and maps the
+results into this process without a copy.
+
+Ownership: every result maps one handle; the handle's lease is released when
+the last numpy array or torch tensor viewing that mapping is garbage-collected.
+Regions made by share(), empty() and zeros() belong to this process: their
+segments are unlinked when their last view is collected (the server keeps its
+own mapping of a region while a handle aliases it).
+"""
+import ctypes
+import mmap
+import os
+import secrets
+import threading
+import weakref
+
+import grpc
+import numpy as np
+
+from asarray.v1 import asarray_pb2 as pb
+from asarray.v1 import asarray_pb2_grpc as pb_grpc
+
+from .errors import from_rpc_error
+
+try:
+    import torch
+except ImportError:  # numpy-only use
+    torch = None
+
+# name: (proto enum, numpy dtype of the storage). bfloat16 is held as uint16.
+_DTYPES = {
+    "bool": (pb.DTYPE_BOOL, np.dtype(np.bool_)),
+    "uint8": (pb.DTYPE_UINT8, np.dtype(np.uint8)),
+    "int8": (pb.DTYPE_INT8, np.dtype(np.int8)),
+    "int16": (pb.DTYPE_INT16, np.dtype("<i2")),
+    "int32": (pb.DTYPE_INT32, np.dtype("<i4")),
+    "int64": (pb.DTYPE_INT64, np.dtype("<i8")),
+    "float16": (pb.DTYPE_FLOAT16, np.dtype("<f2")),
+    "bfloat16": (pb.DTYPE_BFLOAT16, np.dtype("<u2")),
+    "float32": (pb.DTYPE_FLOAT32, np.dtype("<f4")),
+    "float64": (pb.DTYPE_FLOAT64, np.dtype("<f8")),
+    "complex64": (pb.DTYPE_COMPLEX64, np.dtype("<c8")),
+    "complex128": (pb.DTYPE_COMPLEX128, np.dtype("<c16")),
+}
+_NAME_OF_ENUM = {enum: name for name, (enum, _) in _DTYPES.items()}
+_NAME_OF_NUMPY = {np.dtype(np.bool_): "bool", np.dtype(np.uint8): "uint8",
+                  np.dtype(np.int8): "int8", np.dtype(np.int16): "int16",
+                  np.dtype(np.int32): "int32", np.dtype(np.int64): "int64",
+                  np.dtype(np.float16): "float16", np.dtype(np.float32): "float32",
+                  np.dtype(np.float64): "float64", np.dtype(np.complex64): "complex64",
+                  np.dtype(np.complex128): "complex128"}
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_UPLOAD_THRESHOLD = 32 << 20
+_CHUNK = 1 << 20
+
+
+def default_socket_path():
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/"):
+        return f"{runtime}/asarrayd/asarrayd.sock"
+    return f"/tmp/asarrayd-{os.geteuid()}/asarrayd.sock"
+
+
+def _dtype_name(dtype):
+    """'float32' for torch.float32, np.float32, 'float32', 'torch.float32', ..."""
+    if dtype is None:
+        return None
+    if torch is not None and isinstance(dtype, torch.dtype):
+        name = str(dtype).replace("torch.", "")
+        aliases = {"float": "float32", "double": "float64", "half": "float16",
+                   "long": "int64", "int": "int32", "short": "int16",
+                   "cfloat": "complex64", "cdouble": "complex128"}
+        return aliases.get(name, name)
+    if isinstance(dtype, str) and dtype.replace("torch.", "") in _DTYPES:
+        return dtype.replace("torch.", "")
+    name = _NAME_OF_NUMPY.get(np.dtype(dtype))
+    if name is None:
+        raise TypeError(f"dtype {dtype!r} has no torch counterpart")
+    return name
+
+
+class Handle:
+    """What the server says about a tensor it holds."""
+
+    def __init__(self, proto):
+        self.proto = proto
+        self.id = proto.id
+        self.dtype = _NAME_OF_ENUM[proto.dtype]
+        self.shape = tuple(proto.layout.shape)
+        self.strides = tuple(proto.layout.strides)
+        self.offset = proto.layout.offset
+        self.device = proto.device
+        self.requires_grad = proto.requires_grad
+        self.shares_memory = proto.shares_memory
+        self.warnings = list(proto.warnings)
+
+    def __repr__(self):
+        return (f"Handle(id={self.id!r}, dtype={self.dtype}, shape={self.shape}, "
+                f"strides={self.strides}, shares_memory={self.shares_memory})")
+
+
+class _Region:
+    """A segment this process created; unlinked when collected."""
+
+    def __init__(self, nbytes):
+        self.name = f"/asarray-client-{os.getpid()}-{secrets.token_hex(16)}"
+        fd = os.open("/dev/shm" + self.name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, max(nbytes, 1))
+            self.map = mmap.mmap(fd, max(nbytes, 1))
+        finally:
+            os.close(fd)
+        self.size = nbytes
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        weakref.finalize(self.map, _unlink, self.name)
+
+
+def _unlink(name):
+    try:
+        os.unlink("/dev/shm" + name)
+    except FileNotFoundError:
+        pass
+
+
+def _release(stub, handle_id):
+    try:
+        stub.Release(pb.ReleaseRequest(id=handle_id), timeout=5)
+    except Exception:  # the lease expires anyway
+        pass
+
+
+def _describe(as_numpy, obj):
+    """(address of element 0, shape, strides in elements or None, item size,
+    dtype name) of a tensor or array. Tensors report their own strides, which
+    survive even when empty (numpy zeroes an empty view's strides)."""
+    if torch is not None and isinstance(obj, torch.Tensor):
+        _, name = as_numpy(obj)
+        # data_ptr() is 0 for an empty tensor; the storage still says where it is.
+        storage = obj.untyped_storage() if hasattr(obj, "untyped_storage") else obj.storage()
+        start = storage.data_ptr() + obj.storage_offset() * obj.element_size()
+        return start, tuple(obj.shape), tuple(obj.stride()), obj.element_size(), name
+    arr, name = as_numpy(obj)
+    item = arr.itemsize
+    strides = None if any(s % item for s in arr.strides) else tuple(s // item for s in arr.strides)
+    return arr.__array_interface__["data"][0], arr.shape, strides, item, name
+
+
+def _bounds(start, shape, strides, item):
+    """(lowest, highest + 1) byte address a view touches; (start, start) when empty."""
+    if 0 in shape:
+        return start, start
+    lo = hi = start
+    for size, stride in zip(shape, strides):
+        if stride < 0:
+            lo += (size - 1) * stride * item
+        else:
+            hi += (size - 1) * stride * item
+    return lo, hi + item
+
+
+def _view_bounds(arr):
+    """(lowest, highest + 1) byte address a numpy view touches."""
+    strides = tuple(s // arr.itemsize for s in arr.strides)
+    return _bounds(arr.__array_interface__["data"][0], arr.shape, strides, arr.itemsize)
+
+
+class Client:
+    """A connection to asarrayd. `address`: "unix:/path" or "host:port";
+    None means the server's default socket. A context manager."""
+
+    def __init__(self, address=None):
+        self.address = address or "unix:" + default_socket_path()
+        options = [("grpc.max_receive_message_length", -1),
+                   ("grpc.max_send_message_length", -1)]
+        self._channel = grpc.insecure_channel(self.address, options=options)
+        self._stub = pb_grpc.AsArrayStub(self._channel)
+        self._lock = threading.Lock()
+        self._regions = weakref.WeakValueDictionary()  # address -> _Region
+        self._handles = weakref.WeakValueDictionary()  # mapping address -> mapping
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._channel.close()
+
+    # --- conversion ------------------------------------------------------------
+
+    def asarray(self, obj, *, dtype=None, device=None, copy=None, requires_grad=False,
+                like="torch"):
+        """torch.asarray through the server. Returns a torch tensor (or, with
+        like="numpy", a numpy array; bfloat16 then comes as its uint16 bits)
+        mapped onto the result's shared memory."""
+        request = pb.ConvertRequest()
+        self._fill_options(request.options, dtype, device, copy, requires_grad)
+        upload = self._fill_source(request, obj)
+        try:
+            if upload is not None:
+                response = self._stub.ConvertUpload(self._upload_messages(request, *upload))
+            else:
+                response = self._stub.Convert(request)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return self._map(Handle(response.handle), like)
+
+    def share(self, array, like="numpy"):
+        """A copy of `array` in a shared region of this process, which asarray()
+        can then alias (copy=False works on it)."""
+        arr, name = self._as_numpy(array)
+        out = self._empty(arr.shape, name)
+        out[...] = arr
+        return self._wrap(out, name, like)
+
+    def empty(self, shape, dtype, like="torch"):
+        """A writable array allocated directly in a shared region: fill it,
+        then asarray() aliases it with no copy at all."""
+        name = _dtype_name(dtype)
+        return self._wrap(self._empty(tuple(shape), name), name, like)
+
+    def zeros(self, shape, dtype, like="torch"):
+        return self.empty(shape, dtype, like)  # fresh segments are zero-filled
+
+    def read(self, target, like="numpy"):
+        """The elements of a held tensor (a Handle, an id, or a result of
+        asarray()), read back over gRPC for remote use, as a new array."""
+        handle_id = target if isinstance(target, str) else self.handle(target).id
+        chunks, handle = [], None
+        try:
+            for message in self._stub.Read(pb.ReadRequest(id=handle_id)):
+                if handle is None:
+                    handle = Handle(message.handle)
+                chunks.append(message.data)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        storage = _DTYPES[handle.dtype][1]
+        arr = np.frombuffer(b"".join(chunks), dtype=storage).reshape(handle.shape).copy()
+        return self._wrap(arr, handle.dtype, like)
+
+    def handle(self, result):
+        """The Handle behind an array or tensor returned by asarray()."""
+        lo, _ = _view_bounds(self._as_numpy(result)[0])
+        for mapping in list(self._handles.values()):
+            if mapping.address <= lo < mapping.address + max(mapping.length, 1):
+                return mapping.handle
+        raise KeyError("not a result of this client")
+
+    def release(self, target):
+        handle_id = target if isinstance(target, str) else self.handle(target).id
+        try:
+            self._stub.Release(pb.ReleaseRequest(id=handle_id))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def stats(self):
+        return self._stub.Stats(pb.StatsRequest())
+
+    # --- internals -------------------------------------------------------------
+
+    @staticmethod
+    def _fill_options(options, dtype, device, copy, requires_grad):
+        name = _dtype_name(dtype)
+        if name is not None:
+            options.dtype = _DTYPES[name][0]
+        if device is not None:
+            options.device = str(device)
+        if copy is not None:
+            options.copy = bool(copy)
+        options.requires_grad = bool(requires_grad)
+
+    def _as_numpy(self, obj):
+        """(numpy view of obj's memory, dtype name) for arrays and tensors."""
+        if torch is not None and isinstance(obj, torch.Tensor):
+            if obj.device.type != "cpu":
+                raise NotImplementedError("CUDA tensors need the CUDA backend")
+            t = obj.detach()
+            if t.dtype == torch.bfloat16:
+                return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
+            return t.numpy(), _dtype_name(t.dtype)
+        arr = np.asarray(obj)
+        if arr.dtype.byteorder == ">":
+            raise TypeError("big-endian arrays are not supported; convert with .astype('<...')")
+        return arr, _dtype_name(arr.dtype)
+
+    def _fill_source(self, request, obj):
+        """Fills request.source; returns (storage bytes, dtype, layout) when the
+        payload is large enough to stream instead."""
+        is_array = isinstance(obj, (np.ndarray, np.generic)) or (
+            torch is not None and isinstance(obj, torch.Tensor))
+        if not is_array:
+            _encode_literal(obj, request.source.literal.nodes)
+            return None
+        start, shape, strides, item, name = _describe(self._as_numpy, obj)
+        if strides is None:  # byte strides that are not whole elements
+            arr = np.ascontiguousarray(self._as_numpy(obj)[0])
+            start, shape, strides, item, name = _describe(self._as_numpy, arr)
+        lo, hi = _bounds(start, shape, strides, item)
+        layout = pb.Layout(shape=shape, strides=strides, offset=(start - lo) // item)
+        region = self._region_holding(lo, hi)
+        if region is not None:
+            shm = request.source.shared_memory
+            shm.name, shm.size = region.name, hi - lo
+            shm.offset = min(lo - region.address, region.size)
+            shm.dtype = _DTYPES[name][0]
+            shm.layout.CopyFrom(layout)
+            return None
+        storage = ctypes.string_at(lo, hi - lo) if hi > lo else b""
+        if len(storage) > _UPLOAD_THRESHOLD:
+            return storage, _DTYPES[name][0], layout
+        inline = request.source.inline_array
+        inline.dtype = _DTYPES[name][0]
+        inline.layout.CopyFrom(layout)
+        inline.storage = storage
+        return None
+
+    @staticmethod
+    def _upload_messages(request, storage, dtype, layout):
+        header = pb.ConvertUploadHeader(dtype=dtype, layout=layout, storage_size=len(storage),
+                                        options=request.options)
+        yield pb.ConvertUploadRequest(header=header)
+        view = memoryview(storage)
+        for start in range(0, len(storage), _CHUNK):
+            yield pb.ConvertUploadRequest(data=bytes(view[start:start + _CHUNK]))
+
+    def _region_holding(self, lo, hi):
+        for region in list(self._regions.values()):
+            end = region.address + region.size
+            # An empty view holds nothing: its start may sit anywhere in the mapping.
+            if region.address <= lo and (hi <= end if hi > lo else lo <= region.address + len(region.map)):
+                return region
+        return None
+
+    def _empty(self, shape, name):
+        storage = _DTYPES[name][1]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * storage.itemsize
+        region = _Region(nbytes)
+        self._regions[region.address] = region
+        arr = np.ndarray(shape, dtype=storage, buffer=region.map)
+        arr.setflags(write=True)
+        # The array's base chain keeps region.map alive; the region object too.
+        _keep_alive(region.map, region)
+        return arr
+
+    def _wrap(self, arr, name, like):
+        if like == "numpy":
+            return arr
+        if torch is None:
+            raise RuntimeError("torch is not installed; pass like='numpy'")
+        if name == "bfloat16":  # numpy has no bfloat16; torch takes the bits as int16
+            return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(arr)
+
+    def _map(self, handle, like):
+        location = handle.proto.shared_memory
+        if not location.name:
+            raise RuntimeError("the handle names no shared memory")
+        storage = _DTYPES[handle.dtype][1]
+        if location.size == 0:  # nothing to map; the array alone holds the lease
+            arr = np.ndarray(handle.shape, dtype=storage, buffer=bytearray(0),
+                             strides=[s * storage.itemsize for s in handle.strides])
+            weakref.finalize(arr, _release, self._stub, handle.id)
+            return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
+        page = mmap.PAGESIZE
+        base = location.offset // page * page
+        length = location.offset - base + location.size
+        mapping = _Mapping(location.name, base, length)
+        mapping.handle = handle
+        mapping.length = length
+        weakref.finalize(mapping, _release, self._stub, handle.id)
+        self._handles[mapping.address] = mapping
+        arr = np.ndarray(handle.shape, dtype=storage, buffer=mapping,
+                         offset=location.offset - base + handle.offset * storage.itemsize,
+                         strides=[s * storage.itemsize for s in handle.strides])
+        return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
+
+    @staticmethod
+    def _finish(result, handle, like):
+        if handle.requires_grad and like != "numpy":
+            result.requires_grad_(True)
+        return result
+
+
+class _Mapping(mmap.mmap):
+    """One mapping of a handle's segment; its collection releases the lease."""
+
+    def __new__(cls, name, offset, length):
+        try:
+            fd, writable = os.open("/dev/shm" + name, os.O_RDWR), True
+        except PermissionError:
+            fd, writable = os.open("/dev/shm" + name, os.O_RDONLY), False
+        try:
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            self = super().__new__(cls, fd, length, access=access, offset=offset)
+        finally:
+            os.close(fd)
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self)) if writable else 0
+        return self
+
+
+_KEEP = weakref.WeakKeyDictionary()
+
+
+def _keep_alive(owner, obj):
+    """Keeps `obj` alive as long as `owner` is."""
+    _KEEP[owner] = obj
+
+
+def _encode_literal(value, nodes, depth=0):
+    """Appends `value` to `nodes` in prefix order (see asarray.proto)."""
+    node = nodes.add()
+    if isinstance(value, (list, tuple)):
+        if depth >= 64:
+            raise ValueError("literal nests lists deeper than the maximum rank 64")
+        node.list_length = len(value)
+        for item in value:
+            _encode_literal(item, nodes, depth + 1)
+    elif isinstance(value, (bool, np.bool_)):
+        node.bool_value = bool(value)
+    elif isinstance(value, (int, np.integer)):
+        if _INT64[0] <= int(value) <= _INT64[1]:
+            node.int_value = int(value)
+        else:
+            node.not_a_number = f"the integer {int(value)}, which int64 cannot hold"
+    elif isinstance(value, (float, np.floating)):
+        node.float_value = float(value)
+    elif isinstance(value, (complex, np.complexfloating)):
+        node.complex_value.real, node.complex_value.imag = value.real, value.imag
+    elif torch is not None and isinstance(value, torch.Tensor) and value.dim() == 0:
+        del nodes[-1]
+        _encode_literal(value.item(), nodes, depth)
+    else:
+        node.not_a_number = f"a {type(value).__name__} ({value!r:.40})"

@@ -1,0 +1,120 @@
+"""The Python client beyond conformance: zero-copy, lifetimes, errors."""
+import gc
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from asarray_client import (AsArrayNotFoundError, AsArrayTypeError, AsArrayValueError,
+                            Client)
+from conftest import Server, segments
+
+
+def test_aliased_result_is_the_source_memory(client):
+    shared = client.share(np.arange(6, dtype=np.float64).reshape(2, 3))
+    result = client.asarray(shared, copy=False)
+    assert client.handle(result).shares_memory
+    result[1, 2] = 42.0  # write through the result ...
+    assert shared[1, 2] == 42.0  # ... and read it in the source
+    shared[0, 0] = -1.0
+    assert result[0, 0] == -1.0
+
+
+def test_empty_then_fill_needs_no_copy(client):
+    produced = client.empty((4, 5), torch.float32)
+    produced.copy_(torch.arange(20, dtype=torch.float32).reshape(4, 5))
+    consumed = client.asarray(produced.T, copy=False)
+    assert client.handle(consumed).shares_memory
+    assert consumed.stride() == (1, 5)
+    assert torch.equal(consumed, produced.T)
+    assert torch.equal(client.zeros((3,), "int64"), torch.zeros(3, dtype=torch.int64))
+
+
+def test_heap_array_is_copied_and_copy_false_fails_like_torch(client):
+    heap = np.ones(8, dtype=np.int32)
+    assert not client.handle(client.asarray(heap)).shares_memory
+    with pytest.raises(ValueError) as error:
+        client.asarray(heap, copy=False)
+    assert error.value.code.name == "FAILED_PRECONDITION"
+    shared = client.share(heap)
+    with pytest.raises(AsArrayValueError):
+        client.asarray(shared, dtype=torch.float32, copy=False)
+
+
+def test_bfloat16_complex_bool_and_numpy_results(client):
+    t = torch.tensor([1.5, -2.25, 3.0], dtype=torch.bfloat16)
+    got = client.asarray(t)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, t)
+    c = client.asarray(np.array([1 + 2j, 3 - 4j], dtype=np.complex64), dtype=torch.complex128)
+    assert c.dtype == torch.complex128 and c[1] == 3 - 4j
+    b = client.asarray([0.0, 2j, float("nan")], dtype=torch.bool, like="numpy")
+    assert b.dtype == np.bool_ and b.tolist() == [False, True, True]
+
+
+def test_literal_errors_mirror_torch(client):
+    with pytest.raises(ValueError):
+        client.asarray([[1, 2], [3]])
+    with pytest.raises(TypeError):
+        client.asarray([1, [2]])
+    with pytest.raises(AsArrayTypeError):
+        client.asarray([1 + 1j], dtype=torch.float32)
+    with pytest.raises(RuntimeError):
+        client.asarray([1, 2], requires_grad=True)
+    with pytest.raises(RuntimeError):
+        client.asarray([300], dtype=torch.int8)
+    with pytest.raises(RuntimeError):
+        client.asarray([None])
+
+
+def test_read_returns_the_bytes_and_release_ends_the_handle(client):
+    t = client.asarray(np.arange(6, dtype=np.int16).reshape(2, 3).T)
+    back = client.read(t)
+    assert back.tolist() == [[0, 3], [1, 4], [2, 5]]
+    handle_id = client.handle(t).id
+    client.release(t)
+    with pytest.raises(AsArrayNotFoundError):
+        client.read(handle_id)
+
+
+def test_dropping_the_views_releases_everything(server, client):
+    before = client.stats().tensors
+    views = [client.asarray(np.full(1000, i, dtype=np.float32)) for i in range(10)]
+    alias = views[3][10:20]
+    assert client.stats().tensors == before + 10
+    del views
+    gc.collect()
+    assert client.stats().tensors == before + 1  # the slice still holds its handle
+    assert alias[0] == 3
+    del alias
+    gc.collect()
+    assert client.stats().tensors == before
+
+
+CHILD = """
+import os, sys, numpy as np
+from asarray_client import Client
+c = Client(sys.argv[1])
+keep = [c.asarray(np.ones(100)) for _ in range(5)]
+if sys.argv[2] == "crash":
+    os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "crash"])
+def test_client_process_exit_leaves_nothing(how):
+    server = Server(lease_ttl="1s")
+    try:
+        subprocess.run([sys.executable, "-c", CHILD, server.address, how], check=True,
+                       env=dict(os.environ))
+        with Client(server.address) as c:
+            deadline = time.monotonic() + 10
+            while c.stats().tensors and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert c.stats().tensors == 0
+        assert segments(server.prefix) == []
+    finally:
+        server.stop()
