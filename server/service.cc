@@ -488,7 +488,13 @@ grpc::ServerUnaryReactor* AsArrayService::Release(grpc::CallbackServerContext* c
                                                   const v1::ReleaseRequest* request,
                                                   v1::ReleaseResponse*) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
-  return FinishNow(context, store_->Release(request->id(), CallerUid(context)));
+  const uid_t caller = CallerUid(context);
+  absl::Status status = store_->Release(request->id(), caller);
+  for (const std::string& id : request->more_ids()) {
+    absl::Status s = store_->Release(id, caller);
+    if (status.ok()) status = s;
+  }
+  return FinishNow(context, status);
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* context,

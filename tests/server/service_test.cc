@@ -583,3 +583,29 @@ TEST_F(ServiceTest, ConcurrentClientsConvertAndRelease) {
 
 }  // namespace
 }  // namespace asarray::testing
+
+namespace asarray::testing {
+namespace {
+
+TEST_F(ServiceTest, ReleaseTakesSeveralIdsAndReportsUnknownOnes) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<MappedTensor> t = client_->ConvertLiteral(Literal::Int(i), {});
+    ASSERT_TRUE(t.ok());
+    t->DetachLease();
+    ids.push_back(t->id());
+  }
+  grpc::ClientContext context;
+  v1::ReleaseRequest request;
+  v1::ReleaseResponse response;
+  request.set_id(ids[0]);
+  request.add_more_ids(ids[1]);
+  request.add_more_ids("no-such-id");
+  request.add_more_ids(ids[2]);
+  EXPECT_EQ(FromGrpcStatus(stub_->Release(&context, request, &response)).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(server_->server().store().Stats().tensors, 0u);  // the known ones all went
+}
+
+}  // namespace
+}  // namespace asarray::testing

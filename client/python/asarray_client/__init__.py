@@ -5,9 +5,9 @@ POSIX shared memory without a copy.
     with Client() as client:
         t = client.asarray(numpy_array, dtype=torch.bfloat16)
 """
-from .client import Client, Handle
+from .client import Client, Handle, SharedArrayRef
 from .errors import (AsArrayError, AsArrayNotFoundError, AsArrayRuntimeError,
                      AsArrayTypeError, AsArrayValueError)
 
-__all__ = ["Client", "Handle", "AsArrayError", "AsArrayValueError", "AsArrayTypeError",
+__all__ = ["Client", "Handle", "SharedArrayRef", "AsArrayError", "AsArrayValueError", "AsArrayTypeError",
            "AsArrayRuntimeError", "AsArrayNotFoundError"]

@@ -7,11 +7,13 @@ Regions made by share(), empty() and zeros() belong to this process: their
 segments are unlinked when their last view is collected (the server keeps its
 own mapping of a region while a handle aliases it).
 """
+import atexit
 import ctypes
 import mmap
 import os
 import secrets
 import threading
+import time
 import weakref
 
 import grpc
@@ -99,6 +101,21 @@ class Handle:
                 f"strides={self.strides}, shares_memory={self.shares_memory})")
 
 
+class SharedArrayRef:
+    """Where an array in a client region lives, to hand to another process:
+    its asarray() then converts it (copy=False aliases it) without this
+    process's involvement. Picklable."""
+
+    def __init__(self, name, offset, size, dtype, shape, strides, element_offset=0):
+        self.name, self.offset, self.size = name, offset, size
+        self.dtype, self.shape, self.strides = dtype, tuple(shape), tuple(strides)
+        self.element_offset = element_offset
+
+    def __repr__(self):
+        return (f"SharedArrayRef({self.name!r}, offset={self.offset}, size={self.size}, "
+                f"dtype={self.dtype}, shape={self.shape}, strides={self.strides})")
+
+
 class _Region:
     """A segment this process created; unlinked when collected."""
 
@@ -107,7 +124,8 @@ class _Region:
         fd = os.open("/dev/shm" + self.name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.posix_fallocate(fd, 0, max(nbytes, 1))
-            self.map = mmap.mmap(fd, max(nbytes, 1))
+            # Populated up front: one pass in the kernel instead of a fault per page.
+            self.map = mmap.mmap(fd, max(nbytes, 1), flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
         finally:
             os.close(fd)
         self.size = nbytes
@@ -122,11 +140,55 @@ def _unlink(name):
         pass
 
 
-def _release(stub, handle_id):
-    try:
-        stub.Release(pb.ReleaseRequest(id=handle_id), timeout=5)
-    except Exception:  # the lease expires anyway
-        pass
+class _Releaser:
+    """Sends Release for collected handles from a thread of its own, so that
+    dropping a view never waits on a round trip."""
+
+    def __init__(self, stub):
+        self._stub = stub
+        self._pending = []
+        self._cv = threading.Condition()
+        self._busy = 0
+        threading.Thread(target=self._run, daemon=True).start()
+        _RELEASERS.add(self)
+
+    def __call__(self, handle_id):
+        with self._cv:
+            self._pending.append(handle_id)
+            if len(self._pending) == 1:
+                self._cv.notify()
+
+    def flush(self):
+        """Waits until every queued release was sent."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self._pending and not self._busy)
+
+    def _run(self):
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending)
+                self._busy = 1
+            time.sleep(0.005)  # gather what else is dropped meanwhile: one call for all
+            with self._cv:
+                batch, self._pending = self._pending, []
+            try:
+                self._stub.Release(pb.ReleaseRequest(id=batch[0], more_ids=batch[1:]), timeout=5)
+            except Exception:  # unknown ids were released already or expired
+                pass
+            with self._cv:
+                self._busy = 0
+                self._cv.notify_all()
+
+
+_RELEASERS = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all():
+    # Registered at import, so it runs after the exit-time finalizers of views
+    # have queued their releases (atexit runs last-registered first).
+    for releaser in list(_RELEASERS):
+        releaser.flush()
 
 
 def _describe(as_numpy, obj):
@@ -177,6 +239,7 @@ class Client:
         self._lock = threading.Lock()
         self._regions = weakref.WeakValueDictionary()  # address -> _Region
         self._handles = weakref.WeakValueDictionary()  # mapping address -> mapping
+        self._releaser = _Releaser(self._stub)
 
     def __enter__(self):
         return self
@@ -185,13 +248,19 @@ class Client:
         self.close()
 
     def close(self):
+        self._releaser.flush()
         self._channel.close()
+
+    def flush(self):
+        """Waits until the releases of collected views have reached the server."""
+        self._releaser.flush()
 
     # --- conversion ------------------------------------------------------------
 
     def asarray(self, obj, *, dtype=None, device=None, copy=None, requires_grad=False,
                 like="torch"):
-        """torch.asarray through the server. Returns a torch tensor (or, with
+        """torch.asarray through the server. `obj`: a numpy array, a CPU tensor,
+        a nested list, a scalar, or a SharedArrayRef. Returns a torch tensor (or, with
         like="numpy", a numpy array; bfloat16 then comes as its uint16 bits)
         mapped onto the result's shared memory."""
         request = pb.ConvertRequest()
@@ -205,6 +274,16 @@ class Client:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return self._map(Handle(response.handle), like)
+
+    def ref(self, array):
+        """A SharedArrayRef for an array or tensor in one of this client's regions."""
+        start, shape, strides, item, name = _describe(self._as_numpy, array)
+        lo, hi = _bounds(start, shape, strides, item)
+        region = self._region_holding(lo, hi)
+        if region is None or strides is None:
+            raise ValueError("the array does not live in a region of this client")
+        return SharedArrayRef(region.name, min(lo - region.address, region.size), hi - lo, name,
+                              shape, strides, (start - lo) // item)
 
     def share(self, array, like="numpy"):
         """A copy of `array` in a shared region of this process, which asarray()
@@ -287,6 +366,13 @@ class Client:
     def _fill_source(self, request, obj):
         """Fills request.source; returns (storage bytes, dtype, layout) when the
         payload is large enough to stream instead."""
+        if isinstance(obj, SharedArrayRef):
+            shm = request.source.shared_memory
+            shm.name, shm.offset, shm.size = obj.name, obj.offset, obj.size
+            shm.dtype = _DTYPES[obj.dtype][0]
+            shm.layout.CopyFrom(pb.Layout(shape=obj.shape, strides=obj.strides,
+                                          offset=obj.element_offset))
+            return None
         is_array = isinstance(obj, (np.ndarray, np.generic)) or (
             torch is not None and isinstance(obj, torch.Tensor))
         if not is_array:
@@ -360,7 +446,7 @@ class Client:
         if location.size == 0:  # nothing to map; the array alone holds the lease
             arr = np.ndarray(handle.shape, dtype=storage, buffer=bytearray(0),
                              strides=[s * storage.itemsize for s in handle.strides])
-            weakref.finalize(arr, _release, self._stub, handle.id)
+            weakref.finalize(arr, self._releaser, handle.id)
             return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
         page = mmap.PAGESIZE
         base = location.offset // page * page
@@ -368,7 +454,7 @@ class Client:
         mapping = _Mapping(location.name, base, length)
         mapping.handle = handle
         mapping.length = length
-        weakref.finalize(mapping, _release, self._stub, handle.id)
+        weakref.finalize(mapping, self._releaser, handle.id)
         self._handles[mapping.address] = mapping
         arr = np.ndarray(handle.shape, dtype=storage, buffer=mapping,
                          offset=location.offset - base + handle.offset * storage.itemsize,
