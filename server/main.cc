@@ -26,6 +26,9 @@ ABSL_FLAG(absl::Duration, lease_ttl, absl::Minutes(10),
 ABSL_FLAG(absl::Duration, max_lease_ttl, absl::Hours(24), "Longest lease a renewal may ask.");
 ABSL_FLAG(uint64_t, max_bytes, 0,
           "Quota on the bytes of all result segments together; 0 means none.");
+ABSL_FLAG(uint64_t, segment_pool_bytes, 128 << 20,
+          "Bytes of fresh segments kept created and touched ahead of demand, for sizes of "
+          "1 MiB and more that were recently requested; 0 disables the pool.");
 ABSL_FLAG(int, workers, 4, "Threads that perform conversions.");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted or sent.");
 
@@ -47,6 +50,7 @@ int main(int argc, char** argv) {
   options.store.default_ttl = absl::GetFlag(FLAGS_lease_ttl);
   options.store.max_ttl = absl::GetFlag(FLAGS_max_lease_ttl);
   options.store.max_bytes = absl::GetFlag(FLAGS_max_bytes);
+  options.store.pool_bytes = absl::GetFlag(FLAGS_segment_pool_bytes);
   options.workers = absl::GetFlag(FLAGS_workers);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
 

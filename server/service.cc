@@ -210,6 +210,13 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
                        header_->storage_size())));
     }
     received_ += n;
+    if (storage_ready_ && storage_->touched() && queue_.empty() && !worker_running_) {
+      // A warm segment takes the chunk at memory speed: copy it here and keep
+      // the request's buffer for the next read.
+      std::memcpy(storage_->data() + copied_, request_.data().data(), n);
+      copied_ += n;
+      return ReadLocked();
+    }
     queued_bytes_ += n;
     queue_.push_back(std::move(*request_.mutable_data()));
     PumpLocked();
@@ -249,6 +256,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
           continue;
         }
         storage_ = *std::move(segment);
+        storage_ready_ = true;
         continue;
       }
       if (!queue_.empty()) {
@@ -336,8 +344,10 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
   bool failed_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
-  // Written by the worker alone once created; read by it alone.
+  // Created by the worker (storage_ready_ then says so, under mu_); filled by
+  // the worker, or under mu_ by the reader while the worker is idle.
   std::shared_ptr<ShmSegment> storage_;
+  bool storage_ready_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace
@@ -533,6 +543,8 @@ grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* con
   response->set_default_ttl_ms(absl::ToInt64Milliseconds(store_->options().default_ttl));
   response->set_uptime_ms(absl::ToInt64Milliseconds(absl::Now() - started_));
   response->set_instance(store_->instance());
+  response->set_pool_bytes(s.pool_bytes);
+  response->set_pool_hits(s.pool_hits);
   return FinishNow(context, absl::OkStatus());
 }
 

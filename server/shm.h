@@ -56,6 +56,11 @@ class ShmSegment final : public HostMemory {
   uint64_t offset_in_segment() const override { return 0; }
   bool server_owned() const override { return true; }
 
+  // Whether every page has been written once already (a pooled segment), so
+  // that filling it costs no page faults.
+  bool touched() const { return touched_; }
+  void set_touched() { touched_ = true; }
+
  private:
   ShmSegment(std::string name, int fd, unsigned char* data, size_t size)
       : name_(std::move(name)), fd_(fd), data_(data), size_(size) {}
@@ -63,6 +68,7 @@ class ShmSegment final : public HostMemory {
   int fd_;
   unsigned char* data_;
   size_t size_;
+  bool touched_ = false;
 };
 
 // The bytes [offset, offset + size) of a segment a client owns, mapped

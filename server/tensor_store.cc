@@ -65,7 +65,13 @@ std::string RandomHex128() {
 TensorStore::TensorStore(StoreOptions options)
     : options_(std::move(options)),
       instance_(ThisInstance()),
-      accounting_(std::make_shared<Accounting>()) {}
+      accounting_(std::make_shared<Accounting>()) {
+  pool_ = std::make_unique<SegmentPool>(options_.pool_bytes, [this] { return NewSegmentName(); });
+}
+
+std::string TensorStore::NewSegmentName() const {
+  return absl::StrCat("/", options_.prefix, "-", instance_, "-", RandomHex128());
+}
 
 TensorStore::~TensorStore() {
   {
@@ -76,6 +82,7 @@ TensorStore::~TensorStore() {
   if (sweeper_.joinable()) sweeper_.join();
   absl::MutexLock lock(&mu_);
   entries_.clear();
+  pool_.reset();
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t bytes) {
@@ -91,9 +98,8 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t byt
     }
   } while (!acc.bytes_in_use.compare_exchange_weak(in_use, in_use + bytes));
 
-  const std::string name =
-      absl::StrCat("/", options_.prefix, "-", instance_, "-", RandomHex128());
-  absl::StatusOr<std::unique_ptr<ShmSegment>> segment = ShmSegment::Create(name, bytes);
+  absl::StatusOr<std::unique_ptr<ShmSegment>> segment = pool_->Take(bytes);
+  if (*segment == nullptr) segment = ShmSegment::Create(NewSegmentName(), bytes);
   if (!segment.ok()) {
     acc.bytes_in_use -= bytes;
     return segment.status();
@@ -211,6 +217,8 @@ StoreStats TensorStore::Stats() const {
   s.bytes_in_use = accounting_->bytes_in_use.load();
   s.segments = accounting_->segments.load();
   s.client_regions = accounting_->client_regions.load();
+  s.pool_bytes = pool_->bytes();
+  s.pool_hits = pool_->hits();
   absl::MutexLock lock(&mu_);
   s.tensors = entries_.size();
   s.expired = expired_;

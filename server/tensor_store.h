@@ -23,6 +23,7 @@
 #include "core/dtype.h"
 #include "core/layout.h"
 #include "core/plan.h"
+#include "server/segment_pool.h"
 #include "server/shm.h"
 
 namespace asarray::server {
@@ -45,6 +46,9 @@ struct StoreOptions {
   absl::Duration default_ttl = absl::Minutes(10);
   absl::Duration max_ttl = absl::Hours(24);
   uint64_t max_bytes = 0;  // 0: no quota
+  // Warm segments kept ready for recently requested sizes (see SegmentPool);
+  // not counted against max_bytes; 0 disables the pool.
+  uint64_t pool_bytes = 0;
 };
 
 struct StoreStats {
@@ -53,6 +57,8 @@ struct StoreStats {
   uint64_t bytes_in_use = 0;
   uint64_t client_regions = 0;
   uint64_t expired = 0;
+  uint64_t pool_bytes = 0;
+  uint64_t pool_hits = 0;
 };
 
 class TensorStore {
@@ -107,6 +113,9 @@ class TensorStore {
     absl::Time expires;
   };
 
+  // "/<prefix>-<instance>-<128 random bits>".
+  std::string NewSegmentName() const;
+
   const StoreOptions options_;
   const std::string instance_;
 
@@ -118,6 +127,8 @@ class TensorStore {
   // may outlive the store (a read in flight).
   struct Accounting;
   std::shared_ptr<Accounting> accounting_;
+
+  std::unique_ptr<SegmentPool> pool_;
 
   std::mutex sweeper_mu_;
   std::condition_variable sweeper_cv_;

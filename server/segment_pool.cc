@@ -1,0 +1,88 @@
+#include "server/segment_pool.h"
+
+#include <unistd.h>
+
+#include <utility>
+
+namespace asarray::server {
+
+SegmentPool::SegmentPool(uint64_t max_bytes, std::function<std::string()> make_name)
+    : max_bytes_(max_bytes), make_name_(std::move(make_name)) {
+  if (max_bytes_ >= kMinBytes) thread_ = std::thread([this] { Run(); });
+}
+
+SegmentPool::~SegmentPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::unique_ptr<ShmSegment> SegmentPool::Take(uint64_t bytes) {
+  if (bytes < kMinBytes || bytes > max_bytes_) return nullptr;
+  std::unique_ptr<ShmSegment> segment;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = ready_.find(bytes);
+    if (it != ready_.end() && !it->second.empty()) {
+      segment = std::move(it->second.back());
+      it->second.pop_back();
+      bytes_ -= bytes;
+      ++hits_;
+    }
+    wanted_.push_back(bytes);
+  }
+  cv_.notify_one();
+  return segment;
+}
+
+uint64_t SegmentPool::bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bytes_;
+}
+
+uint64_t SegmentPool::hits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return hits_;
+}
+
+void SegmentPool::Run() {
+  const long page = sysconf(_SC_PAGESIZE);
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return stopping_ || !wanted_.empty(); });
+    if (stopping_) break;
+    const uint64_t size = wanted_.front();
+    wanted_.pop_front();
+    if (!ready_[size].empty()) continue;  // one warm segment per size is enough
+    // Make room by dropping segments of other sizes, least recently wanted last.
+    std::vector<std::unique_ptr<ShmSegment>> evicted;
+    for (auto it = ready_.begin(); bytes_ + size > max_bytes_ && it != ready_.end(); ++it) {
+      while (!it->second.empty() && bytes_ + size > max_bytes_) {
+        bytes_ -= it->first;
+        evicted.push_back(std::move(it->second.back()));
+        it->second.pop_back();
+      }
+    }
+    lock.unlock();
+    evicted.clear();
+    absl::StatusOr<std::unique_ptr<ShmSegment>> segment = ShmSegment::Create(make_name_(), size);
+    if (segment.ok()) {
+      // Touch every page once: the costly first write happens here, not
+      // while a client waits.
+      volatile unsigned char* p = (*segment)->data();
+      for (uint64_t offset = 0; offset < size; offset += static_cast<uint64_t>(page)) p[offset] = 0;
+      (*segment)->set_touched();
+    }
+    lock.lock();
+    if (segment.ok() && !stopping_) {
+      bytes_ += size;
+      ready_[size].push_back(*std::move(segment));
+    }
+  }
+  ready_.clear();
+}
+
+}  // namespace asarray::server

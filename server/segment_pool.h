@@ -1,0 +1,62 @@
+// Keeps fresh segments of recently requested sizes created, mapped and with
+// every page touched, ahead of demand, so that a conversion that takes one
+// pays no page faults (on virtual machines the first write to a fresh page
+// costs far more than the copy itself). A pooled segment has never been
+// handed out: its name is new to every client, so no old mapping can see
+// what is written into it. Thread-safe; one thread of its own refills it.
+#ifndef ASARRAY_SERVER_SEGMENT_POOL_H_
+#define ASARRAY_SERVER_SEGMENT_POOL_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "server/shm.h"
+
+namespace asarray::server {
+
+class SegmentPool {
+ public:
+  // Sizes below this are cheap to make on demand and are never pooled.
+  static constexpr uint64_t kMinBytes = 1 << 20;
+
+  // Holds at most `max_bytes` of warm segments; names come from `make_name`.
+  SegmentPool(uint64_t max_bytes, std::function<std::string()> make_name);
+  // Stops refilling; every pooled segment is unlinked.
+  ~SegmentPool();
+  SegmentPool(const SegmentPool&) = delete;
+  SegmentPool& operator=(const SegmentPool&) = delete;
+
+  // A warm segment of exactly `bytes`, or null when none is ready. Either
+  // way, one of that size is prepared for next time (if it fits the pool).
+  std::unique_ptr<ShmSegment> Take(uint64_t bytes);
+
+  uint64_t bytes() const;  // held now
+  uint64_t hits() const;   // Take() calls that got a segment
+
+ private:
+  void Run();
+
+  const uint64_t max_bytes_;
+  const std::function<std::string()> make_name_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, std::vector<std::unique_ptr<ShmSegment>>> ready_;  // by size
+  std::deque<uint64_t> wanted_;
+  uint64_t bytes_ = 0;
+  uint64_t hits_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace asarray::server
+
+#endif  // ASARRAY_SERVER_SEGMENT_POOL_H_

@@ -1,0 +1,101 @@
+// SegmentPool: warm segments of exactly the requested size, never reused,
+// bounded in bytes, and unlinked with the pool.
+#include "server/segment_pool.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "server/tensor_store.h"
+#include "tests/server/test_server.h"
+
+namespace asarray::server {
+namespace {
+
+class SegmentPoolTest : public ::testing::Test {
+ protected:
+  std::string prefix_ = absl::StrCat("asarrayd-pool-test-", getpid());
+  int counter_ = 0;
+  std::function<std::string()> Names() {
+    return [this] { return absl::StrCat("/", prefix_, "-", counter_++, "-", RandomHex128()); };
+  }
+  // Polls until the pool holds `bytes`; never a fixed sleep.
+  static bool HoldsEventually(const SegmentPool& pool, uint64_t bytes) {
+    for (int i = 0; i < 2000 && pool.bytes() != bytes; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return pool.bytes() == bytes;
+  }
+  void TearDown() override { EXPECT_EQ(testing::CountSegments(prefix_), 0); }
+};
+
+TEST_F(SegmentPoolTest, TakeMissesFirstThenGetsAWarmSegmentOfThatSize) {
+  SegmentPool pool(8 << 20, Names());
+  const uint64_t size = 3 << 20;
+  EXPECT_EQ(pool.Take(size), nullptr);  // cold: nothing prepared yet
+  ASSERT_TRUE(HoldsEventually(pool, size));
+  std::unique_ptr<ShmSegment> warm = pool.Take(size);
+  ASSERT_NE(warm, nullptr);
+  EXPECT_EQ(warm->size(), size);
+  EXPECT_TRUE(warm->touched());
+  EXPECT_EQ(warm->data()[size - 1], 0);
+  EXPECT_EQ(pool.hits(), 1u);
+  EXPECT_EQ(pool.Take(size + 1), nullptr);  // sizes must match exactly
+}
+
+TEST_F(SegmentPoolTest, EverySegmentHasAFreshName) {
+  SegmentPool pool(8 << 20, Names());
+  std::set<std::string> names;
+  pool.Take(1 << 20);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(HoldsEventually(pool, 1 << 20));
+    std::unique_ptr<ShmSegment> s = pool.Take(1 << 20);
+    ASSERT_NE(s, nullptr);
+    EXPECT_TRUE(names.insert(s->name()).second) << s->name();
+  }
+}
+
+TEST_F(SegmentPoolTest, StaysWithinItsBytesAndIgnoresSmallOrHugeSizes) {
+  SegmentPool pool(5 << 20, Names());
+  EXPECT_EQ(pool.Take(4096), nullptr);
+  EXPECT_EQ(pool.Take(64 << 20), nullptr);
+  pool.Take(3 << 20);
+  ASSERT_TRUE(HoldsEventually(pool, 3 << 20));
+  pool.Take(4 << 20);  // evicts the 3 MiB one to make room
+  ASSERT_TRUE(HoldsEventually(pool, 4 << 20));
+  EXPECT_LE(pool.bytes(), 5u << 20);
+}
+
+TEST_F(SegmentPoolTest, DisabledPoolHoldsNothing) {
+  SegmentPool pool(0, Names());
+  EXPECT_EQ(pool.Take(2 << 20), nullptr);
+  EXPECT_EQ(pool.bytes(), 0u);
+}
+
+TEST(SegmentPoolInStore, ResultsTakeWarmSegmentsAndShutdownUnlinksThePool) {
+  std::unique_ptr<testing::TestServer> server = testing::TestServer::Start(
+      [](ServerOptions& o) { o.store.pool_bytes = 16 << 20; });
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<Client> client = server->NewClient();
+  std::vector<uint8_t> bytes(2 << 20, 9);
+  const Layout layout{{2 << 20}, {1}, 0};
+  for (int i = 0; i < 3; ++i) {
+    for (int p = 0; p < 2000 && i > 0 && server->server().store().Stats().pool_bytes == 0; ++p) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    absl::StatusOr<MappedTensor> t =
+        client->ConvertInline(bytes.data(), bytes.size(), DType::kUInt8, layout, {});
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(static_cast<const uint8_t*>(t->data())[12345], 9);
+  }
+  EXPECT_EQ(server->server().store().Stats().pool_hits, 2u);
+  // TestServer's teardown fails the test if a pooled segment outlives the server.
+}
+
+}  // namespace
+}  // namespace asarray::server
