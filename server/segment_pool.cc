@@ -1,5 +1,7 @@
 #include "server/segment_pool.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <utility>
@@ -49,6 +51,10 @@ uint64_t SegmentPool::hits() const {
 }
 
 void SegmentPool::Run() {
+  // Refilling is background work: it runs only on otherwise idle CPU time,
+  // never competing with a conversion (best effort; ignored if refused).
+  sched_param idle{};
+  pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
   const long page = sysconf(_SC_PAGESIZE);
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
