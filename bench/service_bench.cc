@@ -256,10 +256,20 @@ void ServerMemory(const std::string& asarrayd) {
           static_cast<char*>(nullptr));
     _exit(127);
   }
-  absl::StatusOr<std::unique_ptr<asarray::Client>> client = asarray::Client::Connect(address);
-  Check(client.status(), "connect");
-  for (int i = 0; i < 500 && !(*client)->Health().ok(); ++i) usleep(10000);
-  Check((*client)->Health(), "server start");
+  // A fresh channel per attempt: one that failed while the server was still
+  // starting would wait out gRPC's reconnect backoff.
+  absl::StatusOr<std::unique_ptr<asarray::Client>> client;
+  absl::Status health = absl::UnavailableError("not started");
+  for (int i = 0; i < 2000 && !health.ok(); ++i) {
+    client = asarray::Client::Connect(address);
+    health = client.ok() ? (*client)->Health() : client.status();
+    if (!health.ok()) usleep(10000);
+  }
+  if (!health.ok()) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    Check(health, "server start");
+  }
 
   const uint64_t bytes = uint64_t{1} << 30;
   std::vector<uint8_t> data(bytes, 7);
@@ -286,6 +296,8 @@ void ServerMemory(const std::string& asarrayd) {
   kill(pid, SIGTERM);
   int wstatus = 0;
   waitpid(pid, &wstatus, 0);
+  rmdir(absl::StrCat(dir, "/s").c_str());
+  rmdir(dir);
   PrintRow(absl::StrCat(
       "{\"bench\": \"server_rss_1GiB_upload\", \"idle_anon_MiB\": ", idle_anon / 1024.0,
       ", \"peak_anon_above_idle_MiB\": ", (peak_anon - idle_anon) / 1024.0,
@@ -338,6 +350,8 @@ int main(int argc, char** argv) {
   Inline(**client, *echo_stub, reps, /*warm=*/true);
   client->reset();
   server->reset();
+  rmdir(absl::StrCat(dir, "/s").c_str());
+  rmdir(dir);
   if (!asarrayd.empty()) ServerMemory(asarrayd);
   return 0;
 }
