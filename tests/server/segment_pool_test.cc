@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <set>
 #include <string>
 #include <thread>
@@ -94,6 +95,22 @@ TEST(SegmentPoolInStore, ResultsTakeWarmSegmentsAndShutdownUnlinksThePool) {
     EXPECT_EQ(static_cast<const uint8_t*>(t->data())[12345], 9);
   }
   EXPECT_EQ(server->server().store().Stats().pool_hits, 2u);
+
+  // Streamed uploads into a warm segment copy on arrival, double-buffered.
+  client->set_upload_threshold(64 << 10);
+  client->set_chunk_size(96 << 10);  // chunks that do not divide the size
+  std::vector<uint8_t> pattern(2 << 20);
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<uint8_t>(i * 131 + 7);
+  for (int i = 0; i < 4; ++i) {
+    for (int p = 0; p < 2000 && server->server().store().Stats().pool_bytes == 0; ++p) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    absl::StatusOr<MappedTensor> t =
+        client->ConvertInline(pattern.data(), pattern.size(), DType::kUInt8, layout, {});
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(std::memcmp(t->data(), pattern.data(), pattern.size()), 0) << "upload " << i;
+  }
+  EXPECT_GE(server->server().store().Stats().pool_hits, 5u);
   // TestServer's teardown fails the test if a pooled segment outlives the server.
 }
 
