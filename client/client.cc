@@ -15,56 +15,25 @@
 #include "core/status_macros.h"
 #include "grpcpp/create_channel.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "server/posix_util.h"
 #include "server/socket_path.h"
 
 namespace asarray {
-namespace {
-
-absl::Status Errno(absl::string_view what) {
-  const int err = errno;
-  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  if (err == ENOENT) return absl::NotFoundError(message);
-  if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(message);
-  if (err == ENOSPC || err == ENOMEM) return absl::ResourceExhaustedError(message);
-  return absl::InternalError(message);
-}
-
-std::string RandomSuffix() {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  unsigned char bytes[16] = {};
-  if (fd >= 0) {
-    if (read(fd, bytes, sizeof bytes) != static_cast<ssize_t>(sizeof bytes)) {
-      std::memset(bytes, 0, sizeof bytes);
-    }
-    close(fd);
-  }
-  for (unsigned char b : bytes) {
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 15]);
-  }
-  return out;
-}
-
-}  // namespace
-
 // --- SharedRegion -----------------------------------------------------------
 
 absl::StatusOr<SharedRegion> SharedRegion::Create(size_t bytes) {
   SharedRegion region;
-  region.name_ = absl::StrCat("/asarray-client-", getpid(), "-", RandomSuffix());
+  region.name_ = absl::StrCat("/asarray-client-", getpid(), "-", RandomHex128());
   region.fd_ = shm_open(region.name_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (region.fd_ < 0) return Errno("creating shared memory " + region.name_);
+  if (region.fd_ < 0) return ErrnoStatus(errno, "creating shared memory " + region.name_);
   region.size_ = bytes;
   if (bytes > 0) {
     const int err = posix_fallocate(region.fd_, 0, static_cast<off_t>(bytes));
     if (err != 0) {
-      errno = err;
-      return Errno(absl::StrCat("reserving ", bytes, " bytes of shared memory"));
+      return ErrnoStatus(err, absl::StrCat("reserving ", bytes, " bytes of shared memory"));
     }
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, region.fd_, 0);
-    if (p == MAP_FAILED) return Errno("mapping shared memory");
+    if (p == MAP_FAILED) return ErrnoStatus(errno, "mapping shared memory");
     region.data_ = p;
   }
   return region;
@@ -204,14 +173,14 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
   int fd = shm_open(handle.shm_name.c_str(), O_RDWR | O_CLOEXEC, 0);
   const bool writable = fd >= 0;
   if (!writable) fd = shm_open(handle.shm_name.c_str(), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) return Errno("opening " + handle.shm_name);
+  if (fd < 0) return ErrnoStatus(errno, "opening " + handle.shm_name);
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t map_offset = handle.shm_offset / page * page;
   tensor.map_len_ = handle.shm_offset - map_offset + handle.shm_size;
   void* p = mmap(nullptr, tensor.map_len_, writable ? PROT_READ | PROT_WRITE : PROT_READ,
                  MAP_SHARED, fd, static_cast<off_t>(map_offset));
   close(fd);
-  if (p == MAP_FAILED) return Errno("mapping " + handle.shm_name);
+  if (p == MAP_FAILED) return ErrnoStatus(errno, "mapping " + handle.shm_name);
   tensor.map_ = p;
   tensor.storage_ = static_cast<unsigned char*>(p) + (handle.shm_offset - map_offset);
   // The handle's view must lie inside what was mapped.

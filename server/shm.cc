@@ -13,27 +13,9 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/posix_util.h"
 
 namespace asarray::server {
-namespace {
-
-absl::Status ErrnoStatus(int err, absl::string_view what) {
-  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT: return absl::NotFoundError(message);
-    case EEXIST: return absl::AlreadyExistsError(message);
-    case EACCES:
-    case EPERM: return absl::PermissionDeniedError(message);
-    case ENOSPC:
-    case ENOMEM:
-    case EMFILE:
-    case ENFILE:
-    case EFBIG: return absl::ResourceExhaustedError(message);
-    default: return absl::InternalError(message);
-  }
-}
-
-}  // namespace
 
 absl::Status ValidateSegmentName(absl::string_view name) {
   auto bad = [&](absl::string_view why) {

@@ -136,9 +136,6 @@ class TensorStore {
   std::thread sweeper_;
 };
 
-// 128 random bits as 32 hex digits.
-std::string RandomHex128();
-
 }  // namespace asarray::server
 
 #endif  // ASARRAY_SERVER_TENSOR_STORE_H_
