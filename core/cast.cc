@@ -13,22 +13,14 @@
 namespace asarray {
 namespace {
 
-// One dimension of the iteration, strides in elements.
-struct LoopDim {
-  int64_t size;
-  int64_t src;
-  int64_t dst;
-};
-
 // Below this many elements a copy runs on the calling thread.
 constexpr int64_t kParallelGrain = int64_t{1} << 18;
 // Edge of the square tiles a transposing copy works in.
 constexpr int64_t kTile = 32;
 
-// Drops size-1 dims, orders the rest by destination stride (outermost first)
-// so the copy writes memory in order, and merges dims that are one run in both
-// source and destination. Returns an empty list for a single element.
-std::vector<LoopDim> MakeLoop(const Layout& src, const Layout& dst) {
+}  // namespace
+
+std::vector<LoopDim> MakeCopyLoop(const Layout& src, const Layout& dst) {
   std::vector<LoopDim> dims;
   for (size_t i = 0; i < src.shape.size(); ++i) {
     if (src.shape[i] != 1) dims.push_back({src.shape[i], src.strides[i], dst.strides[i]});
@@ -49,6 +41,8 @@ std::vector<LoopDim> MakeLoop(const Layout& src, const Layout& dst) {
   }
   return merged;
 }
+
+namespace {
 
 template <typename S, typename D>
 void ConvertRun(const S* __restrict src, int64_t src_stride, D* __restrict dst,
@@ -166,20 +160,23 @@ bool HasNoInternalOverlap(const Layout& layout) {
 
 }  // namespace
 
-absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst) {
-  if (src.layout.shape != dst.layout.shape) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot copy shape ",
-                                                   DimsToString(src.layout.shape),
-                                                   " into shape ", DimsToString(dst.layout.shape)));
+absl::Status CheckCastViews(const Layout& src, const Layout& dst) {
+  if (src.shape != dst.shape) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot copy shape ", DimsToString(src.shape),
+                                                   " into shape ", DimsToString(dst.shape)));
   }
-  if (!HasNoInternalOverlap(dst.layout)) {
+  if (!HasNoInternalOverlap(dst)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("destination strides ", DimsToString(dst.layout.strides),
-                     " make elements overlap"));
+        absl::StrCat("destination strides ", DimsToString(dst.strides), " make elements overlap"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst) {
+  if (absl::Status s = CheckCastViews(src.layout, dst.layout); !s.ok()) return s;
   const int64_t numel = NumElements(src.layout.shape).value_or(0);
   if (numel == 0) return absl::OkStatus();
-  const std::vector<LoopDim> dims = MakeLoop(src.layout, dst.layout);
+  const std::vector<LoopDim> dims = MakeCopyLoop(src.layout, dst.layout);
   DispatchDType(src.dtype, [&](auto src_tag) {
     using S = typename decltype(src_tag)::type;
     DispatchDType(dst.dtype, [&](auto dst_tag) {
@@ -202,7 +199,7 @@ absl::Status CopyRowMajorRange(const ConstStridedView& src, int64_t begin, int64
   // With a contiguous destination the loop's linear index is the row-major
   // index, so the range maps straight onto ConvertRange.
   const std::vector<LoopDim> dims =
-      MakeLoop(src.layout, Layout{src.layout.shape, ContiguousStrides(src.layout.shape), 0});
+      MakeCopyLoop(src.layout, Layout{src.layout.shape, ContiguousStrides(src.layout.shape), 0});
   DispatchDType(src.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* base = static_cast<const T*>(src.base) + src.layout.offset;

@@ -4,6 +4,9 @@
 #ifndef ASARRAY_CORE_CAST_H_
 #define ASARRAY_CORE_CAST_H_
 
+#include <cstdint>
+#include <vector>
+
 #include "absl/status/status.h"
 #include "core/dtype.h"
 #include "core/layout.h"
@@ -23,6 +26,25 @@ struct StridedView {
   DType dtype = DType::kFloat32;
   Layout layout;
 };
+
+// One dimension of a copy loop: its size, and its strides in elements in the
+// source and the destination.
+struct LoopDim {
+  int64_t size;
+  int64_t src;
+  int64_t dst;
+};
+
+// The loop that copies `src` into `dst` (same shape): size-1 dims dropped,
+// the rest ordered by destination stride, outermost first, so that writes
+// go through memory in order, and dims merged where they form one run in
+// both. Empty for a single element. The CPU loops and the CUDA kernels both
+// iterate over it; its linear index is row-major over these dims.
+std::vector<LoopDim> MakeCopyLoop(const Layout& src, const Layout& dst);
+
+// What CastCopy checks before it copies: INVALID_ARGUMENT when the shapes
+// differ or the destination overlaps itself.
+absl::Status CheckCastViews(const Layout& src, const Layout& dst);
 
 // Writes Convert(src[i]) to dst[i] for every index i.
 // REQUIRES: both layouts pass ValidateLayout and lie inside their storage;
