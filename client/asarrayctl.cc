@@ -23,6 +23,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
@@ -95,6 +96,13 @@ Json HandleJson(const HandleInfo& h) {
   if (!h.shm_name.empty()) {
     j["memory"] = {{"kind", "shm"}, {"name", h.shm_name}, {"offset", h.shm_offset},
                    {"size", h.shm_size}};
+  }
+  if (!h.cuda_ipc_handle.empty()) {
+    j["memory"] = {{"kind", "cuda"},
+                   {"device", h.device.index},
+                   {"ipc_handle", absl::BytesToHexString(h.cuda_ipc_handle)},
+                   {"offset", h.cuda_offset},
+                   {"size", h.cuda_size}};
   }
   if (h.lease_expires != absl::InfinitePast()) {
     j["lease_expires_unix_ms"] = absl::ToUnixMillis(h.lease_expires);
@@ -217,8 +225,14 @@ absl::Status Convert(Client& client, const Args& args) {
   result->DetachLease();
   std::printf("%s\n", HandleJson(result->handle()).dump().c_str());
   if (args.options.count("--save")) {
-    RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result->dtype(), result->shape(),
-                            result->RowMajorBytes()));
+    // A CUDA result is read through its IPC handle when this build can open
+    // one, and over gRPC otherwise.
+    absl::StatusOr<std::string> bytes = result->handle().cuda_ipc_handle.empty() ||
+                                                result->on_device()
+                                            ? result->RowMajorBytes()
+                                            : client.ReadBytes(result->id());
+    RETURN_IF_ERROR(bytes.status());
+    RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result->dtype(), result->shape(), *bytes));
   }
   return absl::OkStatus();
 }
@@ -255,7 +269,12 @@ absl::Status Run(int argc, char** argv) {
               {"client_regions", s.client_regions()}, {"converts", s.converts()},
               {"errors", s.errors()},             {"expired", s.expired()},
               {"default_ttl_ms", s.default_ttl_ms()}, {"uptime_ms", s.uptime_ms()},
-              {"instance", s.instance()}};
+              {"instance", s.instance()}, {"pool_bytes", s.pool_bytes()},
+              {"pool_hits", s.pool_hits()}, {"cuda_devices", s.cuda_devices()},
+              {"cuda_allocations", s.cuda_allocations()},
+              {"cuda_bytes_in_use", s.cuda_bytes_in_use()},
+              {"cuda_ipc_opened", s.cuda_ipc_opened()},
+              {"cuda_pinned_bytes", s.cuda_pinned_bytes()}};
     std::printf("%s\n", j.dump().c_str());
     return absl::OkStatus();
   }

@@ -75,6 +75,7 @@ MappedTensor& MappedTensor::operator=(MappedTensor&& other) noexcept {
     map_ = std::exchange(other.map_, nullptr);
     map_len_ = std::exchange(other.map_len_, 0);
     storage_ = std::exchange(other.storage_, nullptr);
+    cuda_ = std::move(other.cuda_);
     stub_ = std::move(other.stub_);
   }
   return *this;
@@ -83,10 +84,12 @@ MappedTensor& MappedTensor::operator=(MappedTensor&& other) noexcept {
 MappedTensor::~MappedTensor() { Reset(); }
 
 void MappedTensor::Reset() {
-  if (stub_ != nullptr) Release().IgnoreError();  // best effort: the lease expires anyway
+  // Close before releasing: the server frees the memory when the lease ends.
   if (map_ != nullptr) munmap(map_, map_len_);
+  cuda_.reset();
   map_ = nullptr;
   storage_ = nullptr;
+  if (stub_ != nullptr) Release().IgnoreError();  // best effort: the lease expires anyway
 }
 
 const void* MappedTensor::data() const { return mutable_data(); }
@@ -98,12 +101,21 @@ void* MappedTensor::mutable_data() const {
 
 int64_t MappedTensor::numel() const { return NumElements(handle_.layout.shape).value_or(0); }
 
-std::string MappedTensor::RowMajorBytes() const {
+absl::StatusOr<std::string> MappedTensor::RowMajorBytes() const {
   std::string out(numel() * ItemSize(dtype()), '\0');
-  if (!out.empty()) {
-    CopyRowMajorRange({storage_, dtype(), handle_.layout}, 0, numel(), out.data())
-        .IgnoreError();  // the layout was validated when the handle was parsed
+  if (out.empty()) return out;
+  const unsigned char* storage = storage_;
+  std::string host;  // the device storage, copied over
+  if (!handle_.cuda_ipc_handle.empty() && cuda_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "this client cannot open CUDA IPC handles; read the tensor over gRPC (Client::ReadBytes)");
   }
+  if (cuda_ != nullptr) {
+    host.resize(cuda_->size());
+    RETURN_IF_ERROR(cuda_->CopyToHost(0, host.size(), host.data()));
+    storage = reinterpret_cast<const unsigned char*>(host.data());
+  }
+  RETURN_IF_ERROR(CopyRowMajorRange({storage, dtype(), handle_.layout}, 0, numel(), out.data()));
   return out;
 }
 
@@ -166,6 +178,16 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
   MappedTensor tensor;
   tensor.handle_ = handle;
   if (owns_lease) tensor.stub_ = stub_;
+  if (!handle.cuda_ipc_handle.empty()) {
+    if (!ClientHasCuda()) return tensor;  // nothing this build can open
+    RETURN_IF_ERROR(CheckFitsStorage(handle.layout, ItemSize(handle.dtype),
+                                     static_cast<int64_t>(handle.cuda_size)));
+    ASSIGN_OR_RETURN(tensor.cuda_,
+                     CudaIpcMapping::Open(handle.cuda_ipc_handle, handle.device.index,
+                                          handle.cuda_offset, handle.cuda_size));
+    tensor.storage_ = static_cast<unsigned char*>(tensor.cuda_->data());
+    return tensor;
+  }
   if (handle.shm_name.empty()) {
     return absl::FailedPreconditionError("the handle names no shared memory to map");
   }
@@ -235,6 +257,20 @@ absl::StatusOr<MappedTensor> Client::ConvertLiteral(const Literal& literal,
   return ConvertAndMap(request);
 }
 
+namespace {
+
+// The fields a shared-memory and a CUDA source have in common.
+template <typename ArrayProto>
+void DescribeArray(uint64_t offset, uint64_t size, DType dtype, const Layout& layout,
+                   ArrayProto* array) {
+  array->set_offset(offset);
+  array->set_size(size);
+  array->set_dtype(DTypeToProto(dtype));
+  LayoutToProto(layout, array->mutable_layout());
+}
+
+}  // namespace
+
 absl::StatusOr<MappedTensor> Client::ConvertRegion(const std::string& region_name,
                                                    uint64_t offset, uint64_t size, DType dtype,
                                                    const Layout& layout,
@@ -242,10 +278,20 @@ absl::StatusOr<MappedTensor> Client::ConvertRegion(const std::string& region_nam
   v1::ConvertRequest request;
   v1::SharedMemoryArray* array = request.mutable_source()->mutable_shared_memory();
   array->set_name(region_name);
-  array->set_offset(offset);
-  array->set_size(size);
-  array->set_dtype(DTypeToProto(dtype));
-  LayoutToProto(layout, array->mutable_layout());
+  DescribeArray(offset, size, dtype, layout, array);
+  OptionsToProto(options, request.mutable_options());
+  return ConvertAndMap(request);
+}
+
+absl::StatusOr<MappedTensor> Client::ConvertCudaIpc(const std::string& ipc_handle, int device,
+                                                    uint64_t offset, uint64_t size, DType dtype,
+                                                    const Layout& layout,
+                                                    const ConvertOptions& options) {
+  v1::ConvertRequest request;
+  v1::CudaIpcArray* array = request.mutable_source()->mutable_cuda_ipc();
+  array->set_ipc_handle(ipc_handle);
+  array->set_device(device);
+  DescribeArray(offset, size, dtype, layout, array);
   OptionsToProto(options, request.mutable_options());
   return ConvertAndMap(request);
 }

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "asarray/v1/asarray.grpc.pb.h"
+#include "client/cuda_ipc.h"
 #include "core/dtype.h"
 #include "core/layout.h"
 #include "core/literal.h"
@@ -53,17 +54,21 @@ class SharedRegion {
   size_t size_ = 0;
 };
 
-// A tensor handle mapped into this process.
+// A tensor handle mapped into this process: a shared-memory handle mmapped,
+// or a CUDA handle opened by IPC (then data() is a device pointer).
 class MappedTensor {
  public:
   MappedTensor(MappedTensor&& other) noexcept;
   MappedTensor& operator=(MappedTensor&& other) noexcept;
   MappedTensor(const MappedTensor&) = delete;
   MappedTensor& operator=(const MappedTensor&) = delete;
-  // Unmaps, and releases the lease if this object holds it.
+  // Unmaps (or closes the CUDA IPC handle), then releases the lease if this
+  // object holds it.
   ~MappedTensor();
 
-  // Element [0, ..., 0]: the storage plus the layout's offset.
+  // Element [0, ..., 0]: the storage plus the layout's offset. On a CUDA
+  // device, a device pointer valid on handle().device, or null when this
+  // client was built without CUDA (read the bytes over gRPC instead).
   const void* data() const;
   void* mutable_data() const;
   DType dtype() const { return handle_.dtype; }
@@ -72,9 +77,11 @@ class MappedTensor {
   const HandleInfo& handle() const { return handle_; }
   const std::string& id() const { return handle_.id; }
   int64_t numel() const;
+  bool on_device() const { return cuda_ != nullptr; }
 
-  // The elements, row-major and contiguous (a copy, for checks and saving).
-  std::string RowMajorBytes() const;
+  // The elements, row-major and contiguous, in host memory (a copy, for
+  // checks and saving; from the device when the tensor is on one).
+  absl::StatusOr<std::string> RowMajorBytes() const;
 
   // Releases the lease now (the mapping stays valid until destruction).
   absl::Status Release();
@@ -88,7 +95,9 @@ class MappedTensor {
   HandleInfo handle_;
   void* map_ = nullptr;
   size_t map_len_ = 0;
-  unsigned char* storage_ = nullptr;  // the handle's shm offset within map_
+  unsigned char* storage_ = nullptr;  // the handle's shm offset within map_, or
+                                      // the device storage of cuda_
+  std::unique_ptr<CudaIpcMapping> cuda_;
   std::shared_ptr<v1::AsArray::Stub> stub_;  // set while this object holds the lease
 };
 
@@ -111,6 +120,12 @@ class Client {
                                              const ConvertOptions& options);
   absl::StatusOr<MappedTensor> ConvertTensor(const std::string& id,
                                              const ConvertOptions& options);
+  // A view into [offset, offset + size) of a CUDA allocation of this
+  // process's (or another's), named by its IPC handle.
+  absl::StatusOr<MappedTensor> ConvertCudaIpc(const std::string& ipc_handle, int device,
+                                              uint64_t offset, uint64_t size, DType dtype,
+                                              const Layout& layout,
+                                              const ConvertOptions& options);
 
   // The raw calls, for callers that manage handles themselves.
   absl::StatusOr<v1::ConvertResponse> Convert(const v1::ConvertRequest& request);
@@ -118,7 +133,8 @@ class Client {
   absl::StatusOr<v1::ConvertResponse> Upload(const v1::ConvertUploadHeader& header,
                                              const void* storage);
 
-  // Maps a handle. With `owns_lease` the MappedTensor releases it.
+  // Maps a handle (opens a CUDA one by IPC). With `owns_lease` the
+  // MappedTensor releases it.
   absl::StatusOr<MappedTensor> Map(const HandleInfo& handle, bool owns_lease);
 
   // A held tensor's elements, row-major, read over gRPC (for remote use).

@@ -174,6 +174,13 @@ void HandleToProto(const HandleInfo& info, v1::TensorHandle* proto) {
     shm->set_offset(info.shm_offset);
     shm->set_size(info.shm_size);
   }
+  if (!info.cuda_ipc_handle.empty()) {
+    v1::CudaLocation* cuda = proto->mutable_cuda();
+    cuda->set_ipc_handle(info.cuda_ipc_handle);
+    cuda->set_device(info.device.index);
+    cuda->set_offset(info.cuda_offset);
+    cuda->set_size(info.cuda_size);
+  }
   if (info.lease_expires != absl::InfinitePast()) {
     proto->set_lease_expires_unix_ms(absl::ToUnixMillis(info.lease_expires));
   }
@@ -193,6 +200,16 @@ absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto) {
     info.shm_name = proto.shared_memory().name();
     info.shm_offset = proto.shared_memory().offset();
     info.shm_size = proto.shared_memory().size();
+  }
+  if (proto.has_cuda()) {
+    if (info.device.type != Device::Type::kCUDA || proto.cuda().device() != info.device.index) {
+      return absl::InvalidArgumentError(absl::StrCat("a handle on ", proto.device(),
+                                                     " names CUDA memory on device ",
+                                                     proto.cuda().device()));
+    }
+    info.cuda_ipc_handle = proto.cuda().ipc_handle();
+    info.cuda_offset = proto.cuda().offset();
+    info.cuda_size = proto.cuda().size();
   }
   if (proto.lease_expires_unix_ms() != 0) {
     info.lease_expires = absl::FromUnixMillis(proto.lease_expires_unix_ms());

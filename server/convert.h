@@ -50,6 +50,11 @@ struct HandleInfo {
   std::string shm_name;  // empty when the handle has no shared memory
   uint64_t shm_offset = 0;
   uint64_t shm_size = 0;
+  // For a tensor on a CUDA device: its allocation's 64-byte IPC handle, and
+  // the byte range of the storage within that allocation.
+  std::string cuda_ipc_handle;  // empty when the handle has no CUDA memory
+  uint64_t cuda_offset = 0;
+  uint64_t cuda_size = 0;
   absl::Time lease_expires = absl::InfinitePast();
 };
 

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstring>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/cast.h"
 #include "core/status_macros.h"
@@ -12,12 +14,9 @@
 namespace asarray::server {
 namespace {
 
-absl::Status CheckDeviceAvailable(const Device& device) {
-  if (device.type == Device::Type::kCPU) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat("no CUDA device is available for ", DeviceName(device),
-                   ": this server was built without the CUDA backend"));
-}
+// A client region this big, used a second time, is page-locked so that
+// copies to a device read it directly.
+constexpr uint64_t kPinMinBytes = uint64_t{16} << 20;
 
 Tensor NewTensor(const Plan& plan, uid_t caller) {
   Tensor t;
@@ -60,8 +59,9 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
             needed));
       }
       return ConvertArray({SourceKind::kInline, dtype, layout, Device{}}, options,
-                          reinterpret_cast<const unsigned char*>(array.storage().data()), needed,
-                          nullptr, caller);
+                          Storage::Host(reinterpret_cast<const unsigned char*>(array.storage().data()),
+                                        needed),
+                          caller);
     }
     case v1::Source::kLiteral:
       return ConvertLiteral(source.literal(), options, caller);
@@ -80,17 +80,39 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
       ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region,
                        store_->OpenClientRegion(array.name(), array.offset(), array.size()));
       const unsigned char* data = region->data();
-      return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options, data,
-                          array.size(), std::move(region), caller);
+      return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
+                          Storage::Host(data, array.size(), std::move(region)), caller);
     }
-    case v1::Source::kCudaIpc:
-      return absl::UnimplementedError(
-          "CUDA IPC sources need the CUDA backend, which this server was built without");
+    case v1::Source::kCudaIpc: {
+      const v1::CudaIpcArray& array = source.cuda_ipc();
+      ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(array.dtype()));
+      ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(array.layout()));
+      ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
+      if (needed > array.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "CUDA range of ", array.size(), " bytes is too small for a ", DTypeName(dtype),
+            " view with shape ", DimsToString(layout.shape), ", strides ",
+            DimsToString(layout.strides), " and offset ", layout.offset, ", which needs ",
+            needed));
+      }
+      const Device device{Device::Type::kCUDA, array.device()};
+      RETURN_IF_ERROR(cuda_->CheckDevice(device));
+      ASSIGN_OR_RETURN(std::shared_ptr<DeviceMemory> memory,
+                       cuda_->OpenIpc(array.ipc_handle(), array.device(), array.offset(),
+                                      array.size()));
+      return ConvertArray({SourceKind::kDeviceMemory, dtype, layout, device}, options,
+                          Storage::OnDevice(std::move(memory)), caller);
+    }
     case v1::Source::kTensorId: {
       ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(source.tensor_id(), caller));
       const Tensor& held = *lease.tensor;
+      if (held.device_memory != nullptr) {
+        return ConvertArray({SourceKind::kDeviceMemory, held.dtype, held.layout, held.device},
+                            options, Storage::OnDevice(held.device_memory), caller);
+      }
       return ConvertArray({SourceKind::kHostMemory, held.dtype, held.layout, held.device},
-                          options, held.memory->data(), held.memory->size(), held.memory,
+                          options,
+                          Storage::Host(held.memory->data(), held.memory->size(), held.memory),
                           caller);
     }
     case v1::Source::KIND_NOT_SET:
@@ -118,7 +140,8 @@ uint64_t Converter::EstimateCopyBytes(const v1::ConvertRequest& request, uid_t c
       absl::StatusOr<TensorStore::Lease> held = store_->Get(source.tensor_id(), caller);
       if (!held.ok()) return 0;
       const Tensor& t = *held->tensor;
-      array = {SourceKind::kHostMemory, t.dtype, t.layout, t.device};
+      array = {t.device_memory != nullptr ? SourceKind::kDeviceMemory : SourceKind::kHostMemory,
+               t.dtype, t.layout, t.device};
       break;
     }
     default:
@@ -132,32 +155,83 @@ uint64_t Converter::EstimateCopyBytes(const v1::ConvertRequest& request, uid_t c
          std::max(ItemSize(plan->dtype), ItemSize(array.dtype));
 }
 
+bool Converter::UsesDevice(const v1::ConvertRequest& request, uid_t caller) const {
+  const v1::Source& source = request.source();
+  if (source.has_cuda_ipc() || absl::StartsWith(request.options().device(), "cuda")) return true;
+  if (!source.has_tensor_id()) return false;
+  absl::StatusOr<TensorStore::Lease> held = store_->Get(source.tensor_id(), caller);
+  return held.ok() && held->tensor->device_memory != nullptr;
+}
+
+absl::Status Converter::ReadElements(const Tensor& tensor, int64_t begin, int64_t count,
+                                     void* dst) const {
+  if (tensor.device_memory != nullptr) {
+    return cuda_->CopyRowMajorRangeToHost(
+        tensor.device.index, {tensor.device_memory->data(), tensor.dtype, tensor.layout}, begin,
+        count, dst);
+  }
+  return CopyRowMajorRange({tensor.memory->data(), tensor.dtype, tensor.layout}, begin, count,
+                           dst);
+}
+
+bool Converter::PinForDevice(const HostMemory* memory) {
+  const auto* region = dynamic_cast<const ClientRegion*>(memory);
+  if (region == nullptr || region->size() < kPinMinBytes || region->segment().uses() < 2) {
+    return false;
+  }
+  // Best effort: without the pin, the copy is staged.
+  return region->segment()
+      .Pin([this](void* data, size_t bytes) { return cuda_->PinHost(data, bytes); })
+      .ok();
+}
+
 absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,
-                                               const ConvertOptions& options,
-                                               const unsigned char* storage,
-                                               uint64_t storage_size,
-                                               std::shared_ptr<HostMemory> memory,
+                                               const ConvertOptions& options, Storage storage,
                                                uid_t caller) {
   ASSIGN_OR_RETURN(const Plan plan, PlanConversion(source, options));
-  RETURN_IF_ERROR(CheckDeviceAvailable(plan.device));
+  RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
   Tensor tensor = NewTensor(plan, caller);
-  if (plan.action == Plan::Action::kAlias) {
-    if (memory == nullptr) {
-      // Request bytes die with the call: the result keeps a copy of the
-      // storage as it arrived, with the source's layout.
-      ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(storage_size));
-      if (storage_size > 0) std::memcpy(segment->data(), storage, storage_size);
-      memory = std::move(segment);
-    }
-    tensor.memory = std::move(memory);
+  if (plan.action == Plan::Action::kCopy) {
+    RETURN_IF_ERROR(CopyInto(source, storage, plan, &tensor));
     return tensor;
   }
-  ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
-  ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes));
-  RETURN_IF_ERROR(CastCopy({storage, source.dtype, source.layout},
-                           {segment->data(), plan.dtype, plan.layout}));
-  tensor.memory = std::move(segment);
+  if (storage.device != nullptr) {
+    tensor.device_memory = std::move(storage.device);
+    return tensor;
+  }
+  if (storage.host == nullptr) {
+    // Request bytes die with the call: the result keeps a copy of the
+    // storage as it arrived, with the source's layout.
+    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(storage.size));
+    if (storage.size > 0) std::memcpy(segment->data(), storage.data, storage.size);
+    storage.host = std::move(segment);
+  }
+  tensor.memory = std::move(storage.host);
   return tensor;
+}
+
+absl::Status Converter::CopyInto(const Source& source, const Storage& storage, const Plan& plan,
+                                 Tensor* tensor) {
+  ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
+  const ConstStridedView src{storage.data, source.dtype, source.layout};
+  if (plan.device.type == Device::Type::kCPU) {
+    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes));
+    const StridedView dst{segment->data(), plan.dtype, plan.layout};
+    RETURN_IF_ERROR(storage.device != nullptr
+                        ? cuda_->CastDeviceToHost(storage.device->device(), src, dst)
+                        : CastCopy(src, dst));
+    tensor->memory = std::move(segment);
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<DeviceMemory> memory, cuda_->Allocate(plan.device.index, bytes));
+  const StridedView dst{memory->data(), plan.dtype, plan.layout};
+  RETURN_IF_ERROR(storage.device != nullptr
+                      ? cuda_->CastDeviceToDevice(storage.device->device(), src,
+                                                  plan.device.index, dst)
+                      : cuda_->CastHostToDevice(src, plan.device.index, dst,
+                                                PinForDevice(storage.host.get())));
+  tensor->device_memory = std::move(memory);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Tensor> Converter::ConvertLiteral(const v1::Literal& proto,
@@ -165,12 +239,20 @@ absl::StatusOr<Tensor> Converter::ConvertLiteral(const v1::Literal& proto,
   ASSIGN_OR_RETURN(const Literal literal, LiteralFromProto(proto));
   LiteralInfo info;
   ASSIGN_OR_RETURN(const Plan plan, PlanLiteral(literal, options, &info));
-  RETURN_IF_ERROR(CheckDeviceAvailable(plan.device));
+  RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
   ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
-  ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes));
-  RETURN_IF_ERROR(StoreLiteral(literal, info, segment->data()));
   Tensor tensor = NewTensor(plan, caller);
-  tensor.memory = std::move(segment);
+  if (plan.device.type == Device::Type::kCPU) {
+    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes));
+    RETURN_IF_ERROR(StoreLiteral(literal, info, segment->data()));
+    tensor.memory = std::move(segment);
+    return tensor;
+  }
+  // Built on the host in its final dtype and layout, then copied over.
+  std::vector<unsigned char> host(bytes);
+  RETURN_IF_ERROR(StoreLiteral(literal, info, host.data()));
+  RETURN_IF_ERROR(CopyInto({SourceKind::kInline, plan.dtype, plan.layout, Device{}},
+                           Storage::Host(host.data(), bytes), plan, &tensor));
   return tensor;
 }
 
@@ -199,8 +281,8 @@ absl::StatusOr<Tensor> Converter::FinishUpload(const v1::ConvertUploadHeader& he
   const uint64_t size = storage->size();
   // The received segment is the inline source; when the plan aliases, it is
   // the result itself and no second copy is made.
-  return ConvertArray({SourceKind::kInline, dtype, layout, Device{}}, options, data, size,
-                      std::move(storage), caller);
+  return ConvertArray({SourceKind::kInline, dtype, layout, Device{}}, options,
+                      Storage::Host(data, size, std::move(storage)), caller);
 }
 
 }  // namespace asarray::server

@@ -14,13 +14,14 @@
 #include "absl/status/statusor.h"
 #include "asarray/v1/asarray.pb.h"
 #include "core/plan.h"
+#include "server/cuda_backend.h"
 #include "server/tensor_store.h"
 
 namespace asarray::server {
 
 class Converter {
  public:
-  explicit Converter(TensorStore* store) : store_(store) {}
+  Converter(TensorStore* store, CudaBackend* cuda) : store_(store), cuda_(cuda) {}
 
   // A unary request: any source kind.
   absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, uid_t caller);
@@ -29,6 +30,12 @@ class Converter {
   // alias or fail. Cheap: no memory is mapped. Lets the service run small
   // requests on the calling thread and hand the rest to workers.
   uint64_t EstimateCopyBytes(const v1::ConvertRequest& request, uid_t caller) const;
+  // Whether Convert(request) may touch a CUDA device (which can block).
+  bool UsesDevice(const v1::ConvertRequest& request, uid_t caller) const;
+
+  // Elements [begin, begin + count) of a tensor, row-major, into `dst`
+  // (count * item size bytes), from host or device memory.
+  absl::Status ReadElements(const Tensor& tensor, int64_t begin, int64_t count, void* dst) const;
 
   // Checks an upload's header before any byte is received, and returns the
   // segment its storage is written into (exactly header.storage_size bytes).
@@ -39,16 +46,37 @@ class Converter {
                                       std::shared_ptr<ShmSegment> storage, uid_t caller);
 
  private:
-  // Converts an array the server can read at `storage` (the layout's element
-  // 0 sits at storage + offset * item size). `memory` owns it, or is null for
-  // request bytes that die with the call.
+  // Where a source's storage is: host bytes the server can read (owned by
+  // `host`, or request bytes that die with the call when `host` is null), or
+  // device memory. The layout's element 0 sits at storage + offset * item size.
+  struct Storage {
+    static Storage Host(const unsigned char* data, uint64_t size,
+                        std::shared_ptr<HostMemory> owner = nullptr) {
+      return Storage{data, size, std::move(owner), nullptr};
+    }
+    static Storage OnDevice(std::shared_ptr<DeviceMemory> memory) {
+      const auto* data = static_cast<const unsigned char*>(memory->data());
+      const uint64_t size = memory->size();
+      return Storage{data, size, nullptr, std::move(memory)};
+    }
+    const unsigned char* data;
+    uint64_t size;
+    std::shared_ptr<HostMemory> host;
+    std::shared_ptr<DeviceMemory> device;
+  };
   absl::StatusOr<Tensor> ConvertArray(const Source& source, const ConvertOptions& options,
-                                      const unsigned char* storage, uint64_t storage_size,
-                                      std::shared_ptr<HostMemory> memory, uid_t caller);
+                                      Storage storage, uid_t caller);
+  // Page-locks the segment of a client region that is big and used again,
+  // once (see ClientSegment); returns whether `memory` is pinned.
+  bool PinForDevice(const HostMemory* memory);
+  // Fills new memory on `plan.device` with the cast of `source`.
+  absl::Status CopyInto(const Source& source, const Storage& storage, const Plan& plan,
+                        Tensor* tensor);
   absl::StatusOr<Tensor> ConvertLiteral(const v1::Literal& proto, const ConvertOptions& options,
                                         uid_t caller);
 
   TensorStore* const store_;
+  CudaBackend* const cuda_;
 };
 
 // The bytes an array's storage must hold for `layout`: through the last byte

@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "asarrayd: listening on %s (instance %s, swept %d orphaned segments)\n",
                absl::StrJoin((*server)->addresses(), ", ").c_str(),
                (*server)->store().instance().c_str(), (*server)->orphans_swept());
+  std::fprintf(stderr, "asarrayd: %s\n", (*server)->cuda().Describe().c_str());
 
   std::thread waiter([&] {
     int sig = 0;

@@ -52,10 +52,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (options.sweep_orphans) {
     server->orphans_swept_ = TensorStore::SweepOrphans(options.store.prefix);
   }
+  server->cuda_ = CudaBackend::Create();
   server->store_ = std::make_unique<TensorStore>(options.store);
   server->executor_ = std::make_unique<Executor>(options.workers);
   server->service_ = std::make_unique<AsArrayService>(
-      server->store_.get(), server->executor_.get(),
+      server->store_.get(), server->cuda_.get(), server->executor_.get(),
       ServiceOptions{options.max_message_bytes});
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -121,6 +122,7 @@ Server::~Server() {
   // streaming call, and the segments should not wait for that.
   executor_.reset();
   store_.reset();
+  cuda_.reset();
   for (const std::string& path : socket_paths_) unlink(path.c_str());
   grpc_server_.reset();
   service_.reset();

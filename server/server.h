@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "server/cuda_backend.h"
 #include "server/executor.h"
 #include "server/socket_path.h"
 #include "server/service.h"
@@ -47,6 +48,7 @@ class Server {
   // The addresses it listens on, TCP ports resolved ("unix:/..." or "host:port").
   const std::vector<std::string>& addresses() const { return addresses_; }
   TensorStore& store() { return *store_; }
+  const CudaBackend& cuda() const { return *cuda_; }
   int orphans_swept() const { return orphans_swept_; }
 
   // Stops accepting calls, waits up to `grace` for those in flight, then
@@ -58,6 +60,8 @@ class Server {
  private:
   Server() = default;
 
+  // Destroyed after the store: device tensors free their memory through it.
+  std::unique_ptr<CudaBackend> cuda_;
   std::unique_ptr<TensorStore> store_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<AsArrayService> service_;

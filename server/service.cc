@@ -32,9 +32,15 @@ HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires) {
   info.requires_grad = t.requires_grad;
   info.shares_memory = t.shares_memory;
   info.warnings = t.warnings;
-  info.shm_name = t.memory->name();
-  info.shm_offset = t.memory->offset_in_segment();
-  info.shm_size = t.memory->size();
+  if (t.device_memory != nullptr) {
+    info.cuda_ipc_handle = t.device_memory->ipc_handle();
+    info.cuda_offset = t.device_memory->offset_in_allocation();
+    info.cuda_size = t.device_memory->size();
+  } else {
+    info.shm_name = t.memory->name();
+    info.shm_offset = t.memory->offset_in_segment();
+    info.shm_size = t.memory->size();
+  }
   info.lease_expires = expires;
   return info;
 }
@@ -45,6 +51,8 @@ HandleInfo DataOnlyHandle(const Tensor& t) {
   info.id.clear();
   info.shm_name.clear();
   info.shm_offset = info.shm_size = 0;
+  info.cuda_ipc_handle.clear();
+  info.cuda_offset = info.cuda_size = 0;
   info.layout.strides = ContiguousStrides(info.layout.shape);
   info.layout.offset = 0;
   return info;
@@ -116,8 +124,7 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
     const int64_t count = std::min<int64_t>(chunk_elements_, total_ - sent_);
     std::string* data = response_.mutable_data();
     data->resize(count * ItemSize(tensor_->dtype));
-    absl::Status s = CopyRowMajorRange(
-        {tensor_->memory->data(), tensor_->dtype, tensor_->layout}, sent_, count, data->data());
+    absl::Status s = service_->converter()->ReadElements(*tensor_, sent_, count, data->data());
     if (!s.ok()) {
       Fail(s);
       return;
@@ -354,8 +361,10 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
 
 uid_t CallerUid(const grpc::CallbackServerContext*) { return geteuid(); }
 
-AsArrayService::AsArrayService(TensorStore* store, Executor* executor, ServiceOptions options)
-    : store_(store), executor_(executor), options_(options), converter_(store) {}
+AsArrayService::AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
+                               ServiceOptions options)
+    : store_(store), cuda_(cuda), executor_(executor), options_(options),
+      converter_(store, cuda) {}
 
 uint64_t AsArrayService::ChunkBytes(uint64_t requested) const {
   // Leave room for the handle and framing in the first message.
@@ -425,8 +434,8 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
       HandleToProto(DataOnlyHandle(tensor), response->mutable_handle());
       std::string* data = response->mutable_data();
       data->resize(bytes);
-      return CopyRowMajorRange({tensor.memory->data(), tensor.dtype, tensor.layout}, 0,
-                               NumElements(tensor.layout.shape).value(), data->data());
+      return converter_.ReadElements(tensor, 0, NumElements(tensor.layout.shape).value(),
+                                     data->data());
     }();
     Count(status);
     reactor->Finish(ToGrpcStatus(status));
@@ -435,7 +444,8 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
   // Aliasing and small copies finish here; big copies go to the workers so
   // that gRPC's threads never wait on them.
   const uint64_t copy_bytes = converter_.EstimateCopyBytes(*request, caller);
-  if (copy_bytes < kInlineWorkBytes && !request->return_data()) {
+  if (copy_bytes < kInlineWorkBytes && !request->return_data() &&
+      !converter_.UsesDevice(*request, caller)) {
     work();
   } else {
     executor_->Schedule(std::move(work));
@@ -540,6 +550,12 @@ grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* con
   response->set_converts(converts_.load());
   response->set_errors(errors_.load());
   response->set_expired(s.expired);
+  const CudaStats cuda = cuda_->Stats();
+  response->set_cuda_devices(cuda.devices);
+  response->set_cuda_allocations(cuda.allocations);
+  response->set_cuda_bytes_in_use(cuda.bytes);
+  response->set_cuda_ipc_opened(cuda.ipc_opened);
+  response->set_cuda_pinned_bytes(cuda.pinned_bytes);
   response->set_default_ttl_ms(absl::ToInt64Milliseconds(store_->options().default_ttl));
   response->set_uptime_ms(absl::ToInt64Milliseconds(absl::Now() - started_));
   response->set_instance(store_->instance());

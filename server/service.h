@@ -14,6 +14,7 @@
 #include "absl/time/time.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "server/converter.h"
+#include "server/cuda_backend.h"
 #include "server/executor.h"
 #include "server/tensor_store.h"
 
@@ -27,7 +28,8 @@ struct ServiceOptions {
 
 class AsArrayService final : public v1::AsArray::CallbackService {
  public:
-  AsArrayService(TensorStore* store, Executor* executor, ServiceOptions options);
+  AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
+                 ServiceOptions options);
 
   grpc::ServerUnaryReactor* Convert(grpc::CallbackServerContext* context,
                                     const v1::ConvertRequest* request,
@@ -74,6 +76,7 @@ class AsArrayService final : public v1::AsArray::CallbackService {
                                       const absl::Status& status);
 
   TensorStore* const store_;
+  CudaBackend* const cuda_;
   Executor* const executor_;
   const ServiceOptions options_;
   Converter converter_;

@@ -61,44 +61,70 @@ ShmSegment::~ShmSegment() {
   close(fd_);
 }
 
-absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Open(const std::string& name,
-                                                                 uint64_t offset,
-                                                                 uint64_t size) {
+absl::StatusOr<int> OpenClientSegment(const std::string& name, struct stat* st) {
   absl::Status valid = ValidateSegmentName(name);
   if (!valid.ok()) return valid;
   const int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("opening client segment ", name));
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
+  if (fstat(fd, st) != 0) {
     const int err = errno;
     close(fd);
     return ErrnoStatus(err, absl::StrCat("inspecting client segment ", name));
   }
-  const uint64_t segment_size = static_cast<uint64_t>(st.st_size);
-  if (offset > segment_size || size > segment_size - offset) {
-    close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat("region [", offset, ", ", offset, " + ", size, ") lies outside segment ",
-                     name, " of ", segment_size, " bytes"));
-  }
-  if (size == 0) return std::unique_ptr<ClientRegion>(new ClientRegion(name, fd, nullptr, 0, 0, offset, 0));
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const uint64_t map_offset = offset / page * page;
-  const size_t map_len = static_cast<size_t>(offset - map_offset + size);
-  void* p = mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
-                 static_cast<off_t>(map_offset));
-  if (p == MAP_FAILED) {
-    const int err = errno;
-    close(fd);
-    return ErrnoStatus(err, absl::StrCat("mapping client segment ", name));
-  }
-  return std::unique_ptr<ClientRegion>(new ClientRegion(
-      name, fd, static_cast<unsigned char*>(p), map_len, map_offset, offset, size));
+  return fd;
 }
 
-ClientRegion::~ClientRegion() {
-  if (map_ != nullptr) munmap(map_, map_len_);
+absl::StatusOr<std::shared_ptr<ClientSegment>> ClientSegment::Map(const std::string& name, int fd,
+                                                                  const struct stat& st) {
+  const size_t size = static_cast<size_t>(st.st_size);
+  unsigned char* data = nullptr;
+  if (size > 0) {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      close(fd);
+      return ErrnoStatus(err, absl::StrCat("mapping client segment ", name));
+    }
+    data = static_cast<unsigned char*>(p);
+  }
+  return std::shared_ptr<ClientSegment>(
+      new ClientSegment(name, fd, data, size, st.st_dev, st.st_ino));
+}
+
+ClientSegment::~ClientSegment() {
+  pin_.reset();  // unlock the pages while they are still mapped
+  if (data_ != nullptr) munmap(data_, size_);
   close(fd_);
+}
+
+bool ClientSegment::SameFile(const struct stat& st) const {
+  return st.st_dev == dev_ && st.st_ino == ino_ && static_cast<size_t>(st.st_size) == size_;
+}
+
+bool ClientSegment::Unlinked() const {
+  struct stat st;
+  return fstat(fd_, &st) != 0 || st.st_nlink == 0;
+}
+
+absl::Status ClientSegment::Pin(const PinFn& pin) {
+  std::lock_guard<std::mutex> lock(pin_mu_);
+  if (pin_ != nullptr) return absl::OkStatus();
+  if (data_ == nullptr) return absl::FailedPreconditionError("an empty segment has nothing to pin");
+  absl::StatusOr<std::shared_ptr<void>> token = pin(data_, size_);
+  if (!token.ok()) return token.status();
+  pin_ = *std::move(token);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Of(
+    std::shared_ptr<ClientSegment> segment, uint64_t offset, uint64_t size) {
+  const uint64_t segment_size = segment->size();
+  if (offset > segment_size || size > segment_size - offset) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("region [", offset, ", ", offset, " + ", size, ") lies outside segment ",
+                     segment->name(), " of ", segment_size, " bytes"));
+  }
+  return std::unique_ptr<ClientRegion>(new ClientRegion(std::move(segment), offset, size));
 }
 
 }  // namespace asarray::server

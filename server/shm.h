@@ -1,5 +1,5 @@
-// POSIX shared memory: segments the server creates and owns, and regions of
-// segments that clients own and the server maps. Each object owns exactly
+// POSIX shared memory: segments the server creates and owns, and segments
+// that clients own and the server maps. Each object owns exactly
 // one file descriptor and one mapping and releases both (and, for a segment
 // the server created, its name) in its destructor. Not copyable; a const
 // object is safe to share between threads (the bytes themselves are not
@@ -7,9 +7,14 @@
 #ifndef ASARRAY_SERVER_SHM_H_
 #define ASARRAY_SERVER_SHM_H_
 
+#include <sys/stat.h>
+
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -71,38 +76,80 @@ class ShmSegment final : public HostMemory {
   bool touched_ = false;
 };
 
-// The bytes [offset, offset + size) of a segment a client owns, mapped
-// read-write. The server never unlinks it. The destructor unmaps and closes.
-class ClientRegion final : public HostMemory {
+// A segment a client owns, mapped whole and read-write: one file descriptor
+// and one mapping, released on destruction. The server never unlinks it.
+// Shared by every region of it the server uses, and kept a while for reuse
+// (TensorStore's cache), so that a client's recurring buffers are mapped,
+// and page-locked for DMA, once.
+class ClientSegment {
  public:
-  // NOT_FOUND when the segment does not exist, INVALID_ARGUMENT when the
-  // name is malformed or the range lies outside the segment (checked with
-  // fstat, overflow-safe), PERMISSION_DENIED when it cannot be opened.
-  static absl::StatusOr<std::unique_ptr<ClientRegion>> Open(const std::string& name,
-                                                            uint64_t offset, uint64_t size);
-  ~ClientRegion() override;
-  ClientRegion(const ClientRegion&) = delete;
-  ClientRegion& operator=(const ClientRegion&) = delete;
+  // Takes `fd`, opened on `name`, whose fstat is `st`. Closes it on failure.
+  static absl::StatusOr<std::shared_ptr<ClientSegment>> Map(const std::string& name, int fd,
+                                                            const struct stat& st);
+  ~ClientSegment();
+  ClientSegment(const ClientSegment&) = delete;
+  ClientSegment& operator=(const ClientSegment&) = delete;
 
-  unsigned char* data() const override { return size_ == 0 ? nullptr : map_ + (offset_ - map_offset_); }
-  size_t size() const override { return size_; }
-  const std::string& name() const override { return name_; }
-  uint64_t offset_in_segment() const override { return offset_; }
-  bool server_owned() const override { return false; }
+  unsigned char* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& name() const { return name_; }
+  // Whether `st` describes the same file at the same size (not a segment
+  // that was unlinked and created again under the name).
+  bool SameFile(const struct stat& st) const;
+  // Whether the client has unlinked it (nothing but mappings keep it).
+  bool Unlinked() const;
+
+  // Counts uses; a segment used more than once is worth page-locking.
+  int AddUse() { return ++uses_; }
+  int uses() const { return uses_.load(); }
+  // Page-locks the mapping once, with `pin` (the CUDA backend's host
+  // registration, undone when the token it returns is destroyed, before the
+  // unmap). OK once pinned.
+  using PinFn = std::function<absl::StatusOr<std::shared_ptr<void>>(void*, size_t)>;
+  absl::Status Pin(const PinFn& pin);
 
  private:
-  ClientRegion(std::string name, int fd, unsigned char* map, size_t map_len, uint64_t map_offset,
-               uint64_t offset, size_t size)
-      : name_(std::move(name)), fd_(fd), map_(map), map_len_(map_len), map_offset_(map_offset),
-        offset_(offset), size_(size) {}
-  std::string name_;
-  int fd_;
-  unsigned char* map_;  // page-aligned start of the mapping
-  size_t map_len_;
-  uint64_t map_offset_;  // segment offset of map_
-  uint64_t offset_;
-  size_t size_;
+  ClientSegment(std::string name, int fd, unsigned char* data, size_t size, dev_t dev, ino_t ino)
+      : name_(std::move(name)), fd_(fd), data_(data), size_(size), dev_(dev), ino_(ino) {}
+  const std::string name_;
+  const int fd_;
+  unsigned char* const data_;  // null when size_ is 0
+  const size_t size_;
+  const dev_t dev_;
+  const ino_t ino_;
+  std::atomic<int> uses_{0};
+  std::mutex pin_mu_;
+  std::shared_ptr<void> pin_;  // released first on destruction
 };
+
+// The bytes [offset, offset + size) of a client's segment.
+class ClientRegion final : public HostMemory {
+ public:
+  // INVALID_ARGUMENT when the range lies outside the segment (overflow-safe).
+  static absl::StatusOr<std::unique_ptr<ClientRegion>> Of(std::shared_ptr<ClientSegment> segment,
+                                                          uint64_t offset, uint64_t size);
+
+  unsigned char* data() const override {
+    return size_ == 0 ? nullptr : segment_->data() + offset_;
+  }
+  size_t size() const override { return size_; }
+  const std::string& name() const override { return segment_->name(); }
+  uint64_t offset_in_segment() const override { return offset_; }
+  bool server_owned() const override { return false; }
+  ClientSegment& segment() const { return *segment_; }
+
+ private:
+  ClientRegion(std::shared_ptr<ClientSegment> segment, uint64_t offset, size_t size)
+      : segment_(std::move(segment)), offset_(offset), size_(size) {}
+  const std::shared_ptr<ClientSegment> segment_;
+  const uint64_t offset_;
+  const size_t size_;
+};
+
+// Opens a client's segment by name for reading and writing, and its fstat.
+// INVALID_ARGUMENT for a malformed name, NOT_FOUND when it does not exist,
+// PERMISSION_DENIED when it cannot be opened.
+absl::StatusOr<int> OpenClientSegment(const std::string& name, struct stat* st);
 
 }  // namespace asarray::server
 

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +27,9 @@ struct TensorStore::Accounting {
 };
 
 namespace {
+
+// Client segments whose mappings are kept for reuse, at most.
+constexpr size_t kMaxCachedClientSegments = 256;
 
 // The start time of a process in clock ticks since boot (field 22 of
 // /proc/PID/stat), or "" when it is not running.
@@ -69,6 +73,8 @@ TensorStore::~TensorStore() {
   absl::MutexLock lock(&mu_);
   entries_.clear();
   pool_.reset();
+  absl::MutexLock segments_lock(&segments_mu_);
+  client_segments_.clear();
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t bytes) {
@@ -101,7 +107,30 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t byt
 
 absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
     const std::string& name, uint64_t offset, uint64_t size) {
-  absl::StatusOr<std::unique_ptr<ClientRegion>> region = ClientRegion::Open(name, offset, size);
+  struct stat st;
+  absl::StatusOr<int> fd = OpenClientSegment(name, &st);
+  if (!fd.ok()) return fd.status();
+  std::shared_ptr<ClientSegment> segment;
+  {
+    absl::MutexLock lock(&segments_mu_);
+    auto it = client_segments_.find(name);
+    if (it != client_segments_.end() && it->second->SameFile(st)) segment = it->second;
+  }
+  if (segment != nullptr) {
+    close(*fd);
+  } else {
+    absl::StatusOr<std::shared_ptr<ClientSegment>> mapped = ClientSegment::Map(name, *fd, st);
+    if (!mapped.ok()) return mapped.status();
+    segment = *std::move(mapped);
+    absl::MutexLock lock(&segments_mu_);
+    if (client_segments_.size() >= kMaxCachedClientSegments) {
+      client_segments_.erase(client_segments_.begin());
+    }
+    client_segments_[name] = segment;
+  }
+  segment->AddUse();
+  absl::StatusOr<std::unique_ptr<ClientRegion>> region =
+      ClientRegion::Of(std::move(segment), offset, size);
   if (!region.ok()) return region.status();
   ++accounting_->client_regions;
   std::shared_ptr<Accounting> keep = accounting_;
@@ -172,17 +201,30 @@ std::vector<TensorStore::Lease> TensorStore::List(uid_t caller) const {
 }
 
 int TensorStore::SweepExpired(absl::Time now) {
-  std::vector<std::shared_ptr<const Tensor>> doomed;  // destroyed outside the lock
-  absl::MutexLock lock(&mu_);
-  for (auto it = entries_.begin(); it != entries_.end();) {
-    if (it->second.expires <= now) {
-      doomed.push_back(std::move(it->second.tensor));
-      entries_.erase(it++);
+  std::vector<std::shared_ptr<const Tensor>> doomed;  // destroyed outside the locks
+  std::vector<std::shared_ptr<ClientSegment>> unlinked;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      if (it->second.expires <= now) {
+        doomed.push_back(std::move(it->second.tensor));
+        entries_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    expired_ += doomed.size();
+  }
+  // A cached mapping must not keep a segment alive after its owner unlinked it.
+  absl::MutexLock lock(&segments_mu_);
+  for (auto it = client_segments_.begin(); it != client_segments_.end();) {
+    if (it->second->Unlinked()) {
+      unlinked.push_back(std::move(it->second));
+      client_segments_.erase(it++);
     } else {
       ++it;
     }
   }
-  expired_ += doomed.size();
   return static_cast<int>(doomed.size());
 }
 
@@ -205,6 +247,10 @@ StoreStats TensorStore::Stats() const {
   s.client_regions = accounting_->client_regions.load();
   s.pool_bytes = pool_->bytes();
   s.pool_hits = pool_->hits();
+  {
+    absl::MutexLock lock(&segments_mu_);
+    s.client_segments_cached = client_segments_.size();
+  }
   absl::MutexLock lock(&mu_);
   s.tensors = entries_.size();
   s.expired = expired_;

@@ -23,6 +23,7 @@
 #include "core/dtype.h"
 #include "core/layout.h"
 #include "core/plan.h"
+#include "server/cuda_backend.h"
 #include "server/segment_pool.h"
 #include "server/shm.h"
 
@@ -37,7 +38,9 @@ struct Tensor {
   bool requires_grad = false;
   bool shares_memory = false;  // aliases the caller's memory
   std::vector<std::string> warnings;
+  // Exactly one of the two: host memory for the CPU, device memory for CUDA.
   std::shared_ptr<HostMemory> memory;
+  std::shared_ptr<DeviceMemory> device_memory;
   uid_t owner = 0;
 };
 
@@ -59,6 +62,7 @@ struct StoreStats {
   uint64_t expired = 0;
   uint64_t pool_bytes = 0;
   uint64_t pool_hits = 0;
+  uint64_t client_segments_cached = 0;
 };
 
 class TensorStore {
@@ -75,6 +79,8 @@ class TensorStore {
   absl::StatusOr<std::shared_ptr<ShmSegment>> NewSegment(uint64_t bytes);
 
   // Maps a client's region; it counts as a client region while referenced.
+  // The segment's mapping is kept for reuse until the client unlinks it (the
+  // sweeper notices within its interval) or the cache fills up.
   absl::StatusOr<std::shared_ptr<ClientRegion>> OpenClientRegion(const std::string& name,
                                                                  uint64_t offset, uint64_t size);
 
@@ -93,7 +99,8 @@ class TensorStore {
   absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl, uid_t caller);
   std::vector<Lease> List(uid_t caller) const;
 
-  // Ends every lease that expired at `now`; returns how many.
+  // Ends every lease that expired at `now`, and forgets cached client
+  // segments their owners unlinked; returns how many leases ended.
   int SweepExpired(absl::Time now);
   // Runs SweepExpired every `interval` on a thread of its own until the store
   // is destroyed.
@@ -129,6 +136,11 @@ class TensorStore {
   std::shared_ptr<Accounting> accounting_;
 
   std::unique_ptr<SegmentPool> pool_;
+
+  // Client segments mapped recently, by name.
+  mutable absl::Mutex segments_mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<ClientSegment>> client_segments_
+      ABSL_GUARDED_BY(segments_mu_);
 
   std::mutex sweeper_mu_;
   std::condition_variable sweeper_cv_;
