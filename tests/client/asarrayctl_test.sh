@@ -170,6 +170,23 @@ sys.exit(0 if got.dtype == want.dtype and np.array_equal(got, want) else 1)'
 ctl_fails "--json of ints with --requires-grad is INVALID_ARGUMENT" 1 INVALID_ARGUMENT \
   convert --json '[1, 2]' --requires-grad
 
+# CUDA: with a device, --device cuda prints a CUDA IPC handle and --save reads
+# the result back through it; without one, a clear FAILED_PRECONDITION.
+"$CTL" stats >stats0.json 2>err.txt
+if py 'sys.exit(0 if json.load(open("stats0.json"))["cuda_devices"] > 0 else 1)'; then
+  "$CTL" convert cast.npy --device cuda --dtype bfloat16 --save cuda_bf16.npy >cuda.json 2>err.txt
+  check "convert --device cuda exits 0" test $? -eq 0
+  check "--device cuda prints a CUDA IPC handle" expect_json cuda.json \
+    'j["device"] == "cuda:0" and j["memory"]["kind"] == "cuda" and j["shares_memory"] is False
+     and len(j["memory"]["ipc_handle"]) == 128 and j["memory"]["size"] == 16'
+  check "--device cuda --save writes the same bits as the CPU cast" same_array bf16.npy cuda_bf16.npy
+  "$CTL" release "$(py 'print(json.load(open("cuda.json"))["id"])')" >/dev/null 2>err.txt
+  check "releasing the CUDA handle exits 0" test $? -eq 0
+else
+  ctl_fails "--device cuda without a device is FAILED_PRECONDITION" 1 \
+    "FAILED_PRECONDITION.*no CUDA device is available" convert cast.npy --device cuda
+fi
+
 # Fortran order keeps its column-major strides, as torch.asarray does.
 "$CTL" convert fort.npy --save fort_out.npy >fort.json 2>err.txt
 check "convert Fortran-order exits 0" test $? -eq 0

@@ -21,43 +21,20 @@ bool g_inline = false;
 int g_passed = 0;
 int g_failed = 0;
 
-Outcome FromMapped(const absl::StatusOr<MappedTensor>& mapped) {
-  Outcome out;
-  out.status = mapped.status();
-  if (!mapped.ok()) return out;
-  const HandleInfo& h = mapped->handle();
-  out.dtype = h.dtype;
-  out.shape = h.layout.shape;
-  out.strides = h.layout.strides;
-  out.requires_grad = h.requires_grad;
-  out.shares_memory = h.shares_memory;
-  out.warnings = h.warnings;
-  out.data = mapped->RowMajorBytes();
-  return out;
-}
-
 // Runs one case; `extra` receives transport-specific problems.
 Outcome RunCase(Client& client, const ConformanceCase& c, std::string* extra) {
   const ConvertOptions& options = c.options;
-  if (!c.is_array) return FromMapped(client.ConvertLiteral(c.literal, options));
+  if (!c.is_array) return OutcomeOf(client.ConvertLiteral(c.literal, options));
   if (g_inline) {
-    return FromMapped(
+    return OutcomeOf(
         client.ConvertInline(c.storage.data(), c.storage.size(), c.dtype, c.layout, options));
   }
-  absl::StatusOr<SharedRegion> region = SharedRegion::Create(c.storage.size());
-  if (!region.ok()) {
-    Outcome out;
-    out.status = region.status();
-    return out;
-  }
-  if (!c.storage.empty()) std::memcpy(region->data(), c.storage.data(), c.storage.size());
-  absl::StatusOr<MappedTensor> mapped =
-      client.ConvertRegion(region->name(), 0, region->size(), c.dtype, c.layout, options);
-  if (mapped.ok() && mapped->handle().shares_memory &&
-      mapped->handle().shm_name != region->name()) {
+  std::string region;
+  absl::StatusOr<MappedTensor> mapped = ConvertCaseInRegion(client, c, options, &region);
+  if (mapped.ok() && mapped->handle().shares_memory && mapped->handle().shm_name != region) {
     *extra = " handle claims to share memory but names " + mapped->handle().shm_name;
   }
-  return FromMapped(mapped);
+  return OutcomeOf(mapped);
 }
 
 TEST(ConformanceServer, EveryCase) {

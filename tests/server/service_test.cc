@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <numeric>
@@ -284,16 +285,107 @@ TEST(ServiceQuota, QuotaExceededIsResourceExhaustedUntilReleased) {
   EXPECT_TRUE(client->ConvertInline(bytes.data(), bytes.size(), DType::kUInt8, layout, {}).ok());
 }
 
-TEST_F(ServiceTest, CudaRequestsFailClearlyWithoutTheBackend) {
-  ConvertOptions options;
-  options.device = Device{Device::Type::kCUDA, 0};
-  absl::Status s = client_->ConvertLiteral(Literal::List({Literal::Float(1)}), options).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(s.message(), HasSubstr("no CUDA device"));
+TEST_F(ServiceTest, CudaRequestsFailClearlyWithoutADevice) {
+  if (server_->server().cuda().device_count() > 0) {
+    GTEST_SKIP() << "a CUDA device is present (" << server_->server().cuda().Describe()
+                 << "): tests/gpu covers the device paths";
+  }
+  for (const Device device : {Device{Device::Type::kCUDA, 0}, Device{Device::Type::kCUDA, 7}}) {
+    ConvertOptions options;
+    options.device = device;
+    absl::Status s = client_->ConvertLiteral(Literal::List({Literal::Float(1)}), options).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_THAT(s.message(), HasSubstr("no CUDA device is available for " + DeviceName(device)));
+    // And why: no driver here, or a build without the backend.
+    EXPECT_THAT(s.message(), ::testing::AnyOf(HasSubstr("driver"), HasSubstr("without the CUDA")));
+  }
+  // A client's CUDA allocation as the source fails the same way.
   v1::ConvertRequest request;
-  request.mutable_source()->mutable_cuda_ipc()->set_device(0);
-  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kUnimplemented);
+  v1::CudaIpcArray* array = request.mutable_source()->mutable_cuda_ipc();
+  array->set_ipc_handle(std::string(64, '\0'));
+  array->set_device(0);
+  array->set_size(4);
+  array->set_dtype(v1::DTYPE_FLOAT32);
+  array->mutable_layout()->add_shape(1);
+  array->mutable_layout()->add_strides(1);
+  absl::Status s = RawConvert(request);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("no CUDA device is available for cuda:0"));
+  // A handle past the range it declares is refused before any device is asked.
+  array->set_size(2);
+  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RawConvert(v1::ConvertRequest()).code(), absl::StatusCode::kInvalidArgument);
+  // The CPU path keeps serving.
+  absl::StatusOr<MappedTensor> cpu =
+      client_->ConvertLiteral(Literal::List({Literal::Float(1)}), ConvertOptions{});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  absl::StatusOr<v1::StatsResponse> stats = client_->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->cuda_devices(), 0u);
+  EXPECT_EQ(stats->cuda_allocations(), 0u);
+}
+
+// A client's segment is mapped once and reused; a segment created again
+// under the same name is mapped afresh; an unlinked one is let go.
+TEST_F(ServiceTest, ClientSegmentsAreReusedUntilUnlinkedOrReplaced) {
+  const std::string name = "/asarray-test-cache-" + std::to_string(getpid());
+  auto make = [&](float value) {
+    shm_unlink(name.c_str());
+    const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(ftruncate(fd, 64), 0);
+    void* p = mmap(nullptr, 64, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    std::fill_n(static_cast<float*>(p), 16, value);
+    munmap(p, 64);
+    close(fd);
+  };
+  ConvertOptions copy;
+  copy.copy = true;
+  auto first_value = [&] {
+    absl::StatusOr<MappedTensor> t =
+        client_->ConvertRegion(name, 0, 64, DType::kFloat32, {{16}, {1}, 0}, copy);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? static_cast<const float*>(t->data())[0] : -1.f;
+  };
+  make(1.f);
+  EXPECT_EQ(first_value(), 1.f);
+  EXPECT_EQ(first_value(), 1.f);
+  EXPECT_EQ(server_->server().store().Stats().client_segments_cached, 1u);
+  make(2.f);  // the same name, another file: its bytes, not the cached ones
+  EXPECT_EQ(first_value(), 2.f);
+  EXPECT_EQ(server_->server().store().Stats().client_segments_cached, 1u);
+  shm_unlink(name.c_str());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (server_->server().store().Stats().client_segments_cached != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(server_->server().store().Stats().client_segments_cached, 0u);
+}
+
+TEST(HandleProtoTest, CudaLocationRoundTrips) {
+  HandleInfo info;
+  info.id = "abc";
+  info.dtype = DType::kBFloat16;
+  info.layout = Layout{{2, 3}, {3, 1}, 0};
+  info.device = Device{Device::Type::kCUDA, 1};
+  info.cuda_ipc_handle = std::string(64, '\x5a');
+  info.cuda_offset = 128;
+  info.cuda_size = 12;
+  v1::TensorHandle proto;
+  HandleToProto(info, &proto);
+  EXPECT_TRUE(proto.has_cuda());
+  EXPECT_FALSE(proto.has_shared_memory());
+  EXPECT_EQ(proto.cuda().device(), 1);
+  absl::StatusOr<HandleInfo> back = HandleFromProto(proto);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->cuda_ipc_handle, info.cuda_ipc_handle);
+  EXPECT_EQ(back->cuda_offset, 128u);
+  EXPECT_EQ(back->cuda_size, 12u);
+  EXPECT_EQ(back->device, info.device);
+  // CUDA memory on a device other than the handle's is a malformed handle.
+  proto.mutable_cuda()->set_device(0);
+  EXPECT_EQ(HandleFromProto(proto).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ServiceTest, MalformedLiteralsAreInvalidArgument) {

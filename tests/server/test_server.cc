@@ -24,6 +24,36 @@ int CountSegments(const std::string& prefix) {
   return n;
 }
 
+absl::StatusOr<MappedTensor> ConvertCaseInRegion(Client& client, const ConformanceCase& c,
+                                                 const ConvertOptions& options,
+                                                 std::string* region_name) {
+  absl::StatusOr<SharedRegion> region = SharedRegion::Create(c.storage.size());
+  if (!region.ok()) return region.status();
+  if (!c.storage.empty()) std::memcpy(region->data(), c.storage.data(), c.storage.size());
+  if (region_name != nullptr) *region_name = region->name();
+  return client.ConvertRegion(region->name(), 0, region->size(), c.dtype, c.layout, options);
+}
+
+Outcome OutcomeOf(const absl::StatusOr<MappedTensor>& mapped) {
+  Outcome out;
+  out.status = mapped.status();
+  if (!mapped.ok()) return out;
+  const HandleInfo& h = mapped->handle();
+  out.dtype = h.dtype;
+  out.shape = h.layout.shape;
+  out.strides = h.layout.strides;
+  out.requires_grad = h.requires_grad;
+  out.shares_memory = h.shares_memory;
+  out.warnings = h.warnings;
+  absl::StatusOr<std::string> data = mapped->RowMajorBytes();
+  if (!data.ok()) {
+    out.status = data.status();
+    return out;
+  }
+  out.data = *std::move(data);
+  return out;
+}
+
 std::unique_ptr<TestServer> TestServer::Start(
     const std::function<void(server::ServerOptions&)>& adjust) {
   static std::atomic<int> counter{0};

@@ -9,6 +9,7 @@
 
 #include "client/client.h"
 #include "server/server.h"
+#include "tests/conformance/case_loader.h"
 
 namespace asarray::testing {
 
@@ -41,6 +42,17 @@ class TestServer {
 
 // Entries in /dev/shm whose names start with `prefix`.
 int CountSegments(const std::string& prefix);
+
+// Converts a case's array input placed in a fresh shared-memory region of
+// this process, whose name goes to *region_name when given. The region is
+// unlinked on return; mappings of it stay valid.
+absl::StatusOr<MappedTensor> ConvertCaseInRegion(Client& client, const ConformanceCase& c,
+                                                 const ConvertOptions& options,
+                                                 std::string* region_name = nullptr);
+
+// What a conversion produced, read through its mapped handle (shared memory,
+// or a CUDA allocation opened by IPC).
+Outcome OutcomeOf(const absl::StatusOr<MappedTensor>& mapped);
 
 }  // namespace asarray::testing
 
