@@ -22,8 +22,6 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 image="${1:-asarrayd:test}"
 name="asarrayd-test-$$"
-tmp="$(mktemp -d)"
-shm="$(mktemp -d /dev/shm/deploy-test.XXXXXX)"
 
 if docker info >/dev/null 2>&1; then
   engine=(docker)
@@ -37,11 +35,14 @@ else
   run_flags=(--ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
 fi
 
+tmp="$(mktemp -d)"
+shm=""
 cleanup() {
   "${engine[@]}" rm -f "$name" "$name-ipc" >/dev/null 2>&1 || true
-  rm -rf "$tmp" "$shm"
+  rm -rf "$tmp" ${shm:+"$shm"}
 }
 trap cleanup EXIT
+shm="$(mktemp -d /dev/shm/deploy-test.XXXXXX)"
 
 fail() {
   echo "test.sh: FAIL: $*" >&2
@@ -52,9 +53,10 @@ fail() {
   exit 1
 }
 
-# No registry on this machine: make debian:bookworm-slim from Debian's own
-# packages, trimmed as the published image is (no package caches or lists,
-# no documentation, manuals or locales).
+# podman stands in where no docker engine runs, and builds with --pull=never
+# since no image registry may be reachable: make debian:bookworm-slim from
+# Debian's own packages when it is missing, trimmed as the published image is
+# (no package caches or lists, no documentation, manuals or locales).
 bootstrap_base() {
   local rootfs="$tmp/rootfs" mirror
   mirror="$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)"
