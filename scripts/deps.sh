@@ -2,6 +2,7 @@
 # Installs the Debian 12 packages asarrayd needs, skipping those already
 # installed. Safe to run again.
 #   deps.sh          everything: build, tests and benchmarks
+#   deps.sh test     what building and running the tests needs (no benchmark plots)
 #   deps.sh build    only what building and running the server needs
 set -euo pipefail
 
@@ -13,8 +14,12 @@ packages=(
 if [ "${1:-all}" != build ]; then
   # Real torch and numpy: the reference for generated conformance cases and
   # the baselines of the benchmarks. Called as /usr/bin/python3.
+  # PyYAML: the deployment manifests' structural test.
   packages+=(python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-pytest
-             python3-matplotlib)
+             python3-yaml)
+fi
+if [ "${1:-all}" = all ]; then
+  packages+=(python3-matplotlib)
 fi
 
 missing=()
