@@ -239,6 +239,7 @@ class Client:
         self._lock = threading.Lock()
         self._regions = weakref.WeakValueDictionary()  # address -> _Region
         self._handles = weakref.WeakValueDictionary()  # mapping address -> mapping
+        self._cuda_views = weakref.WeakValueDictionary()  # device address -> _CudaView
         self._releaser = _Releaser(self._stub)
 
     def __enter__(self):
@@ -320,6 +321,12 @@ class Client:
 
     def handle(self, result):
         """The Handle behind an array or tensor returned by asarray()."""
+        if torch is not None and isinstance(result, torch.Tensor) and result.is_cuda:
+            address = result.data_ptr()
+            for view in list(self._cuda_views.values()):
+                if view.start <= address < view.start + max(view.length, 1):
+                    return view.handle
+            raise KeyError("not a result of this client")
         lo, _ = _view_bounds(self._as_numpy(result)[0])
         for mapping in list(self._handles.values()):
             if mapping.address <= lo < mapping.address + max(mapping.length, 1):
@@ -439,6 +446,8 @@ class Client:
         return torch.from_numpy(arr)
 
     def _map(self, handle, like):
+        if handle.proto.HasField("cuda"):
+            return self._map_cuda(handle, like)
         location = handle.proto.shared_memory
         if not location.name:
             raise RuntimeError("the handle names no shared memory")
@@ -460,6 +469,41 @@ class Client:
                          offset=location.offset - base + handle.offset * storage.itemsize,
                          strides=[s * storage.itemsize for s in handle.strides])
         return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
+
+    def _map_cuda(self, handle, like):
+        """Opens a CUDA handle into a torch CUDA tensor viewing the server's
+        allocation (no copy). Its collection closes the IPC mapping, then
+        releases the lease."""
+        if like == "numpy" or torch is None or not torch.cuda.is_available():
+            self._releaser(handle.id)
+            raise RuntimeError(
+                f"the result is on {handle.proto.device}: opening it needs torch with CUDA in "
+                "this process; use client.read() for its bytes, or like='torch'")
+        location = handle.proto.cuda
+        storage = _DTYPES[handle.dtype][1]
+        if handle.dtype == "bfloat16":  # no bfloat16 in the interface: its bits as int16
+            storage = np.dtype("<i2")
+        try:
+            base = _cuda_ipc_open(location.ipc_handle, location.device)
+        except Exception:
+            self._releaser(handle.id)
+            raise
+        view = _CudaView({
+            "shape": tuple(handle.shape),
+            "typestr": storage.str,
+            "data": (base + location.offset + handle.offset * storage.itemsize, False),
+            "strides": tuple(s * storage.itemsize for s in handle.strides),
+            "version": 3,
+        })
+        view.handle = handle
+        view.start, view.length = base + location.offset, location.size
+        self._cuda_views[view.start] = view
+        weakref.finalize(view, _cuda_close_and_release, base, location.device, self._releaser,
+                         handle.id)
+        tensor = torch.as_tensor(view, device=f"cuda:{location.device}")  # keeps `view` alive
+        if handle.dtype == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        return self._finish(tensor, handle, like)
 
     @staticmethod
     def _finish(result, handle, like):
@@ -483,6 +527,65 @@ class _Mapping(mmap.mmap):
             os.close(fd)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self)) if writable else 0
         return self
+
+
+class _CudaView:
+    """Device memory of an opened CUDA IPC handle, described for
+    torch.as_tensor by __cuda_array_interface__; the tensor holds it."""
+
+    def __init__(self, interface):
+        self.__cuda_array_interface__ = interface
+
+
+class _IpcHandle(ctypes.Structure):
+    _fields_ = [("reserved", ctypes.c_char * 64)]
+
+
+_CUDART = []
+
+
+def _cudart():
+    """The CUDA runtime torch loaded (the one whose context it uses)."""
+    if not _CUDART:
+        torch.cuda.init()
+        paths = []
+        with open("/proc/self/maps") as maps:
+            paths = [line.split()[-1] for line in maps if "libcudart.so" in line]
+        lib = None
+        for name in paths + ["libcudart.so", "libcudart.so.13", "libcudart.so.12"]:
+            try:
+                lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        if lib is None:
+            raise RuntimeError("cannot find the CUDA runtime library to open CUDA IPC handles")
+        lib.cudaIpcOpenMemHandle.argtypes = [ctypes.POINTER(ctypes.c_void_p), _IpcHandle,
+                                             ctypes.c_uint]
+        lib.cudaIpcCloseMemHandle.argtypes = [ctypes.c_void_p]
+        lib.cudaGetErrorString.restype = ctypes.c_char_p
+        _CUDART.append(lib)
+    return _CUDART[0]
+
+
+def _cuda_ipc_open(ipc_handle, device):
+    """Device address of another process's allocation, opened by IPC handle."""
+    if len(ipc_handle) != 64:
+        raise ValueError(f"a CUDA IPC handle holds 64 bytes, not {len(ipc_handle)}")
+    lib = _cudart()
+    ptr = ctypes.c_void_p()
+    with torch.cuda.device(device):
+        err = lib.cudaIpcOpenMemHandle(ctypes.byref(ptr), _IpcHandle(ipc_handle), 1)
+    if err != 0:
+        raise RuntimeError(f"cudaIpcOpenMemHandle on cuda:{device}: "
+                           f"{lib.cudaGetErrorString(err).decode()}")
+    return ptr.value
+
+
+def _cuda_close_and_release(base, device, releaser, handle_id):
+    with torch.cuda.device(device):
+        _cudart().cudaIpcCloseMemHandle(ctypes.c_void_p(base))
+    releaser(handle_id)
 
 
 _KEEP = weakref.WeakKeyDictionary()
