@@ -9,10 +9,11 @@ struct CudaBackend::Impl {};
 
 namespace {
 
-absl::Status NoBackend() {
-  return absl::FailedPreconditionError(
-      "no CUDA device is available: this server was built without the CUDA backend "
-      "(configure with -DASARRAY_CUDA=ON on a machine with the CUDA toolkit)");
+absl::Status NoBackend(const std::string& device = "") {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "no CUDA device is available", device.empty() ? "" : " for ", device,
+      ": this server was built without the CUDA backend (configure with -DASARRAY_CUDA=ON on "
+      "a machine with the CUDA toolkit)"));
 }
 
 }  // namespace
@@ -30,7 +31,7 @@ std::string CudaBackend::Describe() const { return "CUDA: not built"; }
 
 absl::Status CudaBackend::CheckDevice(const Device& device) const {
   if (device.type == Device::Type::kCPU) return absl::OkStatus();
-  return NoBackend();
+  return NoBackend(DeviceName(device));
 }
 
 absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::Allocate(int, uint64_t) {
