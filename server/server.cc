@@ -1,11 +1,14 @@
 #include "server/server.h"
 
+#include <arpa/inet.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -15,6 +18,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "core/status_macros.h"
 #include "server/unparsable_request.h"
 
 namespace asarray::server {
@@ -48,6 +52,55 @@ absl::Status PrepareSocketDirectory(const std::string& socket_path) {
   return absl::OkStatus();
 }
 
+namespace {
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view flag) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  if (!(text << in.rdbuf()) || text.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", flag, " file '", path, "'"));
+  }
+  return text.str();
+}
+
+// Whether the host part of "host:port" can only be reached from this machine.
+bool IsLoopback(const std::string& address) {
+  std::string host = address.substr(0, address.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host == "localhost") return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6;
+  return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
+// TLS when a certificate and key are given; else plaintext, on loopback
+// addresses only unless the options explicitly allow more.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
+    const std::string& address, const ServerOptions& options) {
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
+  }
+  if (!options.tls_cert_file.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(options.tls_key_file, "TLS key"));
+    ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.tls_cert_file, "TLS certificate"));
+    ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    return grpc::SslServerCredentials(ssl);
+  }
+  if (!IsLoopback(address) && !options.allow_insecure_tcp) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing plaintext TCP on ", address, ", which is not a loopback address: give a TLS "
+        "certificate and key, or allow insecure TCP explicitly"));
+  }
+  return grpc::InsecureServerCredentials();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   std::unique_ptr<Server> server(new Server());
   if (options.sweep_orphans) {
@@ -78,22 +131,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       if (absl::StartsWith(path, "@")) {
         return absl::InvalidArgumentError("abstract Unix sockets are not supported: " + address);
       }
-      absl::Status dir = PrepareSocketDirectory(std::string(path));
-      if (!dir.ok()) return dir;
-      server->socket_paths_.emplace_back(path);
+      RETURN_IF_ERROR(PrepareSocketDirectory(std::string(path)));
+      ASSIGN_OR_RETURN(std::unique_ptr<UnixListener> listener,
+                       UnixListener::Bind(std::string(path)));
+      server->listeners_.push_back(std::move(listener));
       server->addresses_.push_back(address);
-      builder.AddListeningPort(address, grpc::InsecureServerCredentials());
     } else {
+      ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                       TcpCredentials(address, options));
       tcp_ports.emplace_back(address, std::make_unique<int>(0));
-      builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
-                               tcp_ports.back().second.get());
+      builder.AddListeningPort(address, credentials, tcp_ports.back().second.get());
     }
   }
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr) {
     return absl::UnavailableError("gRPC could not listen on the requested addresses");
   }
-  for (const std::string& path : server->socket_paths_) chmod(path.c_str(), 0600);
+  for (const auto& listener : server->listeners_) listener->Serve(server->grpc_server_.get());
   for (const auto& [address, port] : tcp_ports) {
     if (*port == 0) return absl::UnavailableError("could not listen on " + address);
     const size_t colon = address.rfind(':');
@@ -106,6 +160,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  for (const auto& listener : listeners_) listener->Stop();  // no new connections
   // Our own count of calls in flight decides how long to wait; gRPC then
   // only cancels what is left (nothing, unless the grace ran out).
   service_->Drain(grace);
@@ -125,7 +180,7 @@ Server::~Server() {
   // streaming call, and the segments should not wait for that.
   executor_.reset();
   store_.reset();
-  for (const std::string& path : socket_paths_) unlink(path.c_str());
+  listeners_.clear();  // unlinks the sockets
   grpc_server_.reset();
   service_.reset();
 }

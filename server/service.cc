@@ -14,6 +14,7 @@
 #include "core/cast.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
+#include "server/peer.h"
 
 namespace asarray::server {
 namespace {
@@ -351,8 +352,6 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
 };
 
 }  // namespace
-
-uid_t CallerUid(const grpc::CallbackServerContext*) { return geteuid(); }
 
 AsArrayService::AsArrayService(TensorStore* store, Executor* executor, ServiceOptions options)
     : store_(store), executor_(executor), options_(options), converter_(store) {}

@@ -13,6 +13,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/peer.h"
 #include "server/posix_util.h"
 
 namespace asarray::server {
@@ -62,8 +63,8 @@ ShmSegment::~ShmSegment() {
 }
 
 absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Open(const std::string& name,
-                                                                 uint64_t offset,
-                                                                 uint64_t size) {
+                                                                 uint64_t offset, uint64_t size,
+                                                                 uid_t owner) {
   absl::Status valid = ValidateSegmentName(name);
   if (!valid.ok()) return valid;
   const int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
@@ -73,6 +74,13 @@ absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Open(const std::stri
     const int err = errno;
     close(fd);
     return ErrnoStatus(err, absl::StrCat("inspecting client segment ", name));
+  }
+  // Checked on the open descriptor, so a rename in between cannot fool it.
+  if (st.st_uid != owner) {
+    close(fd);
+    return absl::PermissionDeniedError(absl::StrCat(
+        "client segment ", name, " belongs to uid ", st.st_uid, ", not to the caller's uid ",
+        owner == kNoLocalUid ? std::string("(none: a TCP caller)") : absl::StrCat(owner)));
   }
   const uint64_t segment_size = static_cast<uint64_t>(st.st_size);
   if (offset > segment_size || size > segment_size - offset) {

@@ -7,6 +7,8 @@
 #ifndef ASARRAY_SERVER_SHM_H_
 #define ASARRAY_SERVER_SHM_H_
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -77,9 +79,11 @@ class ClientRegion final : public HostMemory {
  public:
   // NOT_FOUND when the segment does not exist, INVALID_ARGUMENT when the
   // name is malformed or the range lies outside the segment (checked with
-  // fstat, overflow-safe), PERMISSION_DENIED when it cannot be opened.
+  // fstat, overflow-safe), PERMISSION_DENIED when it cannot be opened or the
+  // opened segment does not belong to uid `owner` (the caller's).
   static absl::StatusOr<std::unique_ptr<ClientRegion>> Open(const std::string& name,
-                                                            uint64_t offset, uint64_t size);
+                                                            uint64_t offset, uint64_t size,
+                                                            uid_t owner);
   ~ClientRegion() override;
   ClientRegion(const ClientRegion&) = delete;
   ClientRegion& operator=(const ClientRegion&) = delete;

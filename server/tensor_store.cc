@@ -100,8 +100,9 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t byt
 }
 
 absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
-    const std::string& name, uint64_t offset, uint64_t size) {
-  absl::StatusOr<std::unique_ptr<ClientRegion>> region = ClientRegion::Open(name, offset, size);
+    const std::string& name, uint64_t offset, uint64_t size, uid_t owner) {
+  absl::StatusOr<std::unique_ptr<ClientRegion>> region =
+      ClientRegion::Open(name, offset, size, owner);
   if (!region.ok()) return region.status();
   ++accounting_->client_regions;
   std::shared_ptr<Accounting> keep = accounting_;

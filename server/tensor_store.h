@@ -74,9 +74,11 @@ class TensorStore {
   // RESOURCE_EXHAUSTED when the quota or /dev/shm cannot take it.
   absl::StatusOr<std::shared_ptr<ShmSegment>> NewSegment(uint64_t bytes);
 
-  // Maps a client's region; it counts as a client region while referenced.
+  // Maps a region of a segment that uid `owner` owns (PERMISSION_DENIED
+  // otherwise); it counts as a client region while referenced.
   absl::StatusOr<std::shared_ptr<ClientRegion>> OpenClientRegion(const std::string& name,
-                                                                 uint64_t offset, uint64_t size);
+                                                                 uint64_t offset, uint64_t size,
+                                                                 uid_t owner);
 
   // Registers a tensor under a fresh id with a lease of the default TTL.
   struct Lease {

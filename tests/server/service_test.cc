@@ -26,17 +26,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Polls `done` until it holds or 10 s pass; never a fixed sleep.
-template <typename F>
-bool Eventually(F&& done) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return done();
-}
-
 class ServiceTest : public ::testing::Test {
  protected:
   void StartServer(const std::function<void(server::ServerOptions&)>& adjust = {}) {

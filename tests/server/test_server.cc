@@ -24,6 +24,18 @@ int CountSegments(const std::string& prefix) {
   return n;
 }
 
+TempDir::TempDir() {
+  char dir[] = "/tmp/asarrayd-test-XXXXXX";
+  if (mkdtemp(dir) == nullptr) ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
+  path_ = dir;
+}
+
+TempDir::~TempDir() {
+  if (std::system(absl::StrCat("rm -rf '", path_, "'").c_str()) != 0) {
+    ADD_FAILURE() << "cannot remove " << path_;
+  }
+}
+
 std::unique_ptr<TestServer> TestServer::Start(
     const std::function<void(server::ServerOptions&)>& adjust) {
   static std::atomic<int> counter{0};

@@ -4,8 +4,11 @@
 #ifndef ASARRAY_TESTS_SERVER_TEST_SERVER_H_
 #define ASARRAY_TESTS_SERVER_TEST_SERVER_H_
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "client/client.h"
 #include "server/server.h"
@@ -41,6 +44,30 @@ class TestServer {
 
 // Entries in /dev/shm whose names start with `prefix`.
 int CountSegments(const std::string& prefix);
+
+// A fresh directory under /tmp, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Polls `done` until it holds or 10 s pass; never a fixed sleep.
+template <typename F>
+bool Eventually(F&& done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
+}
 
 }  // namespace asarray::testing
 
