@@ -140,8 +140,15 @@ absl::Status TensorStore::Release(const std::string& id, uid_t caller) {
     return absl::NotFoundError(
         absl::StrCat("no tensor '", id, "': unknown, released or its lease expired"));
   }
+  // A lease that ran out before the sweeper saw it ended by expiring, as
+  // Get and Renew already answer; its memory goes now either way.
+  const bool expired = it->second.expires <= absl::Now();
   doomed = std::move(it->second.tensor);
   entries_.erase(it);
+  if (expired) {
+    ++expired_;
+    return absl::NotFoundError(absl::StrCat("no tensor '", id, "': its lease expired"));
+  }
   return absl::OkStatus();
 }
 
