@@ -3,7 +3,6 @@
 // full; renewals racing expiry. Each ends with the server serving and no
 // segment, client region or byte of quota left behind.
 #include <signal.h>
-#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -28,69 +27,10 @@
 #include "tests/server/requests.h"
 #include "tests/server/test_server.h"
 
-extern char** environ;
-
 namespace asarray::testing {
 namespace {
 
 using ::testing::HasSubstr;
-
-// A child process whose standard output the test reads line by line. The
-// destructor kills it if it still runs.
-class Child {
- public:
-  explicit Child(const std::vector<std::string>& argv) {
-    int out[2];
-    if (pipe(out) != 0) {
-      ADD_FAILURE() << "pipe: " << std::strerror(errno);
-      return;
-    }
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, out[0]);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    const int err = posix_spawnp(&pid_, args[0], &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(out[1]);
-    if (err != 0) {
-      ADD_FAILURE() << "spawning " << argv[0] << ": " << std::strerror(err);
-      pid_ = -1;
-      close(out[0]);
-      return;
-    }
-    out_ = fdopen(out[0], "r");
-  }
-  ~Child() {
-    if (pid_ > 0) Kill(SIGKILL);
-    if (out_ != nullptr) fclose(out_);
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  // The next line without its newline; "" at the end of the output.
-  std::string ReadLine() {
-    char line[4096];
-    if (out_ == nullptr || std::fgets(line, sizeof(line), out_) == nullptr) return "";
-    return std::string(absl::StripTrailingAsciiWhitespace(line));
-  }
-
-  // Sends `signal` and reaps the child; returns its wait status.
-  int Kill(int signal) {
-    int status = 0;
-    if (pid_ <= 0) return status;
-    kill(pid_, signal);
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  pid_t pid_ = -1;
-  FILE* out_ = nullptr;
-};
 
 // "<op> <code> <detail>" -> {code, detail}.
 std::pair<std::string, std::string> Parse(const std::string& line) {
@@ -177,29 +117,11 @@ TEST(Faults, ReaderKilledMidStreamLeavesTheTensorIntact) {
   EXPECT_TRUE(Eventually([&] { return Empty(*server); }));
 }
 
-// A real asarrayd on `socket` with `prefix`, its command line after
-// `wrapper` (which execs it). Waits until it answers.
+// The real asarrayd, as the fault tests run it.
 std::unique_ptr<Child> StartAsarrayd(const std::string& socket, const std::string& prefix,
                                      std::vector<std::string> wrapper = {}) {
-  std::vector<std::string> argv = std::move(wrapper);
-  for (const char* arg : {ASARRAY_ASARRAYD, "--listen", "", "--shm_prefix", "",
-                          "--segment_pool_bytes=0", "--workers=2"}) {
-    argv.push_back(arg);
-  }
-  argv[argv.size() - 5] = "unix:" + socket;
-  argv[argv.size() - 3] = prefix;
-  auto child = std::make_unique<Child>(argv);
-  // Connect once the socket exists, so that no connection attempt fails and
-  // backs off.
-  struct stat st;
-  EXPECT_TRUE(Eventually([&] { return stat(socket.c_str(), &st) == 0; }));
-  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect("unix:" + socket);
-  EXPECT_TRUE(client.ok());
-  if (!client.ok() || !Eventually([&] { return (*client)->Health().ok(); })) {
-    ADD_FAILURE() << "asarrayd did not answer on " << socket;
-    return nullptr;
-  }
-  return child;
+  return StartServerProcess(ASARRAY_ASARRAYD, socket, prefix,
+                            {"--segment_pool_bytes=0", "--workers=2"}, std::move(wrapper));
 }
 
 TEST(Faults, ServerKilledWithLiveTensorsIsSweptAtTheNextStart) {
