@@ -1,7 +1,9 @@
 #include "server/server.h"
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -22,6 +24,23 @@
 #include "server/unparsable_request.h"
 
 namespace asarray::server {
+
+namespace {
+
+// Whether something accepts connections on the Unix socket at `path`.
+bool SocketAnswers(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return false;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool answers = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return answers;
+}
+
+}  // namespace
 
 absl::Status PrepareSocketDirectory(const std::string& socket_path) {
   const size_t slash = socket_path.rfind('/');
@@ -47,8 +66,15 @@ absl::Status PrepareSocketDirectory(const std::string& socket_path) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot restrict socket directory ", dir, " to mode 0700"));
   }
-  // A socket left by an earlier instance would make the bind fail.
-  if (lstat(socket_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(socket_path.c_str());
+  // A socket left by an earlier instance would make the bind fail; one that
+  // a running server still accepts on is that server's.
+  if (lstat(socket_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    if (SocketAnswers(socket_path)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("another server is already listening on ", socket_path));
+    }
+    unlink(socket_path.c_str());
+  }
   return absl::OkStatus();
 }
 

@@ -42,6 +42,8 @@ struct ServerOptions {
 
 // Creates the socket's directory with mode 0700 or checks that an existing
 // one belongs to this uid and admits nobody else (FAILED_PRECONDITION).
+// Removes a socket an earlier instance left; FAILED_PRECONDITION when a
+// running server still accepts on it.
 absl::Status PrepareSocketDirectory(const std::string& socket_path);
 
 class Server {

@@ -324,6 +324,15 @@ TEST(UnixSocket, DefaultListensOnAPrivateUnixSocketOnly) {
   rmdir(dir);
 }
 
+TEST(UnixSocket, ALiveServersSocketIsNotTakenOver) {
+  std::unique_ptr<TestServer> first = TestServer::Start();
+  ASSERT_NE(first, nullptr);
+  absl::Status s = StartWith([&](server::ServerOptions& o) { o.listen = {first->address()}; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("already listening"));
+  EXPECT_TRUE(first->NewClient()->Health().ok());
+}
+
 TEST(UnixSocket, AbstractNamesAreRefused) {
   absl::Status s = StartWith([](server::ServerOptions& o) { o.listen = {"unix:@asarrayd"}; });
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
