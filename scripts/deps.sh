@@ -3,6 +3,8 @@
 # installed. Safe to run again.
 #   deps.sh          everything: build, tests and benchmarks
 #   deps.sh build    only what building and running the server needs
+#   deps.sh sanitize everything, and clang 14 with its sanitizer and libFuzzer
+#                    runtimes (scripts/sanitize.sh, scripts/fuzz.sh)
 set -euo pipefail
 
 packages=(
@@ -14,7 +16,10 @@ if [ "${1:-all}" != build ]; then
   # Real torch and numpy: the reference for generated conformance cases and
   # the baselines of the benchmarks. Called as /usr/bin/python3.
   packages+=(python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-pytest
-             python3-matplotlib)
+             python3-matplotlib openssl)
+fi
+if [ "${1:-all}" = sanitize ]; then
+  packages+=(clang-14 libclang-rt-14-dev)
 fi
 
 missing=()
