@@ -23,7 +23,9 @@ void ParallelFor(int64_t total, int64_t min_grain,
                  absl::FunctionRef<void(int64_t, int64_t)> fn) {
   if (total <= 0) return;
   const int64_t grain = std::max<int64_t>(1, min_grain);
-  const int64_t pieces = std::min<int64_t>(MaxParallelism(), (total + grain - 1) / grain);
+  // ceil(total / grain) without the overflow of total + grain - 1.
+  const int64_t pieces =
+      std::min<int64_t>(MaxParallelism(), total / grain + (total % grain != 0 ? 1 : 0));
   if (pieces <= 1) {
     fn(0, total);
     return;

@@ -4,6 +4,8 @@
 #   deps.sh          everything: build, tests and benchmarks
 #   deps.sh test     what building and running the tests needs (no benchmark plots)
 #   deps.sh build    only what building and running the server needs
+#   deps.sh sanitize everything, and clang 14 with its sanitizer and libFuzzer
+#                    runtimes (scripts/sanitize.sh, scripts/fuzz.sh)
 set -euo pipefail
 
 packages=(
@@ -16,10 +18,13 @@ if [ "${1:-all}" != build ]; then
   # the baselines of the benchmarks. Called as /usr/bin/python3.
   # PyYAML: the deployment manifests' structural test.
   packages+=(python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-pytest
-             python3-yaml)
+             python3-yaml openssl)
 fi
-if [ "${1:-all}" = all ]; then
+if [ "${1:-all}" = all ] || [ "${1:-all}" = sanitize ]; then
   packages+=(python3-matplotlib)
+fi
+if [ "${1:-all}" = sanitize ]; then
+  packages+=(clang-14 libclang-rt-14-dev)
 fi
 
 missing=()

@@ -78,7 +78,8 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
             needed));
       }
       ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region,
-                       store_->OpenClientRegion(array.name(), array.offset(), array.size()));
+                       store_->OpenClientRegion(array.name(), array.offset(), array.size(),
+                                                 caller));
       const unsigned char* data = region->data();
       return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
                           Storage::Host(data, array.size(), std::move(region)), caller);

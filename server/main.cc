@@ -19,6 +19,12 @@ ABSL_FLAG(std::vector<std::string>, listen, {"default"},
           "Comma-separated gRPC addresses: unix:/path, or host:port for TCP (only when "
           "named). 'default' is $XDG_RUNTIME_DIR/asarrayd/asarrayd.sock, or "
           "/tmp/asarrayd-<uid>/asarrayd.sock without XDG_RUNTIME_DIR.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: with --tls_key, TCP listeners serve TLS.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert.");
+ABSL_FLAG(bool, allow_insecure_tcp, false,
+          "Serve plaintext TCP on non-loopback addresses (without TLS, TCP listeners must "
+          "otherwise be on 127.0.0.0/8, ::1 or localhost).");
 ABSL_FLAG(std::string, shm_prefix, "asarrayd",
           "Prefix of the shared-memory segments this server creates.");
 ABSL_FLAG(absl::Duration, lease_ttl, absl::Minutes(10),
@@ -46,6 +52,9 @@ int main(int argc, char** argv) {
 
   asarray::server::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.allow_insecure_tcp = absl::GetFlag(FLAGS_allow_insecure_tcp);
   options.store.prefix = absl::GetFlag(FLAGS_shm_prefix);
   options.store.default_ttl = absl::GetFlag(FLAGS_lease_ttl);
   options.store.max_ttl = absl::GetFlag(FLAGS_max_lease_ttl);

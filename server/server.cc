@@ -1,11 +1,16 @@
 #include "server/server.h"
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -15,8 +20,27 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "core/status_macros.h"
+#include "server/unparsable_request.h"
 
 namespace asarray::server {
+
+namespace {
+
+// Whether something accepts connections on the Unix socket at `path`.
+bool SocketAnswers(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return false;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool answers = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return answers;
+}
+
+}  // namespace
 
 absl::Status PrepareSocketDirectory(const std::string& socket_path) {
   const size_t slash = socket_path.rfind('/');
@@ -42,10 +66,66 @@ absl::Status PrepareSocketDirectory(const std::string& socket_path) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot restrict socket directory ", dir, " to mode 0700"));
   }
-  // A socket left by an earlier instance would make the bind fail.
-  if (lstat(socket_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(socket_path.c_str());
+  // A socket left by an earlier instance would make the bind fail; one that
+  // a running server still accepts on is that server's.
+  if (lstat(socket_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    if (SocketAnswers(socket_path)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("another server is already listening on ", socket_path));
+    }
+    unlink(socket_path.c_str());
+  }
   return absl::OkStatus();
 }
+
+namespace {
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view flag) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  if (!(text << in.rdbuf()) || text.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", flag, " file '", path, "'"));
+  }
+  return text.str();
+}
+
+// Whether the host part of "host:port" can only be reached from this machine.
+bool IsLoopback(const std::string& address) {
+  std::string host = address.substr(0, address.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host == "localhost") return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6;
+  return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
+// TLS when a certificate and key are given; else plaintext, on loopback
+// addresses only unless the options explicitly allow more.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
+    const std::string& address, const ServerOptions& options) {
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
+  }
+  if (!options.tls_cert_file.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(options.tls_key_file, "TLS key"));
+    ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.tls_cert_file, "TLS certificate"));
+    ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    return grpc::SslServerCredentials(ssl);
+  }
+  if (!IsLoopback(address) && !options.allow_insecure_tcp) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing plaintext TCP on ", address, ", which is not a loopback address: give a TLS "
+        "certificate and key, or allow insecure TCP explicitly"));
+  }
+  return grpc::InsecureServerCredentials();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   std::unique_ptr<Server> server(new Server());
@@ -66,6 +146,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
   for (grpc::Service* extra : options.extra_services) builder.RegisterService(extra);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<UnparsableRequestInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
 
   std::vector<std::pair<std::string, std::unique_ptr<int>>> tcp_ports;
   for (std::string address : options.listen) {
@@ -75,22 +158,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       if (absl::StartsWith(path, "@")) {
         return absl::InvalidArgumentError("abstract Unix sockets are not supported: " + address);
       }
-      absl::Status dir = PrepareSocketDirectory(std::string(path));
-      if (!dir.ok()) return dir;
-      server->socket_paths_.emplace_back(path);
+      RETURN_IF_ERROR(PrepareSocketDirectory(std::string(path)));
+      ASSIGN_OR_RETURN(std::unique_ptr<UnixListener> listener,
+                       UnixListener::Bind(std::string(path)));
+      server->listeners_.push_back(std::move(listener));
       server->addresses_.push_back(address);
-      builder.AddListeningPort(address, grpc::InsecureServerCredentials());
     } else {
+      ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                       TcpCredentials(address, options));
       tcp_ports.emplace_back(address, std::make_unique<int>(0));
-      builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
-                               tcp_ports.back().second.get());
+      builder.AddListeningPort(address, credentials, tcp_ports.back().second.get());
     }
   }
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr) {
     return absl::UnavailableError("gRPC could not listen on the requested addresses");
   }
-  for (const std::string& path : server->socket_paths_) chmod(path.c_str(), 0600);
+  for (const auto& listener : server->listeners_) listener->Serve(server->grpc_server_.get());
   for (const auto& [address, port] : tcp_ports) {
     if (*port == 0) return absl::UnavailableError("could not listen on " + address);
     const size_t colon = address.rfind(':');
@@ -103,6 +187,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  for (const auto& listener : listeners_) listener->Stop();  // no new connections
   // Our own count of calls in flight decides how long to wait; gRPC then
   // only cancels what is left (nothing, unless the grace ran out).
   service_->Drain(grace);
@@ -123,7 +208,7 @@ Server::~Server() {
   executor_.reset();
   store_.reset();
   cuda_.reset();
-  for (const std::string& path : socket_paths_) unlink(path.c_str());
+  listeners_.clear();  // unlinks the sockets
   grpc_server_.reset();
   service_.reset();
 }

@@ -1,5 +1,6 @@
 // An asarrayd server: the store, the worker pool, the service, health and
-// reflection, listening on Unix sockets and (when asked) TCP. Used by the
+// reflection, listening on Unix sockets it accepts on itself (so that every
+// call's uid is known, see peer.h) and, when asked, TCP. Used by the
 // asarrayd binary and by tests, which run it in process. Shutdown() and the
 // destructor let in-flight calls finish, then unlink every segment the
 // server created.
@@ -18,13 +19,19 @@
 #include "server/socket_path.h"
 #include "server/service.h"
 #include "server/tensor_store.h"
+#include "server/unix_listener.h"
 
 namespace asarray::server {
 
 struct ServerOptions {
   // gRPC addresses: "unix:/path" or "host:port" (port 0 picks one). The
-  // word "default" stands for the default socket.
+  // word "default" stands for the default socket. TCP only when named.
   std::vector<std::string> listen = {"default"};
+  // PEM files: with both, TCP listeners serve TLS. Without them a TCP
+  // listener must be on a loopback address, unless allow_insecure_tcp.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  bool allow_insecure_tcp = false;
   StoreOptions store;
   int workers = 4;
   int64_t max_message_bytes = 64 << 20;
@@ -36,6 +43,8 @@ struct ServerOptions {
 
 // Creates the socket's directory with mode 0700 or checks that an existing
 // one belongs to this uid and admits nobody else (FAILED_PRECONDITION).
+// Removes a socket an earlier instance left; FAILED_PRECONDITION when a
+// running server still accepts on it.
 absl::Status PrepareSocketDirectory(const std::string& socket_path);
 
 class Server {
@@ -67,7 +76,7 @@ class Server {
   std::unique_ptr<AsArrayService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::vector<std::string> addresses_;
-  std::vector<std::string> socket_paths_;
+  std::vector<std::unique_ptr<UnixListener>> listeners_;
   int orphans_swept_ = 0;
   bool shut_down_ = false;
 };

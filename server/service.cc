@@ -14,6 +14,7 @@
 #include "core/cast.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
+#include "server/peer.h"
 
 namespace asarray::server {
 namespace {
@@ -269,8 +270,9 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
       if (!queue_.empty()) {
         std::string chunk = std::move(queue_.front());
         queue_.pop_front();
+        const uint64_t at = copied_;  // only this worker advances it meanwhile
         mu_.Unlock();
-        std::memcpy(storage_->data() + copied_, chunk.data(), chunk.size());
+        std::memcpy(storage_->data() + at, chunk.data(), chunk.size());
         mu_.Lock();
         copied_ += chunk.size();
         queued_bytes_ -= chunk.size();
@@ -295,9 +297,10 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
       worker_running_ = false;
       finished_ = true;
       std::shared_ptr<ShmSegment> storage = std::move(storage_);
+      const v1::ConvertUploadHeader header = *header_;
       lock.Release();
       absl::StatusOr<Tensor> tensor =
-          service_->converter()->FinishUpload(*header_, std::move(storage), caller_);
+          service_->converter()->FinishUpload(header, std::move(storage), caller_);
       if (tensor.ok()) {
         const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
         HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response_->mutable_handle());
@@ -329,8 +332,13 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
       StartRead(&request_);
     } else if (action == Action::kFinish) {
       storage_.reset();  // nobody else touches it any more
-      service_->Count(status_);
-      Finish(ToGrpcStatus(status_));
+      absl::Status status;
+      {
+        absl::MutexLock lock(&mu_);
+        status = status_;
+      }
+      service_->Count(status);
+      Finish(ToGrpcStatus(status));
     }
   }
 
@@ -358,8 +366,6 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
 };
 
 }  // namespace
-
-uid_t CallerUid(const grpc::CallbackServerContext*) { return geteuid(); }
 
 AsArrayService::AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
                                ServiceOptions options)

@@ -89,10 +89,6 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   bool draining_ ABSL_GUARDED_BY(calls_mu_) = false;
 };
 
-// The uid a call comes from. The socket's directory admits only the
-// server's own uid (mode 0700), so every peer runs as that uid.
-uid_t CallerUid(const grpc::CallbackServerContext* context);
-
 }  // namespace asarray::server
 
 #endif  // ASARRAY_SERVER_SERVICE_H_

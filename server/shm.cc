@@ -13,6 +13,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/peer.h"
 #include "server/posix_util.h"
 
 namespace asarray::server {
@@ -61,7 +62,7 @@ ShmSegment::~ShmSegment() {
   close(fd_);
 }
 
-absl::StatusOr<int> OpenClientSegment(const std::string& name, struct stat* st) {
+absl::StatusOr<int> OpenClientSegment(const std::string& name, uid_t owner, struct stat* st) {
   absl::Status valid = ValidateSegmentName(name);
   if (!valid.ok()) return valid;
   const int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
@@ -70,6 +71,13 @@ absl::StatusOr<int> OpenClientSegment(const std::string& name, struct stat* st) 
     const int err = errno;
     close(fd);
     return ErrnoStatus(err, absl::StrCat("inspecting client segment ", name));
+  }
+  // Checked on the open descriptor, so a rename in between cannot fool it.
+  if (st->st_uid != owner) {
+    close(fd);
+    return absl::PermissionDeniedError(absl::StrCat(
+        "client segment ", name, " belongs to uid ", st->st_uid, ", not to the caller's uid ",
+        owner == kNoLocalUid ? std::string("(none: a TCP caller)") : absl::StrCat(owner)));
   }
   return fd;
 }

@@ -8,6 +8,7 @@
 #define ASARRAY_SERVER_SHM_H_
 
 #include <sys/stat.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstddef>
@@ -148,8 +149,9 @@ class ClientRegion final : public HostMemory {
 
 // Opens a client's segment by name for reading and writing, and its fstat.
 // INVALID_ARGUMENT for a malformed name, NOT_FOUND when it does not exist,
-// PERMISSION_DENIED when it cannot be opened.
-absl::StatusOr<int> OpenClientSegment(const std::string& name, struct stat* st);
+// PERMISSION_DENIED when it cannot be opened or does not belong to uid
+// `owner` (the caller's; checked on the open descriptor).
+absl::StatusOr<int> OpenClientSegment(const std::string& name, uid_t owner, struct stat* st);
 
 }  // namespace asarray::server
 

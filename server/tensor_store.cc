@@ -106,9 +106,9 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t byt
 }
 
 absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
-    const std::string& name, uint64_t offset, uint64_t size) {
+    const std::string& name, uint64_t offset, uint64_t size, uid_t owner) {
   struct stat st;
-  absl::StatusOr<int> fd = OpenClientSegment(name, &st);
+  absl::StatusOr<int> fd = OpenClientSegment(name, owner, &st);
   if (!fd.ok()) return fd.status();
   std::shared_ptr<ClientSegment> segment;
   {
@@ -168,8 +168,15 @@ absl::Status TensorStore::Release(const std::string& id, uid_t caller) {
     return absl::NotFoundError(
         absl::StrCat("no tensor '", id, "': unknown, released or its lease expired"));
   }
+  // A lease that ran out before the sweeper saw it ended by expiring, as
+  // Get and Renew already answer; its memory goes now either way.
+  const bool expired = it->second.expires <= absl::Now();
   doomed = std::move(it->second.tensor);
   entries_.erase(it);
+  if (expired) {
+    ++expired_;
+    return absl::NotFoundError(absl::StrCat("no tensor '", id, "': its lease expired"));
+  }
   return absl::OkStatus();
 }
 

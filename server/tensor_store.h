@@ -78,11 +78,13 @@ class TensorStore {
   // RESOURCE_EXHAUSTED when the quota or /dev/shm cannot take it.
   absl::StatusOr<std::shared_ptr<ShmSegment>> NewSegment(uint64_t bytes);
 
-  // Maps a client's region; it counts as a client region while referenced.
-  // The segment's mapping is kept for reuse until the client unlinks it (the
+  // Maps a region of a segment that uid `owner` owns (PERMISSION_DENIED
+  // otherwise); it counts as a client region while referenced. The
+  // segment's mapping is kept for reuse until the client unlinks it (the
   // sweeper notices within its interval) or the cache fills up.
   absl::StatusOr<std::shared_ptr<ClientRegion>> OpenClientRegion(const std::string& name,
-                                                                 uint64_t offset, uint64_t size);
+                                                                 uint64_t offset, uint64_t size,
+                                                                 uid_t owner);
 
   // Registers a tensor under a fresh id with a lease of the default TTL.
   struct Lease {

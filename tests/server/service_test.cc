@@ -27,17 +27,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Polls `done` until it holds or 10 s pass; never a fixed sleep.
-template <typename F>
-bool Eventually(F&& done) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return done();
-}
-
 class ServiceTest : public ::testing::Test {
  protected:
   void StartServer(const std::function<void(server::ServerOptions&)>& adjust = {}) {
@@ -82,109 +71,7 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<v1::AsArray::Stub> stub_;
 };
 
-// --- Bad input ---------------------------------------------------------------
-
-TEST_F(ServiceTest, InlineLengthMustMatchTheLayout) {
-  absl::Status s = RawConvert(InlineFloats({1, 2, 3}, {4}, {1}));
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("needs exactly 16"));
-  EXPECT_EQ(RawConvert(InlineFloats({1, 2, 3, 4, 5}, {4}, {1})).code(),
-            absl::StatusCode::kInvalidArgument);
-}
-
-TEST_F(ServiceTest, BadLayoutsAreInvalidArgument) {
-  struct BadLayout {
-    Dims shape, strides;
-    int64_t offset;
-    const char* says;
-  };
-  const BadLayout cases[] = {
-      {{-1}, {1}, 0, "negative size"},
-      {{INT64_MAX, 4}, {1, 1}, 0, "more elements than int64"},
-      {{4}, {INT64_MAX / 2}, 0, "overflow"},
-      {{4}, {1}, -1, "negative"},
-      {{2, 2}, {1}, 0, "dims but strides"},
-      {{4}, {-1}, 0, "before the start"},
-  };
-  for (const BadLayout& c : cases) {
-    absl::Status s = RawConvert(InlineFloats({1, 2, 3, 4}, c.shape, c.strides, c.offset));
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.says;
-    EXPECT_THAT(s.message(), HasSubstr(c.says));
-  }
-}
-
-TEST_F(ServiceTest, UnknownDtypeOrDeviceIsInvalidArgument) {
-  v1::ConvertRequest request = InlineFloats({1}, {1}, {1});
-  request.mutable_source()->mutable_inline_array()->set_dtype(static_cast<v1::DType>(99));
-  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kInvalidArgument);
-  request.mutable_source()->mutable_inline_array()->set_dtype(v1::DTYPE_UNSPECIFIED);
-  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kInvalidArgument);
-
-  request = InlineFloats({1}, {1}, {1});
-  request.mutable_options()->set_dtype(static_cast<v1::DType>(42));
-  EXPECT_EQ(RawConvert(request).code(), absl::StatusCode::kInvalidArgument);
-
-  for (const char* device : {"tpu", "cuda:", "cuda:x", "CPU"}) {
-    request = InlineFloats({1}, {1}, {1});
-    request.mutable_options()->set_device(device);
-    absl::Status s = RawConvert(request);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << device;
-    EXPECT_THAT(s.message(), HasSubstr("unknown device"));
-  }
-}
-
-TEST_F(ServiceTest, RegionOutOfBoundsIsInvalidArgument) {
-  absl::StatusOr<SharedRegion> region = SharedRegion::Create(64);
-  ASSERT_TRUE(region.ok());
-  // The region reaches past the segment.
-  absl::Status s = client_->ConvertRegion(region->name(), 32, 64, DType::kFloat32,
-                                          Layout{{8}, {1}, 0}, {}).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("outside segment"));
-  // An offset so large that offset + size wraps around.
-  s = client_->ConvertRegion(region->name(), UINT64_MAX - 8, 16, DType::kFloat32,
-                             Layout{{4}, {1}, 0}, {}).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  // The layout needs more than the region.
-  s = client_->ConvertRegion(region->name(), 0, 64, DType::kFloat32, Layout{{17}, {1}, 0}, {})
-          .status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("too small"));
-  EXPECT_EQ(server_->server().store().Stats().client_regions, 0u);
-}
-
-TEST_F(ServiceTest, BadRegionNames) {
-  const Layout layout{{1}, {1}, 0};
-  absl::Status s =
-      client_->ConvertRegion("/asarray-no-such-segment", 0, 4, DType::kFloat32, layout, {}).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  for (const char* name : {"/a/b", "/..", "/x..y", "relative", "/", "/a b", ""}) {
-    s = client_->ConvertRegion(name, 0, 4, DType::kFloat32, layout, {}).status();
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << name;
-  }
-}
-
-TEST_F(ServiceTest, UnknownReleasedAndExpiredIdsAreNotFound) {
-  EXPECT_EQ(client_->ConvertTensor("0123", {}).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(client_->Release("0123").code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(client_->Renew("0123").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(client_->ReadBytes("0123").status().code(), absl::StatusCode::kNotFound);
-
-  absl::StatusOr<MappedTensor> t = client_->ConvertLiteral(Literal::List({Literal::Int(1)}), {});
-  ASSERT_TRUE(t.ok());
-  const std::string id = t->id();
-  ASSERT_TRUE(t->Release().ok());
-  EXPECT_EQ(client_->Release(id).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(client_->ReadBytes(id).status().code(), absl::StatusCode::kNotFound);
-}
-
-TEST_F(ServiceTest, RequiresGradOnIntegersIsInvalidArgument) {
-  ConvertOptions options;
-  options.requires_grad = true;
-  absl::Status s = client_->ConvertLiteral(Literal::List({Literal::Int(1)}), options).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("requires_grad"));
-}
+// --- Bad input (the full table is bad_input_test.cc) -----------------------------
 
 TEST_F(ServiceTest, CopyFalseWithInlineDataIsFailedPrecondition) {
   v1::ConvertRequest request = InlineFloats({1, 2}, {2}, {1});
@@ -214,57 +101,6 @@ TEST(ServiceLimits, RequestOverTheMessageLimitIsResourceExhausted) {
       big.data(), big.size() * 4, DType::kFloat32, Layout{{static_cast<int64_t>(big.size())}, {1}, 0}, {});
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_TRUE(client->Health().ok());
-}
-
-class UploadTest : public ServiceTest {
- protected:
-  absl::Status Upload(const std::vector<v1::ConvertUploadRequest>& messages) {
-    grpc::ClientContext context;
-    v1::ConvertResponse response;
-    auto writer = stub_->ConvertUpload(&context, &response);
-    for (const v1::ConvertUploadRequest& m : messages) {
-      if (!writer->Write(m)) break;
-    }
-    writer->WritesDone();
-    return FromGrpcStatus(writer->Finish());
-  }
-  static v1::ConvertUploadRequest Header(uint64_t bytes) {
-    v1::ConvertUploadRequest m;
-    v1::ConvertUploadHeader* h = m.mutable_header();
-    h->set_dtype(v1::DTYPE_UINT8);
-    LayoutToProto(Layout{{static_cast<int64_t>(bytes)}, {1}, 0}, h->mutable_layout());
-    h->set_storage_size(bytes);
-    return m;
-  }
-  static v1::ConvertUploadRequest Data(size_t n) {
-    v1::ConvertUploadRequest m;
-    m.set_data(std::string(n, 'x'));
-    return m;
-  }
-};
-
-TEST_F(UploadTest, StreamEndingEarlyIsInvalidArgument) {
-  absl::Status s = Upload({Header(100), Data(40), Data(40)});
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("80 of 100"));
-  EXPECT_EQ(Upload({}).code(), absl::StatusCode::kInvalidArgument);
-}
-
-TEST_F(UploadTest, ChunksPastTheDeclaredSizeAreInvalidArgument) {
-  absl::Status s = Upload({Header(100), Data(60), Data(60)});
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("past the declared"));
-}
-
-TEST_F(UploadTest, HeaderRulesAreEnforced) {
-  EXPECT_EQ(Upload({Data(10)}).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Upload({Header(10), Header(10)}).code(), absl::StatusCode::kInvalidArgument);
-  v1::ConvertUploadRequest wrong_size = Header(10);
-  wrong_size.mutable_header()->set_storage_size(11);
-  absl::Status s = Upload({wrong_size});
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("needs exactly 10"));
-  EXPECT_TRUE(Upload({Header(10), Data(10)}).ok());
 }
 
 TEST(ServiceQuota, QuotaExceededIsResourceExhaustedUntilReleased) {
@@ -386,42 +222,6 @@ TEST(HandleProtoTest, CudaLocationRoundTrips) {
   // CUDA memory on a device other than the handle's is a malformed handle.
   proto.mutable_cuda()->set_device(0);
   EXPECT_EQ(HandleFromProto(proto).status().code(), absl::StatusCode::kInvalidArgument);
-}
-
-TEST_F(ServiceTest, MalformedLiteralsAreInvalidArgument) {
-  auto convert = [&](const std::function<void(v1::Literal*)>& build) {
-    v1::ConvertRequest request;
-    build(request.mutable_source()->mutable_literal());
-    return RawConvert(request);
-  };
-  absl::Status s = convert([](v1::Literal* l) {
-    l->add_nodes()->set_list_length(1);
-    l->add_nodes()->set_not_a_number("the string \"a\"");
-  });
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("string"));
-  // Nesting past the rank limit.
-  s = convert([](v1::Literal* l) {
-    for (int i = 0; i < 90; ++i) l->add_nodes()->set_list_length(1);
-    l->add_nodes()->set_int_value(1);
-  });
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("deeper"));
-  // A list that claims more items than there are nodes, and nodes after the end.
-  s = convert([](v1::Literal* l) {
-    l->add_nodes()->set_list_length(UINT64_MAX);
-    l->add_nodes()->set_int_value(1);
-  });
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("only 1 nodes follow"));
-  s = convert([](v1::Literal* l) {
-    l->add_nodes()->set_int_value(1);
-    l->add_nodes()->set_int_value(2);
-  });
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(convert([](v1::Literal* l) { l->add_nodes(); }).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(convert([](v1::Literal*) {}).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ServiceTest, ReturnDataPastTheMessageLimitIsResourceExhausted) {

@@ -1,15 +1,23 @@
 #include "tests/server/test_server.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+
+extern char** environ;
 
 namespace asarray::testing {
 
@@ -52,6 +60,84 @@ Outcome OutcomeOf(const absl::StatusOr<MappedTensor>& mapped) {
   }
   out.data = *std::move(data);
   return out;
+}
+
+TempDir::TempDir() {
+  char dir[] = "/tmp/asarrayd-test-XXXXXX";
+  if (mkdtemp(dir) == nullptr) ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
+  path_ = dir;
+}
+
+TempDir::~TempDir() {
+  if (std::system(absl::StrCat("rm -rf '", path_, "'").c_str()) != 0) {
+    ADD_FAILURE() << "cannot remove " << path_;
+  }
+}
+
+Child::Child(const std::vector<std::string>& argv) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) {
+    ADD_FAILURE() << "pipe: " << std::strerror(errno);
+    return;
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const int err = posix_spawnp(&pid_, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(out[1]);
+  if (err != 0) {
+    ADD_FAILURE() << "spawning " << argv[0] << ": " << std::strerror(err);
+    pid_ = -1;
+    close(out[0]);
+    return;
+  }
+  out_ = fdopen(out[0], "r");
+}
+
+Child::~Child() {
+  if (pid_ > 0) Kill(SIGKILL);
+  if (out_ != nullptr) fclose(out_);
+}
+
+std::string Child::ReadLine() {
+  char line[4096];
+  if (out_ == nullptr || std::fgets(line, sizeof(line), out_) == nullptr) return "";
+  return std::string(absl::StripTrailingAsciiWhitespace(line));
+}
+
+int Child::Kill(int signal) {
+  int status = 0;
+  if (pid_ <= 0) return status;
+  kill(pid_, signal);
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return status;
+}
+
+std::unique_ptr<Child> StartServerProcess(const std::string& binary, const std::string& socket,
+                                          const std::string& prefix,
+                                          const std::vector<std::string>& flags,
+                                          std::vector<std::string> wrapper) {
+  std::vector<std::string> argv = std::move(wrapper);
+  argv.push_back(binary);
+  argv.push_back("--listen=unix:" + socket);
+  argv.push_back("--shm_prefix=" + prefix);
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  auto child = std::make_unique<Child>(argv);
+  // Connect once the socket exists, so that no connection attempt fails and
+  // backs off.
+  struct stat st;
+  EXPECT_TRUE(Eventually([&] { return stat(socket.c_str(), &st) == 0; }));
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect("unix:" + socket);
+  if (!client.ok() || !Eventually([&] { return (*client)->Health().ok(); })) {
+    ADD_FAILURE() << "asarrayd did not answer on " << socket;
+    return nullptr;
+  }
+  return child;
 }
 
 std::unique_ptr<TestServer> TestServer::Start(

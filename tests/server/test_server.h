@@ -4,8 +4,15 @@
 #ifndef ASARRAY_TESTS_SERVER_TEST_SERVER_H_
 #define ASARRAY_TESTS_SERVER_TEST_SERVER_H_
 
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "client/client.h"
 #include "server/server.h"
@@ -53,6 +60,59 @@ absl::StatusOr<MappedTensor> ConvertCaseInRegion(Client& client, const Conforman
 // What a conversion produced, read through its mapped handle (shared memory,
 // or a CUDA allocation opened by IPC).
 Outcome OutcomeOf(const absl::StatusOr<MappedTensor>& mapped);
+
+// A fresh directory under /tmp, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A child process whose standard output the test reads line by line. The
+// destructor kills it (SIGKILL) if it still runs.
+class Child {
+ public:
+  // argv[0] is looked up in PATH.
+  explicit Child(const std::vector<std::string>& argv);
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // The next line without its newline; "" at the end of the output.
+  std::string ReadLine();
+  // Sends `signal` and reaps the child; returns its wait status.
+  int Kill(int signal);
+
+ private:
+  pid_t pid_ = -1;
+  FILE* out_ = nullptr;
+};
+
+// Runs asarrayd (`binary`) listening on `socket` with `prefix` and `flags`,
+// its command line after `wrapper` (a command that execs it), and waits until
+// it answers a health check. Null (and a test failure) if it never does.
+std::unique_ptr<Child> StartServerProcess(const std::string& binary, const std::string& socket,
+                                          const std::string& prefix,
+                                          const std::vector<std::string>& flags,
+                                          std::vector<std::string> wrapper = {});
+
+// Polls `done` until it holds or 10 s pass; never a fixed sleep.
+template <typename F>
+bool Eventually(F&& done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
+}
 
 }  // namespace asarray::testing
 

@@ -1,0 +1,662 @@
+// Malformed requests to every RPC, one table row each: each gets its precise
+// gRPC code and a message that names what is wrong, and afterwards the server
+// still answers a health check and holds no tensor, segment, client region or
+// byte more than before.
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "asarray/v1/asarray.grpc.pb.h"
+#include "client/client.h"
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "gtest/gtest.h"
+#include "server/convert.h"
+#include "tests/server/test_server.h"
+
+namespace asarray::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using Code = absl::StatusCode;
+
+// The table's server: a 1 MiB message limit and a 4 MiB quota, so that the
+// limits are reachable with small requests.
+constexpr int64_t kMaxMessage = 1 << 20;
+constexpr uint64_t kQuota = 4 << 20;
+
+// What every row may use: the server and raw, typed and generic stubs.
+class Rpc {
+ public:
+  explicit Rpc(const TestServer& server) {
+    grpc::ChannelArguments args;
+    args.SetMaxSendMessageSize(-1);
+    args.SetMaxReceiveMessageSize(-1);
+    channel_ = grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(),
+                                         args);
+    stub_ = v1::AsArray::NewStub(channel_);
+    client_ = server.NewClient();
+  }
+
+  Client& client() { return *client_; }
+
+  absl::Status Convert(const v1::ConvertRequest& request) {
+    grpc::ClientContext context;
+    v1::ConvertResponse response;
+    return FromGrpcStatus(stub_->Convert(&context, request, &response));
+  }
+
+  absl::Status ConvertToData(const v1::ConvertRequest& request) {
+    grpc::ClientContext context;
+    auto reader = stub_->ConvertToData(&context, request);
+    v1::ReadResponse response;
+    while (reader->Read(&response)) {
+    }
+    return FromGrpcStatus(reader->Finish());
+  }
+
+  absl::Status Upload(const std::vector<v1::ConvertUploadRequest>& messages) {
+    grpc::ClientContext context;
+    v1::ConvertResponse response;
+    auto writer = stub_->ConvertUpload(&context, &response);
+    for (const v1::ConvertUploadRequest& m : messages) {
+      if (!writer->Write(m)) break;
+    }
+    writer->WritesDone();
+    return FromGrpcStatus(writer->Finish());
+  }
+
+  absl::Status Read(const v1::ReadRequest& request) {
+    grpc::ClientContext context;
+    auto reader = stub_->Read(&context, request);
+    v1::ReadResponse response;
+    while (reader->Read(&response)) {
+    }
+    return FromGrpcStatus(reader->Finish());
+  }
+
+  absl::Status Release(const v1::ReleaseRequest& request) {
+    grpc::ClientContext context;
+    v1::ReleaseResponse response;
+    return FromGrpcStatus(stub_->Release(&context, request, &response));
+  }
+
+  absl::Status Renew(const v1::RenewRequest& request) {
+    grpc::ClientContext context;
+    v1::RenewResponse response;
+    return FromGrpcStatus(stub_->Renew(&context, request, &response));
+  }
+
+  // `bytes` as the request of `method` ("/asarray.v1.AsArray/List"), unparsed.
+  absl::Status RawUnary(const std::string& method, const std::string& bytes) {
+    grpc::GenericStub generic(channel_);
+    grpc::ClientContext context;
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    std::promise<grpc::Status> done;
+    generic.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                      [&](grpc::Status s) { done.set_value(std::move(s)); });
+    return FromGrpcStatus(done.get_future().get());
+  }
+
+  absl::Status HealthOf(const std::string& service) {
+    auto health = grpc::health::v1::Health::NewStub(channel_);
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    return FromGrpcStatus(health->Check(&context, request, &response));
+  }
+
+  // A live tensor's id; the row releases it (or it expires with the server).
+  std::string LiveTensor() {
+    absl::StatusOr<MappedTensor> t = client_->ConvertLiteral(Literal::Int(1), {});
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (!t.ok()) return "";
+    t->DetachLease();
+    return t->id();
+  }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AsArray::Stub> stub_;
+  std::unique_ptr<Client> client_;
+};
+
+// --- Request builders ----------------------------------------------------------
+
+v1::ConvertRequest Inline(v1::DType dtype, Dims shape, Dims strides, int64_t offset,
+                          size_t storage_bytes) {
+  v1::ConvertRequest request;
+  v1::InlineArray* a = request.mutable_source()->mutable_inline_array();
+  a->set_dtype(dtype);
+  LayoutToProto(Layout{std::move(shape), std::move(strides), offset}, a->mutable_layout());
+  a->set_storage(std::string(storage_bytes, '\1'));
+  return request;
+}
+
+// Four float32 elements, well formed; rows spoil one thing.
+v1::ConvertRequest FourFloats() { return Inline(v1::DTYPE_FLOAT32, {4}, {1}, 0, 16); }
+
+v1::ConvertRequest WithOptions(v1::ConvertRequest request,
+                               const std::function<void(v1::Options*)>& set) {
+  set(request.mutable_options());
+  return request;
+}
+
+v1::ConvertRequest LiteralRequest(const std::function<void(v1::Literal*)>& build) {
+  v1::ConvertRequest request;
+  build(request.mutable_source()->mutable_literal());
+  return request;
+}
+
+// [[1, 2], [3]]-like literals: nodes in prefix order; a list is its length.
+void Nodes(v1::Literal* l, std::initializer_list<int64_t> lists_then_ints, int lists) {
+  int i = 0;
+  for (int64_t v : lists_then_ints) {
+    if (i++ < lists) {
+      l->add_nodes()->set_list_length(static_cast<uint64_t>(v));
+    } else {
+      l->add_nodes()->set_int_value(v);
+    }
+  }
+}
+
+v1::ConvertRequest Region(const std::string& name, uint64_t offset, uint64_t size, Dims shape) {
+  v1::ConvertRequest request;
+  v1::SharedMemoryArray* a = request.mutable_source()->mutable_shared_memory();
+  a->set_name(name);
+  a->set_offset(offset);
+  a->set_size(size);
+  a->set_dtype(v1::DTYPE_FLOAT32);
+  const size_t rank = shape.size();
+  LayoutToProto(Layout{std::move(shape), rank == 1 ? Dims{1} : Dims{}, 0}, a->mutable_layout());
+  return request;
+}
+
+v1::ConvertRequest TensorId(const std::string& id) {
+  v1::ConvertRequest request;
+  request.mutable_source()->set_tensor_id(id);
+  return request;
+}
+
+v1::ConvertUploadRequest Header(v1::DType dtype, int64_t elements, uint64_t storage_size) {
+  v1::ConvertUploadRequest m;
+  v1::ConvertUploadHeader* h = m.mutable_header();
+  h->set_dtype(dtype);
+  LayoutToProto(Layout{{elements}, {1}, 0}, h->mutable_layout());
+  h->set_storage_size(storage_size);
+  return m;
+}
+
+v1::ConvertUploadRequest Header(uint64_t bytes) {
+  return Header(v1::DTYPE_UINT8, static_cast<int64_t>(bytes), bytes);
+}
+
+v1::ConvertUploadRequest Data(size_t n) {
+  v1::ConvertUploadRequest m;
+  m.set_data(std::string(n, 'x'));
+  return m;
+}
+
+v1::ReleaseRequest ReleaseOf(const std::string& id) {
+  v1::ReleaseRequest r;
+  r.set_id(id);
+  return r;
+}
+
+v1::RenewRequest RenewOf(const std::string& id) {
+  v1::RenewRequest r;
+  r.set_id(id);
+  return r;
+}
+
+v1::ReadRequest ReadOf(const std::string& id) {
+  v1::ReadRequest r;
+  r.set_id(id);
+  return r;
+}
+
+// A client region of `bytes` for the duration of one row.
+SharedRegion MakeRegion(size_t bytes) {
+  absl::StatusOr<SharedRegion> region = SharedRegion::Create(bytes);
+  EXPECT_TRUE(region.ok()) << region.status();
+  return *std::move(region);
+}
+
+// --- The table -------------------------------------------------------------------
+
+struct BadRequest {
+  const char* name;
+  std::function<absl::Status(Rpc&)> send;
+  Code code;
+  const char* says;  // a substring of the message
+};
+
+void PrintTo(const BadRequest& row, std::ostream* os) { *os << row.name; }
+
+const std::vector<BadRequest>& Table() {
+  static const auto* table = new std::vector<BadRequest>{
+      // Convert: the request itself.
+      {"ConvertWithoutSource", [](Rpc& r) { return r.Convert({}); }, Code::kInvalidArgument,
+       "no source"},
+      {"ConvertUnparseableBytes",
+       [](Rpc& r) { return r.RawUnary("/asarray.v1.AsArray/Convert", "\x0a\xff\xff\xff\x0f"); },
+       Code::kInvalidArgument, "does not parse"},
+      {"ConvertOverTheMessageLimit",
+       [](Rpc& r) {
+         return r.Convert(Inline(v1::DTYPE_UINT8, {kMaxMessage + 1}, {1}, 0, kMaxMessage + 1));
+       },
+       Code::kResourceExhausted, "larger than max"},
+      // Convert: inline arrays.
+      {"InlineDtypeUnspecified",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_UNSPECIFIED, {4}, {1}, 0, 16)); },
+       Code::kInvalidArgument, "dtype"},
+      {"InlineDtypeUnknown",
+       [](Rpc& r) { return r.Convert(Inline(static_cast<v1::DType>(99), {4}, {1}, 0, 16)); },
+       Code::kInvalidArgument, "dtype"},
+      {"InlineStorageShort",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT32, {4}, {1}, 0, 12)); },
+       Code::kInvalidArgument, "needs exactly 16"},
+      {"InlineStorageLong",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT32, {4}, {1}, 0, 20)); },
+       Code::kInvalidArgument, "needs exactly 16"},
+      {"InlineNegativeSize",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT32, {-1}, {1}, 0, 0)); },
+       Code::kInvalidArgument, "negative size"},
+      {"InlineStridesRankMismatch",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT32, {2, 2}, {1}, 0, 16)); },
+       Code::kInvalidArgument, "dims but strides"},
+      {"InlineNegativeOffset",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT32, {4}, {1}, -1, 16)); },
+       Code::kInvalidArgument, "negative"},
+      {"InlineElementCountOverflows",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT32, {INT64_MAX, 4}, {1, 1}, 0, 16)); },
+       Code::kInvalidArgument, "more elements than int64"},
+      {"InlineStrideOverflows",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT32, {4}, {INT64_MAX / 2}, 0, 16)); },
+       Code::kInvalidArgument, "overflow"},
+      {"InlineOffsetOverflows",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT64, {1}, {1}, INT64_MAX, 8)); },
+       Code::kInvalidArgument, "more bytes than int64"},
+      {"InlineRankPastTheMaximum",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_UINT8, Dims(65, 1), Dims(65, 1), 0, 1)); },
+       Code::kInvalidArgument, "exceeds the maximum"},
+      {"InlineReachesBeforeStorage",
+       [](Rpc& r) { return r.Convert(Inline(v1::DTYPE_FLOAT32, {4}, {-1}, 0, 16)); },
+       Code::kInvalidArgument, "before the start"},
+      // Convert: options.
+      {"OptionsDtypeUnknown",
+       [](Rpc& r) {
+         return r.Convert(
+             WithOptions(FourFloats(), [](v1::Options* o) { o->set_dtype(static_cast<v1::DType>(42)); }));
+       },
+       Code::kInvalidArgument, "dtype"},
+      {"OptionsDeviceUnknown",
+       [](Rpc& r) {
+         return r.Convert(WithOptions(FourFloats(), [](v1::Options* o) { o->set_device("tpu"); }));
+       },
+       Code::kInvalidArgument, "unknown device"},
+      {"OptionsDeviceOrdinalMissing",
+       [](Rpc& r) {
+         return r.Convert(WithOptions(FourFloats(), [](v1::Options* o) { o->set_device("cuda:"); }));
+       },
+       Code::kInvalidArgument, "unknown device"},
+      {"OptionsDeviceOrdinalNegative",
+       [](Rpc& r) {
+         return r.Convert(
+             WithOptions(FourFloats(), [](v1::Options* o) { o->set_device("cuda:-1"); }));
+       },
+       Code::kInvalidArgument, "unknown device"},
+      {"OptionsDeviceUpperCase",
+       [](Rpc& r) {
+         return r.Convert(WithOptions(FourFloats(), [](v1::Options* o) { o->set_device("CPU"); }));
+       },
+       Code::kInvalidArgument, "unknown device"},
+      {"OptionsCopyFalseOnInlineBytes",
+       [](Rpc& r) {
+         return r.Convert(WithOptions(FourFloats(), [](v1::Options* o) { o->set_copy(false); }));
+       },
+       Code::kFailedPrecondition, "inline"},
+      {"OptionsRequiresGradOnIntegers",
+       [](Rpc& r) {
+         return r.Convert(WithOptions(Inline(v1::DTYPE_INT32, {4}, {1}, 0, 16),
+                                      [](v1::Options* o) { o->set_requires_grad(true); }));
+       },
+       Code::kInvalidArgument, "requires_grad"},
+      {"OptionsCudaDeviceWithoutBackend",
+       [](Rpc& r) {
+         return r.Convert(WithOptions(FourFloats(), [](v1::Options* o) { o->set_device("cuda:0"); }));
+       },
+       Code::kFailedPrecondition, "no CUDA device"},
+      {"CudaIpcSourceWithoutDtype",
+       [](Rpc& r) {
+         v1::ConvertRequest request;
+         request.mutable_source()->mutable_cuda_ipc()->set_ipc_handle(std::string(64, '\0'));
+         return r.Convert(request);
+       },
+       Code::kInvalidArgument, "dtype"},
+      // Convert: literals.
+      {"LiteralWithoutNodes", [](Rpc& r) { return r.Convert(LiteralRequest([](v1::Literal*) {})); },
+       Code::kInvalidArgument, "literal"},
+      {"LiteralNodeWithoutValue",
+       [](Rpc& r) { return r.Convert(LiteralRequest([](v1::Literal* l) { l->add_nodes(); })); },
+       Code::kInvalidArgument, "literal"},
+      {"LiteralNotANumber",
+       [](Rpc& r) {
+         return r.Convert(LiteralRequest([](v1::Literal* l) {
+           l->add_nodes()->set_list_length(1);
+           l->add_nodes()->set_not_a_number("the string \"a\"");
+         }));
+       },
+       Code::kInvalidArgument, "string"},
+      {"LiteralTooDeep",
+       [](Rpc& r) {
+         return r.Convert(LiteralRequest([](v1::Literal* l) {
+           for (int i = 0; i < 90; ++i) l->add_nodes()->set_list_length(1);
+           l->add_nodes()->set_int_value(1);
+         }));
+       },
+       Code::kInvalidArgument, "deeper"},
+      {"LiteralListLongerThanItsNodes",
+       [](Rpc& r) {
+         return r.Convert(LiteralRequest([](v1::Literal* l) { Nodes(l, {-1, 1}, 1); }));
+       },
+       Code::kInvalidArgument, "only 1 nodes follow"},
+      {"LiteralNodesAfterTheEnd",
+       [](Rpc& r) { return r.Convert(LiteralRequest([](v1::Literal* l) { Nodes(l, {1, 2}, 0); })); },
+       Code::kInvalidArgument, "literal"},
+      {"LiteralRagged",
+       [](Rpc& r) {
+         // [[1, 2], [3]]
+         return r.Convert(LiteralRequest([](v1::Literal* l) {
+           Nodes(l, {2, 2}, 2);
+           l->add_nodes()->set_int_value(1);
+           l->add_nodes()->set_int_value(2);
+           l->add_nodes()->set_list_length(1);
+           l->add_nodes()->set_int_value(3);
+         }));
+       },
+       Code::kInvalidArgument, "index"},
+      {"LiteralIntegerOverflowsDtype",
+       [](Rpc& r) {
+         v1::ConvertRequest request =
+             LiteralRequest([](v1::Literal* l) { Nodes(l, {1, 300}, 1); });
+         request.mutable_options()->set_dtype(v1::DTYPE_INT8);
+         return r.Convert(request);
+       },
+       Code::kInvalidArgument, "overflow"},
+      {"LiteralComplexIntoRealDtype",
+       [](Rpc& r) {
+         v1::ConvertRequest request = LiteralRequest([](v1::Literal* l) {
+           l->add_nodes()->mutable_complex_value()->set_imag(1);
+         });
+         request.mutable_options()->set_dtype(v1::DTYPE_FLOAT32);
+         return r.Convert(request);
+       },
+       Code::kInvalidArgument, "complex"},
+      // Convert: shared-memory regions.
+      {"RegionNameRelative",
+       [](Rpc& r) { return r.Convert(Region("relative", 0, 16, {4})); }, Code::kInvalidArgument,
+       "must start with '/'"},
+      {"RegionNameWithSlash", [](Rpc& r) { return r.Convert(Region("/a/b", 0, 16, {4})); },
+       Code::kInvalidArgument, "may hold only"},
+      {"RegionNameWithDots", [](Rpc& r) { return r.Convert(Region("/x..y", 0, 16, {4})); },
+       Code::kInvalidArgument, "'..'"},
+      {"RegionNameEmpty", [](Rpc& r) { return r.Convert(Region("", 0, 16, {4})); },
+       Code::kInvalidArgument, "must start with '/'"},
+      {"RegionNameTooLong",
+       [](Rpc& r) { return r.Convert(Region("/" + std::string(300, 'a'), 0, 16, {4})); },
+       Code::kInvalidArgument, "longer than 255"},
+      {"RegionNameWithSpace", [](Rpc& r) { return r.Convert(Region("/a b", 0, 16, {4})); },
+       Code::kInvalidArgument, "may hold only"},
+      {"RegionNameWithNul",
+       [](Rpc& r) { return r.Convert(Region(std::string("/ab\0cd", 6), 0, 16, {4})); },
+       Code::kInvalidArgument, "may hold only"},
+      {"RegionMissing",
+       [](Rpc& r) { return r.Convert(Region("/asarray-no-such-segment", 0, 16, {4})); },
+       Code::kNotFound, "asarray-no-such-segment"},
+      {"RegionPastItsSegment",
+       [](Rpc& r) {
+         SharedRegion region = MakeRegion(64);
+         return r.Convert(Region(region.name(), 32, 64, {8}));
+       },
+       Code::kInvalidArgument, "outside segment"},
+      {"RegionOffsetWrapsAround",
+       [](Rpc& r) {
+         SharedRegion region = MakeRegion(64);
+         return r.Convert(Region(region.name(), UINT64_MAX - 8, 16, {4}));
+       },
+       Code::kInvalidArgument, "outside segment"},
+      {"RegionTooSmallForTheLayout",
+       [](Rpc& r) {
+         SharedRegion region = MakeRegion(64);
+         return r.Convert(Region(region.name(), 0, 64, {17}));
+       },
+       Code::kInvalidArgument, "too small"},
+      {"RegionCopyPastTheQuota",
+       [](Rpc& r) {
+         SharedRegion region = MakeRegion(kQuota + 4096);
+         v1::ConvertRequest request =
+             Region(region.name(), 0, kQuota + 4096, {static_cast<int64_t>(kQuota / 4 + 1)});
+         request.mutable_options()->set_copy(true);
+         return r.Convert(request);
+       },
+       Code::kResourceExhausted, "quota"},
+      {"ReturnDataPastTheMessageLimit",
+       [](Rpc& r) {
+         SharedRegion region = MakeRegion(kMaxMessage);
+         v1::ConvertRequest request =
+             Region(region.name(), 0, kMaxMessage, {static_cast<int64_t>(kMaxMessage / 4)});
+         request.set_return_data(true);
+         return r.Convert(request);
+       },
+       Code::kResourceExhausted, "ConvertToData"},
+      // Convert: held tensors.
+      {"TensorIdUnknown", [](Rpc& r) { return r.Convert(TensorId("0123456789abcdef")); },
+       Code::kNotFound, "0123456789abcdef"},
+      {"TensorIdEmpty", [](Rpc& r) { return r.Convert(TensorId("")); }, Code::kNotFound,
+       "no tensor ''"},
+      {"TensorIdReleased",
+       [](Rpc& r) {
+         const std::string id = r.LiveTensor();
+         EXPECT_TRUE(r.client().Release(id).ok());
+         return r.Convert(TensorId(id));
+       },
+       Code::kNotFound, "released"},
+      {"TensorCastWithCopyFalse",
+       [](Rpc& r) {
+         const std::string id = r.LiveTensor();
+         v1::ConvertRequest request = TensorId(id);
+         request.mutable_options()->set_dtype(v1::DTYPE_FLOAT64);
+         request.mutable_options()->set_copy(false);
+         absl::Status s = r.Convert(request);
+         EXPECT_TRUE(r.client().Release(id).ok());
+         return s;
+       },
+       Code::kFailedPrecondition, "copy"},
+      // ConvertToData: the same validation, streamed.
+      {"ConvertToDataWithoutSource", [](Rpc& r) { return r.ConvertToData({}); },
+       Code::kInvalidArgument, "no source"},
+      {"ConvertToDataBadLayout",
+       [](Rpc& r) { return r.ConvertToData(Inline(v1::DTYPE_FLOAT32, {4}, {-1}, 0, 16)); },
+       Code::kInvalidArgument, "before the start"},
+      {"ConvertToDataBadLiteral",
+       [](Rpc& r) { return r.ConvertToData(LiteralRequest([](v1::Literal* l) { l->add_nodes(); })); },
+       Code::kInvalidArgument, "literal"},
+      {"ConvertToDataUnknownTensor",
+       [](Rpc& r) { return r.ConvertToData(TensorId("feedface")); }, Code::kNotFound,
+       "feedface"},
+      {"ConvertToDataCopyFalseOnInlineBytes",
+       [](Rpc& r) {
+         return r.ConvertToData(WithOptions(FourFloats(), [](v1::Options* o) { o->set_copy(false); }));
+       },
+       Code::kFailedPrecondition, "inline"},
+      // ConvertUpload.
+      {"UploadEmptyStream", [](Rpc& r) { return r.Upload({}); }, Code::kInvalidArgument,
+       "before its header"},
+      {"UploadDataBeforeHeader", [](Rpc& r) { return r.Upload({Data(10)}); },
+       Code::kInvalidArgument, "before its header"},
+      {"UploadTwoHeaders", [](Rpc& r) { return r.Upload({Header(10), Header(10)}); },
+       Code::kInvalidArgument, "second header"},
+      {"UploadDeclaredSizeWrong",
+       [](Rpc& r) { return r.Upload({Header(v1::DTYPE_UINT8, 10, 11), Data(11)}); },
+       Code::kInvalidArgument, "needs exactly 10"},
+      {"UploadDtypeUnknown",
+       [](Rpc& r) { return r.Upload({Header(static_cast<v1::DType>(77), 10, 10), Data(10)}); },
+       Code::kInvalidArgument, "dtype"},
+      {"UploadBadOptions",
+       [](Rpc& r) {
+         v1::ConvertUploadRequest header = Header(10);
+         header.mutable_header()->mutable_options()->set_device("gpu");
+         return r.Upload({header, Data(10)});
+       },
+       Code::kInvalidArgument, "unknown device"},
+      {"UploadCopyFalse",
+       [](Rpc& r) {
+         v1::ConvertUploadRequest header = Header(10);
+         header.mutable_header()->mutable_options()->set_copy(false);
+         return r.Upload({header, Data(10)});
+       },
+       Code::kFailedPrecondition, "inline"},
+      {"UploadPastTheDeclaredSize",
+       [](Rpc& r) { return r.Upload({Header(100), Data(60), Data(60)}); },
+       Code::kInvalidArgument, "past the declared"},
+      {"UploadEndsEarly", [](Rpc& r) { return r.Upload({Header(100), Data(40), Data(40)}); },
+       Code::kInvalidArgument, "80 of 100"},
+      {"UploadPastTheQuota", [](Rpc& r) { return r.Upload({Header(kQuota + 1), Data(10)}); },
+       Code::kResourceExhausted, "quota"},
+      {"UploadChunkOverTheMessageLimit",
+       [](Rpc& r) { return r.Upload({Header(2 * kMaxMessage), Data(kMaxMessage + 1)}); },
+       Code::kResourceExhausted, "larger than max"},
+      // Read.
+      {"ReadUnknownId", [](Rpc& r) { return r.Read(ReadOf("0123")); }, Code::kNotFound,
+       "no tensor '0123'"},
+      {"ReadEmptyId", [](Rpc& r) { return r.Read(ReadOf("")); }, Code::kNotFound,
+       "no tensor ''"},
+      {"ReadReleasedId",
+       [](Rpc& r) {
+         const std::string id = r.LiveTensor();
+         EXPECT_TRUE(r.client().Release(id).ok());
+         return r.Read(ReadOf(id));
+       },
+       Code::kNotFound, "released"},
+      {"ReadUnparseableBytes",
+       [](Rpc& r) {
+         // A server stream's request must parse too; sent as a unary call.
+         return r.RawUnary("/asarray.v1.AsArray/Read", "\x12\x80");
+       },
+       Code::kInvalidArgument, "does not parse"},
+      // Release.
+      {"ReleaseUnknownId", [](Rpc& r) { return r.Release(ReleaseOf("0123")); }, Code::kNotFound,
+       "no tensor '0123'"},
+      {"ReleaseEmptyId", [](Rpc& r) { return r.Release(ReleaseOf("")); }, Code::kNotFound,
+       "no tensor ''"},
+      {"ReleaseTwice",
+       [](Rpc& r) {
+         const std::string id = r.LiveTensor();
+         EXPECT_TRUE(r.client().Release(id).ok());
+         return r.Release(ReleaseOf(id));
+       },
+       Code::kNotFound, "released"},
+      {"ReleaseBatchWithAnUnknownId",
+       [](Rpc& r) {
+         v1::ReleaseRequest request = ReleaseOf(r.LiveTensor());
+         request.add_more_ids("no-such-id");
+         request.add_more_ids(r.LiveTensor());
+         return r.Release(request);
+       },
+       Code::kNotFound, "no-such-id"},
+      {"ReleaseUnparseableBytes",
+       [](Rpc& r) { return r.RawUnary("/asarray.v1.AsArray/Release", "\xff\xff"); },
+       Code::kInvalidArgument, "does not parse"},
+      // Renew.
+      {"RenewUnknownId", [](Rpc& r) { return r.Renew(RenewOf("0123")); }, Code::kNotFound,
+       "no tensor '0123'"},
+      {"RenewEmptyId", [](Rpc& r) { return r.Renew(RenewOf("")); }, Code::kNotFound,
+       "no tensor ''"},
+      {"RenewReleasedId",
+       [](Rpc& r) {
+         const std::string id = r.LiveTensor();
+         EXPECT_TRUE(r.client().Release(id).ok());
+         return r.Renew(RenewOf(id));
+       },
+       Code::kNotFound, "released"},
+      {"RenewUnparseableBytes",
+       [](Rpc& r) { return r.RawUnary("/asarray.v1.AsArray/Renew", "\x0a\x05" "ab"); },
+       Code::kInvalidArgument, "does not parse"},
+      // List and Stats take no fields: only their bytes can be malformed.
+      {"ListUnparseableBytes",
+       [](Rpc& r) { return r.RawUnary("/asarray.v1.AsArray/List", "\x0a\x7f"); },
+       Code::kInvalidArgument, "does not parse"},
+      {"StatsUnparseableBytes",
+       [](Rpc& r) { return r.RawUnary("/asarray.v1.AsArray/Stats", "\x08"); },
+       Code::kInvalidArgument, "does not parse"},
+      // Names that do not exist.
+      {"UnknownMethod", [](Rpc& r) { return r.RawUnary("/asarray.v1.AsArray/Delete", ""); },
+       Code::kUnimplemented, ""},
+      {"UnknownService", [](Rpc& r) { return r.RawUnary("/asarray.v2.AsArray/Convert", ""); },
+       Code::kUnimplemented, ""},
+      {"HealthOfUnknownService", [](Rpc& r) { return r.HealthOf("asarray.v9.Nothing"); },
+       Code::kNotFound, ""},
+  };
+  return *table;
+}
+
+class BadInputTest : public ::testing::TestWithParam<BadRequest> {
+ protected:
+  // One server takes the whole table: each row must leave it serving.
+  static void SetUpTestSuite() {
+    server_ = TestServer::Start([](server::ServerOptions& o) {
+      o.max_message_bytes = kMaxMessage;
+      o.store.max_bytes = kQuota;
+    }).release();
+    ASSERT_NE(server_, nullptr);
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+
+  static TestServer* server_;
+};
+
+TestServer* BadInputTest::server_ = nullptr;
+
+TEST_P(BadInputTest, GetsItsCodeAndLeavesNothing) {
+  ASSERT_NE(server_, nullptr);
+  const BadRequest& row = GetParam();
+  const server::StoreStats before = server_->server().store().Stats();
+  absl::Status status;
+  {
+    Rpc rpc(*server_);
+    status = row.send(rpc);
+    EXPECT_TRUE(rpc.client().Health().ok()) << "the server stopped serving";
+  }
+  EXPECT_EQ(status.code(), row.code) << status;
+  EXPECT_THAT(status.message(), HasSubstr(row.says));
+  const server::StoreStats after = server_->server().store().Stats();
+  EXPECT_EQ(after.tensors, before.tensors);
+  EXPECT_EQ(after.segments, before.segments);
+  EXPECT_EQ(after.bytes_in_use, before.bytes_in_use);
+  EXPECT_EQ(after.client_regions, before.client_regions);
+  EXPECT_EQ(server_->SegmentsInDevShm(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllRpcs, BadInputTest, ::testing::ValuesIn(Table()),
+                         [](const ::testing::TestParamInfo<BadRequest>& p) {
+                           return std::string(p.param.name);
+                         });
+
+TEST(BadInputTable, KeepsAtLeastFortyRows) {
+  EXPECT_GE(Table().size(), 40u);
+}
+
+}  // namespace
+}  // namespace asarray::testing
