@@ -538,7 +538,7 @@ class _CudaView:
 
 
 class _IpcHandle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_char * 64)]
+    _fields_ = [("reserved", ctypes.c_ubyte * 64)]  # bytes, NULs included
 
 
 _CUDART = []
@@ -575,7 +575,7 @@ def _cuda_ipc_open(ipc_handle, device):
     lib = _cudart()
     ptr = ctypes.c_void_p()
     with torch.cuda.device(device):
-        err = lib.cudaIpcOpenMemHandle(ctypes.byref(ptr), _IpcHandle(ipc_handle), 1)
+        err = lib.cudaIpcOpenMemHandle(ctypes.byref(ptr), _IpcHandle.from_buffer_copy(ipc_handle), 1)
     if err != 0:
         raise RuntimeError(f"cudaIpcOpenMemHandle on cuda:{device}: "
                            f"{lib.cudaGetErrorString(err).decode()}")
