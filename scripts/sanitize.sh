@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Builds with clang 14 under sanitizers and runs the tests:
-#   asan  the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer
-#         (build-asan/); every ctest test, the Python client's included
+#   asan  (the default) the whole suite under AddressSanitizer +
+#         UndefinedBehaviorSanitizer (build-asan/): every ctest test, the
+#         Python client's included. A clean build and run take about half
+#         an hour on two cores.
 #   tsan  the server's concurrency tests (service, faults, segment pool, a
-#         short load run) under ThreadSanitizer (build-tsan/)
-#   all   both (the default)
+#         short load run) under ThreadSanitizer (build-tsan/). Not yet a gate:
+#         Debian's gRPC is not built with TSan, so objects it hands between
+#         its threads (requests parsed into a reactor, call references) are
+#         reported as races; scripts/sanitize/ holds the shim and the
+#         suppressions that remove the rest (abseil's mutexes, interceptors
+#         called from uninstrumented libraries). A TSan-built gRPC would make
+#         it one.
 # Any sanitizer report fails the test that triggered it; the script exits
 # non-zero when a test failed. Extra arguments go to ctest (e.g. -R Faults).
 # The build directories may be set with ASAN_BUILD_DIR and TSAN_BUILD_DIR.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/deps.sh" sanitize
-mode="${1:-all}"
+mode="${1:-asan}"
 [[ $# -gt 0 ]] && shift
+if [[ $mode != asan && $mode != tsan ]]; then
+  echo "usage: scripts/sanitize.sh [asan|tsan] [ctest arguments]" >&2
+  exit 2
+fi
 jobs="${JOBS:-$(nproc)}"
 
 configure() {  # build-dir, sanitizer flags
@@ -26,7 +37,7 @@ configure() {  # build-dir, sanitizer flags
 
 status=0
 
-if [[ $mode == asan || $mode == all ]]; then
+if [[ $mode == asan ]]; then
   build="${ASAN_BUILD_DIR:-$root/build-asan}"
   configure "$build" address,undefined
   cmake --build "$build" -j "$jobs"
@@ -38,7 +49,7 @@ if [[ $mode == asan || $mode == all ]]; then
   (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 1800 "$@") || status=1
 fi
 
-if [[ $mode == tsan || $mode == all ]]; then
+if [[ $mode == tsan ]]; then
   build="${TSAN_BUILD_DIR:-$root/build-tsan}"
   configure "$build" thread
   targets=(service_test fault_test segment_pool_test load_test)

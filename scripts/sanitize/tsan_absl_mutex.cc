@@ -66,20 +66,33 @@ void Unlocked(absl::Mutex* mu, unsigned flags) {
   __tsan_mutex_post_unlock(mu, flags);
 }
 
+// The condition of an Await, evaluated by abseil with the lock held (by the
+// waiting thread, or by the one unlocking): TSan is told so around it.
+struct Guarded {
+  absl::Mutex* mu;
+  const absl::Condition* cond;
+};
+
+bool EvalGuarded(Guarded* g) {
+  Locked(g->mu, 0);
+  const bool met = g->cond->Eval();
+  Unlocked(g->mu, 0);
+  return met;
+}
+
 // An Await releases and retakes the lock inside abseil: TSan is told the
 // caller let go before and took it again after.
 template <typename F, typename... Args>
-auto Awaiting(absl::Mutex* mu, void* from, F real, Args... args) {
-  const bool ours = FromMain(from);
-  if (ours) Unlocked(mu, 0);
+auto Awaiting(absl::Mutex* mu, void* from, F real, const absl::Condition& cond, Args... args) {
+  if (!FromMain(from)) return real(mu, cond, args...);
+  Guarded guarded{mu, &cond};
+  const absl::Condition annotated(&EvalGuarded, &guarded);
+  Unlocked(mu, 0);
   struct Relock {  // also when real() returns void
     absl::Mutex* mu;
-    bool ours;
-    ~Relock() {
-      if (ours) Locked(mu, 0);
-    }
-  } relock{mu, ours};
-  return real(mu, args...);
+    ~Relock() { Locked(mu, 0); }
+  } relock{mu};
+  return real(mu, annotated, args...);
 }
 
 }  // namespace
@@ -137,8 +150,10 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
 
 void Mutex::LockWhen(const Condition& cond) {
   static const Wait real = Real<Wait>("_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
-  if (FromMain(__builtin_return_address(0))) Locked(this, 0);
+  if (!FromMain(__builtin_return_address(0))) return real(this, cond);
+  Guarded guarded{this, &cond};
+  real(this, Condition(&EvalGuarded, &guarded));
+  Locked(this, 0);
 }
 
 ABSL_NAMESPACE_END
