@@ -27,6 +27,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 cd "$build"
 status=0
 ctest -L gpu --output-on-failure -j 2 2>&1 | tee gpu-ctest.out || status=$?
+# The Python client's CUDA results, with this machine's torch.
+PYTHONPATH="$build/python:$root/tests/python" ASARRAYD="$build/server/asarrayd" \
+  "$ASARRAY_TORCH_PYTHON" -m pytest -q -p no:cacheprovider "$root/tests/python/test_cuda.py" 2>&1 |
+  tee gpu-pytest.out || status=$?
 bench/cuda_bench 2>&1 | tee gpu-bench.out || status=$?
 
 echo
@@ -36,6 +40,7 @@ skipped=$(grep -c '(Skipped)' gpu-ctest.out || true)
 echo "skipped: $skipped"
 grep -E '\(Skipped\)' gpu-ctest.out || true
 grep -h -E '^(route |conformance:)' Testing/Temporary/LastTest.log || true
+echo "python CUDA tests: $(tail -1 gpu-pytest.out)"
 total=$(grep -oE 'tests passed.* out of [0-9]+' gpu-ctest.out | grep -oE '[0-9]+$' || true)
 if [ "${total:-0}" -gt 0 ] && [ "$skipped" -ge "$total" ]; then
   echo "no GPU test ran: is a device visible?"
