@@ -163,6 +163,18 @@ class _Releaser:
         with self._cv:
             self._cv.wait_for(lambda: not self._pending and not self._busy)
 
+    def drain(self):
+        """At exit: sends what is queued from the calling thread, without
+        relying on the sender thread, which interpreter shutdown may stop."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self._busy, timeout=5)
+            batch, self._pending = self._pending, []
+        if batch:
+            try:
+                self._stub.Release(pb.ReleaseRequest(id=batch[0], more_ids=batch[1:]), timeout=5)
+            except Exception:  # the leases run out anyway
+                pass
+
     def _run(self):
         while True:
             with self._cv:
@@ -181,14 +193,26 @@ class _Releaser:
 
 
 _RELEASERS = weakref.WeakSet()
+_LEASE_FINALIZERS = set()  # the finalizers of live views, until they run
+
+
+def _on_collect(obj, fn, *args):
+    """Calls fn(*args) once `obj` is collected, or at exit."""
+    def run():
+        _LEASE_FINALIZERS.discard(finalizer)
+        fn(*args)
+    finalizer = weakref.finalize(obj, run)
+    _LEASE_FINALIZERS.add(finalizer)
 
 
 @atexit.register
 def _flush_all():
-    # Registered at import, so it runs after the exit-time finalizers of views
-    # have queued their releases (atexit runs last-registered first).
+    # Views still alive at exit release their handles now: weakref's own exit
+    # hook may run after this one (its order depends on who imported first).
+    for finalizer in list(_LEASE_FINALIZERS):
+        finalizer()
     for releaser in list(_RELEASERS):
-        releaser.flush()
+        releaser.drain()
 
 
 def _describe(as_numpy, obj):
@@ -455,7 +479,7 @@ class Client:
         if location.size == 0:  # nothing to map; the array alone holds the lease
             arr = np.ndarray(handle.shape, dtype=storage, buffer=bytearray(0),
                              strides=[s * storage.itemsize for s in handle.strides])
-            weakref.finalize(arr, self._releaser, handle.id)
+            _on_collect(arr, self._releaser, handle.id)
             return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
         page = mmap.PAGESIZE
         base = location.offset // page * page
@@ -463,7 +487,7 @@ class Client:
         mapping = _Mapping(location.name, base, length)
         mapping.handle = handle
         mapping.length = length
-        weakref.finalize(mapping, self._releaser, handle.id)
+        _on_collect(mapping, self._releaser, handle.id)
         self._handles[mapping.address] = mapping
         arr = np.ndarray(handle.shape, dtype=storage, buffer=mapping,
                          offset=location.offset - base + handle.offset * storage.itemsize,
@@ -498,7 +522,7 @@ class Client:
         view.handle = handle
         view.start, view.length = base + location.offset, location.size
         self._cuda_views[view.start] = view
-        weakref.finalize(view, _cuda_close_and_release, base, location.device, self._releaser,
+        _on_collect(view, _cuda_close_and_release, base, location.device, self._releaser,
                          handle.id)
         tensor = torch.as_tensor(view, device=f"cuda:{location.device}")  # keeps `view` alive
         if handle.dtype == "bfloat16":
