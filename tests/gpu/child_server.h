@@ -5,21 +5,21 @@
 #ifndef ASARRAY_TESTS_GPU_CHILD_SERVER_H_
 #define ASARRAY_TESTS_GPU_CHILD_SERVER_H_
 
-#include <sys/types.h>
-
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "client/client.h"
 #include "server/cuda_backend.h"
+#include "tests/server/test_server.h"
 
 namespace asarray::testing {
 
 class ChildServer {
  public:
   // Starts the asarrayd binary (ASARRAYD_PATH) with `flags` added, and waits
-  // until it answers a health check. Null, with a test failure, otherwise.
+  // until it answers a health check (StartServerProcess). Null, with a test
+  // failure, otherwise.
   static std::unique_ptr<ChildServer> Start(const std::vector<std::string>& flags = {});
   ~ChildServer();
 
@@ -29,10 +29,10 @@ class ChildServer {
 
  private:
   ChildServer() = default;
-  pid_t pid_ = -1;
-  std::string dir_;
+  TempDir dir_;  // destroyed after process_, which stops the server
   std::string address_;
   std::string prefix_;
+  std::unique_ptr<Child> process_;
 };
 
 // This process's view of the devices, created once.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "client/client.h"
 #include "client/cuda_ipc.h"
 #include "core/cast.h"
@@ -25,10 +26,7 @@ using ::testing::HasSubstr;
 using server::CudaBackend;
 using server::DeviceMemory;
 
-constexpr DType kAllDTypes[] = {
-    DType::kBool,     DType::kUInt8,   DType::kInt8,    DType::kInt16,
-    DType::kInt32,    DType::kInt64,   DType::kFloat16, DType::kBFloat16,
-    DType::kFloat32,  DType::kFloat64, DType::kComplex64, DType::kComplex128};
+const absl::Span<const DType> kAllDTypes = absl::MakeConstSpan(AllDTypes(), kNumDTypes);
 
 // Random bytes: every bit pattern, so NaNs, infinities, subnormals, values
 // out of every integer range and bool bytes other than 0 and 1 all occur.
