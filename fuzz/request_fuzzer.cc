@@ -77,7 +77,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   v1::ConvertRequest request;
   if (!request.ParseFromArray(data + 1, static_cast<int>(size - 1))) return 0;
-  converter.EstimateCopyBytes(request, caller);
+  converter.EstimateWork(request, caller);
   CheckResult(converter.Convert(request, caller));
   return 0;
 }

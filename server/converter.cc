@@ -122,46 +122,47 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
   return absl::InvalidArgumentError("request has no source");
 }
 
-uint64_t Converter::EstimateCopyBytes(const v1::ConvertRequest& request, uid_t caller) const {
+Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& request,
+                                                uid_t caller) const {
   const v1::Source& source = request.source();
+  WorkEstimate work;
+  work.uses_device =
+      source.has_cuda_ipc() || absl::StartsWith(request.options().device(), "cuda");
   Source array;
   switch (source.kind_case()) {
     case v1::Source::kInlineArray:
-      return source.inline_array().storage().size();
+      work.copy_bytes = source.inline_array().storage().size();
+      return work;
     case v1::Source::kLiteral:
-      return static_cast<uint64_t>(source.literal().nodes_size()) * 16;
+      work.copy_bytes = static_cast<uint64_t>(source.literal().nodes_size()) * 16;
+      return work;
     case v1::Source::kSharedMemory: {
       absl::StatusOr<DType> dtype = DTypeFromProto(source.shared_memory().dtype());
       absl::StatusOr<Layout> layout = LayoutFromProto(source.shared_memory().layout());
-      if (!dtype.ok() || !layout.ok()) return 0;
+      if (!dtype.ok() || !layout.ok()) return work;
       array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
       break;
     }
     case v1::Source::kTensorId: {
       absl::StatusOr<TensorStore::Lease> held = store_->Get(source.tensor_id(), caller);
-      if (!held.ok()) return 0;
+      if (!held.ok()) return work;
       const Tensor& t = *held->tensor;
-      array = {t.device_memory != nullptr ? SourceKind::kDeviceMemory : SourceKind::kHostMemory,
-               t.dtype, t.layout, t.device};
+      const bool on_device = t.device_memory != nullptr;
+      work.uses_device |= on_device;
+      array = {on_device ? SourceKind::kDeviceMemory : SourceKind::kHostMemory, t.dtype,
+               t.layout, t.device};
       break;
     }
     default:
-      return 0;
+      return work;
   }
   absl::StatusOr<ConvertOptions> options = OptionsFromProto(request.options());
-  if (!options.ok()) return 0;
+  if (!options.ok()) return work;
   absl::StatusOr<Plan> plan = PlanConversion(array, *options);
-  if (!plan.ok() || plan->action == Plan::Action::kAlias) return 0;
-  return NumElements(plan->layout.shape).value_or(0) *
-         std::max(ItemSize(plan->dtype), ItemSize(array.dtype));
-}
-
-bool Converter::UsesDevice(const v1::ConvertRequest& request, uid_t caller) const {
-  const v1::Source& source = request.source();
-  if (source.has_cuda_ipc() || absl::StartsWith(request.options().device(), "cuda")) return true;
-  if (!source.has_tensor_id()) return false;
-  absl::StatusOr<TensorStore::Lease> held = store_->Get(source.tensor_id(), caller);
-  return held.ok() && held->tensor->device_memory != nullptr;
+  if (!plan.ok() || plan->action == Plan::Action::kAlias) return work;
+  work.copy_bytes = NumElements(plan->layout.shape).value_or(0) *
+                    std::max(ItemSize(plan->dtype), ItemSize(array.dtype));
+  return work;
 }
 
 absl::Status Converter::ReadElements(const Tensor& tensor, int64_t begin, int64_t count,

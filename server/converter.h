@@ -26,12 +26,14 @@ class Converter {
   // A unary request: any source kind.
   absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, uid_t caller);
 
-  // About how many bytes Convert(request) would copy; 0 when it would only
-  // alias or fail. Cheap: no memory is mapped. Lets the service run small
-  // requests on the calling thread and hand the rest to workers.
-  uint64_t EstimateCopyBytes(const v1::ConvertRequest& request, uid_t caller) const;
-  // Whether Convert(request) may touch a CUDA device (which can block).
-  bool UsesDevice(const v1::ConvertRequest& request, uid_t caller) const;
+  // What Convert(request) would do, found cheaply (no memory is mapped), so
+  // that the service runs small requests on the calling thread and hands the
+  // rest to workers.
+  struct WorkEstimate {
+    uint64_t copy_bytes = 0;   // about how many bytes it copies; 0 to alias or fail
+    bool uses_device = false;  // whether it touches a CUDA device (which can block)
+  };
+  WorkEstimate EstimateWork(const v1::ConvertRequest& request, uid_t caller) const;
 
   // Elements [begin, begin + count) of a tensor, row-major, into `dst`
   // (count * item size bytes), from host or device memory.

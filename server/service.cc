@@ -447,11 +447,11 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
     reactor->Finish(ToGrpcStatus(status));
     Exit();
   };
-  // Aliasing and small copies finish here; big copies go to the workers so
-  // that gRPC's threads never wait on them.
-  const uint64_t copy_bytes = converter_.EstimateCopyBytes(*request, caller);
-  if (copy_bytes < kInlineWorkBytes && !request->return_data() &&
-      !converter_.UsesDevice(*request, caller)) {
+  // Aliasing and small copies finish here; big copies and device work go to
+  // the workers so that gRPC's threads never wait on them.
+  const Converter::WorkEstimate estimate = converter_.EstimateWork(*request, caller);
+  if (estimate.copy_bytes < kInlineWorkBytes && !estimate.uses_device &&
+      !request->return_data()) {
     work();
   } else {
     executor_->Schedule(std::move(work));
