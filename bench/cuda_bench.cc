@@ -28,7 +28,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "client/client.h"
-#include "client/cuda_ipc.h"
 #include "server/cuda_backend.h"
 #include "server/server.h"
 

@@ -215,6 +215,23 @@ absl::Status LaunchWholeCast(DType src_dtype, const void* src, DType dst_dtype, 
   return absl::OkStatus();
 }
 
+// Element 0 of a view whose bytes [range.begin, range.end) were copied to
+// `copy` (as the view touches nothing outside them).
+unsigned char* ElementZeroIn(unsigned char* copy, const Layout& layout, DType dtype,
+                             const ByteRange& range) {
+  return copy + (layout.offset * static_cast<int64_t>(ItemSize(dtype)) - range.begin);
+}
+
+// Casts `src`, on the current device, into new scratch memory that stands for
+// `dst`'s bytes `range`, laid out as `dst` (dense, so that the cast fills it).
+absl::Status CastIntoScratch(const ConstStridedView& src, const StridedView& dst,
+                             const ByteRange& range, ScratchBuffer* scratch) {
+  RETURN_IF_ERROR(scratch->Allocate(range.end - range.begin));
+  return LaunchWholeCast(src.dtype, ElementZero(src), dst.dtype,
+                         ElementZeroIn(scratch->data(), dst.layout, dst.dtype, range), src.layout,
+                         dst.layout);
+}
+
 }  // namespace
 
 // Pinned host buffers for staging copies, reused across calls and freed with
@@ -560,8 +577,7 @@ absl::Status CudaBackend::CastHostToDevice(const ConstStridedView& src, int dst_
   ScratchBuffer staged;
   RETURN_IF_ERROR(staged.Allocate(bytes));
   RETURN_IF_ERROR(impl_->HostToDevice(staged.data(), host, bytes, pinned));
-  const unsigned char* src0 =
-      staged.data() + (src.layout.offset * static_cast<int64_t>(ItemSize(src.dtype)) - range.begin);
+  const unsigned char* src0 = ElementZeroIn(staged.data(), src.layout, src.dtype, range);
   RETURN_IF_ERROR(
       LaunchWholeCast(src.dtype, src0, dst.dtype, ElementZero(dst), src.layout, dst.layout));
   return Synchronize("casting on the device");
@@ -585,11 +601,7 @@ absl::Status CudaBackend::CastDeviceToHost(int src_device, const ConstStridedVie
   }
   // Cast on the device into the destination's layout, then copy that over.
   ScratchBuffer cast;
-  RETURN_IF_ERROR(cast.Allocate(bytes));
-  unsigned char* dst0 =
-      cast.data() + (dst.layout.offset * static_cast<int64_t>(ItemSize(dst.dtype)) - range.begin);
-  RETURN_IF_ERROR(LaunchWholeCast(src.dtype, ElementZero(src), dst.dtype, dst0, src.layout,
-                                  dst.layout));
+  RETURN_IF_ERROR(CastIntoScratch(src, dst, range, &cast));
   RETURN_IF_ERROR(impl_->DeviceToHost(host, cast.data(), bytes));
   return Synchronize("copying from the device");
 }
@@ -612,11 +624,7 @@ absl::Status CudaBackend::CastDeviceToDevice(int src_device, const ConstStridedV
   ASSIGN_OR_RETURN(const ByteRange range, RangeOf(dst.layout, dst.dtype));
   const uint64_t bytes = range.end - range.begin;
   ScratchBuffer cast;
-  RETURN_IF_ERROR(cast.Allocate(bytes));
-  unsigned char* dst0 =
-      cast.data() + (dst.layout.offset * static_cast<int64_t>(ItemSize(dst.dtype)) - range.begin);
-  RETURN_IF_ERROR(LaunchWholeCast(src.dtype, ElementZero(src), dst.dtype, dst0, src.layout,
-                                  dst.layout));
+  RETURN_IF_ERROR(CastIntoScratch(src, dst, range, &cast));
   ASARRAY_CUDA_RETURN_IF_ERROR(
       cudaMemcpyPeerAsync(static_cast<unsigned char*>(dst.base) + range.begin, dst_device,
                           cast.data(), src_device, bytes, Stream()),
