@@ -94,6 +94,18 @@ def main():
     for name, header in headers():
         write("request", name, b"\x01" + header.SerializeToString())
 
+    # Upload stream messages, split into pieces of 1 + (first byte % 17) bytes
+    # (0: whole).
+    unknown = b"\x18\x05" + b"\x21" + bytes(8) + b"\x2d" + bytes(4)
+    for i, (name, message) in enumerate([
+            ("header", pb.ConvertUploadRequest(header=next(headers())[1])),
+            ("data", pb.ConvertUploadRequest(data=bytes(range(200)))),
+            ("empty_data", pb.ConvertUploadRequest(data=b"")),
+            ("empty", pb.ConvertUploadRequest())]):
+        write("upload_message", name, bytes([i * 5]) + message.SerializeToString())
+    write("upload_message", "unknown_then_data", b"\x03" + unknown +
+          pb.ConvertUploadRequest(data=b"xyz").SerializeToString())
+
     texts = {
         "nested": "[[1, 2.5], [3, 4]]",
         "bools": "[true, false, true]",

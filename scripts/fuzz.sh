@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets with clang 14 under AddressSanitizer and
 # UndefinedBehaviorSanitizer (build-fuzz/, or $FUZZ_BUILD_DIR) and runs each
 # for $FUZZ_SECONDS (default 600) from its committed seeds in fuzz/corpus/.
-#   scripts/fuzz.sh [layout|request|literal|npy ...]   (default: all four)
+#   scripts/fuzz.sh [layout|request|upload_message|literal|npy ...]   (default: all five)
 # Inputs the fuzzer finds go to build-fuzz/corpus/<target>/ (the committed
 # seeds are never written); a crash is saved to build-fuzz/crashes/<target>/
 # and fails the script. Each target's line of executions and crashes is
@@ -13,7 +13,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
 seconds="${FUZZ_SECONDS:-600}"
 targets=("$@")
-[[ ${#targets[@]} -eq 0 ]] && targets=(layout request literal npy)
+[[ ${#targets[@]} -eq 0 ]] && targets=(layout request upload_message literal npy)
 
 flags="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \

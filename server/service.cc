@@ -9,12 +9,17 @@
 #include <memory>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/slice.h"
 #include "core/cast.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
 #include "server/peer.h"
+#include "server/upload_message.h"
 
 namespace asarray::server {
 namespace {
@@ -144,18 +149,46 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
   int64_t chunk_elements_ = 1;
 };
 
+// A data chunk of an upload, still in the slices gRPC received it in: the
+// bytes [offset, offset + size) of their concatenation.
+struct ReceivedChunk {
+  std::vector<grpc::Slice> slices;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+};
+
+std::vector<absl::string_view> Pieces(const std::vector<grpc::Slice>& slices) {
+  std::vector<absl::string_view> pieces;
+  pieces.reserve(slices.size());
+  for (const grpc::Slice& s : slices) {
+    pieces.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return pieces;
+}
+
+void CopyChunk(const ReceivedChunk& chunk, unsigned char* out) {
+  CopyFromPieces(Pieces(chunk.slices), chunk.offset, chunk.size, out);
+}
+
+grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
+  grpc::Slice slice(message.SerializeAsString());
+  return grpc::ByteBuffer(&slice, 1);
+}
+
 // Receives an upload into its storage segment: a header, then data chunks in
-// order. Receiving and copying overlap: gRPC keeps reading while one worker
+// order. Messages arrive raw and are decoded here (server/upload_message.h),
+// so each chunk's bytes are copied once, from the received slices into the
+// segment. Receiving and copying overlap: gRPC keeps reading while one worker
 // task first creates the segment and then copies the queued chunks in. The
-// queue holds at most kMaxQueuedBytes (plus one chunk); past that, reading
-// pauses until the worker catches up, so memory stays bounded. The worker
-// also runs the conversion at the end.
+// queue holds at most kMaxQueuedBytes (plus one chunk) of received slices;
+// past that, reading pauses until the worker catches up, so memory stays
+// bounded. The worker also runs the conversion at the end.
 //
 // gRPC operations (StartRead, Finish) are issued outside mu_. Finish comes
 // exactly once, when no read is outstanding and the worker is idle.
-class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadRequest> {
+class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  UploadReceiver(AsArrayService* service, uid_t caller, v1::ConvertResponse* response)
+  UploadReceiver(AsArrayService* service, uid_t caller, grpc::ByteBuffer* response)
       : service_(service), caller_(caller), response_(response) {}
 
   void Begin() {
@@ -163,7 +196,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
       absl::MutexLock lock(&mu_);
       reading_ = true;
     }
-    StartRead(&request_);
+    StartRead(&message_);
   }
 
   void Refuse(const absl::Status& status) {
@@ -174,9 +207,17 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
   }
 
   void OnReadDone(bool ok) override {
+    // Decoding needs no lock: message_ belongs to the read that just ended.
+    ReceivedChunk chunk;
+    absl::StatusOr<UploadMessage> message;
+    if (ok) {
+      if (!message_.Dump(&chunk.slices).ok()) chunk.slices.clear();  // an empty message
+      message_.Clear();
+      message = ParseUploadMessage(Pieces(chunk.slices));
+    }
     absl::ReleasableMutexLock lock(&mu_);
     reading_ = false;
-    Action action = Received(ok);
+    Action action = Received(ok, message, std::move(chunk));
     lock.Release();
     Perform(action);
   }
@@ -190,7 +231,8 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
   enum class Action { kNone, kRead, kFinish };
   static constexpr uint64_t kMaxQueuedBytes = 8 << 20;
 
-  Action Received(bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  Action Received(bool ok, absl::StatusOr<UploadMessage>& message, ReceivedChunk chunk)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (failed_) return FinishIfIdleLocked();
     if (!ok) {
       if (!header_.has_value()) {
@@ -200,33 +242,37 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
       PumpLocked();
       return Action::kNone;
     }
-    if (request_.has_header()) {
+    if (!message.ok()) return FailLocked(message.status());
+    if (message->part == UploadMessage::Part::kHeader) {
       if (header_.has_value()) {
         return FailLocked(absl::InvalidArgumentError("upload sent a second header"));
       }
-      header_ = std::move(*request_.mutable_header());
+      header_ = std::move(message->header);
       PumpLocked();  // the worker creates the segment meanwhile
       return ReadLocked();
     }
     if (!header_.has_value()) {
       return FailLocked(absl::InvalidArgumentError("upload sent data before its header"));
     }
-    const uint64_t n = request_.data().size();
+    // A message with no field set carries no data.
+    const uint64_t n = message->part == UploadMessage::Part::kData ? message->data_size : 0;
     if (n > header_->storage_size() - received_) {
       return FailLocked(absl::InvalidArgumentError(
           absl::StrCat("upload sent ", received_ + n, " bytes, past the declared ",
                        header_->storage_size())));
     }
+    if (n == 0) return ReadLocked();
     received_ += n;
+    chunk.offset = message->data_offset;
+    chunk.size = n;
     if (storage_ready_ && storage_->touched() && queue_.empty() && !worker_running_) {
-      // A warm segment takes the chunk at memory speed: copy it here and keep
-      // the request's buffer for the next read.
-      std::memcpy(storage_->data() + copied_, request_.data().data(), n);
+      // A warm segment takes the chunk at memory speed: copy it here.
+      CopyChunk(chunk, storage_->data() + copied_);
       copied_ += n;
       return ReadLocked();
     }
     queued_bytes_ += n;
-    queue_.push_back(std::move(*request_.mutable_data()));
+    queue_.push_back(std::move(chunk));
     PumpLocked();
     return queued_bytes_ < kMaxQueuedBytes ? ReadLocked() : Action::kNone;
   }
@@ -268,18 +314,19 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
         continue;
       }
       if (!queue_.empty()) {
-        std::string chunk = std::move(queue_.front());
+        ReceivedChunk chunk = std::move(queue_.front());
         queue_.pop_front();
         const uint64_t at = copied_;  // only this worker advances it meanwhile
         mu_.Unlock();
-        std::memcpy(storage_->data() + at, chunk.data(), chunk.size());
+        CopyChunk(chunk, storage_->data() + at);
+        chunk.slices.clear();  // hand the received memory back before locking
         mu_.Lock();
-        copied_ += chunk.size();
-        queued_bytes_ -= chunk.size();
+        copied_ += chunk.size;
+        queued_bytes_ -= chunk.size;
         if (!reading_ && !ended_ && !failed_ && queued_bytes_ < kMaxQueuedBytes) {
           ReadLocked();
           mu_.Unlock();
-          StartRead(&request_);
+          StartRead(&message_);
           mu_.Lock();
         }
         continue;
@@ -303,7 +350,9 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
           service_->converter()->FinishUpload(header, std::move(storage), caller_);
       if (tensor.ok()) {
         const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
-        HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response_->mutable_handle());
+        v1::ConvertResponse reply;
+        HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), reply.mutable_handle());
+        *response_ = Serialized(reply);
       }
       service_->Count(tensor.status());
       Finish(ToGrpcStatus(tensor.status()));
@@ -329,7 +378,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
 
   void Perform(Action action) {
     if (action == Action::kRead) {
-      StartRead(&request_);
+      StartRead(&message_);
     } else if (action == Action::kFinish) {
       storage_.reset();  // nobody else touches it any more
       absl::Status status;
@@ -344,12 +393,12 @@ class UploadReceiver final : public grpc::ServerReadReactor<v1::ConvertUploadReq
 
   AsArrayService* const service_;
   const uid_t caller_;
-  v1::ConvertResponse* const response_;
-  v1::ConvertUploadRequest request_;  // owned by the outstanding read
+  grpc::ByteBuffer* const response_;  // a serialized ConvertResponse
+  grpc::ByteBuffer message_;          // owned by the outstanding read
 
   absl::Mutex mu_;
   std::optional<v1::ConvertUploadHeader> header_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<ReceivedChunk> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t received_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t copied_ ABSL_GUARDED_BY(mu_) = 0;
@@ -459,8 +508,8 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
   return reactor;
 }
 
-grpc::ServerReadReactor<v1::ConvertUploadRequest>* AsArrayService::ConvertUpload(
-    grpc::CallbackServerContext* context, v1::ConvertResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUpload(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   const bool serving = Enter();
   auto* receiver = new UploadReceiver(this, CallerUid(context), response);
   if (serving) {

@@ -105,6 +105,38 @@ class Rpc {
     return FromGrpcStatus(done.get_future().get());
   }
 
+  // `messages`, unparsed, as the stream of a client-streaming `method`.
+  absl::Status RawStream(const std::string& method, const std::vector<std::string>& messages) {
+    grpc::GenericStub generic(channel_);
+    grpc::ClientContext context;
+    grpc::CompletionQueue cq;
+    auto next = [&cq] {
+      void* tag;
+      bool ok = false;
+      return cq.Next(&tag, &ok) && ok;
+    };
+    std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+        generic.PrepareCall(&context, method, &cq);
+    call->StartCall(nullptr);
+    bool ok = next();
+    for (size_t i = 0; ok && i < messages.size(); ++i) {
+      grpc::Slice slice(messages[i]);
+      call->Write(grpc::ByteBuffer(&slice, 1), nullptr);
+      ok = next();
+    }
+    if (ok) {
+      call->WritesDone(nullptr);
+      next();
+    }
+    grpc::Status status;
+    call->Finish(&status, nullptr);
+    next();
+    cq.Shutdown();
+    while (next()) {
+    }
+    return FromGrpcStatus(status);
+  }
+
   absl::Status HealthOf(const std::string& service) {
     auto health = grpc::health::v1::Health::NewStub(channel_);
     grpc::ClientContext context;
@@ -532,6 +564,19 @@ const std::vector<BadRequest>& Table() {
        Code::kInvalidArgument, "80 of 100"},
       {"UploadPastTheQuota", [](Rpc& r) { return r.Upload({Header(kQuota + 1), Data(10)}); },
        Code::kResourceExhausted, "quota"},
+      {"UploadUnparseableBytes",
+       [](Rpc& r) {
+         return r.RawStream("/asarray.v1.AsArray/ConvertUpload", {std::string("\x12\x80", 2)});
+       },
+       Code::kInvalidArgument, "does not parse"},
+      {"UploadChunkCutShort",
+       [](Rpc& r) {
+         // Declares 11 bytes of data and carries 10.
+         return r.RawStream("/asarray.v1.AsArray/ConvertUpload",
+                            {Header(10).SerializeAsString(),
+                             std::string("\x12\x0b", 2) + std::string(10, 'x')});
+       },
+       Code::kInvalidArgument, "does not parse"},
       {"UploadChunkOverTheMessageLimit",
        [](Rpc& r) { return r.Upload({Header(2 * kMaxMessage), Data(kMaxMessage + 1)}); },
        Code::kResourceExhausted, "larger than max"},
