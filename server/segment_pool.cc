@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace asarray::server {
@@ -40,6 +41,27 @@ std::unique_ptr<ShmSegment> SegmentPool::Take(uint64_t bytes) {
   return segment;
 }
 
+SegmentPool::Foreground SegmentPool::EnterForeground() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++foreground_;
+  return Foreground(this);
+}
+
+SegmentPool::Foreground::~Foreground() {
+  if (pool_ == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(pool_->mu_);
+    if (--pool_->foreground_ > 0) return;
+  }
+  pool_->cv_.notify_all();
+}
+
+bool SegmentPool::WaitForBackground() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return stopping_ || foreground_ == 0; });
+  return !stopping_;
+}
+
 uint64_t SegmentPool::bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return bytes_;
@@ -51,14 +73,13 @@ uint64_t SegmentPool::hits() const {
 }
 
 void SegmentPool::Run() {
-  // Refilling is background work: it runs only on otherwise idle CPU time,
-  // never competing with a conversion (best effort; ignored if refused).
+  // Refilling is background work: it waits for marked transfers, and runs
+  // only on otherwise idle CPU time (best effort; ignored if refused).
   sched_param idle{};
   pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
-  const long page = sysconf(_SC_PAGESIZE);
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    cv_.wait(lock, [this] { return stopping_ || !wanted_.empty(); });
+    cv_.wait(lock, [this] { return stopping_ || (!wanted_.empty() && foreground_ == 0); });
     if (stopping_) break;
     const uint64_t size = wanted_.front();
     wanted_.pop_front();
@@ -74,14 +95,19 @@ void SegmentPool::Run() {
     }
     lock.unlock();
     evicted.clear();
-    absl::StatusOr<std::unique_ptr<ShmSegment>> segment = ShmSegment::Create(make_name_(), size);
-    if (segment.ok()) {
-      // Touch every page once: the costly first write happens here, not
-      // while a client waits.
-      volatile unsigned char* p = (*segment)->data();
-      for (uint64_t offset = 0; offset < size; offset += static_cast<uint64_t>(page)) p[offset] = 0;
-      (*segment)->set_touched();
+    // Reserve and touch every page once, a step at a time: the costly first
+    // write happens here, not while a client waits.
+    absl::StatusOr<std::unique_ptr<ShmSegment>> segment =
+        ShmSegment::CreateUnreserved(make_name_(), size);
+    for (uint64_t at = 0; segment.ok() && at < size; at += kStepBytes) {
+      if (!WaitForBackground()) {
+        segment = absl::CancelledError("stopping");
+        break;
+      }
+      absl::Status prepared = (*segment)->Prepare(at, std::min(kStepBytes, size - at));
+      if (!prepared.ok()) segment = prepared;
     }
+    if (segment.ok()) (*segment)->set_touched();
     lock.lock();
     if (segment.ok() && !stopping_) {
       bytes_ += size;

@@ -3,7 +3,10 @@
 // pays no page faults (on virtual machines the first write to a fresh page
 // costs far more than the copy itself). A pooled segment has never been
 // handed out: its name is new to every client, so no old mapping can see
-// what is written into it. Thread-safe; one thread of its own refills it.
+// what is written into it. Thread-safe; one thread of its own refills it,
+// in steps of kStepBytes, and only while no foreground transfer is marked:
+// preparing pages competes with a transfer for the CPUs and the memory
+// bandwidth it needs.
 #ifndef ASARRAY_SERVER_SEGMENT_POOL_H_
 #define ASARRAY_SERVER_SEGMENT_POOL_H_
 
@@ -26,6 +29,22 @@ class SegmentPool {
  public:
   // Sizes below this are cheap to make on demand and are never pooled.
   static constexpr uint64_t kMinBytes = 1 << 20;
+  // Refilling pauses between steps of this many bytes while a transfer runs.
+  static constexpr uint64_t kStepBytes = 2 << 20;
+
+  // Marks a transfer in progress for as long as it lives (see above).
+  class Foreground {
+   public:
+    Foreground(Foreground&& other) noexcept : pool_(other.pool_) { other.pool_ = nullptr; }
+    Foreground& operator=(Foreground&&) = delete;
+    Foreground(const Foreground&) = delete;
+    ~Foreground();
+
+   private:
+    friend class SegmentPool;
+    explicit Foreground(SegmentPool* pool) : pool_(pool) {}
+    SegmentPool* pool_;
+  };
 
   // Holds at most `max_bytes` of warm segments; names come from `make_name`.
   SegmentPool(uint64_t max_bytes, std::function<std::string()> make_name);
@@ -38,11 +57,15 @@ class SegmentPool {
   // way, one of that size is prepared for next time (if it fits the pool).
   std::unique_ptr<ShmSegment> Take(uint64_t bytes);
 
+  Foreground EnterForeground();
+
   uint64_t bytes() const;  // held now
   uint64_t hits() const;   // Take() calls that got a segment
 
  private:
   void Run();
+  // Waits until no transfer runs; false once stopping.
+  bool WaitForBackground();
 
   const uint64_t max_bytes_;
   const std::function<std::string()> make_name_;
@@ -53,6 +76,7 @@ class SegmentPool {
   std::deque<uint64_t> wanted_;
   uint64_t bytes_ = 0;
   uint64_t hits_ = 0;
+  int foreground_ = 0;
   bool stopping_ = false;
   std::thread thread_;
 };

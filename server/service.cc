@@ -189,7 +189,8 @@ grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
 class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   UploadReceiver(AsArrayService* service, uid_t caller, grpc::ByteBuffer* response)
-      : service_(service), caller_(caller), response_(response) {}
+      : service_(service), caller_(caller), response_(response),
+        foreground_(service->store()->MarkForeground()) {}
 
   void Begin() {
     {
@@ -395,6 +396,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   const uid_t caller_;
   grpc::ByteBuffer* const response_;  // a serialized ConvertResponse
   grpc::ByteBuffer message_;          // owned by the outstanding read
+  const SegmentPool::Foreground foreground_;
 
   absl::Mutex mu_;
   std::optional<v1::ConvertUploadHeader> header_ ABSL_GUARDED_BY(mu_);
@@ -502,6 +504,9 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
   if (estimate.copy_bytes < kInlineWorkBytes && !estimate.uses_device &&
       !request->return_data()) {
     work();
+  } else if (estimate.copy_bytes >= SegmentPool::kMinBytes) {
+    auto busy = std::make_shared<SegmentPool::Foreground>(store_->MarkForeground());
+    executor_->Schedule([work = std::move(work), busy] { work(); });
   } else {
     executor_->Schedule(std::move(work));
   }

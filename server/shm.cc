@@ -36,6 +36,16 @@ absl::Status ValidateSegmentName(absl::string_view name) {
 
 absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Create(const std::string& name,
                                                                size_t size) {
+  return CreateMapped(name, size, /*reserve=*/true);
+}
+
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateUnreserved(const std::string& name,
+                                                                         size_t size) {
+  return CreateMapped(name, size, /*reserve=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateMapped(const std::string& name,
+                                                                     size_t size, bool reserve) {
   const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("creating segment ", name));
   auto fail = [&](int err, absl::string_view what) {
@@ -46,14 +56,29 @@ absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Create(const std::string
   unsigned char* data = nullptr;
   if (size > 0) {
     // posix_fallocate reserves the pages now: ENOSPC here instead of SIGBUS
-    // when a client first touches a page of a full /dev/shm.
-    const int err = posix_fallocate(fd, 0, static_cast<off_t>(size));
+    // when a client first touches a page of a full /dev/shm. Unreserved, the
+    // segment is only sized, and Prepare() reserves it piece by piece.
+    const int err = reserve ? posix_fallocate(fd, 0, static_cast<off_t>(size))
+                            : (ftruncate(fd, static_cast<off_t>(size)) == 0 ? 0 : errno);
     if (err != 0) return fail(err, "reserving");
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | (reserve ? MAP_POPULATE : 0), fd, 0);
     if (p == MAP_FAILED) return fail(errno, "mapping");
     data = static_cast<unsigned char*>(p);
   }
   return std::unique_ptr<ShmSegment>(new ShmSegment(name, fd, data, size));
+}
+
+absl::Status ShmSegment::Prepare(size_t offset, size_t size) {
+  if (size == 0) return absl::OkStatus();
+  const int err = posix_fallocate(fd_, static_cast<off_t>(offset), static_cast<off_t>(size));
+  if (err != 0) {
+    return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of segment ", name_));
+  }
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  volatile unsigned char* p = data_;
+  for (size_t at = offset / page * page; at < offset + size; at += page) p[at] = 0;
+  return absl::OkStatus();
 }
 
 ShmSegment::~ShmSegment() {

@@ -52,6 +52,15 @@ class ShmSegment final : public HostMemory {
   // ALREADY_EXISTS if the name is taken.
   static absl::StatusOr<std::unique_ptr<ShmSegment>> Create(const std::string& name,
                                                             size_t size);
+  // Creates `name` with `size` bytes mapped but not yet reserved: the pages
+  // must go through Prepare() before anything touches them. For the segment
+  // pool, which prepares a segment in steps and hands it out only when done.
+  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateUnreserved(const std::string& name,
+                                                                      size_t size);
+  // Reserves the pages of [offset, offset + size) and writes each once, so
+  // that later writes there cost no page faults. RESOURCE_EXHAUSTED when
+  // /dev/shm is full. REQUIRES: the range lies within size().
+  absl::Status Prepare(size_t offset, size_t size);
   ~ShmSegment() override;
   ShmSegment(const ShmSegment&) = delete;
   ShmSegment& operator=(const ShmSegment&) = delete;
@@ -68,6 +77,8 @@ class ShmSegment final : public HostMemory {
   void set_touched() { touched_ = true; }
 
  private:
+  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateMapped(const std::string& name,
+                                                                  size_t size, bool reserve);
   ShmSegment(std::string name, int fd, unsigned char* data, size_t size)
       : name_(std::move(name)), fd_(fd), data_(data), size_(size) {}
   std::string name_;

@@ -77,6 +77,9 @@ class TensorStore {
   // A new segment of `bytes`, counted against the quota until destroyed.
   // RESOURCE_EXHAUSTED when the quota or /dev/shm cannot take it.
   absl::StatusOr<std::shared_ptr<ShmSegment>> NewSegment(uint64_t bytes);
+  // Held by a large transfer (an upload, a big copy) while it runs: the
+  // segment pool does not refill meanwhile.
+  SegmentPool::Foreground MarkForeground() { return pool_->EnterForeground(); }
 
   // Maps a region of a segment that uid `owner` owns (PERMISSION_DENIED
   // otherwise); it counts as a client region while referenced. The

@@ -73,6 +73,29 @@ TEST_F(SegmentPoolTest, StaysWithinItsBytesAndIgnoresSmallOrHugeSizes) {
   EXPECT_LE(pool.bytes(), 5u << 20);
 }
 
+TEST_F(SegmentPoolTest, RefillWaitsWhileATransferIsMarked) {
+  SegmentPool pool(8 << 20, Names());
+  {
+    SegmentPool::Foreground upload = pool.EnterForeground();
+    SegmentPool::Foreground copy = pool.EnterForeground();
+    EXPECT_EQ(pool.Take(3 << 20), nullptr);
+    { SegmentPool::Foreground ended = std::move(copy); }  // one transfer ends
+    // A refill takes milliseconds; given far longer, none starts while the
+    // other transfer runs.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(pool.bytes(), 0u);
+  }
+  EXPECT_TRUE(HoldsEventually(pool, 3 << 20));
+}
+
+TEST_F(SegmentPoolTest, StoppingDuringARefillLeavesNoSegment) {
+  for (int i = 0; i < 5; ++i) {
+    SegmentPool pool(64 << 20, Names());
+    pool.Take(64 << 20);  // starts preparing 64 MiB, step by step
+  }
+  // TearDown counts this test's segments: none may remain.
+}
+
 TEST_F(SegmentPoolTest, DisabledPoolHoldsNothing) {
   SegmentPool pool(0, Names());
   EXPECT_EQ(pool.Take(2 << 20), nullptr);
@@ -97,7 +120,7 @@ TEST(SegmentPoolInStore, ResultsTakeWarmSegmentsAndShutdownUnlinksThePool) {
   }
   EXPECT_EQ(server->server().store().Stats().pool_hits, 2u);
 
-  // Streamed uploads into a warm segment copy on arrival, double-buffered.
+  // Streamed uploads into a warm segment copy each chunk as it arrives.
   client->set_upload_threshold(64 << 10);
   client->set_chunk_size(96 << 10);  // chunks that do not divide the size
   std::vector<uint8_t> pattern(2 << 20);
