@@ -18,7 +18,7 @@ targets=("$@")
 flags="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 -DASARRAY_WERROR=ON \
-  -DASARRAY_BUILD_TESTS=OFF -DASARRAY_BUILD_BENCHMARKS=OFF -DASARRAY_BUILD_FUZZERS=ON \
+  -DASARRAY_BUILD_TESTS=OFF -DASARRAY_BUILD_BENCHMARKS=OFF -DASARRAY_BUILD_FUZZERS=ON -DASARRAY_CUDA=OFF \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" \
   -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined"
 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target "${targets[@]/%/_fuzzer}"

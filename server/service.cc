@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "grpcpp/impl/codegen/server_callback_handlers.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 #include "core/cast.h"
@@ -421,7 +422,20 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 AsArrayService::AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
                                ServiceOptions options)
     : store_(store), cuda_(cuda), executor_(executor), options_(options),
-      converter_(store, cuda) {}
+      converter_(store, cuda) {
+  // What the generated WithRawCallbackMethod_ConvertUpload would do; mixed
+  // into CallbackService, that template hides the typed overload it replaces.
+  const int method = v1::ConvertUploadRequest::descriptor()
+                         ->file()
+                         ->FindServiceByName("AsArray")
+                         ->FindMethodByName("ConvertUpload")
+                         ->index();
+  MarkMethodRawCallback(
+      method, new grpc::internal::CallbackClientStreamingHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+                  [this](grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
+                    return ConvertUploadRaw(context, response);
+                  }));
+}
 
 uint64_t AsArrayService::ChunkBytes(uint64_t requested) const {
   // Leave room for the handle and framing in the first message.
@@ -513,7 +527,7 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
   return reactor;
 }
 
-grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUpload(
+grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUploadRaw(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   const bool serving = Enter();
   auto* receiver = new UploadReceiver(this, CallerUid(context), response);

@@ -26,10 +26,9 @@ struct ServiceOptions {
   int64_t max_message_bytes = 64 << 20;
 };
 
-// ConvertUpload is a raw method: its messages arrive as received bytes, and
-// the reactor decodes them itself (see server/upload_message.h).
-class AsArrayService final
-    : public v1::AsArray::WithRawCallbackMethod_ConvertUpload<v1::AsArray::CallbackService> {
+// ConvertUpload is registered raw: its messages arrive as received bytes,
+// and its reactor decodes them itself (see server/upload_message.h).
+class AsArrayService final : public v1::AsArray::CallbackService {
  public:
   AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
                  ServiceOptions options);
@@ -37,9 +36,9 @@ class AsArrayService final
   grpc::ServerUnaryReactor* Convert(grpc::CallbackServerContext* context,
                                     const v1::ConvertRequest* request,
                                     v1::ConvertResponse* response) override;
-  // `response` receives a serialized ConvertResponse.
-  grpc::ServerReadReactor<grpc::ByteBuffer>* ConvertUpload(grpc::CallbackServerContext* context,
-                                                           grpc::ByteBuffer* response) override;
+  // ConvertUpload's handler; `response` receives a serialized ConvertResponse.
+  grpc::ServerReadReactor<grpc::ByteBuffer>* ConvertUploadRaw(grpc::CallbackServerContext* context,
+                                                              grpc::ByteBuffer* response);
   grpc::ServerWriteReactor<v1::ReadResponse>* ConvertToData(
       grpc::CallbackServerContext* context, const v1::ConvertRequest* request) override;
   grpc::ServerWriteReactor<v1::ReadResponse>* Read(grpc::CallbackServerContext* context,
