@@ -106,6 +106,7 @@ TEST(UploadMessageTest, FollowsProtobufOnUnknownFieldsAndRepeatedOneofFields) {
       data_first.SerializeAsString() + header.SerializeAsString(),
       header.SerializeAsString() + data_first.SerializeAsString() + unknown,
       header.SerializeAsString() + second_header.SerializeAsString(),
+      std::string(100, '\x1b') + std::string(100, '\x1c') + data_first.SerializeAsString(),
   };
   for (const std::string& wire : wires) {
     v1::ConvertUploadRequest expected;
@@ -135,6 +136,12 @@ TEST(UploadMessageTest, MalformedMessagesAreInvalidArgumentAsForProtobuf) {
       std::string("\x0a\x02\xff\xff", 4),  // a header that does not parse
       std::string("\x0c", 1),              // an end-group with no start
       std::string("\x12\xff\xff\xff\xff\x0f", 6),  // a length past the message
+      // Found by the fuzzer: varints that a lenient reader takes, protobuf not.
+      std::string("\x8a\x80\x80\x80\x80\x00\x00", 7),  // a six-byte tag
+      std::string("\x12\x80\x80\x80\x80\x80\x00", 7),  // a six-byte length
+      std::string("\x12\x80\x80\x80\x80\x08", 6),       // a length of 2 GiB
+      std::string(101, '\x1b') + std::string(101, '\x1c'),  // groups 101 deep
+      std::string("\x1b\x24", 2),                          // a group ended by another number
   };
   for (const std::string& wire : wires) {
     v1::ConvertUploadRequest reference;
