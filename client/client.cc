@@ -19,6 +19,11 @@
 #include "server/socket_path.h"
 
 namespace asarray {
+namespace {
+// Mappings of handles up to this size are populated when made.
+constexpr uint64_t kPopulateMaxBytes = 1 << 20;
+}  // namespace
+
 // --- SharedRegion -----------------------------------------------------------
 
 absl::StatusOr<SharedRegion> SharedRegion::Create(size_t bytes) {
@@ -199,8 +204,11 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t map_offset = handle.shm_offset / page * page;
   tensor.map_len_ = handle.shm_offset - map_offset + handle.shm_size;
+  // A small mapping is populated in the same call: one pass in the kernel is
+  // cheaper than the page fault of the first access.
+  const int populate = tensor.map_len_ <= kPopulateMaxBytes ? MAP_POPULATE : 0;
   void* p = mmap(nullptr, tensor.map_len_, writable ? PROT_READ | PROT_WRITE : PROT_READ,
-                 MAP_SHARED, fd, static_cast<off_t>(map_offset));
+                 MAP_SHARED | populate, fd, static_cast<off_t>(map_offset));
   close(fd);
   if (p == MAP_FAILED) return ErrnoStatus(errno, "mapping " + handle.shm_name);
   tensor.map_ = p;

@@ -24,7 +24,7 @@ if [ "${1:-all}" = all ] || [ "${1:-all}" = sanitize ]; then
   packages+=(python3-matplotlib)
 fi
 if [ "${1:-all}" = sanitize ]; then
-  packages+=(clang-14 libclang-rt-14-dev)
+  packages+=(clang-14 libclang-rt-14-dev dpkg-dev libprotoc-dev)
 fi
 
 missing=()

@@ -54,6 +54,8 @@ _NAME_OF_NUMPY = {np.dtype(np.bool_): "bool", np.dtype(np.uint8): "uint8",
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _UPLOAD_THRESHOLD = 32 << 20
 _CHUNK = 1 << 20
+# Mappings up to this size are populated when made (see _Mapping).
+_POPULATE_MAX = 1 << 20
 
 
 def default_socket_path():
@@ -442,6 +444,9 @@ class Client:
             yield pb.ConvertUploadRequest(data=bytes(view[start:start + _CHUNK]))
 
     def _region_holding(self, lo, hi):
+        region = self._regions.get(lo)  # an array that starts its region, as empty() makes
+        if region is not None and hi <= region.address + region.size:
+            return region
         for region in list(self._regions.values()):
             end = region.address + region.size
             # An empty view holds nothing: its start may sit anywhere in the mapping.
@@ -544,9 +549,12 @@ class _Mapping(mmap.mmap):
             fd, writable = os.open("/dev/shm" + name, os.O_RDWR), True
         except PermissionError:
             fd, writable = os.open("/dev/shm" + name, os.O_RDONLY), False
+        # A small mapping is populated in the same call: one pass in the kernel
+        # is cheaper than the page fault of the first read.
+        flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if length <= _POPULATE_MAX else 0)
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
-            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-            self = super().__new__(cls, fd, length, access=access, offset=offset)
+            self = super().__new__(cls, fd, length, flags=flags, prot=prot, offset=offset)
         finally:
             os.close(fd)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self)) if writable else 0
