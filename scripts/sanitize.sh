@@ -11,7 +11,7 @@
 #         library: every object gRPC hands between its threads would look
 #         like a race. So scripts/sanitize/tsan_deps.sh first builds both,
 #         with TSan, from Debian's source packages of the installed versions
-#         (build-tsan-deps/, reused once built; about 20 minutes the first
+#         (build-tsan-deps/, reused once built; about 12 minutes the first
 #         time on two cores), and the tests link those.
 # The CUDA backend is left out (nvcc does not build with these flags, and its
 # tests need a GPU); everything else is instrumented.

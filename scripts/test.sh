@@ -30,7 +30,7 @@ sanitized() {  # LOG PATTERN command...
 # Then the whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer
 # (clang 14; about 10 minutes on two cores), and the server's concurrency tests
 # under ThreadSanitizer, against abseil and gRPC built with TSan from Debian's
-# sources (about 35 minutes, most of it building gRPC once).
+# sources (about 15 minutes on two cores, most of it building gRPC once).
 # ASARRAY_SANITIZE=0 skips both; ASARRAY_TSAN=0 skips the second.
 asan=skipped
 tsan=skipped

@@ -11,7 +11,7 @@
 # gRPC's build tree, and OUT/cmake a gRPCConfig.cmake with the targets the
 # project links (gRPC::grpc++, gRPC::grpc++_reflection, and Debian's
 # gRPC::grpc_cpp_plugin, the same version). Nothing is installed system-wide.
-# A finished OUT is reused; about 20 minutes on two cores the first time.
+# A finished OUT is reused; about 12 minutes on two cores the first time.
 set -euo pipefail
 out="$1"
 jobs="${JOBS:-$(nproc)}"
