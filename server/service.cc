@@ -151,24 +151,17 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
 };
 
 // A data chunk of an upload, still in the slices gRPC received it in: the
-// bytes [offset, offset + size) of their concatenation.
+// bytes [offset, offset + size) of their concatenation. `pieces` views the
+// slices' bytes (which stay put when the slices are moved).
 struct ReceivedChunk {
   std::vector<grpc::Slice> slices;
+  std::vector<absl::string_view> pieces;
   uint64_t offset = 0;
   uint64_t size = 0;
 };
 
-std::vector<absl::string_view> Pieces(const std::vector<grpc::Slice>& slices) {
-  std::vector<absl::string_view> pieces;
-  pieces.reserve(slices.size());
-  for (const grpc::Slice& s : slices) {
-    pieces.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  return pieces;
-}
-
 void CopyChunk(const ReceivedChunk& chunk, unsigned char* out) {
-  CopyFromPieces(Pieces(chunk.slices), chunk.offset, chunk.size, out);
+  CopyFromPieces(chunk.pieces, chunk.offset, chunk.size, out);
 }
 
 grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
@@ -215,7 +208,11 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (ok) {
       if (!message_.Dump(&chunk.slices).ok()) chunk.slices.clear();  // an empty message
       message_.Clear();
-      message = ParseUploadMessage(Pieces(chunk.slices));
+      chunk.pieces.reserve(chunk.slices.size());
+      for (const grpc::Slice& s : chunk.slices) {
+        chunk.pieces.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+      message = ParseUploadMessage(chunk.pieces);
     }
     absl::ReleasableMutexLock lock(&mu_);
     reading_ = false;
@@ -321,6 +318,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         const uint64_t at = copied_;  // only this worker advances it meanwhile
         mu_.Unlock();
         CopyChunk(chunk, storage_->data() + at);
+        chunk.pieces.clear();
         chunk.slices.clear();  // hand the received memory back before locking
         mu_.Lock();
         copied_ += chunk.size;

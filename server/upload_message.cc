@@ -30,23 +30,18 @@ class Cursor {
     return true;
   }
 
-  bool Skip(uint64_t n) {
-    while (n > 0) {
-      if (AtEnd()) return false;
-      const uint64_t here = std::min<uint64_t>(n, pieces_[index_].size() - offset_);
-      offset_ += here;
-      position_ += here;
-      n -= here;
-    }
-    return true;
-  }
+  bool Skip(uint64_t n) { return Advance(n, nullptr); }
 
   // Appends the next n bytes to `out`.
-  bool Read(uint64_t n, std::string* out) {
+  bool Read(uint64_t n, std::string* out) { return Advance(n, out); }
+
+ private:
+  // Moves n bytes on, appending them to `out` unless it is null.
+  bool Advance(uint64_t n, std::string* out) {
     while (n > 0) {
       if (AtEnd()) return false;
       const uint64_t here = std::min<uint64_t>(n, pieces_[index_].size() - offset_);
-      out->append(pieces_[index_].data() + offset_, here);
+      if (out != nullptr) out->append(pieces_[index_].data() + offset_, here);
       offset_ += here;
       position_ += here;
       n -= here;
@@ -54,7 +49,6 @@ class Cursor {
     return true;
   }
 
- private:
   void SkipEmpty() {
     while (index_ < pieces_.size() && offset_ == pieces_[index_].size()) {
       ++index_;
