@@ -80,9 +80,9 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
       ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region,
                        store_->OpenClientRegion(array.name(), array.offset(), array.size(),
                                                  caller));
-      const unsigned char* data = region->data();
+      // Not mapped yet: ConvertArray maps it if it copies.
       return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
-                          Storage::Host(data, array.size(), std::move(region)), caller);
+                          Storage::Host(nullptr, array.size(), std::move(region)), caller);
     }
     case v1::Source::kCudaIpc: {
       const v1::CudaIpcArray& array = source.cuda_ipc();
@@ -172,6 +172,7 @@ absl::Status Converter::ReadElements(const Tensor& tensor, int64_t begin, int64_
         tensor.device.index, {tensor.device_memory->data(), tensor.dtype, tensor.layout}, begin,
         count, dst);
   }
+  RETURN_IF_ERROR(tensor.memory->Map());
   return CopyRowMajorRange({tensor.memory->data(), tensor.dtype, tensor.layout}, begin, count,
                            dst);
 }
@@ -194,6 +195,10 @@ absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,
   RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
   Tensor tensor = NewTensor(plan, caller);
   if (plan.action == Plan::Action::kCopy) {
+    if (storage.host != nullptr) {  // a client's segment is mapped on first need
+      RETURN_IF_ERROR(storage.host->Map());
+      storage.data = storage.host->data();
+    }
     RETURN_IF_ERROR(CopyInto(source, storage, plan, &tensor));
     return tensor;
   }

@@ -485,6 +485,8 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
   if (!Enter()) return FinishNow(context, ShuttingDown());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const uid_t caller = CallerUid(context);
+  // Piggybacked releases: each id is released if this caller holds it.
+  for (const std::string& id : request->release_ids()) store_->Release(id, caller).IgnoreError();
   auto work = [this, reactor, request, response, caller] {
     absl::Status status = [&]() -> absl::Status {
       ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(*request, caller));

@@ -107,26 +107,19 @@ absl::StatusOr<int> OpenClientSegment(const std::string& name, uid_t owner, stru
   return fd;
 }
 
-absl::StatusOr<std::shared_ptr<ClientSegment>> ClientSegment::Map(const std::string& name, int fd,
-                                                                  const struct stat& st) {
-  const size_t size = static_cast<size_t>(st.st_size);
-  unsigned char* data = nullptr;
-  if (size > 0) {
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      close(fd);
-      return ErrnoStatus(err, absl::StrCat("mapping client segment ", name));
-    }
-    data = static_cast<unsigned char*>(p);
-  }
-  return std::shared_ptr<ClientSegment>(
-      new ClientSegment(name, fd, data, size, st.st_dev, st.st_ino));
+absl::Status ClientSegment::Map() {
+  if (size_ == 0 || data() != nullptr) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(map_mu_);
+  if (data() != nullptr) return absl::OkStatus();
+  void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (p == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat("mapping client segment ", name_));
+  data_.store(static_cast<unsigned char*>(p), std::memory_order_release);
+  return absl::OkStatus();
 }
 
 ClientSegment::~ClientSegment() {
   pin_.reset();  // unlock the pages while they are still mapped
-  if (data_ != nullptr) munmap(data_, size_);
+  if (data() != nullptr) munmap(data(), size_);
   close(fd_);
 }
 
@@ -142,8 +135,10 @@ bool ClientSegment::Unlinked() const {
 absl::Status ClientSegment::Pin(const PinFn& pin) {
   std::lock_guard<std::mutex> lock(pin_mu_);
   if (pin_ != nullptr) return absl::OkStatus();
-  if (data_ == nullptr) return absl::FailedPreconditionError("an empty segment has nothing to pin");
-  absl::StatusOr<std::shared_ptr<void>> token = pin(data_, size_);
+  if (data() == nullptr) {
+    return absl::FailedPreconditionError("an empty or unmapped segment has nothing to pin");
+  }
+  absl::StatusOr<std::shared_ptr<void>> token = pin(data(), size_);
   if (!token.ok()) return token.status();
   pin_ = *std::move(token);
   return absl::OkStatus();

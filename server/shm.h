@@ -28,8 +28,12 @@ namespace asarray::server {
 class HostMemory {
  public:
   virtual ~HostMemory() = default;
-  // The mapped bytes; null when size() is 0.
+  // The mapped bytes; null when size() is 0, or before Map() for memory
+  // that is mapped on first need.
   virtual unsigned char* data() const = 0;
+  // Makes data() valid. A client's segment is mapped only when its bytes are
+  // needed: a handle that aliases it needs none. Idempotent and thread-safe.
+  virtual absl::Status Map() const { return absl::OkStatus(); }
   virtual size_t size() const = 0;
   // The segment name clients shm_open, and the byte offset of data() in it.
   virtual const std::string& name() const = 0;
@@ -88,21 +92,30 @@ class ShmSegment final : public HostMemory {
   bool touched_ = false;
 };
 
-// A segment a client owns, mapped whole and read-write: one file descriptor
-// and one mapping, released on destruction. The server never unlinks it.
-// Shared by every region of it the server uses, and kept a while for reuse
-// (TensorStore's cache), so that a client's recurring buffers are mapped,
-// and page-locked for DMA, once.
+// A segment a client owns: one file descriptor, and from the first Map()
+// on one mapping of it whole, read-write; both released on destruction. The
+// server never unlinks it. Aliasing it needs no mapping, so a handle that
+// only aliases costs no mmap and no munmap (which interrupts every core the
+// server's threads ran on). Shared by every region of it the server uses,
+// and kept a while for reuse (TensorStore's cache), so that a client's
+// recurring buffers are mapped, and page-locked for DMA, once.
 class ClientSegment {
  public:
-  // Takes `fd`, opened on `name`, whose fstat is `st`. Closes it on failure.
-  static absl::StatusOr<std::shared_ptr<ClientSegment>> Map(const std::string& name, int fd,
-                                                            const struct stat& st);
+  // Takes `fd`, opened on `name`, whose fstat is `st`.
+  ClientSegment(std::string name, int fd, const struct stat& st)
+      : name_(std::move(name)),
+        fd_(fd),
+        size_(static_cast<size_t>(st.st_size)),
+        dev_(st.st_dev),
+        ino_(st.st_ino) {}
   ~ClientSegment();
   ClientSegment(const ClientSegment&) = delete;
   ClientSegment& operator=(const ClientSegment&) = delete;
 
-  unsigned char* data() const { return data_; }
+  // Maps the segment, once. OK at once when it is mapped or empty.
+  absl::Status Map();
+  // The mapping; null before Map() and when size() is 0.
+  unsigned char* data() const { return data_.load(std::memory_order_acquire); }
   size_t size() const { return size_; }
   const std::string& name() const { return name_; }
   // Whether `st` describes the same file at the same size (not a segment
@@ -116,16 +129,15 @@ class ClientSegment {
   int uses() const { return uses_.load(); }
   // Page-locks the mapping once, with `pin` (the CUDA backend's host
   // registration, undone when the token it returns is destroyed, before the
-  // unmap). OK once pinned.
+  // unmap). OK once pinned. REQUIRES: Map() returned OK.
   using PinFn = std::function<absl::StatusOr<std::shared_ptr<void>>(void*, size_t)>;
   absl::Status Pin(const PinFn& pin);
 
  private:
-  ClientSegment(std::string name, int fd, unsigned char* data, size_t size, dev_t dev, ino_t ino)
-      : name_(std::move(name)), fd_(fd), data_(data), size_(size), dev_(dev), ino_(ino) {}
   const std::string name_;
   const int fd_;
-  unsigned char* const data_;  // null when size_ is 0
+  std::mutex map_mu_;
+  std::atomic<unsigned char*> data_{nullptr};  // set once, under map_mu_
   const size_t size_;
   const dev_t dev_;
   const ino_t ino_;
@@ -142,8 +154,10 @@ class ClientRegion final : public HostMemory {
                                                           uint64_t offset, uint64_t size);
 
   unsigned char* data() const override {
-    return size_ == 0 ? nullptr : segment_->data() + offset_;
+    unsigned char* const base = segment_->data();
+    return size_ == 0 || base == nullptr ? nullptr : base + offset_;
   }
+  absl::Status Map() const override { return segment_->Map(); }
   size_t size() const override { return size_; }
   const std::string& name() const override { return segment_->name(); }
   uint64_t offset_in_segment() const override { return offset_; }

@@ -119,9 +119,7 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
   if (segment != nullptr) {
     close(*fd);
   } else {
-    absl::StatusOr<std::shared_ptr<ClientSegment>> mapped = ClientSegment::Map(name, *fd, st);
-    if (!mapped.ok()) return mapped.status();
-    segment = *std::move(mapped);
+    segment = std::make_shared<ClientSegment>(name, *fd, st);
     absl::MutexLock lock(&segments_mu_);
     if (client_segments_.size() >= kMaxCachedClientSegments) {
       client_segments_.erase(client_segments_.begin());

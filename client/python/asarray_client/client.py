@@ -8,6 +8,7 @@ segments are unlinked when their last view is collected (the server keeps its
 own mapping of a region while a handle aliases it).
 """
 import atexit
+import collections
 import ctypes
 import mmap
 import os
@@ -54,8 +55,10 @@ _NAME_OF_NUMPY = {np.dtype(np.bool_): "bool", np.dtype(np.uint8): "uint8",
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _UPLOAD_THRESHOLD = 32 << 20
 _CHUNK = 1 << 20
-# Mappings up to this size are populated when made (see _Mapping).
+# Mappings up to this size are populated when made (see _Mapping); segments
+# up to this size are mapped whole and kept idle for reuse (see _Mappings).
 _POPULATE_MAX = 1 << 20
+_IDLE_MAX = 16  # idle mappings a client keeps
 
 
 def default_socket_path():
@@ -143,14 +146,21 @@ def _unlink(name):
 
 
 class _Releaser:
-    """Sends Release for collected handles from a thread of its own, so that
-    dropping a view never waits on a round trip."""
+    """Ends the leases of collected views without making the thread that
+    dropped them wait on a round trip. Their ids ride along with this
+    client's next Convert call (see take()); what no call took within a few
+    milliseconds goes out in a Release call from a thread of its own. That
+    thread also unmaps the mappings the idle cache lets go (see _Mappings)."""
+
+    _GATHER_S = 0.005  # how long pending ids wait for a call to carry them
+    _UNMAP_BATCH = 8
 
     def __init__(self, stub):
         self._stub = stub
         self._pending = []
+        self._unmap = []
         self._cv = threading.Condition()
-        self._busy = 0
+        self._busy = 0  # Release calls and calls carrying ids, in flight
         threading.Thread(target=self._run, daemon=True).start()
         _RELEASERS.add(self)
 
@@ -158,6 +168,32 @@ class _Releaser:
         with self._cv:
             self._pending.append(handle_id)
             if len(self._pending) == 1:
+                self._cv.notify()
+
+    def take(self):
+        """The pending ids, for the caller's call to carry; then settle()."""
+        if not self._pending:  # a racy peek is fine: ids left now go next time
+            return []
+        with self._cv:
+            batch, self._pending = self._pending, []
+            self._busy += 1
+        return batch
+
+    def settle(self, batch, delivered):
+        """After the call that carried `batch`: queues it again unless the
+        server got it."""
+        with self._cv:
+            if not delivered:
+                self._pending[:0] = batch
+            self._busy -= 1
+            self._cv.notify_all()
+
+    def unmap_later(self, mapping):
+        """Drops `mapping` from the background thread, which unmaps it there
+        (munmap is not free)."""
+        with self._cv:
+            self._unmap.append(mapping)
+            if len(self._unmap) >= self._UNMAP_BATCH:
                 self._cv.notify()
 
     def flush(self):
@@ -171,26 +207,35 @@ class _Releaser:
         with self._cv:
             self._cv.wait_for(lambda: not self._busy, timeout=5)
             batch, self._pending = self._pending, []
+        self._send(batch)
+
+    def _send(self, batch):
         if batch:
             try:
                 self._stub.Release(pb.ReleaseRequest(id=batch[0], more_ids=batch[1:]), timeout=5)
-            except Exception:  # the leases run out anyway
+            except Exception:  # unknown ids were released already or expired
                 pass
 
     def _run(self):
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._pending)
-                self._busy = 1
-            time.sleep(0.005)  # gather what else is dropped meanwhile: one call for all
+                self._cv.wait_for(
+                    lambda: self._pending or len(self._unmap) >= self._UNMAP_BATCH)
+                unmap, self._unmap = self._unmap, []
+                gather = bool(self._pending)
+                self._busy += gather
+            # The last references: the mappings unmap here (one an array
+            # still views would stay until that array goes; close() would not
+            # wait for it).
+            del unmap
+            if not gather:
+                continue
+            time.sleep(self._GATHER_S)  # a Convert may carry them meanwhile
             with self._cv:
                 batch, self._pending = self._pending, []
-            try:
-                self._stub.Release(pb.ReleaseRequest(id=batch[0], more_ids=batch[1:]), timeout=5)
-            except Exception:  # unknown ids were released already or expired
-                pass
+            self._send(batch)
             with self._cv:
-                self._busy = 0
+                self._busy -= 1
                 self._cv.notify_all()
 
 
@@ -267,6 +312,7 @@ class Client:
         self._handles = weakref.WeakValueDictionary()  # mapping address -> mapping
         self._cuda_views = weakref.WeakValueDictionary()  # device address -> _CudaView
         self._releaser = _Releaser(self._stub)
+        self._mappings = _Mappings(self._releaser)
 
     def __enter__(self):
         return self
@@ -297,7 +343,7 @@ class Client:
             if upload is not None:
                 response = self._stub.ConvertUpload(self._upload_messages(request, *upload))
             else:
-                response = self._stub.Convert(request)
+                response = self._convert(request)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return self._map(Handle(response.handle), like)
@@ -355,7 +401,8 @@ class Client:
             raise KeyError("not a result of this client")
         lo, _ = _view_bounds(self._as_numpy(result)[0])
         for mapping in list(self._handles.values()):
-            if mapping.address <= lo < mapping.address + max(mapping.length, 1):
+            if (mapping.handle is not None and
+                    mapping.address <= lo < mapping.address + max(mapping.length, 1)):
                 return mapping.handle
         raise KeyError("not a result of this client")
 
@@ -370,6 +417,25 @@ class Client:
         return self._stub.Stats(pb.StatsRequest())
 
     # --- internals -------------------------------------------------------------
+
+    def _convert(self, request):
+        """Convert, carrying the releases of collected views along."""
+        carried = self._releaser.take()
+        if not carried:
+            return self._stub.Convert(request)
+        request.release_ids.extend(carried)
+        delivered = False
+        try:
+            response = self._stub.Convert(request)
+            delivered = True
+            return response
+        except grpc.RpcError as e:
+            # Any answer but UNAVAILABLE comes from a server that ran the call,
+            # and with it the releases.
+            delivered = e.code() != grpc.StatusCode.UNAVAILABLE
+            raise
+        finally:
+            self._releaser.settle(carried, delivered)
 
     @staticmethod
     def _fill_options(options, dtype, device, copy, requires_grad):
@@ -486,17 +552,15 @@ class Client:
                              strides=[s * storage.itemsize for s in handle.strides])
             _on_collect(arr, self._releaser, handle.id)
             return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
-        page = mmap.PAGESIZE
-        base = location.offset // page * page
-        length = location.offset - base + location.size
-        mapping = _Mapping(location.name, base, length)
+        mapping, start = self._mappings.open(location.name, location.offset, location.size)
         mapping.handle = handle
-        mapping.length = length
-        _on_collect(mapping, self._releaser, handle.id)
         self._handles[mapping.address] = mapping
         arr = np.ndarray(handle.shape, dtype=storage, buffer=mapping,
-                         offset=location.offset - base + handle.offset * storage.itemsize,
+                         offset=start + handle.offset * storage.itemsize,
                          strides=[s * storage.itemsize for s in handle.strides])
+        # `arr` is this handle's own: every view of it, numpy's or torch's,
+        # keeps it (numpy stops collapsing bases at the mapping, another type).
+        _on_collect(arr, self._mappings.done, mapping, handle.id)
         return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
 
     def _map_cuda(self, handle, like):
@@ -542,23 +606,86 @@ class Client:
 
 
 class _Mapping(mmap.mmap):
-    """One mapping of a handle's segment; its collection releases the lease."""
+    """One mapping of a handle's segment: a segment of at most _POPULATE_MAX
+    bytes whole (so that any later handle in it can reuse the mapping),
+    a larger one from the page that holds the handle's bytes. `start`: where
+    those bytes begin in the mapping."""
 
-    def __new__(cls, name, offset, length):
+    def __new__(cls, name, offset, size):
         try:
             fd, writable = os.open("/dev/shm" + name, os.O_RDWR), True
         except PermissionError:
             fd, writable = os.open("/dev/shm" + name, os.O_RDONLY), False
-        # A small mapping is populated in the same call: one pass in the kernel
-        # is cheaper than the page fault of the first read.
-        flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if length <= _POPULATE_MAX else 0)
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
-            self = super().__new__(cls, fd, length, flags=flags, prot=prot, offset=offset)
+            st = os.fstat(fd)
+            whole = offset + size <= st.st_size <= _POPULATE_MAX
+            base = 0 if whole else offset // mmap.PAGESIZE * mmap.PAGESIZE
+            length = st.st_size if whole else offset - base + size
+            # A small mapping is populated in the same call: one pass in the
+            # kernel is cheaper than the page fault of the first read.
+            flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if length <= _POPULATE_MAX else 0)
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            self = super().__new__(cls, fd, length, flags=flags, prot=prot, offset=base)
         finally:
             os.close(fd)
+        self.name, self.length, self.start, self.reusable = name, length, offset - base, whole
+        self.file = (st.st_dev, st.st_ino, st.st_size)
+        self.handle = None  # the live handle that maps it
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self)) if writable else 0
         return self
+
+    def serves(self, offset, size):
+        """Whether a handle of `size` bytes at `offset` in the segment that
+        the name now names can use this mapping."""
+        if not self.reusable or offset + size > self.length:
+            return False
+        try:
+            st = os.stat("/dev/shm" + self.name)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino, st.st_size) == self.file
+
+
+class _Mappings:
+    """A client's mappings of handle segments. When the last view of a handle
+    is collected, the mapping of a small segment stays, idle, for the next
+    handle in the same segment, which then needs no open and no map: a
+    consumer that converts the same producer buffer again and again maps it
+    once. At most _IDLE_MAX stay; the oldest is unmapped off the caller's
+    thread. An idle mapping keeps its segment's memory (at most _IDLE_MAX
+    times _POPULATE_MAX bytes), not its name."""
+
+    def __init__(self, releaser):
+        self._releaser = releaser
+        self._idle = collections.OrderedDict()  # segment name -> idle _Mapping
+        self._lock = threading.Lock()
+
+    def open(self, name, offset, size):
+        """(mapping, where the bytes at `offset` begin in it)."""
+        with self._lock:
+            mapping = self._idle.pop(name, None)
+        if mapping is not None:
+            if mapping.serves(offset, size):
+                return mapping, offset
+            self._releaser.unmap_later(mapping)
+        mapping = _Mapping(name, offset, size)
+        return mapping, mapping.start
+
+    def done(self, mapping, handle_id):
+        """The handle's last view was collected: ends its lease and keeps
+        its mapping idle."""
+        mapping.handle = None
+        self._releaser(handle_id)
+        if not mapping.reusable:
+            return  # unmapped with its last reference, now
+        with self._lock:
+            evicted = [self._idle.pop(mapping.name, None)]
+            self._idle[mapping.name] = mapping
+            if len(self._idle) > _IDLE_MAX:
+                evicted.append(self._idle.popitem(last=False)[1])
+        for old in evicted:
+            if old is not None:
+                self._releaser.unmap_later(old)
 
 
 class _CudaView:
