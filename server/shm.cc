@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -144,6 +145,39 @@ absl::Status ClientSegment::Pin(const PinFn& pin) {
   return absl::OkStatus();
 }
 
+absl::Status ClientSegment::BeginUse() {
+  std::lock_guard<std::mutex> lock(held_mu_);
+  if (held_ > 0) {
+    ++held_;
+    return absl::OkStatus();
+  }
+  if (flock(fd_, LOCK_SH | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) {
+      return ErrnoStatus(errno, absl::StrCat("locking client segment ", name_));
+    }
+    return absl::NotFoundError(absl::StrCat("client segment ", name_,
+                                            " is being recycled by its owner: the reference to it "
+                                            "outlived its array"));
+  }
+  // The owner renames a segment it recycles, with the exclusive lock held:
+  // the name must still name this file now that nobody else holds that lock.
+  struct stat st;
+  if (stat(absl::StrCat("/dev/shm", name_).c_str(), &st) != 0 || st.st_dev != dev_ ||
+      st.st_ino != ino_) {
+    flock(fd_, LOCK_UN);
+    return absl::NotFoundError(absl::StrCat("client segment ", name_,
+                                            " was recycled by its owner: the reference to it "
+                                            "outlived its array"));
+  }
+  held_ = 1;
+  return absl::OkStatus();
+}
+
+void ClientSegment::EndUse() {
+  std::lock_guard<std::mutex> lock(held_mu_);
+  if (--held_ == 0) flock(fd_, LOCK_UN);
+}
+
 absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Of(
     std::shared_ptr<ClientSegment> segment, uint64_t offset, uint64_t size) {
   const uint64_t segment_size = segment->size();
@@ -152,6 +186,8 @@ absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Of(
         absl::StrCat("region [", offset, ", ", offset, " + ", size, ") lies outside segment ",
                      segment->name(), " of ", segment_size, " bytes"));
   }
+  absl::Status held = segment->BeginUse();
+  if (!held.ok()) return held;
   return std::unique_ptr<ClientRegion>(new ClientRegion(std::move(segment), offset, size));
 }
 

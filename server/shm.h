@@ -124,6 +124,15 @@ class ClientSegment {
   // Whether the client has unlinked it (nothing but mappings keep it).
   bool Unlinked() const;
 
+  // A region of it the server holds (an alias, or a copy in progress)
+  // begins and ends. While any is held, the descriptor holds a shared
+  // flock: the owner may recycle a segment (rename it and reuse its memory
+  // for new data) only once it can lock it exclusively. NOT_FOUND when the
+  // owner is recycling it, or has, so that its name no longer names this
+  // file: a reference that outlived its array.
+  absl::Status BeginUse();
+  void EndUse();
+
   // Counts uses; a segment used more than once is worth page-locking.
   int AddUse() { return ++uses_; }
   int uses() const { return uses_.load(); }
@@ -142,6 +151,8 @@ class ClientSegment {
   const dev_t dev_;
   const ino_t ino_;
   std::atomic<int> uses_{0};
+  std::mutex held_mu_;
+  int held_ = 0;  // regions held; the shared flock is on while it is above 0
   std::mutex pin_mu_;
   std::shared_ptr<void> pin_;  // released first on destruction
 };
@@ -152,6 +163,7 @@ class ClientRegion final : public HostMemory {
   // INVALID_ARGUMENT when the range lies outside the segment (overflow-safe).
   static absl::StatusOr<std::unique_ptr<ClientRegion>> Of(std::shared_ptr<ClientSegment> segment,
                                                           uint64_t offset, uint64_t size);
+  ~ClientRegion() override { segment_->EndUse(); }
 
   unsigned char* data() const override {
     unsigned char* const base = segment_->data();

@@ -96,6 +96,60 @@ def test_dropping_the_views_releases_everything(server, client):
     assert client.stats().tensors == before
 
 
+def test_small_regions_are_recycled_only_when_no_handle_aliases_them(client):
+    first = client.empty((256,), torch.float32)
+    first.fill_(1.0)
+    stale = client.ref(first)
+    alias = client.asarray(first, copy=False)
+    address = first.data_ptr()
+    del first
+    gc.collect()
+    second = client.empty((256,), torch.float32)  # the first is aliased: not reused
+    assert second.data_ptr() != address
+    second.fill_(2.0)
+    assert torch.equal(alias, torch.ones(256))
+    del alias
+    gc.collect()
+    client.flush()
+    third = client.empty((256,), torch.float32)  # free now: reused, under a new name
+    assert third.data_ptr() == address
+    assert client.ref(third).name != stale.name
+    with pytest.raises(AsArrayNotFoundError):  # a reference that outlived its array
+        client.asarray(stale, copy=False)
+    third.fill_(3.0)
+    del third
+    gc.collect()
+    zeros = client.zeros((256,), torch.float32)
+    assert zeros.data_ptr() == address and not zeros.any()
+
+
+def test_a_small_segment_is_mapped_once_for_handles_in_turn(client):
+    shared = client.share(np.arange(8, dtype=np.float32))
+    first = client.asarray(shared, copy=False)
+    address = first.data_ptr()
+    del first
+    gc.collect()
+    second = client.asarray(shared, copy=False)
+    assert second.data_ptr() == address  # the idle mapping, no new one
+    third = client.asarray(shared, copy=False)  # the second still lives: a mapping of its own
+    assert third.data_ptr() != address
+    assert client.handle(third).id != client.handle(second).id
+    shared[0] = 7.0
+    assert second[0] == 7.0 and third[0] == 7.0
+
+
+def test_releases_ride_along_with_the_next_convert(client):
+    client._releaser._GATHER_S = 1.0  # the background sender waits; a Convert is sooner
+    before = client.stats().tensors
+    view = client.asarray(np.ones(4, dtype=np.float32))
+    assert client.stats().tensors == before + 1
+    del view
+    gc.collect()
+    keep = client.asarray(np.zeros(4, dtype=np.float32))
+    assert client.stats().tensors == before + 1
+    assert keep.sum() == 0
+
+
 CHILD = """
 import os, sys, numpy as np
 from asarray_client import Client

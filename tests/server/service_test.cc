@@ -2,6 +2,7 @@
 // precise code and leaks nothing; handles alias, copy, expire, renew and
 // release as documented.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -197,6 +198,64 @@ TEST_F(ServiceTest, ClientSegmentsAreReusedUntilUnlinkedOrReplaced) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(server_->server().store().Stats().client_segments_cached, 0u);
+}
+
+// A client that recycles a region of its own first takes an exclusive flock
+// on it; the server holds a shared one while any handle aliases it or a copy
+// reads it, and refuses the segment while its owner holds it.
+TEST_F(ServiceTest, AServerUseOfAClientSegmentHoldsASharedLock) {
+  const std::string name = "/asarray-test-lock-" + std::to_string(getpid());
+  const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 64), 0);
+  const Layout layout{{16}, {1}, 0};
+  ConvertOptions no_copy;
+  no_copy.copy = false;
+  ConvertOptions copy;
+  copy.copy = true;
+  {
+    absl::StatusOr<MappedTensor> alias =
+        client_->ConvertRegion(name, 0, 64, DType::kFloat32, layout, no_copy);
+    ASSERT_TRUE(alias.ok()) << alias.status();
+    EXPECT_TRUE(alias->handle().shares_memory);
+    EXPECT_EQ(flock(fd, LOCK_EX | LOCK_NB), -1);  // a handle aliases it
+    EXPECT_EQ(errno, EWOULDBLOCK);
+  }  // released
+  ASSERT_EQ(flock(fd, LOCK_EX | LOCK_NB), 0);
+  absl::StatusOr<MappedTensor> refused =
+      client_->ConvertRegion(name, 0, 64, DType::kFloat32, layout, copy);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(refused.status().message(), HasSubstr("being recycled by its owner"));
+  ASSERT_EQ(flock(fd, LOCK_UN), 0);
+  {
+    absl::StatusOr<MappedTensor> copied =
+        client_->ConvertRegion(name, 0, 64, DType::kFloat32, layout, copy);
+    ASSERT_TRUE(copied.ok()) << copied.status();
+    EXPECT_FALSE(copied->handle().shares_memory);
+  }
+  EXPECT_EQ(flock(fd, LOCK_EX | LOCK_NB), 0);  // the copy let go when it was done
+  close(fd);
+  shm_unlink(name.c_str());
+}
+
+TEST_F(ServiceTest, AConvertCarriesReleasesWhateverBecomesOfIt) {
+  v1::ConvertResponse first, second;
+  ASSERT_TRUE(RawConvert(InlineFloats({1, 2}, {2}, {1}), &first).ok());
+  ASSERT_TRUE(RawConvert(InlineFloats({3}, {1}, {1}), &second).ok());
+  ASSERT_EQ(client_->Stats()->tensors(), 2u);
+  v1::ConvertRequest carrying = InlineFloats({4}, {1}, {1});
+  carrying.add_release_ids(first.handle().id());
+  carrying.add_release_ids("no-such-handle");  // skipped; it fails nothing
+  v1::ConvertResponse third;
+  ASSERT_TRUE(RawConvert(carrying, &third).ok());
+  EXPECT_EQ(client_->Stats()->tensors(), 2u);
+  EXPECT_EQ(client_->ReadBytes(first.handle().id()).status().code(), absl::StatusCode::kNotFound);
+  v1::ConvertRequest failing = InlineFloats({1, 2}, {2}, {1});
+  failing.mutable_options()->set_copy(false);  // inline data cannot be aliased
+  failing.add_release_ids(second.handle().id());
+  failing.add_release_ids(third.handle().id());
+  EXPECT_EQ(RawConvert(failing).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(client_->Stats()->tensors(), 0u);
 }
 
 TEST(HandleProtoTest, CudaLocationRoundTrips) {

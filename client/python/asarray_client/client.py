@@ -3,13 +3,15 @@ results into this process without a copy.
 
 Ownership: every result maps one handle; the handle's lease is released when
 the last numpy array or torch tensor viewing that mapping is garbage-collected.
-Regions made by share(), empty() and zeros() belong to this process: their
-segments are unlinked when their last view is collected (the server keeps its
-own mapping of a region while a handle aliases it).
+Regions made by share(), empty() and zeros() belong to this process. A small
+one whose arrays were all collected waits in a pool for the next allocation
+of its size, which renames it (see _Region.recycle); a big one, or one the
+pool drops, is unlinked. All are unlinked at exit (not after a crash).
 """
 import atexit
 import collections
 import ctypes
+import fcntl
 import mmap
 import os
 import secrets
@@ -59,6 +61,7 @@ _CHUNK = 1 << 20
 # up to this size are mapped whole and kept idle for reuse (see _Mappings).
 _POPULATE_MAX = 1 << 20
 _IDLE_MAX = 16  # idle mappings a client keeps
+_POOL_MAX = 16  # small regions a client keeps for reuse
 
 
 def default_socket_path():
@@ -122,20 +125,92 @@ class SharedArrayRef:
 
 
 class _Region:
-    """A segment this process created; unlinked when collected."""
+    """A segment this process created, mapped whole. It keeps its descriptor,
+    which recycling locks; unlinked when collected."""
 
     def __init__(self, nbytes):
-        self.name = f"/asarray-client-{os.getpid()}-{secrets.token_hex(16)}"
-        fd = os.open("/dev/shm" + self.name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._name = [_region_name()]  # a list: the finalizer sees renames
+        path = "/dev/shm" + self.name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.posix_fallocate(fd, 0, max(nbytes, 1))
+            capacity = _capacity(nbytes)
+            os.posix_fallocate(fd, 0, capacity)
             # Populated up front: one pass in the kernel instead of a fault per page.
-            self.map = mmap.mmap(fd, max(nbytes, 1), flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
-        finally:
+            self.map = mmap.mmap(fd, capacity, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        except BaseException:
             os.close(fd)
-        self.size = nbytes
+            os.unlink(path)
+            raise
+        self.fd, self.size = fd, nbytes
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        weakref.finalize(self.map, _unlink, self.name)
+        weakref.finalize(self, _discard, self._name, fd)
+
+    @property
+    def name(self):
+        return self._name[0]
+
+    def recycle(self, nbytes):
+        """Makes the region new for an array of `nbytes`, if nobody else uses
+        it: asarrayd holds a shared flock on every client segment it aliases
+        or reads, so an exclusive one means no handle points here. The new
+        name makes every reference to the old arrays name nothing."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            name = _region_name()
+            os.rename("/dev/shm" + self.name, "/dev/shm" + name)
+            self._name[0] = name
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.size = nbytes
+        return True
+
+
+class _RegionPool:
+    """Small regions whose arrays were all collected, for empty() and share()
+    to use again: no new segment, no mapping, no page faults, and no munmap,
+    which on some hosts stalls every process for a while. At most _POOL_MAX
+    wait; beyond that the oldest is unlinked and unmapped."""
+
+    def __init__(self):
+        self._free = collections.deque()
+        self._lock = threading.Lock()
+
+    def take(self, nbytes):
+        """A recycled region that holds `nbytes`, or None."""
+        capacity = _capacity(nbytes)
+        with self._lock:
+            fits = [r for r in self._free if len(r.map) == capacity]
+        for region in fits:  # oldest first: the likeliest to be free by now
+            if region.recycle(nbytes):
+                with self._lock:
+                    self._free.remove(region)
+                return region
+        return None
+
+    def give(self, region):
+        """The last array of `region` was collected."""
+        if len(region.map) > _POPULATE_MAX:
+            return  # unlinked and unmapped with its last reference, now
+        with self._lock:
+            self._free.append(region)
+            dropped = self._free.popleft() if len(self._free) > _POOL_MAX else None
+        del dropped
+
+
+def _region_name():
+    return f"/asarray-client-{os.getpid()}-{secrets.token_hex(16)}"
+
+
+def _capacity(nbytes):
+    return max(-(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.PAGESIZE)
+
+
+def _discard(name, fd):
+    _unlink(name[0])
+    os.close(fd)
 
 
 def _unlink(name):
@@ -309,6 +384,7 @@ class Client:
         self._stub = pb_grpc.AsArrayStub(self._channel)
         self._lock = threading.Lock()
         self._regions = weakref.WeakValueDictionary()  # address -> _Region
+        self._pool = _RegionPool()
         self._handles = weakref.WeakValueDictionary()  # mapping address -> mapping
         self._cuda_views = weakref.WeakValueDictionary()  # device address -> _CudaView
         self._releaser = _Releaser(self._stub)
@@ -373,7 +449,8 @@ class Client:
         return self._wrap(self._empty(tuple(shape), name), name, like)
 
     def zeros(self, shape, dtype, like="torch"):
-        return self.empty(shape, dtype, like)  # fresh segments are zero-filled
+        name = _dtype_name(dtype)
+        return self._wrap(self._empty(tuple(shape), name, zero=True), name, like)
 
     def read(self, target, like="numpy"):
         """The elements of a held tensor (a Handle, an id, or a result of
@@ -520,15 +597,21 @@ class Client:
                 return region
         return None
 
-    def _empty(self, shape, name):
+    def _empty(self, shape, name, zero=False):
         storage = _DTYPES[name][1]
         nbytes = int(np.prod(shape, dtype=np.int64)) * storage.itemsize
-        region = _Region(nbytes)
-        self._regions[region.address] = region
+        region = self._pool.take(nbytes)
+        if region is None:
+            region = _Region(nbytes)  # fresh pages are zero
+            self._regions[region.address] = region
+        elif zero:
+            ctypes.memset(region.address, 0, nbytes)
         arr = np.ndarray(shape, dtype=storage, buffer=region.map)
         arr.setflags(write=True)
-        # The array's base chain keeps region.map alive; the region object too.
-        _keep_alive(region.map, region)
+        # `arr` is this allocation's own: every view of it keeps it (numpy
+        # stops collapsing bases at the mapping, another type). The region
+        # goes back to the pool when it is collected.
+        _on_collect(arr, self._pool.give, region)
         return arr
 
     def _wrap(self, arr, name, like):
@@ -635,15 +718,8 @@ class _Mapping(mmap.mmap):
         return self
 
     def serves(self, offset, size):
-        """Whether a handle of `size` bytes at `offset` in the segment that
-        the name now names can use this mapping."""
-        if not self.reusable or offset + size > self.length:
-            return False
-        try:
-            st = os.stat("/dev/shm" + self.name)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino, st.st_size) == self.file
+        """Whether a handle of `size` bytes at `offset` can use this mapping."""
+        return self.reusable and offset + size <= self.length
 
 
 class _Mappings:
@@ -651,19 +727,28 @@ class _Mappings:
     is collected, the mapping of a small segment stays, idle, for the next
     handle in the same segment, which then needs no open and no map: a
     consumer that converts the same producer buffer again and again maps it
-    once. At most _IDLE_MAX stay; the oldest is unmapped off the caller's
-    thread. An idle mapping keeps its segment's memory (at most _IDLE_MAX
-    times _POPULATE_MAX bytes), not its name."""
+    once. Idle mappings are found by file, not by name, since a producer's
+    recycled region comes back under a new one. At most _IDLE_MAX stay; the
+    oldest is unmapped off the caller's thread. An idle mapping keeps its
+    segment's memory (at most _IDLE_MAX times _POPULATE_MAX bytes), not its
+    name."""
 
     def __init__(self, releaser):
         self._releaser = releaser
-        self._idle = collections.OrderedDict()  # segment name -> idle _Mapping
+        self._idle = collections.OrderedDict()  # (dev, inode, size) -> idle _Mapping
         self._lock = threading.Lock()
 
     def open(self, name, offset, size):
         """(mapping, where the bytes at `offset` begin in it)."""
-        with self._lock:
-            mapping = self._idle.pop(name, None)
+        mapping = None
+        if self._idle:
+            try:
+                st = os.stat("/dev/shm" + name)
+            except OSError:
+                st = None  # the open below says why
+            if st is not None:
+                with self._lock:
+                    mapping = self._idle.pop((st.st_dev, st.st_ino, st.st_size), None)
         if mapping is not None:
             if mapping.serves(offset, size):
                 return mapping, offset
@@ -679,8 +764,8 @@ class _Mappings:
         if not mapping.reusable:
             return  # unmapped with its last reference, now
         with self._lock:
-            evicted = [self._idle.pop(mapping.name, None)]
-            self._idle[mapping.name] = mapping
+            evicted = [self._idle.pop(mapping.file, None)]
+            self._idle[mapping.file] = mapping
             if len(self._idle) > _IDLE_MAX:
                 evicted.append(self._idle.popitem(last=False)[1])
         for old in evicted:
@@ -745,14 +830,6 @@ def _cuda_close_and_release(base, device, releaser, handle_id):
     with torch.cuda.device(device):
         _cudart().cudaIpcCloseMemHandle(ctypes.c_void_p(base))
     releaser(handle_id)
-
-
-_KEEP = weakref.WeakKeyDictionary()
-
-
-def _keep_alive(owner, obj):
-    """Keeps `obj` alive as long as `owner` is."""
-    _KEEP[owner] = obj
 
 
 def _encode_literal(value, nodes, depth=0):
