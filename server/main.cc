@@ -36,6 +36,9 @@ ABSL_FLAG(uint64_t, segment_pool_bytes, 128 << 20,
           "Bytes of fresh segments kept created and touched ahead of demand, for sizes of "
           "1 MiB and more that were recently requested; 0 disables the pool.");
 ABSL_FLAG(int, workers, 4, "Threads that perform conversions.");
+ABSL_FLAG(bool, fast_path, true,
+          "Serve Convert and Release to same-host clients over a SOCK_SEQPACKET socket "
+          "beside each Unix socket (its path plus .fast) as well.");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted or sent.");
 
 int main(int argc, char** argv) {
@@ -61,6 +64,7 @@ int main(int argc, char** argv) {
   options.store.max_bytes = absl::GetFlag(FLAGS_max_bytes);
   options.store.pool_bytes = absl::GetFlag(FLAGS_segment_pool_bytes);
   options.workers = absl::GetFlag(FLAGS_workers);
+  options.fast_path = absl::GetFlag(FLAGS_fast_path);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
 
   auto server = asarray::server::Server::Start(options);

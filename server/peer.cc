@@ -15,6 +15,10 @@ uid_t PeerUid(const std::string& peer) {
   if (!absl::ConsumePrefix(&fd_text, "fd:") || !absl::SimpleAtoi(fd_text, &fd) || fd < 0) {
     return kNoLocalUid;
   }
+  return SocketPeerUid(fd);
+}
+
+uid_t SocketPeerUid(int fd) {
   // SO_PEERCRED answers for any socket (a TCP one gets the overflow uid), so
   // the descriptor must be a Unix socket to speak for a local process.
   int domain = 0;

@@ -26,6 +26,10 @@ inline constexpr uid_t kNoLocalUid = static_cast<uid_t>(-1);
 // a Unix socket, kNoLocalUid for anything else.
 uid_t PeerUid(const std::string& peer);
 
+// The SO_PEERCRED uid of `fd` when it is a connected Unix socket,
+// kNoLocalUid otherwise.
+uid_t SocketPeerUid(int fd);
+
 // PeerUid(context->peer()).
 uid_t CallerUid(const grpc::ServerContextBase* context);
 

@@ -30,6 +30,8 @@ constexpr uint64_t kMaxChunk = 4 << 20;
 // Requests that copy fewer bytes than this run on gRPC's callback thread.
 constexpr uint64_t kInlineWorkBytes = 256 << 10;
 
+absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
+
 HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires) {
   HandleInfo info;
   info.id = t.id;
@@ -475,9 +477,41 @@ grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext*
   return reactor;
 }
 
-namespace {
-absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
-}  // namespace
+
+void AsArrayService::ReleaseCarried(const v1::ConvertRequest& request, uid_t caller) {
+  for (const std::string& id : request.release_ids()) store_->Release(id, caller).IgnoreError();
+}
+
+absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, uid_t caller,
+                                        v1::ConvertResponse* response) {
+  ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller));
+  ++converts_;
+  if (!request.return_data()) {
+    const TensorStore::Lease lease = store_->Add(std::move(tensor));
+    HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->mutable_handle());
+    return absl::OkStatus();
+  }
+  const int64_t bytes = Bytes(tensor);
+  if (bytes > options_.max_message_bytes - 4096) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the result holds ", bytes, " bytes, more than one message may carry (",
+        options_.max_message_bytes, "); use ConvertToData to stream it, or take a handle"));
+  }
+  HandleToProto(DataOnlyHandle(tensor), response->mutable_handle());
+  std::string* data = response->mutable_data();
+  data->resize(bytes);
+  return converter_.ReadElements(tensor, 0, NumElements(tensor.layout.shape).value(),
+                                 data->data());
+}
+
+absl::Status AsArrayService::ReleaseNow(const v1::ReleaseRequest& request, uid_t caller) {
+  absl::Status status = store_->Release(request.id(), caller);
+  for (const std::string& id : request.more_ids()) {
+    absl::Status s = store_->Release(id, caller);
+    if (status.ok()) status = s;
+  }
+  return status;
+}
 
 grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* context,
                                                   const v1::ConvertRequest* request,
@@ -485,29 +519,9 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
   if (!Enter()) return FinishNow(context, ShuttingDown());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const uid_t caller = CallerUid(context);
-  // Piggybacked releases: each id is released if this caller holds it.
-  for (const std::string& id : request->release_ids()) store_->Release(id, caller).IgnoreError();
+  ReleaseCarried(*request, caller);
   auto work = [this, reactor, request, response, caller] {
-    absl::Status status = [&]() -> absl::Status {
-      ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(*request, caller));
-      ++converts_;
-      if (!request->return_data()) {
-        const TensorStore::Lease lease = store_->Add(std::move(tensor));
-        HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->mutable_handle());
-        return absl::OkStatus();
-      }
-      const int64_t bytes = Bytes(tensor);
-      if (bytes > options_.max_message_bytes - 4096) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "the result holds ", bytes, " bytes, more than one message may carry (",
-            options_.max_message_bytes, "); use ConvertToData to stream it, or take a handle"));
-      }
-      HandleToProto(DataOnlyHandle(tensor), response->mutable_handle());
-      std::string* data = response->mutable_data();
-      data->resize(bytes);
-      return converter_.ReadElements(tensor, 0, NumElements(tensor.layout.shape).value(),
-                                     data->data());
-    }();
+    const absl::Status status = ConvertNow(*request, caller, response);
     Count(status);
     reactor->Finish(ToGrpcStatus(status));
     Exit();
@@ -582,13 +596,7 @@ grpc::ServerUnaryReactor* AsArrayService::Release(grpc::CallbackServerContext* c
                                                   const v1::ReleaseRequest* request,
                                                   v1::ReleaseResponse*) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
-  const uid_t caller = CallerUid(context);
-  absl::Status status = store_->Release(request->id(), caller);
-  for (const std::string& id : request->more_ids()) {
-    absl::Status s = store_->Release(id, caller);
-    if (status.ok()) status = s;
-  }
-  return FinishNow(context, status);
+  return FinishNow(context, ReleaseNow(*request, CallerUid(context)));
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* context,

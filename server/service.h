@@ -56,6 +56,14 @@ class AsArrayService final : public v1::AsArray::CallbackService {
                                   const v1::StatsRequest* request,
                                   v1::StatsResponse* response) override;
 
+  // The work of Convert and Release, on the calling thread, for `caller`;
+  // the fast path (see fast_path.h) runs them too. Convert first releases
+  // the ids the request carries (ReleaseCarried), then ConvertNow converts.
+  void ReleaseCarried(const v1::ConvertRequest& request, uid_t caller);
+  absl::Status ConvertNow(const v1::ConvertRequest& request, uid_t caller,
+                          v1::ConvertResponse* response);
+  absl::Status ReleaseNow(const v1::ReleaseRequest& request, uid_t caller);
+
   // For the reactors: counts a finished call.
   void Count(const absl::Status& status);
 

@@ -19,7 +19,8 @@
 
 namespace asarray::server {
 
-absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::string& path) {
+absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::string& path,
+                                                                 int type) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path[0] != '/' || path.size() >= sizeof(addr.sun_path)) {
@@ -28,7 +29,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
         sizeof(addr.sun_path), " bytes"));
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  const int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return ErrnoStatus(errno, "creating a Unix socket");
   int wake[2];
   if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
@@ -43,7 +44,9 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
     return ErrnoStatus(err, "creating the listener's wake pipe");
   }
   // From here the listener owns the descriptors and the path it bound.
-  std::unique_ptr<UnixListener> listener(new UnixListener(path, fd, wake[0], wake[1]));
+  const int accept_flags = SOCK_CLOEXEC | (type == SOCK_STREAM ? SOCK_NONBLOCK : 0);
+  std::unique_ptr<UnixListener> listener(
+      new UnixListener(path, fd, accept_flags, wake[0], wake[1]));
   // The directory is private already; the socket's own mode is a second wall.
   if (chmod(path.c_str(), 0600) != 0) return ErrnoStatus(errno, absl::StrCat("chmod ", path));
   if (listen(fd, SOMAXCONN) != 0) return ErrnoStatus(errno, absl::StrCat("listening on ", path));
@@ -58,8 +61,13 @@ UnixListener::~UnixListener() {
   unlink(path_.c_str());
 }
 
+void UnixListener::Serve(std::function<void(int)> adopt) {
+  thread_ = std::thread([this, adopt = std::move(adopt)] { Accept(adopt); });
+}
+
 void UnixListener::Serve(grpc::Server* server) {
-  thread_ = std::thread([this, server] { Accept(server); });
+  // gRPC owns the descriptor from here and closes it with the connection.
+  Serve([server](int conn) { grpc::AddInsecureChannelFromFd(server, conn); });
 }
 
 void UnixListener::Stop() {
@@ -70,7 +78,7 @@ void UnixListener::Stop() {
   thread_.join();
 }
 
-void UnixListener::Accept(grpc::Server* server) {
+void UnixListener::Accept(const std::function<void(int)>& adopt) {
   pollfd fds[2] = {{fd_, POLLIN, 0}, {wake_read_, POLLIN, 0}};
   for (;;) {
     if (poll(fds, 2, -1) < 0) {
@@ -79,7 +87,7 @@ void UnixListener::Accept(grpc::Server* server) {
       return;
     }
     if (fds[1].revents != 0) return;
-    const int conn = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    const int conn = accept4(fd_, nullptr, nullptr, accept_flags_);
     if (conn < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         // Out of descriptors or memory: the pending connection waits in the
@@ -88,8 +96,7 @@ void UnixListener::Accept(grpc::Server* server) {
       }
       continue;  // EAGAIN, ECONNABORTED, EINTR: nothing to accept now
     }
-    // gRPC owns the descriptor from here and closes it with the connection.
-    grpc::AddInsecureChannelFromFd(server, conn);
+    adopt(conn);
   }
 }
 

@@ -18,13 +18,13 @@ def segments(prefix):
 
 
 class Server:
-    def __init__(self, lease_ttl="30s"):
+    def __init__(self, lease_ttl="30s", args=()):
         self.dir = tempfile.mkdtemp(prefix="asarrayd-py-")
         self.address = f"unix:{self.dir}/s/asarrayd.sock"
         self.prefix = f"asarrayd-py-{os.getpid()}-{os.path.basename(self.dir)[-6:]}"
         self.process = subprocess.Popen(
             [os.environ["ASARRAYD"], f"--listen={self.address}", f"--shm_prefix={self.prefix}",
-             f"--lease_ttl={lease_ttl}"], stderr=subprocess.DEVNULL)
+             f"--lease_ttl={lease_ttl}", *args], stderr=subprocess.DEVNULL)
         from asarray_client import Client
         deadline = time.monotonic() + 20
         while True:

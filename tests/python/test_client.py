@@ -150,6 +150,33 @@ def test_releases_ride_along_with_the_next_convert(client):
     assert keep.sum() == 0
 
 
+def test_the_fast_path_carries_converts_like_grpc(server):
+    with Client(server.address) as fast, Client(server.address, fast_path=False) as plain:
+        results = [c.asarray([[1, 2.5], [3, 4]], dtype=torch.float16) for c in (fast, plain)]
+        assert fast._fast._sock is not None and plain._fast is None  # each took its way
+        assert torch.equal(results[0], results[1]) and results[0].dtype == torch.float16
+        for c in (fast, plain):
+            with pytest.raises(AsArrayValueError) as error:
+                c.asarray(np.ones(3), copy=False)
+            assert error.value.code.name == "FAILED_PRECONDITION"
+            with pytest.raises(TypeError):
+                c.asarray([1, [2]])
+        shared = fast.share(np.arange(4, dtype=np.int64))
+        alias = fast.asarray(shared, copy=False)
+        alias[0] = 9
+        assert shared[0] == 9
+
+
+def test_without_a_fast_path_the_client_uses_grpc():
+    server = Server(args=["--fast_path=false"])
+    try:
+        with Client(server.address) as c:
+            assert torch.equal(c.asarray([1, 2]), torch.tensor([1, 2]))
+            assert c._fast._sock is None
+    finally:
+        server.stop()
+
+
 CHILD = """
 import os, sys, numpy as np
 from asarray_client import Client
