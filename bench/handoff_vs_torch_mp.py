@@ -14,7 +14,12 @@ Ways measured:
       sends a reference; B converts it with copy=False and maps the handle.
   asarrayd empty: A produced the data straight into a region from
       client.empty (no copy); B converts with copy=False and maps.
-Timestamps come from CLOCK_MONOTONIC, which all processes share.
+  asarrayd empty over gRPC: the same with Client(fast_path=False), so that B's
+      Convert goes over gRPC instead of the fast path.
+Both processes keep their clients across runs, as a pipeline would: A's small
+regions come back from its pool, and B's mappings of them stay.
+Timestamps come from CLOCK_MONOTONIC, which all processes share. Each way runs
+alone (running them in turns made every one slower: more processes awake).
 """
 import argparse
 import json
@@ -50,29 +55,35 @@ def _mp_consumer(queue, done):
         del tensor, item
 
 
-def bench_torch_mp(strategy, nbytes):
-    ctx = mp.get_context("spawn")
-    mp.set_sharing_strategy(strategy)
-    queue, done = ctx.Queue(), ctx.Queue()
-    consumer = ctx.Process(target=_mp_consumer, args=(queue, done))
-    consumer.start()
-    times = []
-    for _ in range(runs_for(nbytes) + 1):
+class TorchMp:
+    """A hands B a heap tensor through a torch.multiprocessing Queue."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        ctx = mp.get_context("spawn")
+        self.queue, self.done = ctx.Queue(), ctx.Queue()
+        self.consumer = ctx.Process(target=_mp_consumer, args=(self.queue, self.done))
+        self.consumer.start()
+
+    def run(self, nbytes):
+        # Per put: the strategy is process-wide, and the feeder thread has
+        # pickled the tensor by the time B answers.
+        mp.set_sharing_strategy(self.strategy)
         tensor = torch.ones(nbytes // 4, dtype=torch.float32)  # A holds the data
         start = time.perf_counter()
-        queue.put(tensor)
-        times.append(done.get() - start)
-        del tensor
-    queue.put(None)
-    consumer.join()
-    return statistics.median(times[1:])
+        self.queue.put(tensor)
+        return self.done.get() - start
+
+    def close(self):
+        self.queue.put(None)
+        self.consumer.join()
 
 
 # --- asarrayd ---------------------------------------------------------------------
 
-def _asarray_consumer(address, conn):
+def _asarray_consumer(address, conn, fast_path):
     from asarray_client import Client
-    client = Client(address)
+    client = Client(address, fast_path=fast_path)
     while True:
         ref = conn.recv()
         if ref is None:
@@ -83,30 +94,56 @@ def _asarray_consumer(address, conn):
         del view
 
 
-def bench_asarrayd(address, nbytes, mode):
-    from asarray_client import Client
-    ctx = mp.get_context("spawn")
-    a_end, b_end = ctx.Pipe()
-    consumer = ctx.Process(target=_asarray_consumer, args=(address, b_end))
-    consumer.start()
-    client = Client(address)
-    times = []
-    for _ in range(runs_for(nbytes) + 1):
-        if mode == "share":
+class Asarrayd:
+    """A hands B a reference to a region of A's client; B converts it with
+    copy=False and maps the handle."""
+
+    def __init__(self, address, mode, fast_path=True):
+        from asarray_client import Client
+        self.mode = mode
+        ctx = mp.get_context("spawn")
+        self.a_end, b_end = ctx.Pipe()
+        self.consumer = ctx.Process(target=_asarray_consumer, args=(address, b_end, fast_path))
+        self.consumer.start()
+        self.client = Client(address)
+
+    def run(self, nbytes):
+        if self.mode == "share":
             heap = torch.ones(nbytes // 4, dtype=torch.float32)  # A holds the data
             start = time.perf_counter()
-            shared = client.share(heap, like="torch")
+            shared = self.client.share(heap, like="torch")
         else:
-            shared = client.empty((nbytes // 4,), torch.float32)
+            shared = self.client.empty((nbytes // 4,), torch.float32)
             shared.fill_(1.0)  # A produced the data where B will read it
             start = time.perf_counter()
-        a_end.send(client.ref(shared))
-        times.append(a_end.recv() - start)
-        del shared
-    a_end.send(None)
-    consumer.join()
-    client.close()
-    return statistics.median(times[1:])
+        self.a_end.send(self.client.ref(shared))
+        return self.a_end.recv() - start
+
+    def close(self):
+        self.a_end.send(None)
+        self.consumer.join()
+        self.client.close()
+
+
+def bench_size(address, nbytes):
+    """p50 seconds of every way at `nbytes`, in steady state: each way runs
+    alone, its first run a warm-up."""
+    ways = {
+        "torch.mp file_descriptor": lambda: TorchMp("file_descriptor"),
+        "torch.mp file_system": lambda: TorchMp("file_system"),
+        "asarrayd share (1 copy)": lambda: Asarrayd(address, "share"),
+        "asarrayd empty (no copy)": lambda: Asarrayd(address, "empty"),
+        "asarrayd empty over gRPC": lambda: Asarrayd(address, "empty", fast_path=False),
+    }
+    row = {}
+    for name, make in ways.items():
+        way = make()
+        try:
+            times = [way.run(nbytes) for _ in range(runs_for(nbytes) + 1)]
+        finally:
+            way.close()
+        row[name] = statistics.median(times[1:])
+    return row
 
 
 def start_server(binary):
@@ -141,12 +178,7 @@ def main():
     results = {}
     try:
         for nbytes in SIZES:
-            row = {
-                "torch.mp file_descriptor": bench_torch_mp("file_descriptor", nbytes),
-                "torch.mp file_system": bench_torch_mp("file_system", nbytes),
-                "asarrayd share (1 copy)": bench_asarrayd(address, nbytes, "share"),
-                "asarrayd empty (no copy)": bench_asarrayd(address, nbytes, "empty"),
-            }
+            row = bench_size(address, nbytes)
             results[nbytes] = row
             print(json.dumps({"size": label(nbytes), **{k: v * 1e6 for k, v in row.items()}}),
                   flush=True)
@@ -156,8 +188,9 @@ def main():
         shutil.rmtree(folder, ignore_errors=True)
 
     print("| size | torch.mp fd | torch.mp fs | asarrayd share | asarrayd empty | "
-          "best torch.mp / asarrayd share | best torch.mp / asarrayd empty |")
-    print("|---|---|---|---|---|---|---|")
+          "asarrayd empty over gRPC | best torch.mp / asarrayd share | "
+          "best torch.mp / asarrayd empty |")
+    print("|---|---|---|---|---|---|---|---|")
     for nbytes, row in results.items():
         best = min(row["torch.mp file_descriptor"], row["torch.mp file_system"])
         cells = " | ".join(f"{v * 1e3:.3f} ms" for v in row.values())

@@ -4,12 +4,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "server/peer.h"
-#include "server/segment_pool.h"
 
 namespace asarray::server {
 
@@ -119,13 +118,16 @@ absl::Status FastPath::Convert(absl::string_view message, uid_t caller, std::str
         "return_data conversions answer with the data: send them over gRPC");
   }
   service_->ReleaseCarried(request, caller);
-  // As on gRPC: a big copy keeps the segment pool's refill out of its way.
-  std::optional<SegmentPool::Foreground> busy;
-  if (service_->converter()->EstimateWork(request, caller).copy_bytes >= SegmentPool::kMinBytes) {
-    busy.emplace(service_->store()->MarkForeground());
-  }
+  // Where gRPC's Convert would run it: device work and big copies on the
+  // workers, the rest on this thread.
   v1::ConvertResponse response;
-  absl::Status status = service_->ConvertNow(request, caller, &response);
+  absl::Status status;
+  absl::Notification done;
+  service_->RunConvertWork(request, caller, [&] {
+    status = service_->ConvertNow(request, caller, &response);
+    done.Notify();
+  });
+  done.WaitForNotification();
   if (status.ok()) response.AppendToString(out);
   return status;
 }

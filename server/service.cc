@@ -526,11 +526,17 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
     reactor->Finish(ToGrpcStatus(status));
     Exit();
   };
+  RunConvertWork(*request, caller, std::move(work));
+  return reactor;
+}
+
+void AsArrayService::RunConvertWork(const v1::ConvertRequest& request, uid_t caller,
+                                    std::function<void()> work) {
   // Aliasing and small copies finish here; big copies and device work go to
   // the workers so that gRPC's threads never wait on them.
-  const Converter::WorkEstimate estimate = converter_.EstimateWork(*request, caller);
+  const Converter::WorkEstimate estimate = converter_.EstimateWork(request, caller);
   if (estimate.copy_bytes < kInlineWorkBytes && !estimate.uses_device &&
-      !request->return_data()) {
+      !request.return_data()) {
     work();
   } else if (estimate.copy_bytes >= SegmentPool::kMinBytes) {
     auto busy = std::make_shared<SegmentPool::Foreground>(store_->MarkForeground());
@@ -538,7 +544,6 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
   } else {
     executor_->Schedule(std::move(work));
   }
-  return reactor;
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUploadRaw(

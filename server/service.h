@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -63,6 +64,11 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   absl::Status ConvertNow(const v1::ConvertRequest& request, uid_t caller,
                           v1::ConvertResponse* response);
   absl::Status ReleaseNow(const v1::ReleaseRequest& request, uid_t caller);
+  // Runs `work`, a conversion of `request`, where it belongs: on this thread
+  // when it aliases or copies little, else on the workers (device work, and
+  // big copies, which hold the segment pool's foreground mark meanwhile).
+  void RunConvertWork(const v1::ConvertRequest& request, uid_t caller,
+                      std::function<void()> work);
 
   // For the reactors: counts a finished call.
   void Count(const absl::Status& status);

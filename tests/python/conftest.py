@@ -57,3 +57,11 @@ def client(server):
     from asarray_client import Client
     with Client(server.address) as c:
         yield c
+
+
+@pytest.fixture
+def grpc_client(server):
+    """A client that keeps every call on gRPC (no fast path)."""
+    from asarray_client import Client
+    with Client(server.address, fast_path=False) as c:
+        yield c

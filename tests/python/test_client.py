@@ -167,6 +167,24 @@ def test_the_fast_path_carries_converts_like_grpc(server):
         assert shared[0] == 9
 
 
+def test_threads_share_a_client_and_each_gets_its_own_answer(client):
+    import threading
+    failures = []
+
+    def convert(k):
+        for i in range(50):
+            got = client.asarray([k, i], dtype=torch.int64)
+            if got.tolist() != [k, i]:
+                failures.append((k, i, got.tolist()))
+
+    threads = [threading.Thread(target=convert, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
 def test_without_a_fast_path_the_client_uses_grpc():
     server = Server(args=["--fast_path=false"])
     try:

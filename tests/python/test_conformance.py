@@ -26,8 +26,10 @@ def _load():
 
 CASES = _load()
 # Arrays go both ways; nested literals always travel inline, as themselves.
-RUNS = [(c, t) for c in CASES
-        for t in (("shm", "inline") if c["input"]["kind"] == "array" else ("literal",))]
+# Each way once over the fast path (the client's default) and once over gRPC.
+RUNS = [(c, t + way) for c in CASES
+        for t in (("shm", "inline") if c["input"]["kind"] == "array" else ("literal",))
+        for way in ("", "/grpc")]
 
 
 def _decode(value):
@@ -85,7 +87,9 @@ def _torch_reference(case, src):
 
 
 @pytest.mark.parametrize("case,transport", RUNS, ids=[f"{c['id']}-{t}" for c, t in RUNS])
-def test_case_matches_live_torch(client, case, transport):
+def test_case_matches_live_torch(client, grpc_client, case, transport):
+    if transport.endswith("/grpc"):
+        client, transport = grpc_client, transport[:-len("/grpc")]
     inp = case["input"]
     if inp["kind"] == "array":
         storage = _storage(inp)

@@ -242,7 +242,8 @@ class _FastPath:
     """Convert over asarrayd's fast path: a SOCK_SEQPACKET socket beside its
     gRPC one, one datagram each way (see server/fast_path.h), which costs a
     fraction of a gRPC round trip. convert() answers None where the call
-    should go over gRPC instead: no fast path there, or a request too big."""
+    should go over gRPC instead: no fast path there, a request too big, or
+    the socket busy with another thread's call (gRPC runs calls at once)."""
 
     _MAX_REQUEST = 64 << 10
     _CONVERT = b"\x01"
@@ -257,7 +258,9 @@ class _FastPath:
         data = self._CONVERT + request.SerializeToString()
         if self._absent or len(data) > self._MAX_REQUEST:
             return None
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
             if self._sock is None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
                 try:
@@ -281,6 +284,8 @@ class _FastPath:
                 self._drop()
                 raise _FastPathError(grpc.StatusCode.UNAVAILABLE,
                                      "fast path: the server closed the connection")
+        finally:
+            self._lock.release()
         if reply[0] != 0:
             raise _FastPathError(_CODES.get(reply[0], grpc.StatusCode.UNKNOWN),
                                  reply[1:].decode("utf-8", "replace"))
