@@ -81,7 +81,7 @@ std::string FastPath::Answer(absl::string_view request, uid_t caller) {
     status = absl::InvalidArgumentError(absl::StrCat(
         "fast-path request of more than ", kMaxRequestBytes, " bytes; send it over gRPC"));
   } else if (!service_->Enter()) {
-    status = absl::UnavailableError("the server is shutting down");
+    status = ShuttingDown();
     service_->Exit();
   } else {
     const absl::string_view message = request.substr(1);

@@ -30,8 +30,6 @@ constexpr uint64_t kMaxChunk = 4 << 20;
 // Requests that copy fewer bytes than this run on gRPC's callback thread.
 constexpr uint64_t kInlineWorkBytes = 256 << 10;
 
-absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
-
 HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires) {
   HandleInfo info;
   info.id = t.id;
@@ -477,6 +475,7 @@ grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext*
   return reactor;
 }
 
+absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
 
 void AsArrayService::ReleaseCarried(const v1::ConvertRequest& request, uid_t caller) {
   for (const std::string& id : request.release_ids()) store_->Release(id, caller).IgnoreError();

@@ -21,6 +21,9 @@
 
 namespace asarray::server {
 
+// What a call gets once the server drains: UNAVAILABLE.
+absl::Status ShuttingDown();
+
 struct ServiceOptions {
   // Largest message the server accepts or sends; a unary return_data result
   // beyond it is refused.

@@ -177,18 +177,21 @@ class _RegionPool:
 
     def __init__(self):
         self._free = collections.deque()
-        self._lock = threading.Lock()
+        # Reentrant: a finalizer that collection runs on this thread may give()
+        # while take() holds it.
+        self._lock = threading.RLock()
 
     def take(self, nbytes):
-        """A recycled region that holds `nbytes`, or None."""
+        """A recycled region that holds `nbytes`, or None. The lock is held
+        across the attempts (each a non-blocking flock and a rename), so that
+        two threads never recycle the same region."""
         capacity = _capacity(nbytes)
         with self._lock:
             fits = [r for r in self._free if len(r.map) == capacity]
-        for region in fits:  # oldest first: the likeliest to be free by now
-            if region.recycle(nbytes):
-                with self._lock:
+            for region in fits:  # oldest first: the likeliest to be free by now
+                if region.recycle(nbytes):
                     self._free.remove(region)
-                return region
+                    return region
         return None
 
     def give(self, region):
@@ -830,7 +833,7 @@ class _Mappings:
     def __init__(self, releaser):
         self._releaser = releaser
         self._idle = collections.OrderedDict()  # (dev, inode, size) -> idle _Mapping
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # done() may run from a collection under it
 
     def open(self, name, offset, size):
         """(mapping, where the bytes at `offset` begin in it)."""
