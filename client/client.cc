@@ -79,6 +79,7 @@ MappedTensor& MappedTensor::operator=(MappedTensor&& other) noexcept {
     handle_ = std::move(other.handle_);
     map_ = std::exchange(other.map_, nullptr);
     map_len_ = std::exchange(other.map_len_, 0);
+    sizes_ = std::exchange(other.sizes_, ViewSizes{});
     storage_ = std::exchange(other.storage_, nullptr);
     cuda_ = std::move(other.cuda_);
     stub_ = std::move(other.stub_);
@@ -104,10 +105,10 @@ void* MappedTensor::mutable_data() const {
   return storage_ + handle_.layout.offset * static_cast<int64_t>(ItemSize(handle_.dtype));
 }
 
-int64_t MappedTensor::numel() const { return NumElements(handle_.layout.shape).value_or(0); }
+int64_t MappedTensor::numel() const { return sizes_.numel; }
 
 absl::StatusOr<std::string> MappedTensor::RowMajorBytes() const {
-  std::string out(numel() * ItemSize(dtype()), '\0');
+  std::string out(static_cast<size_t>(sizes_.nbytes), '\0');
   if (out.empty()) return out;
   const unsigned char* storage = storage_;
   std::string host;  // the device storage, copied over
@@ -182,6 +183,7 @@ absl::StatusOr<v1::ConvertResponse> Client::Upload(const v1::ConvertUploadHeader
 absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lease) {
   MappedTensor tensor;
   tensor.handle_ = handle;
+  ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(handle.layout, ItemSize(handle.dtype)));
   if (owns_lease) tensor.stub_ = stub_;
   if (!handle.cuda_ipc_handle.empty()) {
     if (!ClientHasCuda()) return tensor;  // nothing this build can open
@@ -325,7 +327,9 @@ absl::StatusOr<std::string> DrainStream(grpc::ClientReader<v1::ReadResponse>* re
     if (first) {
       first = false;
       ASSIGN_OR_RETURN(HandleInfo info, HandleFromProto(message.handle()));
-      total = NumElements(info.layout.shape).value_or(0) * ItemSize(info.dtype);
+      ASSIGN_OR_RETURN(const ViewSizes sizes,
+                       ComputeViewSizes(info.layout, ItemSize(info.dtype)));
+      total = static_cast<uint64_t>(sizes.nbytes);
       data.reserve(total);
       if (handle != nullptr) *handle = std::move(info);
     }

@@ -95,6 +95,7 @@ class MappedTensor {
   HandleInfo handle_;
   void* map_ = nullptr;
   size_t map_len_ = 0;
+  ViewSizes sizes_;  // of the handle's layout, checked when it was mapped
   unsigned char* storage_ = nullptr;  // the handle's shm offset within map_, or
                                       // the device storage of cuda_
   std::unique_ptr<CudaIpcMapping> cuda_;

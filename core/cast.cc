@@ -9,6 +9,7 @@
 #include "core/dtype_dispatch.h"
 #include "core/element_convert.h"
 #include "core/parallel.h"
+#include "core/status_macros.h"
 
 namespace asarray {
 namespace {
@@ -174,7 +175,7 @@ absl::Status CheckCastViews(const Layout& src, const Layout& dst) {
 
 absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst) {
   if (absl::Status s = CheckCastViews(src.layout, dst.layout); !s.ok()) return s;
-  const int64_t numel = NumElements(src.layout.shape).value_or(0);
+  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
   if (numel == 0) return absl::OkStatus();
   const std::vector<LoopDim> dims = MakeCopyLoop(src.layout, dst.layout);
   DispatchDType(src.dtype, [&](auto src_tag) {
@@ -190,9 +191,10 @@ absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst) {
 
 absl::Status CopyRowMajorRange(const ConstStridedView& src, int64_t begin, int64_t count,
                                void* dst) {
-  const int64_t numel = NumElements(src.layout.shape).value_or(0);
+  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
   if (begin < 0 || count < 0 || begin > numel || count > numel - begin) {
-    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin + count,
+    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin,
+                                                   " + ", count,
                                                    ") is outside [0, ", numel, ")"));
   }
   if (count == 0) return absl::OkStatus();

@@ -3,10 +3,10 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/quote.h"
 
 namespace asarray {
 namespace {
@@ -73,8 +73,8 @@ absl::StatusOr<DType> ParseDType(absl::string_view name) {
     if (bare == alias.name) return alias.dtype;
   }
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown dtype '", absl::CHexEscape(name),
-      "'; expected one of bool, uint8, int8, int16, int32, int64, float16, "
+      "unknown dtype ", Quote(name),
+      "; expected one of bool, uint8, int8, int16, int32, int64, float16, "
       "bfloat16, float32, float64, complex64, complex128"));
 }
 

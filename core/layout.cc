@@ -11,17 +11,34 @@
 namespace asarray {
 
 std::string DimsToString(absl::Span<const int64_t> dims) {
-  return absl::StrCat("[", absl::StrJoin(dims, ", "), "]");
+  std::string out = "[";
+  for (size_t d = 0; d < dims.size(); ++d) {
+    if (d > 0) out += ", ";
+    // Dims come from requests: a message quotes about 128 bytes of them.
+    if (out.size() > 100) {
+      absl::StrAppend(&out, "... (", dims.size(), " dims)");
+      break;
+    }
+    absl::StrAppend(&out, dims[d]);
+  }
+  out += "]";
+  return out;
 }
 
 absl::StatusOr<int64_t> NumElements(absl::Span<const int64_t> shape) {
-  int64_t n = 1;
+  // Exactly: a zero anywhere makes the product 0, however large the rest.
+  bool empty = false;
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("shape ", DimsToString(shape), " has a negative size at dim ", d));
     }
-    if (!CheckedMul(n, shape[d], &n)) {
+    empty |= shape[d] == 0;
+  }
+  if (empty) return 0;
+  int64_t n = 1;
+  for (int64_t size : shape) {
+    if (!CheckedMul(n, size, &n)) {
       return absl::InvalidArgumentError(
           absl::StrCat("shape ", DimsToString(shape), " has more elements than int64 holds"));
     }
@@ -31,6 +48,12 @@ absl::StatusOr<int64_t> NumElements(absl::Span<const int64_t> shape) {
 
 namespace {
 
+// Exact intermediates: a product of two int64 values fits, and so does a
+// sum of one such product and an int64 value.
+__extension__ typedef __int128 Int128;
+
+bool FitsInt64(Int128 v) { return v >= INT64_MIN && v <= INT64_MAX; }
+
 // Lowest and highest element index a non-empty view reaches.
 struct ElementBounds {
   int64_t lo;
@@ -38,18 +61,20 @@ struct ElementBounds {
 };
 
 absl::StatusOr<ElementBounds> ComputeElementBounds(const Layout& layout) {
-  ElementBounds b{layout.offset, layout.offset};
+  // lo only falls and hi only rises, each from the offset, so the first
+  // partial sum outside int64 settles it, and no sum grows past 2^127.
+  Int128 lo = layout.offset, hi = layout.offset;
   for (size_t d = 0; d < layout.shape.size(); ++d) {
-    int64_t reach;
-    if (!CheckedMul(layout.shape[d] - 1, layout.strides[d], &reach) ||
-        !CheckedAdd(reach < 0 ? b.lo : b.hi, reach, reach < 0 ? &b.lo : &b.hi)) {
+    const Int128 reach = Int128{layout.shape[d] - 1} * layout.strides[d];
+    (reach < 0 ? lo : hi) += reach;
+    if (!FitsInt64(lo) || !FitsInt64(hi)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "layout with shape ", DimsToString(layout.shape), ", strides ",
           DimsToString(layout.strides), " and offset ", layout.offset,
           " reaches element indices that overflow int64"));
     }
   }
-  return b;
+  return ElementBounds{static_cast<int64_t>(lo), static_cast<int64_t>(hi)};
 }
 
 }  // namespace
@@ -75,21 +100,41 @@ absl::Status ValidateLayout(const Layout& layout) {
   return ComputeElementBounds(layout).status();
 }
 
-absl::StatusOr<ByteRange> ComputeByteRange(const Layout& layout, size_t item_size) {
+absl::StatusOr<ViewSizes> ComputeViewSizes(const Layout& layout, size_t item_size) {
   absl::Status valid = ValidateLayout(layout);
   if (!valid.ok()) return valid;
-  if (NumElements(layout.shape).value() == 0) return ByteRange{};
-  ElementBounds b = ComputeElementBounds(layout).value();
-  ByteRange r;
-  const int64_t size = static_cast<int64_t>(item_size);
-  int64_t last;
-  if (!CheckedMul(b.lo, size, &r.begin) || !CheckedMul(b.hi, size, &last) ||
-      !CheckedAdd(last, size, &r.end)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layout with shape ", DimsToString(layout.shape), " and strides ",
-        DimsToString(layout.strides), " spans more bytes than int64 holds"));
+  if (item_size == 0 || item_size > 16) {
+    return absl::InvalidArgumentError(absl::StrCat("item size ", item_size, " is not 1 to 16"));
   }
-  return r;
+  ViewSizes sizes;
+  sizes.numel = NumElements(layout.shape).value();  // ValidateLayout checked it
+  const Int128 item = static_cast<Int128>(item_size);
+  if (sizes.numel > 0) {
+    const ElementBounds b = ComputeElementBounds(layout).value();
+    const Int128 begin = b.lo * item, end = (Int128{b.hi} + 1) * item;
+    if (!FitsInt64(begin) || !FitsInt64(end)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layout with shape ", DimsToString(layout.shape), " and strides ",
+          DimsToString(layout.strides), " spans more bytes than int64 holds"));
+    }
+    sizes.extent = {static_cast<int64_t>(begin), static_cast<int64_t>(end)};
+  }
+  // A valid view (a broadcast, say) can still have more element bytes than
+  // any storage: it cannot be copied, sent, or described by its nbytes.
+  const Int128 nbytes = sizes.numel * item;
+  if (!FitsInt64(nbytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a view with shape ", DimsToString(layout.shape), " has ", sizes.numel,
+        " elements of ", item_size, " bytes: more bytes than int64 holds"));
+  }
+  sizes.nbytes = static_cast<int64_t>(nbytes);
+  return sizes;
+}
+
+absl::StatusOr<ByteRange> ComputeByteRange(const Layout& layout, size_t item_size) {
+  absl::StatusOr<ViewSizes> sizes = ComputeViewSizes(layout, item_size);
+  if (!sizes.ok()) return sizes.status();
+  return sizes->extent;
 }
 
 absl::Status CheckFitsStorage(const Layout& layout, size_t item_size, int64_t storage_bytes) {

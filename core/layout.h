@@ -51,6 +51,19 @@ struct ByteRange {
 };
 absl::StatusOr<ByteRange> ComputeByteRange(const Layout& layout, size_t item_size);
 
+// Every size of a view of `item_size`-byte elements, each overflow-checked.
+// This is the one way a layout becomes byte counts: the element count, the
+// bytes it touches in its storage, and the bytes of its elements when dense.
+struct ViewSizes {
+  int64_t numel = 0;   // product of the shape
+  ByteRange extent;    // as ComputeByteRange
+  int64_t nbytes = 0;  // numel * item_size: the bytes a dense copy takes
+};
+// INVALID_ARGUMENT for a layout ValidateLayout refuses or whose extent does
+// not fit int64 (no storage could hold it); RESOURCE_EXHAUSTED for a valid
+// view (a broadcast, say) whose nbytes would not fit int64.
+absl::StatusOr<ViewSizes> ComputeViewSizes(const Layout& layout, size_t item_size);
+
 // Checks that a view of `item_size`-byte elements lies within a storage of
 // `storage_bytes`; OUT_OF_RANGE-style problems are INVALID_ARGUMENT with the
 // numbers in the message.

@@ -59,7 +59,7 @@ using Kind = Literal::Kind;
 // The index of an element, for messages: "[1, 0]", or "the top level".
 std::string Where(const std::vector<int64_t>& path) {
   if (path.empty()) return "at the top level";
-  return absl::StrCat("at index [", absl::StrJoin(path, ", "), "]");
+  return absl::StrCat("at index ", DimsToString(path));
 }
 
 absl::Status NotANumber(const Literal& l, const std::vector<int64_t>& path) {

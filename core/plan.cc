@@ -4,12 +4,12 @@
 #include <cstdlib>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/cast.h"
+#include "core/quote.h"
 
 namespace asarray {
 
@@ -25,8 +25,8 @@ absl::StatusOr<Device> ParseDevice(absl::string_view text) {
       return Device{Device::Type::kCUDA, index};
     }
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown device '", absl::CHexEscape(text),
-                                                  "'; expected cpu, cuda or cuda:N"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown device ", Quote(text),
+                                                  "; expected cpu, cuda or cuda:N"));
 }
 
 std::string DeviceName(const Device& device) {

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/quote.h"
 #include "core/status_macros.h"
 
 namespace asarray {
@@ -50,7 +51,7 @@ absl::Status LiteralFromNodes(const v1::Literal& proto, int depth, int* next, Li
     case v1::LiteralNode::kComplexValue:
       *out = Literal::Complex(node.complex_value().real(), node.complex_value().imag());
       break;
-    case v1::LiteralNode::kNotANumber: *out = Literal::Invalid(node.not_a_number()); break;
+    case v1::LiteralNode::kNotANumber: *out = Literal::Invalid(Cut(node.not_a_number())); break;
     case v1::LiteralNode::VALUE_NOT_SET:
       return absl::InvalidArgumentError(
           absl::StrCat("literal node ", *next - 1, " has no value set"));
@@ -160,7 +161,8 @@ absl::Status LiteralToProto(const Literal& literal, v1::Literal* proto) {
   return LiteralToNodes(literal, 0, proto);
 }
 
-void HandleToProto(const HandleInfo& info, v1::TensorHandle* proto) {
+absl::Status HandleToProto(const HandleInfo& info, v1::TensorHandle* proto) {
+  ASSIGN_OR_RETURN(const ViewSizes sizes, ComputeViewSizes(info.layout, ItemSize(info.dtype)));
   proto->set_id(info.id);
   proto->set_dtype(DTypeToProto(info.dtype));
   LayoutToProto(info.layout, proto->mutable_layout());
@@ -184,7 +186,13 @@ void HandleToProto(const HandleInfo& info, v1::TensorHandle* proto) {
   if (info.lease_expires != absl::InfinitePast()) {
     proto->set_lease_expires_unix_ms(absl::ToUnixMillis(info.lease_expires));
   }
-  proto->set_nbytes(NumElements(info.layout.shape).value_or(0) * ItemSize(info.dtype));
+  proto->set_nbytes(static_cast<uint64_t>(sizes.nbytes));
+  return absl::OkStatus();
+}
+
+absl::Duration TtlFromProto(uint64_t ttl_ms) {
+  if (ttl_ms > static_cast<uint64_t>(INT64_MAX)) return absl::InfiniteDuration();
+  return absl::Milliseconds(static_cast<int64_t>(ttl_ms));
 }
 
 absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto) {

@@ -58,7 +58,14 @@ struct HandleInfo {
   absl::Time lease_expires = absl::InfinitePast();
 };
 
-void HandleToProto(const HandleInfo& info, v1::TensorHandle* proto);
+// INVALID_ARGUMENT or RESOURCE_EXHAUSTED when the layout has no checked
+// byte count (ComputeViewSizes), which a tensor the server holds always has.
+absl::Status HandleToProto(const HandleInfo& info, v1::TensorHandle* proto);
+
+// A requested TTL in milliseconds: 0 (the default) stays zero, and any value
+// past what absl::Duration counts in milliseconds reads as infinite (then
+// capped to the maximum), never as a negative or wrapped one.
+absl::Duration TtlFromProto(uint64_t ttl_ms);
 absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto);
 
 }  // namespace asarray

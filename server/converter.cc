@@ -160,8 +160,9 @@ Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& reques
   if (!options.ok()) return work;
   absl::StatusOr<Plan> plan = PlanConversion(array, *options);
   if (!plan.ok() || plan->action == Plan::Action::kAlias) return work;
-  work.copy_bytes = NumElements(plan->layout.shape).value_or(0) *
-                    std::max(ItemSize(plan->dtype), ItemSize(array.dtype));
+  absl::StatusOr<ViewSizes> sizes = ComputeViewSizes(
+      plan->layout, std::max(ItemSize(plan->dtype), ItemSize(array.dtype)));
+  if (sizes.ok()) work.copy_bytes = static_cast<uint64_t>(sizes->nbytes);
   return work;
 }
 

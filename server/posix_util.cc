@@ -25,6 +25,39 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
   }
 }
 
+absl::Status CallerErrnoStatus(int err, absl::string_view what) {
+  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT: return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+    case EROFS: return absl::PermissionDeniedError(message);
+    case ENOMEM:
+    case EMFILE:
+    case ENFILE:
+    case ENOSPC:
+    case EOVERFLOW:
+    case EFBIG: return absl::ResourceExhaustedError(message);
+    // What the name or descriptor is, not what it is in use for: a symlink,
+    // a directory, a socket or device, a name too long or not a path.
+    case ELOOP:
+    case EISDIR:
+    case ENOTDIR:
+    case ENXIO:
+    case ENODEV:
+    case ENAMETOOLONG:
+    case EINVAL:
+    case EBADF:
+    case ESPIPE:
+    case ENOTSOCK:
+    case EOPNOTSUPP:
+    case EFAULT: return absl::InvalidArgumentError(message);
+    // Anything else (EBUSY, ETXTBSY, EAGAIN, EIO, ...) is the state the
+    // caller's object is in.
+    default: return absl::FailedPreconditionError(message);
+  }
+}
+
 std::string RandomHex128() {
   unsigned char bytes[16];
   size_t got = 0;

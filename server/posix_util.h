@@ -11,9 +11,18 @@
 
 namespace asarray {
 
-// "<what>: <strerror(err)>" with the code a caller can act on: NOT_FOUND,
-// ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, else INTERNAL.
+// "<what>: <strerror(err)>" for a failed operation of the server's own (on
+// its segments, sockets, files): NOT_FOUND, ALREADY_EXISTS,
+// PERMISSION_DENIED, RESOURCE_EXHAUSTED where the errno says so, else
+// INTERNAL, since the fault is the server's.
 absl::Status ErrnoStatus(int err, absl::string_view what);
+
+// The same for an operation on something a caller named or sent (a client
+// segment, its descriptor): every errno maps to a code of the caller's
+// class (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED,
+// FAILED_PRECONDITION) or, for the server's own limits, RESOURCE_EXHAUSTED.
+// Never INTERNAL: a bad name is the caller's fault, not the server's.
+absl::Status CallerErrnoStatus(int err, absl::string_view what);
 
 // 128 random bits from getrandom(2), as 32 hex digits.
 std::string RandomHex128();

@@ -65,16 +65,11 @@ HandleInfo DataOnlyHandle(const Tensor& t) {
   return info;
 }
 
-int64_t Bytes(const Tensor& t) {
-  return NumElements(t.layout.shape).value_or(0) * static_cast<int64_t>(ItemSize(t.dtype));
-}
-
-// Streams a tensor's elements in row-major order, the handle in the first
-// message. With a pending conversion it first waits for Start().
+// Streams a RowMajorStream. With a pending conversion it first waits for
+// Start().
 class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
  public:
-  TensorStreamer(AsArrayService* service, uint64_t chunk_bytes)
-      : service_(service), chunk_bytes_(chunk_bytes) {}
+  explicit TensorStreamer(AsArrayService* service) : service_(service) {}
 
   // Runs `prepare` on the executor once gRPC has bound this reactor to its
   // call (the initial metadata went out). Starting writes from another thread
@@ -93,12 +88,13 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
     service_->executor()->Schedule(std::move(prepare_));
   }
 
-  // Starts streaming `tensor`. `handle` goes into the first message.
-  void Start(std::shared_ptr<const Tensor> tensor, const HandleInfo& handle) {
-    tensor_ = std::move(tensor);
-    HandleToProto(handle, response_.mutable_handle());
-    total_ = NumElements(tensor_->layout.shape).value_or(0);
-    chunk_elements_ = std::max<uint64_t>(1, chunk_bytes_ / ItemSize(tensor_->dtype));
+  // Starts streaming, or fails with the stream's status.
+  void Start(absl::StatusOr<RowMajorStream> stream) {
+    if (!stream.ok()) {
+      Fail(stream.status());
+      return;
+    }
+    stream_.emplace(*std::move(stream));
     NextWrite();
   }
 
@@ -112,7 +108,6 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
       Fail(absl::CancelledError("the client stopped reading"));
       return;
     }
-    response_.Clear();
     NextWrite();
   }
 
@@ -123,31 +118,23 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
 
  private:
   void NextWrite() {
-    if (sent_ == total_ && !response_.has_handle()) {
+    if (stream_->done()) {
       service_->Count(absl::OkStatus());
       Finish(grpc::Status::OK);
       return;
     }
-    const int64_t count = std::min<int64_t>(chunk_elements_, total_ - sent_);
-    std::string* data = response_.mutable_data();
-    data->resize(count * ItemSize(tensor_->dtype));
-    absl::Status s = service_->converter()->ReadElements(*tensor_, sent_, count, data->data());
+    absl::Status s = stream_->Next(&response_);
     if (!s.ok()) {
       Fail(s);
       return;
     }
-    sent_ += count;
     StartWrite(&response_);
   }
 
   AsArrayService* const service_;
-  const uint64_t chunk_bytes_;
   std::function<void()> prepare_;
-  std::shared_ptr<const Tensor> tensor_;
+  std::optional<RowMajorStream> stream_;
   v1::ReadResponse response_;
-  int64_t total_ = 0;
-  int64_t sent_ = 0;
-  int64_t chunk_elements_ = 1;
 };
 
 // A data chunk of an upload, still in the slices gRPC received it in: the
@@ -348,14 +335,15 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       lock.Release();
       absl::StatusOr<Tensor> tensor =
           service_->converter()->FinishUpload(header, std::move(storage), caller_);
+      absl::Status status = tensor.status();
       if (tensor.ok()) {
         const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
         v1::ConvertResponse reply;
-        HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), reply.mutable_handle());
+        status = HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), reply.mutable_handle());
         *response_ = Serialized(reply);
       }
-      service_->Count(tensor.status());
-      Finish(ToGrpcStatus(tensor.status()));
+      service_->Count(status);
+      Finish(ToGrpcStatus(status));
       return;
     }
   }
@@ -416,6 +404,47 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 };
 
 }  // namespace
+
+absl::StatusOr<RowMajorStream> RowMajorStream::Open(const Converter* converter,
+                                                    std::shared_ptr<const Tensor> tensor,
+                                                    const HandleInfo& handle,
+                                                    uint64_t chunk_bytes) {
+  ASSIGN_OR_RETURN(const ViewSizes sizes,
+                   ComputeViewSizes(tensor->layout, ItemSize(tensor->dtype)));
+  RowMajorStream stream;
+  RETURN_IF_ERROR(HandleToProto(handle, &stream.handle_));
+  stream.converter_ = converter;
+  stream.tensor_ = std::move(tensor);
+  stream.total_ = sizes.numel;
+  // A data field's tag and length take at most 6 bytes; 64 spare.
+  stream.chunk_bytes_ = std::min<uint64_t>(chunk_bytes == 0 ? kDefaultChunk : chunk_bytes,
+                                           kMaxStreamMessageBytes - 64);
+  return stream;
+}
+
+absl::Status RowMajorStream::Next(v1::ReadResponse* out) {
+  out->Clear();
+  const uint64_t item = ItemSize(tensor_->dtype);
+  uint64_t room = chunk_bytes_;
+  if (!handle_sent_) {
+    *out->mutable_handle() = handle_;
+    handle_sent_ = true;
+    // The handle's few hundred bytes (a 64-dim layout: under 2 KiB) share
+    // the first message.
+    const uint64_t handle_bytes = out->ByteSizeLong();
+    if (handle_bytes + 64 + item > kMaxStreamMessageBytes) {
+      return absl::InternalError(absl::StrCat("a handle of ", handle_bytes, " bytes"));
+    }
+    room = std::min(room, kMaxStreamMessageBytes - 64 - handle_bytes);
+  }
+  const int64_t count = std::min<int64_t>(static_cast<int64_t>(room / item), total_ - sent_);
+  if (count <= 0) return absl::OkStatus();  // an empty tensor's handle-only message
+  std::string* data = out->mutable_data();
+  data->resize(static_cast<size_t>(count) * item);
+  RETURN_IF_ERROR(converter_->ReadElements(*tensor_, sent_, count, data->data()));
+  sent_ += count;
+  return absl::OkStatus();
+}
 
 AsArrayService::AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
                                ServiceOptions options)
@@ -487,20 +516,41 @@ absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, uid_t
   ++converts_;
   if (!request.return_data()) {
     const TensorStore::Lease lease = store_->Add(std::move(tensor));
-    HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->mutable_handle());
-    return absl::OkStatus();
+    return HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->mutable_handle());
   }
-  const int64_t bytes = Bytes(tensor);
-  if (bytes > options_.max_message_bytes - 4096) {
+  ASSIGN_OR_RETURN(const ViewSizes sizes,
+                   ComputeViewSizes(tensor.layout, ItemSize(tensor.dtype)));
+  if (sizes.nbytes > options_.max_message_bytes - 4096) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the result holds ", bytes, " bytes, more than one message may carry (",
+        "the result holds ", sizes.nbytes, " bytes, more than one message may carry (",
         options_.max_message_bytes, "); use ConvertToData to stream it, or take a handle"));
   }
-  HandleToProto(DataOnlyHandle(tensor), response->mutable_handle());
+  RETURN_IF_ERROR(HandleToProto(DataOnlyHandle(tensor), response->mutable_handle()));
   std::string* data = response->mutable_data();
-  data->resize(bytes);
-  return converter_.ReadElements(tensor, 0, NumElements(tensor.layout.shape).value(),
-                                 data->data());
+  data->resize(static_cast<size_t>(sizes.nbytes));
+  return converter_.ReadElements(tensor, 0, sizes.numel, data->data());
+}
+
+absl::StatusOr<RowMajorStream> AsArrayService::ConvertToDataNow(const v1::ConvertRequest& request,
+                                                                uid_t caller) {
+  ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller));
+  ++converts_;
+  auto held = std::make_shared<const Tensor>(std::move(tensor));
+  return RowMajorStream::Open(&converter_, held, DataOnlyHandle(*held), ChunkBytes(0));
+}
+
+absl::StatusOr<RowMajorStream> AsArrayService::ReadNow(const v1::ReadRequest& request,
+                                                       uid_t caller) {
+  ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(request.id(), caller));
+  return RowMajorStream::Open(&converter_, lease.tensor,
+                              ToHandleInfo(*lease.tensor, lease.expires),
+                              ChunkBytes(request.chunk_size()));
+}
+
+absl::StatusOr<int64_t> AsArrayService::RenewNow(const v1::RenewRequest& request, uid_t caller) {
+  ASSIGN_OR_RETURN(const absl::Time expires,
+                   store_->Renew(request.id(), TtlFromProto(request.ttl_ms()), caller));
+  return absl::ToUnixMillis(expires);
 }
 
 absl::Status AsArrayService::ReleaseNow(const v1::ReleaseRequest& request, uid_t caller) {
@@ -560,21 +610,14 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUploadRaw(
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
     grpc::CallbackServerContext* context, const v1::ConvertRequest* request) {
   const bool serving = Enter();
-  auto* streamer = new TensorStreamer(this, ChunkBytes(0));
+  auto* streamer = new TensorStreamer(this);
   if (!serving) {
     streamer->Fail(ShuttingDown());
     return streamer;
   }
   const uid_t caller = CallerUid(context);
   streamer->PrepareOnExecutor([this, streamer, request, caller] {
-    absl::StatusOr<Tensor> tensor = converter_.Convert(*request, caller);
-    if (!tensor.ok()) {
-      streamer->Fail(tensor.status());
-      return;
-    }
-    ++converts_;
-    auto held = std::make_shared<const Tensor>(*std::move(tensor));
-    streamer->Start(held, DataOnlyHandle(*held));
+    streamer->Start(ConvertToDataNow(*request, caller));
   });
   return streamer;
 }
@@ -582,17 +625,12 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
     grpc::CallbackServerContext* context, const v1::ReadRequest* request) {
   const bool serving = Enter();
-  auto* streamer = new TensorStreamer(this, ChunkBytes(request->chunk_size()));
+  auto* streamer = new TensorStreamer(this);
   if (!serving) {
     streamer->Fail(ShuttingDown());
     return streamer;
   }
-  absl::StatusOr<TensorStore::Lease> lease = store_->Get(request->id(), CallerUid(context));
-  if (!lease.ok()) {
-    streamer->Fail(lease.status());
-  } else {
-    streamer->Start(lease->tensor, ToHandleInfo(*lease->tensor, lease->expires));
-  }
+  streamer->Start(ReadNow(*request, CallerUid(context)));
   return streamer;
 }
 
@@ -607,9 +645,8 @@ grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* con
                                                 const v1::RenewRequest* request,
                                                 v1::RenewResponse* response) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
-  absl::StatusOr<absl::Time> expires = store_->Renew(
-      request->id(), absl::Milliseconds(request->ttl_ms()), CallerUid(context));
-  if (expires.ok()) response->set_lease_expires_unix_ms(absl::ToUnixMillis(*expires));
+  absl::StatusOr<int64_t> expires = RenewNow(*request, CallerUid(context));
+  if (expires.ok()) response->set_lease_expires_unix_ms(*expires);
   return FinishNow(context, expires.status());
 }
 
@@ -617,10 +654,12 @@ grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* cont
                                                const v1::ListRequest*,
                                                v1::ListResponse* response) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
+  absl::Status status;
   for (const TensorStore::Lease& lease : store_->List(CallerUid(context))) {
-    HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->add_tensors());
+    status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires),
+                                response->add_tensors()));
   }
-  return FinishNow(context, absl::OkStatus());
+  return FinishNow(context, status);
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* context,

@@ -9,11 +9,13 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "asarray/v1/asarray.grpc.pb.h"
+#include "server/convert.h"
 #include "server/converter.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
@@ -28,6 +30,41 @@ struct ServiceOptions {
   // Largest message the server accepts or sends; a unary return_data result
   // beyond it is refused.
   int64_t max_message_bytes = 64 << 20;
+};
+
+// No streamed message, handle and framing included, exceeds this: 4 MiB, the
+// receive limit of every stock gRPC client.
+inline constexpr uint64_t kMaxStreamMessageBytes = 4 << 20;
+
+// A tensor's elements in row-major order as a sequence of ReadResponse
+// messages, the handle in the first: what Read and ConvertToData stream.
+// Each message holds whole elements and at most kMaxStreamMessageBytes in
+// all. Not thread-safe; the tensor must stay alive (it is held).
+class RowMajorStream {
+ public:
+  // `chunk_bytes`: data bytes wanted per message (0 picks 1 MiB), cut to
+  // what fits a message.
+  static absl::StatusOr<RowMajorStream> Open(const Converter* converter,
+                                             std::shared_ptr<const Tensor> tensor,
+                                             const HandleInfo& handle, uint64_t chunk_bytes);
+
+  // True once every message went out.
+  bool done() const { return handle_sent_ && sent_ == total_; }
+  // Fills `out` (cleared first) with the next message. REQUIRES: !done().
+  absl::Status Next(v1::ReadResponse* out);
+
+  int64_t total_elements() const { return total_; }
+
+ private:
+  RowMajorStream() = default;
+
+  const Converter* converter_ = nullptr;
+  std::shared_ptr<const Tensor> tensor_;
+  v1::TensorHandle handle_;
+  bool handle_sent_ = false;
+  uint64_t chunk_bytes_ = 0;  // data bytes of a message without the handle
+  int64_t total_ = 0;
+  int64_t sent_ = 0;
 };
 
 // ConvertUpload is registered raw: its messages arrive as received bytes,
@@ -67,6 +104,11 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   absl::Status ConvertNow(const v1::ConvertRequest& request, uid_t caller,
                           v1::ConvertResponse* response);
   absl::Status ReleaseNow(const v1::ReleaseRequest& request, uid_t caller);
+  // The work of Read, Renew and ConvertToData, on the calling thread.
+  absl::StatusOr<RowMajorStream> ReadNow(const v1::ReadRequest& request, uid_t caller);
+  absl::StatusOr<int64_t> RenewNow(const v1::RenewRequest& request, uid_t caller);
+  absl::StatusOr<RowMajorStream> ConvertToDataNow(const v1::ConvertRequest& request,
+                                                  uid_t caller);
   // Runs `work`, a conversion of `request`, where it belongs: on this thread
   // when it aliases or copies little, else on the workers (device work, and
   // big copies, which hold the segment pool's foreground mark meanwhile).
@@ -88,7 +130,8 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   TensorStore* store() const { return store_; }
   Executor* executor() const { return executor_; }
   Converter* converter() { return &converter_; }
-  // Bytes per streamed message: `requested` (0: 1 MiB) within the limits.
+  // Data bytes per streamed message: `requested` (0: 1 MiB) within the
+  // server's message limit; RowMajorStream cuts it to kMaxStreamMessageBytes.
   uint64_t ChunkBytes(uint64_t requested) const;
 
  private:

@@ -11,22 +11,28 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/quote.h"
 #include "server/peer.h"
 #include "server/posix_util.h"
 
 namespace asarray::server {
+namespace {
+
+// Where Linux keeps POSIX shared memory: shm_open(name) opens kShmDir + name.
+constexpr char kShmDir[] = "/dev/shm";
+
+}  // namespace
 
 absl::Status ValidateSegmentName(absl::string_view name) {
   auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("shared-memory name '", absl::CHexEscape(name),
-                                                   "' ", why));
+    return absl::InvalidArgumentError(absl::StrCat("shared-memory name ", Quote(name), " ", why));
   };
   if (name.size() < 2 || name[0] != '/') return bad("must start with '/' and name a segment");
   if (name.size() > 255) return bad("is longer than 255 bytes");
   if (absl::StrContains(name, "..")) return bad("must not contain '..'");
+  if (name == "/.") return bad("names the shared-memory directory, not a segment");
   for (char ch : name.substr(1)) {
     const bool ok = absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '.' ||
                     ch == '_' || ch == '-';
@@ -88,21 +94,53 @@ ShmSegment::~ShmSegment() {
   close(fd_);
 }
 
+namespace {
+
+const char* FileKind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+  return "not a regular file";
+}
+
+}  // namespace
+
 absl::StatusOr<int> OpenClientSegment(const std::string& name, uid_t owner, struct stat* st) {
   absl::Status valid = ValidateSegmentName(name);
   if (!valid.ok()) return valid;
-  const int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("opening client segment ", name));
+  // Opened as shm_open would, but never through a symbolic link, and never
+  // blocking (on a FIFO, say): the name is the caller's, and so is whatever
+  // it names. Everything the open can fail with is the caller's fault.
+  const std::string path = absl::StrCat(kShmDir, name);
+  const int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    const int err = errno;
+    struct stat link;
+    if (err == ELOOP && lstat(path.c_str(), &link) == 0 && S_ISLNK(link.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "client segment ", Quote(name), " is a symbolic link, not a shared-memory segment"));
+    }
+    return CallerErrnoStatus(err, absl::StrCat("opening client segment ", Quote(name)));
+  }
   if (fstat(fd, st) != 0) {
     const int err = errno;
     close(fd);
-    return ErrnoStatus(err, absl::StrCat("inspecting client segment ", name));
+    return CallerErrnoStatus(err, absl::StrCat("inspecting client segment ", Quote(name)));
   }
   // Checked on the open descriptor, so a rename in between cannot fool it.
+  if (!S_ISREG(st->st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat("client segment ", Quote(name), " is ",
+                                                   FileKind(st->st_mode),
+                                                   ", not a shared-memory segment"));
+  }
   if (st->st_uid != owner) {
     close(fd);
     return absl::PermissionDeniedError(absl::StrCat(
-        "client segment ", name, " belongs to uid ", st->st_uid, ", not to the caller's uid ",
+        "client segment ", Quote(name), " belongs to uid ", st->st_uid,
+        ", not to the caller's uid ",
         owner == kNoLocalUid ? std::string("(none: a TCP caller)") : absl::StrCat(owner)));
   }
   return fd;
@@ -113,7 +151,7 @@ absl::Status ClientSegment::Map() {
   std::lock_guard<std::mutex> lock(map_mu_);
   if (data() != nullptr) return absl::OkStatus();
   void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (p == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat("mapping client segment ", name_));
+  if (p == MAP_FAILED) return CallerErrnoStatus(errno, absl::StrCat("mapping client segment ", Quote(name_)));
   data_.store(static_cast<unsigned char*>(p), std::memory_order_release);
   return absl::OkStatus();
 }
@@ -153,19 +191,19 @@ absl::Status ClientSegment::BeginUse() {
   }
   if (flock(fd_, LOCK_SH | LOCK_NB) != 0) {
     if (errno != EWOULDBLOCK) {
-      return ErrnoStatus(errno, absl::StrCat("locking client segment ", name_));
+      return CallerErrnoStatus(errno, absl::StrCat("locking client segment ", Quote(name_)));
     }
-    return absl::NotFoundError(absl::StrCat("client segment ", name_,
+    return absl::NotFoundError(absl::StrCat("client segment ", Quote(name_),
                                             " is being recycled by its owner: the reference to it "
                                             "outlived its array"));
   }
   // The owner renames a segment it recycles, with the exclusive lock held:
   // the name must still name this file now that nobody else holds that lock.
   struct stat st;
-  if (stat(absl::StrCat("/dev/shm", name_).c_str(), &st) != 0 || st.st_dev != dev_ ||
+  if (stat(absl::StrCat(kShmDir, name_).c_str(), &st) != 0 || st.st_dev != dev_ ||
       st.st_ino != ino_) {
     flock(fd_, LOCK_UN);
-    return absl::NotFoundError(absl::StrCat("client segment ", name_,
+    return absl::NotFoundError(absl::StrCat("client segment ", Quote(name_),
                                             " was recycled by its owner: the reference to it "
                                             "outlived its array"));
   }
@@ -184,7 +222,7 @@ absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Of(
   if (offset > segment_size || size > segment_size - offset) {
     return absl::InvalidArgumentError(
         absl::StrCat("region [", offset, ", ", offset, " + ", size, ") lies outside segment ",
-                     segment->name(), " of ", segment_size, " bytes"));
+                     Quote(segment->name()), " of ", segment_size, " bytes"));
   }
   absl::Status held = segment->BeginUse();
   if (!held.ok()) return held;

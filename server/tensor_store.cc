@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/quote.h"
 #include "server/posix_util.h"
 
 namespace asarray::server {
@@ -153,7 +154,7 @@ absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id, uid_t
   if (it == entries_.end() || it->second.tensor->owner != caller ||
       it->second.expires <= absl::Now()) {
     return absl::NotFoundError(
-        absl::StrCat("no tensor '", id, "': unknown, released or its lease expired"));
+        absl::StrCat("no tensor ", Quote(id), ": unknown, released or its lease expired"));
   }
   return Lease{it->second.tensor, it->second.expires};
 }
@@ -164,7 +165,7 @@ absl::Status TensorStore::Release(const std::string& id, uid_t caller) {
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second.tensor->owner != caller) {
     return absl::NotFoundError(
-        absl::StrCat("no tensor '", id, "': unknown, released or its lease expired"));
+        absl::StrCat("no tensor ", Quote(id), ": unknown, released or its lease expired"));
   }
   // A lease that ran out before the sweeper saw it ended by expiring, as
   // Get and Renew already answer; its memory goes now either way.
@@ -173,7 +174,7 @@ absl::Status TensorStore::Release(const std::string& id, uid_t caller) {
   entries_.erase(it);
   if (expired) {
     ++expired_;
-    return absl::NotFoundError(absl::StrCat("no tensor '", id, "': its lease expired"));
+    return absl::NotFoundError(absl::StrCat("no tensor ", Quote(id), ": its lease expired"));
   }
   return absl::OkStatus();
 }
@@ -187,7 +188,7 @@ absl::StatusOr<absl::Time> TensorStore::Renew(const std::string& id, absl::Durat
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second.tensor->owner != caller || it->second.expires <= now) {
     return absl::NotFoundError(
-        absl::StrCat("no tensor '", id, "': unknown, released or its lease expired"));
+        absl::StrCat("no tensor ", Quote(id), ": unknown, released or its lease expired"));
   }
   it->second.expires = now + ttl;
   return it->second.expires;

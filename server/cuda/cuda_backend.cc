@@ -207,7 +207,7 @@ unsigned char* ElementZero(const StridedView& v) {
 absl::Status LaunchWholeCast(DType src_dtype, const void* src, DType dst_dtype, void* dst,
                              const Layout& src_layout, const Layout& dst_layout) {
   const std::vector<LoopDim> loop = MakeCopyLoop(src_layout, dst_layout);
-  const int64_t numel = NumElements(src_layout.shape).value_or(0);
+  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src_layout.shape));
   ASARRAY_CUDA_RETURN_IF_ERROR(
       LaunchCast(src_dtype, src, dst_dtype, dst, loop, 0, numel, 0, Stream()),
       absl::StrCat("launching the ", DTypeName(src_dtype), " to ", DTypeName(dst_dtype),
@@ -563,7 +563,8 @@ absl::StatusOr<std::shared_ptr<void>> CudaBackend::PinHost(void* data, uint64_t 
 absl::Status CudaBackend::CastHostToDevice(const ConstStridedView& src, int dst_device,
                                            const StridedView& dst, bool pinned) {
   RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
-  if (NumElements(src.layout.shape).value_or(0) == 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
+  if (numel == 0) return absl::OkStatus();
   DeviceScope scope(dst_device);
   RETURN_IF_ERROR(scope.status());
   ASSIGN_OR_RETURN(const ByteRange range, RangeOf(src.layout, src.dtype));
@@ -586,7 +587,8 @@ absl::Status CudaBackend::CastHostToDevice(const ConstStridedView& src, int dst_
 absl::Status CudaBackend::CastDeviceToHost(int src_device, const ConstStridedView& src,
                                            const StridedView& dst) {
   RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
-  if (NumElements(src.layout.shape).value_or(0) == 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
+  if (numel == 0) return absl::OkStatus();
   DeviceScope scope(src_device);
   RETURN_IF_ERROR(scope.status());
   ASSIGN_OR_RETURN(const ByteRange range, RangeOf(dst.layout, dst.dtype));
@@ -609,7 +611,8 @@ absl::Status CudaBackend::CastDeviceToHost(int src_device, const ConstStridedVie
 absl::Status CudaBackend::CastDeviceToDevice(int src_device, const ConstStridedView& src,
                                              int dst_device, const StridedView& dst) {
   RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
-  if (NumElements(src.layout.shape).value_or(0) == 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
+  if (numel == 0) return absl::OkStatus();
   DeviceScope scope(src_device);
   RETURN_IF_ERROR(scope.status());
   if (src_device == dst_device) {
@@ -634,9 +637,12 @@ absl::Status CudaBackend::CastDeviceToDevice(int src_device, const ConstStridedV
 
 absl::Status CudaBackend::CopyRowMajorRangeToHost(int device, const ConstStridedView& src,
                                                   int64_t begin, int64_t count, void* dst) {
-  const int64_t numel = NumElements(src.layout.shape).value_or(0);
+  // count * item_size <= nbytes, which the checked sizes bound.
+  ASSIGN_OR_RETURN(const ViewSizes sizes, ComputeViewSizes(src.layout, ItemSize(src.dtype)));
+  const int64_t numel = sizes.numel;
   if (begin < 0 || count < 0 || begin > numel || count > numel - begin) {
-    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin + count,
+    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin,
+                                                   " + ", count,
                                                    ") is outside [0, ", numel, ")"));
   }
   if (count == 0) return absl::OkStatus();

@@ -409,7 +409,7 @@ TEST(HandleProtoTest, CudaLocationRoundTrips) {
   info.cuda_offset = 128;
   info.cuda_size = 12;
   v1::TensorHandle proto;
-  HandleToProto(info, &proto);
+  ASSERT_TRUE(HandleToProto(info, &proto).ok());
   EXPECT_TRUE(proto.has_cuda());
   EXPECT_FALSE(proto.has_shared_memory());
   EXPECT_EQ(proto.cuda().device(), 1);
