@@ -2,12 +2,24 @@
 // gRPC code and a message that names what is wrong, and afterwards the server
 // still answers a health check and holds no tensor, segment, client region or
 // byte more than before.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "absl/strings/str_cat.h"
 
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "client/client.h"
@@ -17,6 +29,8 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "server/convert.h"
+#include "server/fast_path.h"
+#include "server/posix_util.h"
 #include "tests/server/test_server.h"
 
 namespace asarray::testing {
@@ -33,7 +47,7 @@ constexpr uint64_t kQuota = 4 << 20;
 // What every row may use: the server and raw, typed and generic stubs.
 class Rpc {
  public:
-  explicit Rpc(const TestServer& server) {
+  explicit Rpc(const TestServer& server) : address_(server.address()) {
     grpc::ChannelArguments args;
     args.SetMaxSendMessageSize(-1);
     args.SetMaxReceiveMessageSize(-1);
@@ -49,6 +63,22 @@ class Rpc {
     grpc::ClientContext context;
     v1::ConvertResponse response;
     return FromGrpcStatus(stub_->Convert(&context, request, &response));
+  }
+
+  // The same request over the fast path.
+  absl::Status FastConvert(const v1::ConvertRequest& request) {
+    FastPathConnection fast(address_);
+    if (!fast.connected()) return absl::UnavailableError("no fast path");
+    return fast.Call(server::FastPath::kConvert, request);
+  }
+
+  // Over gRPC and over the fast path, which must agree; gRPC's status.
+  absl::Status ConvertBothWays(const v1::ConvertRequest& request) {
+    const absl::Status grpc = Convert(request);
+    const absl::Status fast = FastConvert(request);
+    EXPECT_EQ(fast.code(), grpc.code()) << "fast path: " << fast << "; gRPC: " << grpc;
+    EXPECT_EQ(fast.message(), grpc.message());
+    return grpc;
   }
 
   absl::Status ConvertToData(const v1::ConvertRequest& request) {
@@ -156,6 +186,7 @@ class Rpc {
   }
 
  private:
+  const std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::AsArray::Stub> stub_;
   std::unique_ptr<Client> client_;
@@ -260,6 +291,78 @@ SharedRegion MakeRegion(size_t bytes) {
   absl::StatusOr<SharedRegion> region = SharedRegion::Create(bytes);
   EXPECT_TRUE(region.ok()) << region.status();
   return *std::move(region);
+}
+
+// Something in /dev/shm that is not a segment, under a name of its own;
+// removed with this object.
+class DevShmEntry {
+ public:
+  enum class Kind { kDirectory, kSymlink, kSocket, kFifo, kOtherUidFile };
+
+  explicit DevShmEntry(Kind kind)
+      : name_(absl::StrCat("/asarray-test-entry-", getpid(), "-", next_++)),
+        path_(absl::StrCat("/dev/shm", name_)) {
+    switch (kind) {
+      case Kind::kDirectory:
+        EXPECT_EQ(mkdir(path_.c_str(), 0700), 0) << std::strerror(errno);
+        break;
+      case Kind::kSymlink:
+        target_.emplace(MakeRegion(64));  // a real segment of the caller's
+        EXPECT_EQ(symlink(absl::StrCat("/dev/shm", target_->name()).c_str(), path_.c_str()), 0);
+        break;
+      case Kind::kSocket: {
+        socket_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::memcpy(addr.sun_path, path_.data(), path_.size());
+        EXPECT_EQ(bind(socket_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+        break;
+      }
+      case Kind::kFifo:
+        EXPECT_EQ(mkfifo(path_.c_str(), 0600), 0) << std::strerror(errno);
+        break;
+      case Kind::kOtherUidFile: {
+        // Mode 0 and, where this test may, another owner: either way the
+        // caller's own uid cannot have it.
+        const int fd = open(path_.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0);
+        EXPECT_GE(fd, 0) << std::strerror(errno);
+        EXPECT_EQ(ftruncate(fd, 64), 0);
+        if (geteuid() == 0) {
+          EXPECT_EQ(fchown(fd, 65534, 65534), 0);
+        }
+        close(fd);
+        break;
+      }
+    }
+  }
+  ~DevShmEntry() {
+    if (socket_ >= 0) close(socket_);
+    if (rmdir(path_.c_str()) != 0) unlink(path_.c_str());
+  }
+  DevShmEntry(const DevShmEntry&) = delete;
+  DevShmEntry& operator=(const DevShmEntry&) = delete;
+
+  const std::string& name() const { return name_; }
+
+ private:
+  static inline std::atomic<int> next_{0};
+  const std::string name_;
+  const std::string path_;
+  std::optional<SharedRegion> target_;
+  int socket_ = -1;
+};
+
+// A region source naming a DevShmEntry of `kind`, over gRPC and the fast path.
+absl::Status ConvertEntry(Rpc& r, DevShmEntry::Kind kind) {
+  DevShmEntry entry(kind);
+  return r.ConvertBothWays(Region(entry.name(), 0, 16, {4}));
+}
+
+// An inline float32 broadcast of `elements` (stride 0) over 4 bytes.
+v1::ConvertRequest Broadcast(int64_t elements, bool return_data) {
+  v1::ConvertRequest request = Inline(v1::DTYPE_FLOAT32, {elements}, {0}, 0, 4);
+  request.set_return_data(return_data);
+  return request;
 }
 
 // --- The table -------------------------------------------------------------------
@@ -490,6 +593,89 @@ const std::vector<BadRequest>& Table() {
          return r.Convert(request);
        },
        Code::kResourceExhausted, "ConvertToData"},
+      // Names of things that are not segments, and of other uids' segments.
+      {"RegionNameIsTheShmDirectory",
+       [](Rpc& r) { return r.ConvertBothWays(Region("/.", 0, 16, {4})); },
+       Code::kInvalidArgument, "directory"},
+      {"RegionNameIsADirectory",
+       [](Rpc& r) { return ConvertEntry(r, DevShmEntry::Kind::kDirectory); },
+       Code::kInvalidArgument, "directory"},
+      {"RegionNameIsASymlinkToASegment",
+       [](Rpc& r) { return ConvertEntry(r, DevShmEntry::Kind::kSymlink); },
+       Code::kInvalidArgument, "symbolic link"},
+      {"RegionNameIsASocket",
+       [](Rpc& r) { return ConvertEntry(r, DevShmEntry::Kind::kSocket); },
+       Code::kInvalidArgument, "opening client segment"},
+      {"RegionNameIsAFifo", [](Rpc& r) { return ConvertEntry(r, DevShmEntry::Kind::kFifo); },
+       Code::kInvalidArgument, "FIFO"},
+      {"RegionNameIsAnotherUidsFile",
+       [](Rpc& r) { return ConvertEntry(r, DevShmEntry::Kind::kOtherUidFile); },
+       Code::kPermissionDenied, "client segment"},
+      {"RegionName64KiB",
+       [](Rpc& r) { return r.Convert(Region("/" + std::string(65535, 'a'), 0, 16, {4})); },
+       Code::kInvalidArgument, "(65536 bytes)"},
+      // (A fast-path datagram holds at most 64 KiB.)
+      {"RegionName60000Bytes",
+       [](Rpc& r) { return r.ConvertBothWays(Region("/" + std::string(59999, 'a'), 0, 16, {4})); },
+       Code::kInvalidArgument, "(60000 bytes)"},
+      // Views whose element bytes exceed int64: once a heap overflow.
+      {"BroadcastOf2To61FloatsAsData",
+       [](Rpc& r) { return r.Convert(Broadcast(int64_t{1} << 61, true)); },
+       Code::kResourceExhausted, "more bytes than int64"},
+      {"BroadcastOf2To62FloatsAsData",
+       [](Rpc& r) { return r.Convert(Broadcast(int64_t{1} << 62, true)); },
+       Code::kResourceExhausted, "more bytes than int64"},
+      {"BroadcastOf2To62FloatsAsAHandle",
+       [](Rpc& r) { return r.ConvertBothWays(Broadcast(int64_t{1} << 62, false)); },
+       Code::kResourceExhausted, "more bytes than int64"},
+      {"BroadcastOf2To62FloatsStreamed",
+       [](Rpc& r) { return r.ConvertToData(Broadcast(int64_t{1} << 62, false)); },
+       Code::kResourceExhausted, "more bytes than int64"},
+      {"BroadcastOf2To62FloatsUploaded",
+       [](Rpc& r) {
+         v1::ConvertUploadRequest header;
+         header.mutable_header()->set_dtype(v1::DTYPE_FLOAT32);
+         LayoutToProto(Layout{{int64_t{1} << 62}, {0}, 0}, header.mutable_header()->mutable_layout());
+         header.mutable_header()->set_storage_size(4);
+         v1::ConvertUploadRequest data;
+         data.set_data(std::string(4, '\0'));
+         return r.Upload({header, data});
+       },
+       Code::kResourceExhausted, "more bytes than int64"},
+      {"BroadcastOfInt64MaxBools",
+       [](Rpc& r) {
+         v1::ConvertRequest request = Inline(v1::DTYPE_BOOL, {INT64_MAX}, {0}, 0, 1);
+         request.set_return_data(true);
+         return r.Convert(request);
+       },
+       Code::kResourceExhausted, "ConvertToData"},
+      // Long values are quoted in part.
+      {"TensorId64KiB", [](Rpc& r) { return r.Convert(TensorId(std::string(65536, 'f'))); },
+       Code::kNotFound, "(65536 bytes)"},
+      {"TensorId60000Bytes",
+       [](Rpc& r) { return r.ConvertBothWays(TensorId(std::string(60000, 'f'))); },
+       Code::kNotFound, "(60000 bytes)"},
+      {"TensorId9000Bytes", [](Rpc& r) { return r.Read(ReadOf(std::string(9000, 'f'))); },
+       Code::kNotFound, "(9000 bytes)"},
+      {"Device64KiB",
+       [](Rpc& r) {
+         return r.Convert(WithOptions(FourFloats(), [](v1::Options* o) {
+           o->set_device("cuda:" + std::string(65536, '9'));
+         }));
+       },
+       Code::kInvalidArgument, "(65541 bytes)"},
+      {"LiteralNotANumber64KiB",
+       [](Rpc& r) {
+         return r.Convert(LiteralRequest([](v1::Literal* l) {
+           l->add_nodes()->set_not_a_number(std::string(65536, 's'));
+         }));
+       },
+       Code::kInvalidArgument, "(65536 bytes)"},
+      {"Rank64OfHugeSizes",
+       [](Rpc& r) {
+         return r.Convert(Inline(v1::DTYPE_FLOAT32, Dims(64, INT64_MAX), Dims(64, 1), 0, 4));
+       },
+       Code::kInvalidArgument, "(64 dims)"},
       // Convert: held tensors.
       {"TensorIdUnknown", [](Rpc& r) { return r.Convert(TensorId("0123456789abcdef")); },
        Code::kNotFound, "0123456789abcdef"},
@@ -686,6 +872,8 @@ TEST_P(BadInputTest, GetsItsCodeAndLeavesNothing) {
   }
   EXPECT_EQ(status.code(), row.code) << status;
   EXPECT_THAT(status.message(), HasSubstr(row.says));
+  // A message quotes at most 128 bytes of any request value.
+  EXPECT_LE(status.message().size(), 600u) << status.message().substr(0, 1000);
   // When gRPC itself ends a call (a message past the limit), the client has
   // its status before the server's reactor is done with the call and its
   // segment: wait for the server to settle, then compare.
@@ -711,6 +899,97 @@ INSTANTIATE_TEST_SUITE_P(AllRpcs, BadInputTest, ::testing::ValuesIn(Table()),
 
 TEST(BadInputTable, KeepsAtLeastFortyRows) {
   EXPECT_GE(Table().size(), 40u);
+}
+
+// Every errno an operation on a caller's name or descriptor can fail with
+// is the caller's to fix: none may read as a fault of the server.
+TEST(CallerErrnoStatus, NoErrnoIsInternal) {
+  for (int err = 1; err < 134; ++err) {
+    const absl::Status s = CallerErrnoStatus(err, "opening client segment '/x'");
+    EXPECT_NE(s.code(), Code::kInternal) << err << ": " << s;
+    EXPECT_NE(s.code(), Code::kOk) << err;
+    EXPECT_THAT(s.message(), HasSubstr(std::strerror(err)));
+  }
+  EXPECT_EQ(CallerErrnoStatus(ENOENT, "x").code(), Code::kNotFound);
+  EXPECT_EQ(CallerErrnoStatus(EACCES, "x").code(), Code::kPermissionDenied);
+  EXPECT_EQ(CallerErrnoStatus(ELOOP, "x").code(), Code::kInvalidArgument);
+  EXPECT_EQ(CallerErrnoStatus(ENXIO, "x").code(), Code::kInvalidArgument);
+  EXPECT_EQ(CallerErrnoStatus(EISDIR, "x").code(), Code::kInvalidArgument);
+  EXPECT_EQ(CallerErrnoStatus(EBUSY, "x").code(), Code::kFailedPrecondition);
+}
+
+// A TTL past what int64 milliseconds hold is the longest lease there is,
+// not the default one (it once wrapped negative).
+TEST(RenewExtremes, TtlsPastInt64GetTheMaximumLease) {
+  std::unique_ptr<TestServer> server = TestServer::Start([](server::ServerOptions& o) {
+    o.store.default_ttl = absl::Minutes(1);
+    o.store.max_ttl = absl::Hours(2);
+  });
+  ASSERT_NE(server, nullptr);
+  Rpc rpc(*server);
+  const std::string id = rpc.LiveTensor();
+  auto stub = v1::AsArray::NewStub(
+      grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  for (uint64_t ttl : {uint64_t{1} << 63, UINT64_MAX, uint64_t{INT64_MAX}}) {
+    grpc::ClientContext context;
+    v1::RenewRequest request;
+    request.set_id(id);
+    request.set_ttl_ms(ttl);
+    v1::RenewResponse response;
+    const int64_t now = absl::ToUnixMillis(absl::Now());
+    ASSERT_TRUE(stub->Renew(&context, request, &response).ok()) << ttl;
+    EXPECT_GE(response.lease_expires_unix_ms(), now + absl::ToInt64Milliseconds(absl::Hours(2)))
+        << ttl;
+    EXPECT_LE(response.lease_expires_unix_ms(),
+              absl::ToUnixMillis(absl::Now() + absl::Hours(2))) << ttl;
+  }
+  v1::ReleaseRequest release;
+  release.set_id(id);
+  EXPECT_TRUE(rpc.Release(release).ok());
+}
+
+// A stock client (default limits: 4 MiB a message) reads any tensor at any
+// chunk_size: no streamed message exceeds 4 MiB, handle included.
+TEST(StockClient, ReadsAtTheLargestChunkSizeWithinItsDefaultLimits) {
+  std::unique_ptr<TestServer> server = TestServer::Start();
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::AsArray::NewStub(
+      grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  // 12 MiB of elements in 4 bytes of storage, with a 64-dim layout so that
+  // the handle is as large as handles get.
+  Dims shape(64, 1), strides(64, 0);
+  shape[0] = 3 << 20;
+  v1::ConvertRequest convert = Inline(v1::DTYPE_FLOAT32, shape, strides, 0, 4);
+  v1::ConvertResponse converted;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->Convert(&context, convert, &converted).ok());
+  }
+  const uint64_t want = uint64_t{3} << 22;
+  auto drain = [&](std::unique_ptr<grpc::ClientReader<v1::ReadResponse>> reader) {
+    v1::ReadResponse message;
+    uint64_t got = 0;
+    int messages = 0;
+    while (reader->Read(&message)) {
+      EXPECT_LE(message.ByteSizeLong(), server::kMaxStreamMessageBytes);
+      EXPECT_EQ(message.has_handle(), messages == 0);
+      got += message.data().size();
+      ++messages;
+    }
+    const grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(got, want);
+    return messages;
+  };
+  for (uint64_t chunk : {uint64_t{4} << 20, (uint64_t{4} << 20) + 1, UINT64_MAX}) {
+    grpc::ClientContext context;
+    v1::ReadRequest read;
+    read.set_id(converted.handle().id());
+    read.set_chunk_size(chunk);
+    EXPECT_GE(drain(stub->Read(&context, read)), 3) << chunk;
+  }
+  grpc::ClientContext context;
+  EXPECT_GE(drain(stub->ConvertToData(&context, convert)), 12);
 }
 
 }  // namespace

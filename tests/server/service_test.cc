@@ -264,45 +264,6 @@ TEST_F(ServiceTest, AConvertCarriesReleasesWhateverBecomesOfIt) {
 
 // --- The fast path (server/fast_path.h) ---------------------------------------
 
-// A connection to the test server's fast path.
-class FastPathConnection {
- public:
-  explicit FastPathConnection(const std::string& grpc_address) {
-    const std::string path =
-        server::FastPath::SocketPath(grpc_address.substr(std::strlen("unix:")));
-    fd_ = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, path.data(), path.size());
-    connected_ = connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
-  }
-  ~FastPathConnection() { close(fd_); }
-  bool connected() const { return connected_; }
-
-  // Sends one datagram; the answer's status, and its payload in *payload.
-  absl::Status Call(const std::string& datagram, std::string* payload = nullptr) {
-    if (send(fd_, datagram.data(), datagram.size(), MSG_NOSIGNAL) < 0) {
-      return absl::InternalError(std::strerror(errno));
-    }
-    std::string answer(1 << 20, '\0');
-    const ssize_t n = recv(fd_, answer.data(), answer.size(), 0);
-    if (n <= 0) return absl::InternalError("no answer");
-    answer.resize(n);
-    if (answer[0] != 0) {
-      return absl::Status(static_cast<absl::StatusCode>(answer[0]), answer.substr(1));
-    }
-    if (payload != nullptr) *payload = answer.substr(1);
-    return absl::OkStatus();
-  }
-  template <typename Message>
-  absl::Status Call(char method, const Message& request, std::string* payload = nullptr) {
-    return Call(std::string(1, method) + request.SerializeAsString(), payload);
-  }
-
- private:
-  int fd_;
-  bool connected_;
-};
 
 TEST_F(ServiceTest, FastPathConvertsAndReleasesLikeGrpc) {
   FastPathConnection fast(server_->address());

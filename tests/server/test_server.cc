@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,10 +18,39 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "server/fast_path.h"
 
 extern char** environ;
 
 namespace asarray::testing {
+
+FastPathConnection::FastPathConnection(const std::string& grpc_address) {
+  const std::string path =
+      server::FastPath::SocketPath(grpc_address.substr(std::strlen("unix:")));
+  fd_ = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  connected_ = connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+}
+
+FastPathConnection::~FastPathConnection() { close(fd_); }
+
+absl::Status FastPathConnection::Call(const std::string& datagram, std::string* payload) {
+  if (send(fd_, datagram.data(), datagram.size(), MSG_NOSIGNAL) < 0) {
+    return absl::InternalError(std::strerror(errno));
+  }
+  std::string answer(1 << 20, '\0');
+  const ssize_t n = recv(fd_, answer.data(), answer.size(), 0);
+  if (n <= 0) return absl::InternalError("no answer");
+  answer.resize(n);
+  if (answer[0] != 0) {
+    return absl::Status(static_cast<absl::StatusCode>(answer[0]), answer.substr(1));
+  }
+  if (payload != nullptr) *payload = answer.substr(1);
+  return absl::OkStatus();
+}
+
 
 int CountSegments(const std::string& prefix) {
   DIR* dir = opendir("/dev/shm");

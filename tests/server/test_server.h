@@ -20,6 +20,28 @@
 
 namespace asarray::testing {
 
+// A connection to a test server's fast path (server/fast_path.h).
+class FastPathConnection {
+ public:
+  explicit FastPathConnection(const std::string& grpc_address);
+  ~FastPathConnection();
+  FastPathConnection(const FastPathConnection&) = delete;
+  FastPathConnection& operator=(const FastPathConnection&) = delete;
+  bool connected() const { return connected_; }
+
+  // Sends one datagram; the answer's status, and its payload in *payload.
+  absl::Status Call(const std::string& datagram, std::string* payload = nullptr);
+  template <typename Message>
+  absl::Status Call(char method, const Message& request, std::string* payload = nullptr) {
+    return Call(std::string(1, method) + request.SerializeAsString(), payload);
+  }
+
+ private:
+  int fd_;
+  bool connected_;
+};
+
+
 class TestServer {
  public:
   // `adjust` may change the options before the server starts.
