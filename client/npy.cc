@@ -10,7 +10,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "core/checked_math.h"
 #include "core/status_macros.h"
 
 namespace asarray {
@@ -124,11 +123,6 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(absl::string_view file) {
     header.layout.shape.push_back(size);
     if (header.layout.shape.size() > static_cast<size_t>(kMaxRank)) return Bad("too many dims");
   }
-  ASSIGN_OR_RETURN(const int64_t numel, NumElements(header.layout.shape));
-  int64_t bytes;
-  if (!CheckedMul(numel, static_cast<int64_t>(ItemSize(header.dtype)), &bytes)) {
-    return Bad("array is larger than int64 bytes");
-  }
   if (fortran == "True") {
     Dims reversed(header.layout.shape.rbegin(), header.layout.shape.rend());
     Dims strides = ContiguousStrides(reversed);
@@ -136,8 +130,10 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(absl::string_view file) {
   } else {
     header.layout.strides = ContiguousStrides(header.layout.shape);
   }
+  absl::StatusOr<ViewSizes> sizes = ComputeViewSizes(header.layout, ItemSize(header.dtype));
+  if (!sizes.ok()) return Bad(sizes.status().message());
   header.data_offset = prefix + header_len;
-  header.data_bytes = static_cast<size_t>(bytes);
+  header.data_bytes = static_cast<size_t>(sizes->nbytes);
   return header;
 }
 

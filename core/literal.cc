@@ -8,7 +8,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/checked_math.h"
 #include "core/dtype_dispatch.h"
 #include "core/element_convert.h"
 
@@ -246,12 +245,9 @@ absl::StatusOr<LiteralInfo> AnalyzeLiteral(const Literal& literal,
     if (node->items().empty()) break;
     node = &node->items().front();
   }
-  int64_t bytes;
-  absl::StatusOr<int64_t> numel = NumElements(info.shape);
-  if (!numel.ok()) return numel.status();
-  if (!CheckedMul(*numel, static_cast<int64_t>(ItemSize(info.dtype)), &bytes)) {
-    return absl::InvalidArgumentError("literal has more bytes than int64 counts");
-  }
+  absl::StatusOr<ViewSizes> sizes =
+      ComputeViewSizes(Layout{info.shape, ContiguousStrides(info.shape), 0}, ItemSize(info.dtype));
+  if (!sizes.ok()) return sizes.status();
   return info;
 }
 

@@ -197,6 +197,8 @@ bool SameBytes(DType src_dtype, const Layout& src, DType dst_dtype, const Layout
          IsNonOverlappingAndDense(src.shape, src.strides);
 }
 
+// REQUIRES: the view was checked (ComputeViewSizes, CheckFitsStorage), so
+// offset * item size lies inside its extent.
 const unsigned char* ElementZero(const ConstStridedView& v) {
   return static_cast<const unsigned char*>(v.base) + v.layout.offset * ItemSize(v.dtype);
 }
