@@ -144,7 +144,7 @@ absl::Status CheckFitsStorage(const Layout& layout, size_t item_size, int64_t st
     return absl::InvalidArgumentError(absl::StrCat(
         "view with shape ", DimsToString(layout.shape), ", strides ",
         DimsToString(layout.strides), " and offset ", layout.offset, " starts ",
-        -range->begin, " bytes before its storage"));
+        BytesBefore(*range), " bytes before its storage"));
   }
   if (range->end > storage_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -64,6 +64,12 @@ struct ViewSizes {
 // view (a broadcast, say) whose nbytes would not fit int64.
 absl::StatusOr<ViewSizes> ComputeViewSizes(const Layout& layout, size_t item_size);
 
+// How many bytes before its storage a range that starts before it reaches:
+// -begin, which as int64 would overflow for a begin of INT64_MIN.
+inline uint64_t BytesBefore(const ByteRange& range) {
+  return range.begin < 0 ? uint64_t{0} - static_cast<uint64_t>(range.begin) : 0;
+}
+
 // Checks that a view of `item_size`-byte elements lies within a storage of
 // `storage_bytes`; OUT_OF_RANGE-style problems are INVALID_ARGUMENT with the
 // numbers in the message.

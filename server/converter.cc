@@ -37,7 +37,7 @@ absl::StatusOr<uint64_t> RequiredStorageBytes(const Layout& layout, DType dtype)
   if (range.begin < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "view with strides ", DimsToString(layout.strides), " and offset ", layout.offset,
-        " reaches ", -range.begin, " bytes before the start of its storage"));
+        " reaches ", BytesBefore(range), " bytes before the start of its storage"));
   }
   return static_cast<uint64_t>(range.end);
 }

@@ -206,6 +206,7 @@ TEST(ViewSizesPropertyTest, BoundaryCasesMatchExactArithmetic) {
       {{p62}, {-4}, kMax - 1},         // a reach past int64 that the offset brings back
       {{2}, {kMax}, 0},
       {{2}, {kMin}, kMax},
+      {{2}, {kMin}, 0},                // starts at byte INT64_MIN for 1-byte items
       {{kMax}, {1}, 0},
       {{1}, {kMin}, kMax},
       {{}, {}, kMax / 16},
