@@ -96,6 +96,10 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
             DimsToString(layout.strides), " and offset ", layout.offset, ", which needs ",
             needed));
       }
+      if (array.device() < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("CUDA device ordinal ", array.device(), " is negative"));
+      }
       const Device device{Device::Type::kCUDA, array.device()};
       RETURN_IF_ERROR(cuda_->CheckDevice(device));
       ASSIGN_OR_RETURN(std::shared_ptr<DeviceMemory> memory,
