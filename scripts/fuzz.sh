@@ -7,6 +7,10 @@
 # seeds are never written); a crash is saved to build-fuzz/crashes/<target>/
 # and fails the script. Each target's line of executions and crashes is
 # printed at the end. Targets run one after another unless FUZZ_PARALLEL=1.
+# Every target runs with -use_value_profile=1, and with -dict=fuzz/<target>.dict
+# when that file exists. The request target drives the whole service (Convert,
+# ConvertToData, Read, Renew, Release, uploads and the fast path) with a short
+# program of calls per input; see fuzz/request_fuzzer.cc for its format.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/deps.sh" sanitize
@@ -27,7 +31,10 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 run() {  # target
   local t=$1
   mkdir -p "$build/corpus/$t" "$build/crashes/$t"
+  local dict=()
+  [[ -f "$root/fuzz/$t.dict" ]] && dict=(-dict="$root/fuzz/$t.dict")
   "$build/fuzz/${t}_fuzzer" -max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=2048 \
+    -use_value_profile=1 "${dict[@]}" \
     -artifact_prefix="$build/crashes/$t/" "$build/corpus/$t" "$root/fuzz/corpus/$t" \
     >"$build/$t.log" 2>&1
 }
@@ -42,8 +49,9 @@ rm -f /dev/shm/asarrayd-fuzz-* 2>/dev/null || true
 
 for t in "${targets[@]}"; do
   execs=$(grep -ho 'stat::number_of_executed_units: *[0-9]*' "$build/$t.log" | grep -o '[0-9]*$' || echo "?")
+  rate=$(grep -ho 'stat::average_exec_per_sec: *[0-9]*' "$build/$t.log" | grep -o '[0-9]*$' || echo "?")
   crashes=$(find "$build/crashes/$t" -type f | wc -l)
-  echo "fuzz $t: ${execs} executions in ${seconds} s, ${crashes} crashes, corpus $(ls "$build/corpus/$t" | wc -l) new inputs"
+  echo "fuzz $t: ${execs} executions in ${seconds} s (${rate}/s), ${crashes} crashes, corpus $(ls "$build/corpus/$t" | wc -l) new inputs"
   [[ $crashes -eq 0 ]] || status=1
 done
 exit $status

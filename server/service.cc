@@ -437,7 +437,9 @@ absl::Status RowMajorStream::Next(v1::ReadResponse* out) {
     }
     room = std::min(room, kMaxStreamMessageBytes - 64 - handle_bytes);
   }
-  const int64_t count = std::min<int64_t>(static_cast<int64_t>(room / item), total_ - sent_);
+  // At least one element a message, however small a chunk_size asks.
+  const int64_t count =
+      std::min<int64_t>(static_cast<int64_t>(std::max<uint64_t>(room / item, 1)), total_ - sent_);
   if (count <= 0) return absl::OkStatus();  // an empty tensor's handle-only message
   std::string* data = out->mutable_data();
   data->resize(static_cast<size_t>(count) * item);

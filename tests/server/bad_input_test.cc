@@ -992,5 +992,30 @@ TEST(StockClient, ReadsAtTheLargestChunkSizeWithinItsDefaultLimits) {
   EXPECT_GE(drain(stub->ConvertToData(&context, convert)), 12);
 }
 
+// A chunk_size smaller than one element still moves one element a message
+// (it once sent empty messages forever).
+TEST(StockClient, ChunksSmallerThanAnElementCarryOneEach) {
+  std::unique_ptr<TestServer> server = TestServer::Start();
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::AsArray::NewStub(
+      grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  v1::ConvertResponse converted;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->Convert(&context, Inline(v1::DTYPE_FLOAT64, {4}, {1}, 0, 32), &converted)
+                    .ok());
+  }
+  grpc::ClientContext context;
+  v1::ReadRequest read;
+  read.set_id(converted.handle().id());
+  read.set_chunk_size(1);
+  auto reader = stub->Read(&context, read);
+  v1::ReadResponse message;
+  std::vector<size_t> sizes;
+  while (reader->Read(&message)) sizes.push_back(message.data().size());
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(sizes, (std::vector<size_t>{8, 8, 8, 8}));
+}
+
 }  // namespace
 }  // namespace asarray::testing
