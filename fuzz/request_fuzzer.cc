@@ -1,14 +1,14 @@
-// The whole request path of the service, as gRPC and the fast path drive it:
-// one real AsArrayService (a TensorStore with a small quota whose segments
-// live under "asarrayd-fuzz-<pid>", the CudaBackend without devices, an
-// Executor) and a FastPath over it, built once. Every input is a short
+// The whole request path of the service, as gRPC and the local transport
+// drive it: one real AsArrayService (a TensorStore with a small quota whose
+// segments live under "asarrayd-fuzz-<pid>", the CudaBackend without
+// devices, an Executor) and a LocalTransport over it, built once. Every input is a short
 // program of calls on it, so a tensor one call makes is the source, the
 // stream or the release of the next.
 //
 // Input format. The first byte picks the mode:
 //   0     raw: the rest is a serialized ConvertRequest. It goes through
 //         Convert (ConvertNow, as its return_data says), then Read of the
-//         handle, ConvertToData and the fast path's Convert.
+//         handle, ConvertToData and the local transport's Convert.
 //   1     raw: the rest is a serialized ConvertUploadHeader: BeginUpload,
 //         the storage filled, FinishUpload, the result held and read back.
 //   else  a program: up to kMaxOps operations, each an op byte (mod 11) and
@@ -17,9 +17,11 @@
 //         0, 10 Convert: FuzzRequest, ReleaseCarried, ConvertNow (held, or
 //               return_data)        1 ConvertToData: FuzzRequest, drained
 //         2 Read: id, chunk_size    3 Renew: id, ttl_ms
-//         4 Release: id, more_ids   5 fast path: a method byte, then a
-//               ConvertRequest (FuzzRequest) or a ReleaseRequest
-//         6 fast path, raw: a 2-byte little-endian length, the datagram
+//         4 Release: id, more_ids   5 local transport: a method byte, then
+//               a ConvertRequest (FuzzRequest) or a ReleaseRequest, in a
+//               LocalRequest, with descriptors (see Attach)
+//         6 local transport, raw: a 2-byte little-endian length, the
+//               datagram (a LocalRequest's bytes), with descriptors
 //         7 upload: a header built as a request's inline array
 //         8 RowMajorStream::Open on a held id with any chunk size
 //         9 a raw ConvertRequest (2-byte length) through mode 0's calls
@@ -50,10 +52,13 @@
 // return_data result's data is exactly numel * item size bytes; no streamed
 // message exceeds kMaxStreamMessageBytes, each holds whole elements, every
 // message after the first holds data (else the stream never ends), and a
-// whole stream holds exactly the tensor's bytes; a fast-path answer parses.
+// whole stream holds exactly the tensor's bytes; a local answer parses, and
+// carries descriptors only when OK, one per attached FdLocation.
 // ASARRAY_FUZZ_TRACE=1 prints each operation and its outcome.
 // At the end of every input each id it made is released, and the store must
 // be empty again: no tensor, segment, byte or client region left over.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -81,7 +86,7 @@
 #include "server/converter.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
-#include "server/fast_path.h"
+#include "server/local_transport.h"
 #include "server/peer.h"
 #include "server/service.h"
 #include "server/tensor_store.h"
@@ -118,14 +123,35 @@ struct Fixture {
         executor(1),
         service(&store, cuda.get(), &executor,
                 server::ServiceOptions{/*max_message_bytes=*/static_cast<int64_t>(kMiB)}),
-        fast_path(&service) {}
+        local(&service) {
+    // Descriptors an input may attach to a local request: sealed memfds (a
+    // small and a page-sized one), an unsealed memfd, a memfd without the
+    // grow seal, a pipe and /dev/null.
+    auto memfd = [](size_t size, int seals) {
+      const int fd = memfd_create("asarray-fuzz", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+      if (ftruncate(fd, static_cast<off_t>(size)) != 0 ||
+          (seals != 0 && fcntl(fd, F_ADD_SEALS, seals) != 0)) {
+        abort();
+      }
+      return fd;
+    };
+    attachable.push_back(memfd(64, F_SEAL_SHRINK | F_SEAL_GROW));
+    attachable.push_back(memfd(4096, F_SEAL_SHRINK | F_SEAL_GROW));
+    attachable.push_back(memfd(64, 0));
+    attachable.push_back(memfd(64, F_SEAL_SHRINK));
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) abort();
+    attachable.push_back(p[0]);
+    attachable.push_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  }
 
   const std::string prefix;
   server::TensorStore store;
   std::unique_ptr<server::CudaBackend> cuda;
   server::Executor executor;
   server::AsArrayService service;
-  server::FastPath fast_path;
+  server::LocalTransport local;
+  std::vector<int> attachable;
 };
 
 // Never destroyed: libFuzzer exits without running it down.
@@ -260,12 +286,29 @@ struct Held {
 struct Input {
   std::vector<Held> ids;
   uint64_t streamed = 0;  // bytes drained from streams so far
+  // The input's local connections, one a caller, closed at its end.
+  std::vector<std::unique_ptr<server::LocalTransport::Connection>> connections;
 
   void Keep(const std::string& id, uid_t owner) {
     Require(!id.empty(), "a handle without an id");
     ids.push_back({id, owner});
   }
+  server::LocalTransport::Connection* Connection(uid_t caller);
+  void CloseConnections();
 };
+
+server::LocalTransport::Connection* Input::Connection(uid_t caller) {
+  for (const auto& c : connections) {
+    if (c->caller == caller) return c.get();
+  }
+  connections.push_back(F().local.OpenConnection(caller));
+  return connections.back().get();
+}
+
+void Input::CloseConnections() {
+  for (const auto& c : connections) F().local.CloseConnection(c.get());
+  connections.clear();
+}
 
 // --- checks -----------------------------------------------------------------
 
@@ -324,10 +367,17 @@ void CheckHeld(const v1::TensorHandle& handle, uid_t owner) {
   const server::Tensor& t = *lease->tensor;
   Require(t.device_memory == nullptr, "a device tensor without devices");
   Require(t.memory != nullptr, "a held tensor without memory");
-  Require(handle.has_shared_memory(), "a held CPU tensor's handle without shared memory");
-  Require(handle.shared_memory().size() == t.memory->size() &&
-              handle.shared_memory().name() == t.memory->name(),
-          "a handle names other memory than the tensor's");
+  if (handle.has_fd()) {
+    Require(t.memory->name().empty(), "a named segment sent as a descriptor");
+    Require(handle.fd().size() == t.memory->size(), "a handle's fd range differs from its memory");
+  } else if (!t.memory->name().empty()) {
+    Require(handle.has_shared_memory(), "a held named tensor's handle without shared memory");
+    Require(handle.shared_memory().size() == t.memory->size() &&
+                handle.shared_memory().name() == t.memory->name(),
+            "a handle names other memory than the tensor's");
+  } else {
+    Require(!handle.has_shared_memory(), "a memfd named over gRPC");
+  }
   const absl::StatusOr<ViewSizes> own = ComputeViewSizes(t.layout, ItemSize(t.dtype));
   Require(own.ok() && own->nbytes == sizes.nbytes, "a handle's sizes differ from its tensor's");
   Require(CheckFitsStorage(t.layout, ItemSize(t.dtype), static_cast<int64_t>(t.memory->size()))
@@ -406,24 +456,29 @@ void CheckConverted(const v1::ConvertRequest& request, uid_t caller, const absl:
   Require(response.ByteSizeLong() <= kMiB, "a return_data result past the message limit");
 }
 
-// A fast-path answer: the status byte, then a response or the message.
-void CheckAnswer(const std::string& answer, char method, uid_t caller, Input* in) {
-  Require(!answer.empty(), "an empty fast-path answer");
-  const int code = static_cast<unsigned char>(answer[0]);
-  if (code != 0) {
-    CheckFailure(absl::Status(static_cast<absl::StatusCode>(code), answer.substr(1)));
+// A local answer: a LocalResponse, descriptors only when OK (one for each
+// FdLocation that is not the request's own).
+void CheckAnswer(const server::LocalTransport::Reply& reply, uid_t caller, Input* in) {
+  v1::LocalResponse response;
+  Require(response.ParseFromString(reply.bytes), "a local answer that does not parse");
+  if (response.code() != 0) {
+    Require(reply.memory.empty(), "an error answer with descriptors");
+    CheckFailure(absl::Status(static_cast<absl::StatusCode>(response.code()), response.message()));
     return;
   }
-  if (method == server::FastPath::kRelease) {
-    Require(answer.size() == 1, "a fast-path Release answer with a body");
+  if (!response.has_convert()) {
+    Require(reply.memory.empty(), "descriptors beside an answer that takes none");
     return;
   }
-  Require(method == server::FastPath::kConvert, "a fast-path answer to an unknown method");
-  v1::ConvertResponse response;
-  Require(response.ParseFromArray(answer.data() + 1, static_cast<int>(answer.size() - 1)),
-          "a fast-path answer that does not parse");
-  in->Keep(response.handle().id(), caller);
-  CheckHeld(response.handle(), caller);
+  const v1::TensorHandle& handle = response.convert().handle();
+  const size_t sent = handle.has_fd() && !handle.fd().request_fd() ? 1 : 0;
+  Require(reply.memory.size() == sent, "descriptors differ from the handle's");
+  if (sent == 1) {
+    Require(handle.fd().fd_index() == 0, "an attached descriptor at another index");
+    Require(reply.fds()[0] >= 0, "an attached descriptor that is not open");
+  }
+  in->Keep(handle.id(), caller);
+  CheckHeld(handle, caller);
 }
 
 // --- building requests --------------------------------------------------------
@@ -747,9 +802,36 @@ void Release(Reader& r, Input* in) {
   if (!status.ok()) CheckFailure(status);
 }
 
-void FastPathDatagram(const std::string& datagram, uid_t caller, Input* in) {
-  const std::string answer = F().fast_path.Answer(datagram, caller);
-  CheckAnswer(answer, datagram.empty() ? '\0' : datagram[0], caller, in);
+// Sends `bytes` (a LocalRequest's) on the input's connection of `caller`,
+// with descriptors from Fixture::attachable chosen by `attach`: bits 0-2 how
+// many (0-7, the last one meaning "cut short": MSG_CTRUNC), then one byte
+// each for which.
+void LocalCall(std::string bytes, uid_t caller, Reader* attach, Input* in) {
+  LocalDatagram datagram;
+  datagram.bytes = std::move(bytes);
+  const int n = attach != nullptr ? attach->Byte() % 8 : 0;
+  datagram.control_truncated = n == 7;
+  for (int i = 0; i < n; ++i) {
+    const int which = F().attachable[attach->Byte() % F().attachable.size()];
+    datagram.fds.emplace_back(fcntl(which, F_DUPFD_CLOEXEC, 0));
+  }
+  server::LocalTransport::Connection* connection = in->Connection(caller);
+  CheckAnswer(F().local.Answer(datagram, connection), caller, in);
+}
+
+std::string WithMethod(char method, const std::string& message) {
+  v1::LocalRequest request;
+  switch (method) {
+    case 1:
+      if (!request.mutable_convert()->ParseFromString(message)) return message;
+      break;
+    case 2:
+      if (!request.mutable_release()->ParseFromString(message)) return message;
+      break;
+    default:
+      return std::string(1, method) + message;  // what no method reads as
+  }
+  return request.SerializeAsString();
 }
 
 // Who may send a raw ConvertRequest: one with a shared_memory source comes
@@ -771,7 +853,7 @@ void RawRequest(absl::string_view bytes, Input* in) {
   Convert(b, in);
   if (in->ids.size() > before) Read(in->ids.back().id, 0, b.caller, in);
   ConvertToData(b, in);
-  FastPathDatagram(absl::StrCat(std::string(1, server::FastPath::kConvert), bytes), b.caller, in);
+  LocalCall(WithMethod(1, std::string(bytes)), b.caller, nullptr, in);
 }
 
 // An upload: BeginUpload, the storage written, FinishUpload, the result held.
@@ -836,7 +918,7 @@ void DirectStream(const std::string& id, uint64_t chunk_bytes, Input* in) {
 
 void Program(Reader& r, Input* in) {
   static const char* const kNames[] = {"Convert", "ConvertToData", "Read", "Renew",
-                                       "Release", "FastPath", "FastPathRaw", "Upload",
+                                       "Release", "Local", "LocalRaw", "Upload",
                                        "DirectStream", "RawRequest", "Convert"};
   for (int op = 0; op < kMaxOps && !r.empty(); ++op) {
     const int which = r.Byte() % 11;
@@ -862,27 +944,30 @@ void Program(Reader& r, Input* in) {
       case 4:
         Release(r, in);
         break;
-      case 5: {  // a fast-path datagram built from a request
+      case 5: {  // a local datagram built from a request
         const uint8_t m = r.Byte();
         if (m >= 0xe0 && m < 0xf0) {
           v1::ReleaseRequest request;
           request.set_id(FuzzId(r, *in));
           for (int i = 0, n = r.Byte() % 3; i < n; ++i) request.add_more_ids(FuzzId(r, *in));
-          FastPathDatagram(std::string(1, server::FastPath::kRelease) + request.SerializeAsString(),
-                           Me(), in);
+          LocalCall(WithMethod(2, request.SerializeAsString()), Me(), &r, in);
           break;
         }
         const Built b = FuzzRequest(r, *in);
-        const char method = m < 0xe0 ? server::FastPath::kConvert : static_cast<char>(r.Byte());
-        FastPathDatagram(std::string(1, method) + b.request.SerializeAsString(), b.caller, in);
+        const char method = m < 0xe0 ? 1 : static_cast<char>(r.Byte());
+        LocalCall(WithMethod(method, b.request.SerializeAsString()), b.caller, &r, in);
         break;
       }
-      case 6: {  // a raw fast-path datagram
+      case 6: {  // a raw local datagram
         const size_t n = r.Byte() | (static_cast<size_t>(r.Byte()) << 8);
         const std::string datagram = r.Bytes(n);
+        v1::LocalRequest request;
         uid_t caller = Me();
-        if (!datagram.empty()) caller = RawCaller(absl::string_view(datagram).substr(1));
-        FastPathDatagram(datagram, caller, in);
+        if (request.ParseFromString(datagram) && request.has_convert() &&
+            request.convert().source().has_shared_memory()) {
+          caller = server::kNoLocalUid;
+        }
+        LocalCall(datagram, caller, &r, in);
         break;
       }
       case 7: {  // a structured upload
@@ -912,6 +997,7 @@ void Program(Reader& r, Input* in) {
 // Releases what the input made; the store must then hold nothing.
 void Finish(Input* in) {
   for (const Held& h : in->ids) F().store.Release(h.id, h.owner).IgnoreError();
+  in->CloseConnections();
   const server::StoreStats s = F().store.Stats();
   Require(s.tensors == 0, "tensors outlive the release of every id");
   Require(s.segments == 0 && s.bytes_in_use == 0, "segments outlive every tensor");

@@ -9,7 +9,8 @@
 # printed at the end. Targets run one after another unless FUZZ_PARALLEL=1.
 # Every target runs with -use_value_profile=1, and with -dict=fuzz/<target>.dict
 # when that file exists. The request target drives the whole service (Convert,
-# ConvertToData, Read, Renew, Release, uploads and the fast path) with a short
+# ConvertToData, Read, Renew, Release, uploads and the local transport, with
+# descriptors attached) with a short
 # program of calls per input; see fuzz/request_fuzzer.cc for its format.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

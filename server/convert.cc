@@ -183,6 +183,13 @@ absl::Status HandleToProto(const HandleInfo& info, v1::TensorHandle* proto) {
     cuda->set_offset(info.cuda_offset);
     cuda->set_size(info.cuda_size);
   }
+  if (info.has_fd) {
+    v1::FdLocation* fd = proto->mutable_fd();
+    fd->set_fd_index(info.fd_index);
+    fd->set_request_fd(info.fd_from_request);
+    fd->set_offset(info.fd_offset);
+    fd->set_size(info.fd_size);
+  }
   if (info.lease_expires != absl::InfinitePast()) {
     proto->set_lease_expires_unix_ms(absl::ToUnixMillis(info.lease_expires));
   }
@@ -218,6 +225,13 @@ absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto) {
     info.cuda_ipc_handle = proto.cuda().ipc_handle();
     info.cuda_offset = proto.cuda().offset();
     info.cuda_size = proto.cuda().size();
+  }
+  if (proto.has_fd()) {
+    info.has_fd = true;
+    info.fd_index = proto.fd().fd_index();
+    info.fd_from_request = proto.fd().request_fd();
+    info.fd_offset = proto.fd().offset();
+    info.fd_size = proto.fd().size();
   }
   if (proto.lease_expires_unix_ms() != 0) {
     info.lease_expires = absl::FromUnixMillis(proto.lease_expires_unix_ms());

@@ -55,6 +55,14 @@ struct HandleInfo {
   std::string cuda_ipc_handle;  // empty when the handle has no CUDA memory
   uint64_t cuda_offset = 0;
   uint64_t cuda_size = 0;
+  // For memory that travels as a descriptor (the local transport): which
+  // one (FdLocation), and the byte range of the storage in its file.
+  bool has_fd = false;
+  uint32_t fd_index = 0;
+  bool fd_from_request = false;
+  uint64_t fd_offset = 0;
+  uint64_t fd_size = 0;
+  // InfinitePast: none (data only, or a lease that ends with its connection).
   absl::Time lease_expires = absl::InfinitePast();
 };
 

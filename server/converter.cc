@@ -32,6 +32,31 @@ Tensor NewTensor(const Plan& plan, uid_t caller) {
 
 }  // namespace
 
+namespace {
+
+struct RangeArray {
+  DType dtype;
+  Layout layout;
+};
+
+// The dtype and layout of a source that lies in a byte range of its own
+// (a region, a CUDA range), whose layout must fit within array.size().
+template <typename Array>
+absl::StatusOr<RangeArray> ArrayInRange(const Array& array, absl::string_view range) {
+  ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(array.dtype()));
+  ASSIGN_OR_RETURN(Layout layout, LayoutFromProto(array.layout()));
+  ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
+  if (needed > array.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        range, " of ", array.size(), " bytes is too small for a ", DTypeName(dtype),
+        " view with shape ", DimsToString(layout.shape), ", strides ",
+        DimsToString(layout.strides), " and offset ", layout.offset, ", which needs ", needed));
+  }
+  return RangeArray{dtype, std::move(layout)};
+}
+
+}  // namespace
+
 absl::StatusOr<uint64_t> RequiredStorageBytes(const Layout& layout, DType dtype) {
   ASSIGN_OR_RETURN(const ByteRange range, ComputeByteRange(layout, ItemSize(dtype)));
   if (range.begin < 0) {
@@ -42,9 +67,15 @@ absl::StatusOr<uint64_t> RequiredStorageBytes(const Layout& layout, DType dtype)
   return static_cast<uint64_t>(range.end);
 }
 
-absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid_t caller) {
+absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid_t caller,
+                                          const LocalCall* local) {
   ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromProto(request.options()));
   const v1::Source& source = request.source();
+  // Memory the server makes: named for gRPC callers, who map it by name; a
+  // memfd, whose descriptor goes with the answer, for local ones.
+  const ShmSegment::Kind kind = local != nullptr && !request.named_memory()
+                                    ? ShmSegment::Kind::kMemfd
+                                    : ShmSegment::Kind::kNamed;
   switch (source.kind_case()) {
     case v1::Source::kInlineArray: {
       const v1::InlineArray& array = source.inline_array();
@@ -61,41 +92,36 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
       return ConvertArray({SourceKind::kInline, dtype, layout, Device{}}, options,
                           Storage::Host(reinterpret_cast<const unsigned char*>(array.storage().data()),
                                         needed),
-                          caller);
+                          caller, kind);
     }
     case v1::Source::kLiteral:
-      return ConvertLiteral(source.literal(), options, caller);
+      return ConvertLiteral(source.literal(), options, caller, kind);
     case v1::Source::kSharedMemory: {
       const v1::SharedMemoryArray& array = source.shared_memory();
-      ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(array.dtype()));
-      ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(array.layout()));
-      ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
-      if (needed > array.size()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "region of ", array.size(), " bytes is too small for a ", DTypeName(dtype),
-            " view with shape ", DimsToString(layout.shape), ", strides ",
-            DimsToString(layout.strides), " and offset ", layout.offset, ", which needs ",
-            needed));
-      }
+      ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "region"));
+      const DType dtype = in_range.dtype;
+      const Layout& layout = in_range.layout;
       ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region,
                        store_->OpenClientRegion(array.name(), array.offset(), array.size(),
                                                  caller));
       // Not mapped yet: ConvertArray maps it if it copies.
       return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
-                          Storage::Host(nullptr, array.size(), std::move(region)), caller);
+                          Storage::Host(nullptr, array.size(), std::move(region)), caller, kind);
+    }
+    case v1::Source::kFd: {
+      const v1::FdArray& array = source.fd();
+      ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "region"));
+      const DType dtype = in_range.dtype;
+      const Layout& layout = in_range.layout;
+      ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region, OpenFdSource(array, local));
+      return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
+                          Storage::Host(nullptr, array.size(), std::move(region)), caller, kind);
     }
     case v1::Source::kCudaIpc: {
       const v1::CudaIpcArray& array = source.cuda_ipc();
-      ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(array.dtype()));
-      ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(array.layout()));
-      ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
-      if (needed > array.size()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "CUDA range of ", array.size(), " bytes is too small for a ", DTypeName(dtype),
-            " view with shape ", DimsToString(layout.shape), ", strides ",
-            DimsToString(layout.strides), " and offset ", layout.offset, ", which needs ",
-            needed));
-      }
+      ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "CUDA range"));
+      const DType dtype = in_range.dtype;
+      const Layout& layout = in_range.layout;
       if (array.device() < 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("CUDA device ordinal ", array.device(), " is negative"));
@@ -106,24 +132,40 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
                        cuda_->OpenIpc(array.ipc_handle(), array.device(), array.offset(),
                                       array.size()));
       return ConvertArray({SourceKind::kDeviceMemory, dtype, layout, device}, options,
-                          Storage::OnDevice(std::move(memory)), caller);
+                          Storage::OnDevice(std::move(memory)), caller, kind);
     }
     case v1::Source::kTensorId: {
       ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(source.tensor_id(), caller));
       const Tensor& held = *lease.tensor;
       if (held.device_memory != nullptr) {
         return ConvertArray({SourceKind::kDeviceMemory, held.dtype, held.layout, held.device},
-                            options, Storage::OnDevice(held.device_memory), caller);
+                            options, Storage::OnDevice(held.device_memory), caller, kind);
       }
       return ConvertArray({SourceKind::kHostMemory, held.dtype, held.layout, held.device},
                           options,
                           Storage::Host(held.memory->data(), held.memory->size(), held.memory),
-                          caller);
+                          caller, kind);
     }
     case v1::Source::KIND_NOT_SET:
       break;
   }
   return absl::InvalidArgumentError("request has no source");
+}
+
+absl::StatusOr<std::shared_ptr<ClientRegion>> Converter::OpenFdSource(const v1::FdArray& array,
+                                                                      const LocalCall* local) {
+  if (local == nullptr) {
+    return absl::InvalidArgumentError(
+        "an fd source comes only over the local transport (the socket beside the Unix socket, "
+        "ending in .local), with its memfd attached");
+  }
+  if (array.fd_index() >= local->fds->size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the fd source names descriptor ", array.fd_index(), " but the request has ",
+        local->fds->size(), " attached"));
+  }
+  return store_->OpenClientFdRegion((*local->fds)[array.fd_index()].get(), array.offset(),
+                                    array.size(), local->cache);
 }
 
 Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& request,
@@ -143,6 +185,13 @@ Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& reques
     case v1::Source::kSharedMemory: {
       absl::StatusOr<DType> dtype = DTypeFromProto(source.shared_memory().dtype());
       absl::StatusOr<Layout> layout = LayoutFromProto(source.shared_memory().layout());
+      if (!dtype.ok() || !layout.ok()) return work;
+      array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
+      break;
+    }
+    case v1::Source::kFd: {
+      absl::StatusOr<DType> dtype = DTypeFromProto(source.fd().dtype());
+      absl::StatusOr<Layout> layout = LayoutFromProto(source.fd().layout());
       if (!dtype.ok() || !layout.ok()) return work;
       array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
       break;
@@ -195,7 +244,7 @@ bool Converter::PinForDevice(const HostMemory* memory) {
 
 absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,
                                                const ConvertOptions& options, Storage storage,
-                                               uid_t caller) {
+                                               uid_t caller, ShmSegment::Kind kind) {
   ASSIGN_OR_RETURN(const Plan plan, PlanConversion(source, options));
   RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
   Tensor tensor = NewTensor(plan, caller);
@@ -204,7 +253,7 @@ absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,
       RETURN_IF_ERROR(storage.host->Map());
       storage.data = storage.host->data();
     }
-    RETURN_IF_ERROR(CopyInto(source, storage, plan, &tensor));
+    RETURN_IF_ERROR(CopyInto(source, storage, plan, kind, &tensor));
     return tensor;
   }
   if (storage.device != nullptr) {
@@ -214,7 +263,8 @@ absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,
   if (storage.host == nullptr) {
     // Request bytes die with the call: the result keeps a copy of the
     // storage as it arrived, with the source's layout.
-    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(storage.size));
+    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment,
+                     store_->NewSegment(storage.size, kind));
     if (storage.size > 0) std::memcpy(segment->data(), storage.data, storage.size);
     storage.host = std::move(segment);
   }
@@ -223,11 +273,11 @@ absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,
 }
 
 absl::Status Converter::CopyInto(const Source& source, const Storage& storage, const Plan& plan,
-                                 Tensor* tensor) {
+                                 ShmSegment::Kind kind, Tensor* tensor) {
   ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
   const ConstStridedView src{storage.data, source.dtype, source.layout};
   if (plan.device.type == Device::Type::kCPU) {
-    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes));
+    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes, kind));
     const StridedView dst{segment->data(), plan.dtype, plan.layout};
     RETURN_IF_ERROR(storage.device != nullptr
                         ? cuda_->CastDeviceToHost(storage.device->device(), src, dst)
@@ -247,7 +297,8 @@ absl::Status Converter::CopyInto(const Source& source, const Storage& storage, c
 }
 
 absl::StatusOr<Tensor> Converter::ConvertLiteral(const v1::Literal& proto,
-                                                 const ConvertOptions& options, uid_t caller) {
+                                                 const ConvertOptions& options, uid_t caller,
+                                                 ShmSegment::Kind kind) {
   ASSIGN_OR_RETURN(const Literal literal, LiteralFromProto(proto));
   LiteralInfo info;
   ASSIGN_OR_RETURN(const Plan plan, PlanLiteral(literal, options, &info));
@@ -255,7 +306,7 @@ absl::StatusOr<Tensor> Converter::ConvertLiteral(const v1::Literal& proto,
   ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
   Tensor tensor = NewTensor(plan, caller);
   if (plan.device.type == Device::Type::kCPU) {
-    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes));
+    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes, kind));
     RETURN_IF_ERROR(StoreLiteral(literal, info, segment->data()));
     tensor.memory = std::move(segment);
     return tensor;
@@ -264,7 +315,7 @@ absl::StatusOr<Tensor> Converter::ConvertLiteral(const v1::Literal& proto,
   std::vector<unsigned char> host(bytes);
   RETURN_IF_ERROR(StoreLiteral(literal, info, host.data()));
   RETURN_IF_ERROR(CopyInto({SourceKind::kInline, plan.dtype, plan.layout, Device{}},
-                           Storage::Host(host.data(), bytes), plan, &tensor));
+                           Storage::Host(host.data(), bytes), plan, kind, &tensor));
   return tensor;
 }
 
@@ -294,7 +345,8 @@ absl::StatusOr<Tensor> Converter::FinishUpload(const v1::ConvertUploadHeader& he
   // The received segment is the inline source; when the plan aliases, it is
   // the result itself and no second copy is made.
   return ConvertArray({SourceKind::kInline, dtype, layout, Device{}}, options,
-                      Storage::Host(data, size, std::move(storage)), caller);
+                      Storage::Host(data, size, std::move(storage)), caller,
+                      ShmSegment::Kind::kNamed);
 }
 
 }  // namespace asarray::server

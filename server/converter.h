@@ -10,21 +10,37 @@
 #include <sys/types.h>
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "asarray/v1/asarray.pb.h"
 #include "core/plan.h"
 #include "server/cuda_backend.h"
+#include "server/local_socket.h"
 #include "server/tensor_store.h"
 
 namespace asarray::server {
+
+// What a call over the local transport brings beside its request, and takes
+// back beside its response.
+struct LocalCall {
+  uint64_t connection = 0;               // for the leases tied to it
+  const std::vector<UniqueFd>* fds = nullptr;  // attached to the request
+  ClientFdCache* cache = nullptr;        // the connection's mapped memfds
+  // Filled by the service: the memory whose descriptors go with the
+  // response, in FdLocation.fd_index order; held until sent.
+  std::vector<std::shared_ptr<const HostMemory>> reply_memory;
+};
 
 class Converter {
  public:
   Converter(TensorStore* store, CudaBackend* cuda) : store_(store), cuda_(cuda) {}
 
-  // A unary request: any source kind.
-  absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, uid_t caller);
+  // A unary request: any source kind. `local`: the call came over the local
+  // transport (null over gRPC); an fd source needs it, and results it makes
+  // are then memfds unless the request asks for named memory.
+  absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, uid_t caller,
+                                 const LocalCall* local = nullptr);
 
   // What Convert(request) would do, found cheaply (no memory is mapped), so
   // that the service runs small requests on the calling thread and hands the
@@ -67,15 +83,18 @@ class Converter {
     std::shared_ptr<DeviceMemory> device;
   };
   absl::StatusOr<Tensor> ConvertArray(const Source& source, const ConvertOptions& options,
-                                      Storage storage, uid_t caller);
+                                      Storage storage, uid_t caller, ShmSegment::Kind kind);
   // Page-locks the segment of a client region that is big and used again,
   // once (see ClientSegment); returns whether `memory` is pinned.
   bool PinForDevice(const HostMemory* memory);
   // Fills new memory on `plan.device` with the cast of `source`.
   absl::Status CopyInto(const Source& source, const Storage& storage, const Plan& plan,
-                        Tensor* tensor);
+                        ShmSegment::Kind kind, Tensor* tensor);
   absl::StatusOr<Tensor> ConvertLiteral(const v1::Literal& proto, const ConvertOptions& options,
-                                        uid_t caller);
+                                        uid_t caller, ShmSegment::Kind kind);
+  // The region of a local request's attached memfd that an fd source names.
+  absl::StatusOr<std::shared_ptr<ClientRegion>> OpenFdSource(const v1::FdArray& array,
+                                                             const LocalCall* local);
 
   TensorStore* const store_;
   CudaBackend* const cuda_;

@@ -13,6 +13,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "server/posix_util.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::vector<std::string>, listen, {"default"},
@@ -36,9 +37,10 @@ ABSL_FLAG(uint64_t, segment_pool_bytes, 128 << 20,
           "Bytes of fresh segments kept created and touched ahead of demand, for sizes of "
           "1 MiB and more that were recently requested; 0 disables the pool.");
 ABSL_FLAG(int, workers, 4, "Threads that perform conversions.");
-ABSL_FLAG(bool, fast_path, true,
-          "Serve Convert and Release to same-host clients over a SOCK_SEQPACKET socket "
-          "beside each Unix socket (its path plus .fast) as well.");
+ABSL_FLAG(bool, local_transport, true,
+          "Serve same-host clients over a SOCK_SEQPACKET socket beside each Unix socket (its "
+          "path plus .local) as well: memory as file descriptors, leases tied to the "
+          "connection.");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted or sent.");
 
 int main(int argc, char** argv) {
@@ -64,9 +66,11 @@ int main(int argc, char** argv) {
   options.store.max_bytes = absl::GetFlag(FLAGS_max_bytes);
   options.store.pool_bytes = absl::GetFlag(FLAGS_segment_pool_bytes);
   options.workers = absl::GetFlag(FLAGS_workers);
-  options.fast_path = absl::GetFlag(FLAGS_fast_path);
+  options.local_transport = absl::GetFlag(FLAGS_local_transport);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
 
+  // Every connection, client memfd and result memfd costs a descriptor.
+  const uint64_t fd_limit = asarray::RaiseFdLimit();
   auto server = asarray::server::Server::Start(options);
   if (!server.ok()) {
     std::fprintf(stderr, "asarrayd: %s\n", server.status().ToString().c_str());
@@ -76,6 +80,8 @@ int main(int argc, char** argv) {
                absl::StrJoin((*server)->addresses(), ", ").c_str(),
                (*server)->store().instance().c_str(), (*server)->orphans_swept());
   std::fprintf(stderr, "asarrayd: %s\n", (*server)->cuda().Describe().c_str());
+  std::fprintf(stderr, "asarrayd: up to %llu file descriptors\n",
+               static_cast<unsigned long long>(fd_limit));
 
   std::thread waiter([&] {
     int sig = 0;

@@ -1,5 +1,8 @@
 #include "server/posix_util.h"
 
+#include <dirent.h>
+#include <sys/resource.h>
+
 #include <errno.h>
 #include <sys/random.h>
 
@@ -8,6 +11,31 @@
 #include "absl/strings/str_cat.h"
 
 namespace asarray {
+
+FdCounts CountOpenFds() {
+  FdCounts counts;
+  if (DIR* dir = opendir("/proc/self/fd"); dir != nullptr) {
+    while (const dirent* e = readdir(dir)) {
+      if (e->d_name[0] != '.') ++counts.open;
+    }
+    closedir(dir);
+    --counts.open;  // the directory's own descriptor
+  }
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0) counts.limit = limit.rlim_cur;
+  return counts;
+}
+
+uint64_t RaiseFdLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return limit.rlim_cur;
+}
 
 absl::Status ErrnoStatus(int err, absl::string_view what) {
   const std::string message = absl::StrCat(what, ": ", std::strerror(err));

@@ -4,6 +4,7 @@
 #ifndef ASARRAY_SERVER_POSIX_UTIL_H_
 #define ASARRAY_SERVER_POSIX_UTIL_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -23,6 +24,18 @@ absl::Status ErrnoStatus(int err, absl::string_view what);
 // FAILED_PRECONDITION) or, for the server's own limits, RESOURCE_EXHAUSTED.
 // Never INTERNAL: a bad name is the caller's fault, not the server's.
 absl::Status CallerErrnoStatus(int err, absl::string_view what);
+
+// This process's open file descriptors (counted in /proc/self/fd) and its
+// RLIMIT_NOFILE soft limit.
+struct FdCounts {
+  uint64_t open = 0;
+  uint64_t limit = 0;
+};
+FdCounts CountOpenFds();
+
+// Raises the RLIMIT_NOFILE soft limit to the hard one; returns the new soft
+// limit. Every connection, client memfd and result memfd costs one.
+uint64_t RaiseFdLimit();
 
 // 128 random bits from getrandom(2), as 32 hex digits.
 std::string RandomHex128();

@@ -23,19 +23,20 @@ SegmentPool::~SegmentPool() {
   if (thread_.joinable()) thread_.join();
 }
 
-std::unique_ptr<ShmSegment> SegmentPool::Take(uint64_t bytes) {
+std::unique_ptr<ShmSegment> SegmentPool::Take(uint64_t bytes, ShmSegment::Kind kind) {
   if (bytes < kMinBytes || bytes > max_bytes_) return nullptr;
   std::unique_ptr<ShmSegment> segment;
+  const Key key{bytes, kind};
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = ready_.find(bytes);
+    auto it = ready_.find(key);
     if (it != ready_.end() && !it->second.empty()) {
       segment = std::move(it->second.back());
       it->second.pop_back();
       bytes_ -= bytes;
       ++hits_;
     }
-    wanted_.push_back(bytes);
+    wanted_.push_back(key);
   }
   cv_.notify_one();
   return segment;
@@ -81,14 +82,15 @@ void SegmentPool::Run() {
   for (;;) {
     cv_.wait(lock, [this] { return stopping_ || (!wanted_.empty() && foreground_ == 0); });
     if (stopping_) break;
-    const uint64_t size = wanted_.front();
+    const Key key = wanted_.front();
+    const uint64_t size = key.first;
     wanted_.pop_front();
-    if (!ready_[size].empty()) continue;  // one warm segment per size is enough
+    if (!ready_[key].empty()) continue;  // one warm segment per size and kind is enough
     // Make room by dropping segments of other sizes, least recently wanted last.
     std::vector<std::unique_ptr<ShmSegment>> evicted;
     for (auto it = ready_.begin(); bytes_ + size > max_bytes_ && it != ready_.end(); ++it) {
       while (!it->second.empty() && bytes_ + size > max_bytes_) {
-        bytes_ -= it->first;
+        bytes_ -= it->first.first;
         evicted.push_back(std::move(it->second.back()));
         it->second.pop_back();
       }
@@ -98,7 +100,8 @@ void SegmentPool::Run() {
     // Reserve and touch every page once, a step at a time: the costly first
     // write happens here, not while a client waits.
     absl::StatusOr<std::unique_ptr<ShmSegment>> segment =
-        ShmSegment::CreateUnreserved(make_name_(), size);
+        ShmSegment::CreateUnreserved(key.second == ShmSegment::Kind::kNamed ? make_name_() : "",
+                                     size);
     for (uint64_t at = 0; segment.ok() && at < size; at += kStepBytes) {
       if (!WaitForBackground()) {
         segment = absl::CancelledError("stopping");
@@ -111,7 +114,7 @@ void SegmentPool::Run() {
     lock.lock();
     if (segment.ok() && !stopping_) {
       bytes_ += size;
-      ready_[size].push_back(*std::move(segment));
+      ready_[key].push_back(*std::move(segment));
     }
   }
   ready_.clear();

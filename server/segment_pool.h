@@ -19,6 +19,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "server/shm.h"
@@ -53,9 +54,10 @@ class SegmentPool {
   SegmentPool(const SegmentPool&) = delete;
   SegmentPool& operator=(const SegmentPool&) = delete;
 
-  // A warm segment of exactly `bytes`, or null when none is ready. Either
-  // way, one of that size is prepared for next time (if it fits the pool).
-  std::unique_ptr<ShmSegment> Take(uint64_t bytes);
+  // A warm segment of exactly `bytes` and of `kind`, or null when none is
+  // ready. Either way, one like it is prepared for next time (if it fits).
+  std::unique_ptr<ShmSegment> Take(uint64_t bytes,
+                                   ShmSegment::Kind kind = ShmSegment::Kind::kNamed);
 
   Foreground EnterForeground();
 
@@ -72,8 +74,9 @@ class SegmentPool {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<uint64_t, std::vector<std::unique_ptr<ShmSegment>>> ready_;  // by size
-  std::deque<uint64_t> wanted_;
+  using Key = std::pair<uint64_t, ShmSegment::Kind>;  // size, kind
+  std::map<Key, std::vector<std::unique_ptr<ShmSegment>>> ready_;
+  std::deque<Key> wanted_;
   uint64_t bytes_ = 0;
   uint64_t hits_ = 0;
   int foreground_ = 0;

@@ -163,7 +163,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       ASSIGN_OR_RETURN(std::unique_ptr<UnixListener> listener,
                        UnixListener::Bind(std::string(path), SOCK_STREAM));
       server->listeners_.push_back(std::move(listener));
-      if (options.fast_path) RETURN_IF_ERROR(server->BindFastPath(std::string(path)));
+      if (options.local_transport) RETURN_IF_ERROR(server->BindLocal(std::string(path)));
       server->addresses_.push_back(address);
     } else {
       ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
@@ -177,8 +177,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     return absl::UnavailableError("gRPC could not listen on the requested addresses");
   }
   for (const auto& listener : server->listeners_) listener->Serve(server->grpc_server_.get());
-  for (const auto& listener : server->fast_listeners_) {
-    listener->Serve([fast_path = server->fast_path_.get()](int fd) { fast_path->Adopt(fd); });
+  for (const auto& listener : server->local_listeners_) {
+    listener->Serve([local = server->local_.get()](int fd) { local->Adopt(fd); });
   }
   for (const auto& [address, port] : tcp_ports) {
     if (*port == 0) return absl::UnavailableError("could not listen on " + address);
@@ -193,18 +193,18 @@ void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   for (const auto& listener : listeners_) listener->Stop();  // no new connections
-  for (const auto& listener : fast_listeners_) listener->Stop();
+  for (const auto& listener : local_listeners_) listener->Stop();
   // Our own count of calls in flight decides how long to wait; gRPC then
   // only cancels what is left (nothing, unless the grace ran out).
   service_->Drain(grace);
-  if (fast_path_ != nullptr) fast_path_->Stop();
+  if (local_ != nullptr) local_->Stop();
   grpc_server_->Shutdown(std::chrono::system_clock::now());
 }
 
 void Server::Wait() { grpc_server_->Wait(); }
 
-absl::Status Server::BindFastPath(const std::string& grpc_socket_path) {
-  const std::string path = FastPath::SocketPath(grpc_socket_path);
+absl::Status Server::BindLocal(const std::string& grpc_socket_path) {
+  const std::string path = LocalSocketPath(grpc_socket_path);
   // The gRPC socket beside it answered nobody: a socket here is a dead
   // instance's.
   struct stat st;
@@ -213,12 +213,12 @@ absl::Status Server::BindFastPath(const std::string& grpc_socket_path) {
       UnixListener::Bind(path, SOCK_SEQPACKET);
   if (!listener.ok()) {
     // Clients fall back to gRPC; the server serves without it.
-    std::fprintf(stderr, "asarrayd: no fast path beside %s: %s\n", grpc_socket_path.c_str(),
+    std::fprintf(stderr, "asarrayd: no local transport beside %s: %s\n", grpc_socket_path.c_str(),
                  listener.status().ToString().c_str());
     return absl::OkStatus();
   }
-  if (fast_path_ == nullptr) fast_path_ = std::make_unique<FastPath>(service_.get());
-  fast_listeners_.push_back(*std::move(listener));
+  if (local_ == nullptr) local_ = std::make_unique<LocalTransport>(service_.get());
+  local_listeners_.push_back(*std::move(listener));
   return absl::OkStatus();
 }
 
@@ -227,9 +227,9 @@ Server::~Server() {
     Shutdown();
     grpc_server_->Wait();
   }
-  // No call runs any more (Shutdown stopped the fast path's threads).
-  fast_listeners_.clear();
-  fast_path_.reset();
+  // No call runs any more (Shutdown stopped the local transport's threads).
+  local_listeners_.clear();
+  local_.reset();
   // The executor finishes its queue before the store
   // (and with it every segment) goes. The gRPC server object is destroyed
   // last: gRPC 1.51 sometimes spends seconds in its destructor after a

@@ -16,7 +16,7 @@
 #include "grpcpp/server.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
-#include "server/fast_path.h"
+#include "server/local_transport.h"
 #include "server/socket_path.h"
 #include "server/service.h"
 #include "server/tensor_store.h"
@@ -38,8 +38,8 @@ struct ServerOptions {
   int64_t max_message_bytes = 64 << 20;
   absl::Duration sweep_interval = absl::Seconds(1);
   bool sweep_orphans = true;  // unlink segments of dead instances at start
-  // Beside each Unix socket, the fast path's (see fast_path.h).
-  bool fast_path = true;
+  // Beside each Unix socket, the local transport's (see local_transport.h).
+  bool local_transport = true;
   // More services on the same listeners (benchmarks' baselines); not owned.
   std::vector<grpc::Service*> extra_services;
 };
@@ -71,20 +71,20 @@ class Server {
 
  private:
   Server() = default;
-  // Listens for the fast path beside the gRPC socket at `grpc_socket_path`;
+  // Listens for the local transport beside the gRPC socket at `grpc_socket_path`;
   // without it (say, the path grows too long) the server serves gRPC alone.
-  absl::Status BindFastPath(const std::string& grpc_socket_path);
+  absl::Status BindLocal(const std::string& grpc_socket_path);
 
   // Destroyed after the store: device tensors free their memory through it.
   std::unique_ptr<CudaBackend> cuda_;
   std::unique_ptr<TensorStore> store_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<AsArrayService> service_;
-  std::unique_ptr<FastPath> fast_path_;
+  std::unique_ptr<LocalTransport> local_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::vector<std::string> addresses_;
   std::vector<std::unique_ptr<UnixListener>> listeners_;       // gRPC's
-  std::vector<std::unique_ptr<UnixListener>> fast_listeners_;  // the fast path's
+  std::vector<std::unique_ptr<UnixListener>> local_listeners_;  // the local transport's
   int orphans_swept_ = 0;
   bool shut_down_ = false;
 };

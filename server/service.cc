@@ -20,6 +20,7 @@
 #include "core/status_macros.h"
 #include "server/convert.h"
 #include "server/peer.h"
+#include "server/posix_util.h"
 #include "server/upload_message.h"
 
 namespace asarray::server {
@@ -30,7 +31,12 @@ constexpr uint64_t kMaxChunk = 4 << 20;
 // Requests that copy fewer bytes than this run on gRPC's callback thread.
 constexpr uint64_t kInlineWorkBytes = 256 << 10;
 
-HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires) {
+// `local`: the handle goes over the local transport, and memory without a
+// name (a memfd) travels as a descriptor: the request's own when the result
+// aliases the fd source, else one attached to the response.
+HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires,
+                        const v1::ConvertRequest* request = nullptr,
+                        LocalCall* local = nullptr) {
   HandleInfo info;
   info.id = t.id;
   info.dtype = t.dtype;
@@ -43,12 +49,25 @@ HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires) {
     info.cuda_ipc_handle = t.device_memory->ipc_handle();
     info.cuda_offset = t.device_memory->offset_in_allocation();
     info.cuda_size = t.device_memory->size();
-  } else {
+  } else if (!t.memory->name().empty()) {
     info.shm_name = t.memory->name();
     info.shm_offset = t.memory->offset_in_segment();
     info.shm_size = t.memory->size();
+  } else if (local != nullptr) {
+    // Over gRPC a memfd has no location: Read streams its bytes.
+    info.has_fd = true;
+    info.fd_offset = t.memory->offset_in_segment();
+    info.fd_size = t.memory->size();
+    if (t.shares_memory && request->source().has_fd()) {
+      info.fd_from_request = true;
+      info.fd_index = request->source().fd().fd_index();
+    } else {
+      info.fd_index = static_cast<uint32_t>(local->reply_memory.size());
+      local->reply_memory.push_back(t.memory);
+    }
   }
-  info.lease_expires = expires;
+  // A lease that ends with its connection has no time.
+  info.lease_expires = expires == absl::InfiniteFuture() ? absl::InfinitePast() : expires;
   return info;
 }
 
@@ -513,12 +532,16 @@ void AsArrayService::ReleaseCarried(const v1::ConvertRequest& request, uid_t cal
 }
 
 absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, uid_t caller,
-                                        v1::ConvertResponse* response) {
-  ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller));
+                                        v1::ConvertResponse* response, LocalCall* local) {
+  ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller, local));
   ++converts_;
   if (!request.return_data()) {
-    const TensorStore::Lease lease = store_->Add(std::move(tensor));
-    return HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->mutable_handle());
+    const TensorStore::Lease lease =
+        local != nullptr && !request.has_ttl_ms()
+            ? store_->AddForConnection(std::move(tensor), local->connection)
+            : store_->Add(std::move(tensor), TtlFromProto(request.ttl_ms()));
+    return HandleToProto(ToHandleInfo(*lease.tensor, lease.expires, &request, local),
+                         response->mutable_handle());
   }
   ASSIGN_OR_RETURN(const ViewSizes sizes,
                    ComputeViewSizes(tensor.layout, ItemSize(tensor.dtype)));
@@ -668,6 +691,11 @@ grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* con
                                                 const v1::StatsRequest*,
                                                 v1::StatsResponse* response) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
+  StatsNow(response);
+  return FinishNow(context, absl::OkStatus());
+}
+
+void AsArrayService::StatsNow(v1::StatsResponse* response) const {
   const StoreStats s = store_->Stats();
   response->set_tensors(s.tensors);
   response->set_segments(s.segments);
@@ -688,7 +716,11 @@ grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* con
   response->set_instance(store_->instance());
   response->set_pool_bytes(s.pool_bytes);
   response->set_pool_hits(s.pool_hits);
-  return FinishNow(context, absl::OkStatus());
+  const FdCounts fds = CountOpenFds();
+  response->set_fds(fds.open);
+  response->set_fd_limit(fds.limit);
+  response->set_local_connections(local_connections_.load());
+  response->set_connection_leases(s.connection_leases);
 }
 
 }  // namespace asarray::server

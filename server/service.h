@@ -98,11 +98,12 @@ class AsArrayService final : public v1::AsArray::CallbackService {
                                   v1::StatsResponse* response) override;
 
   // The work of Convert and Release, on the calling thread, for `caller`;
-  // the fast path (see fast_path.h) runs them too. Convert first releases
+  // the local transport (see local_transport.h) runs them too. Convert first releases
   // the ids the request carries (ReleaseCarried), then ConvertNow converts.
   void ReleaseCarried(const v1::ConvertRequest& request, uid_t caller);
+  // `local`: the call came over the local transport (see LocalCall).
   absl::Status ConvertNow(const v1::ConvertRequest& request, uid_t caller,
-                          v1::ConvertResponse* response);
+                          v1::ConvertResponse* response, LocalCall* local = nullptr);
   absl::Status ReleaseNow(const v1::ReleaseRequest& request, uid_t caller);
   // The work of Read, Renew and ConvertToData, on the calling thread.
   absl::StatusOr<RowMajorStream> ReadNow(const v1::ReadRequest& request, uid_t caller);
@@ -114,6 +115,12 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   // big copies, which hold the segment pool's foreground mark meanwhile).
   void RunConvertWork(const v1::ConvertRequest& request, uid_t caller,
                       std::function<void()> work);
+
+  // Stats' answer, for any transport.
+  void StatsNow(v1::StatsResponse* response) const;
+  // The local transport's connections, for Stats.
+  void LocalConnectionOpened() { ++local_connections_; }
+  void LocalConnectionClosed() { --local_connections_; }
 
   // For the reactors: counts a finished call.
   void Count(const absl::Status& status);
@@ -146,6 +153,7 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   const absl::Time started_ = absl::Now();
   std::atomic<uint64_t> converts_{0};
   std::atomic<uint64_t> errors_{0};
+  std::atomic<uint64_t> local_connections_{0};
 
   absl::Mutex calls_mu_;
   int calls_in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;

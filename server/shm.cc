@@ -53,21 +53,31 @@ absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateUnreserved(const s
 
 absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateMapped(const std::string& name,
                                                                      size_t size, bool reserve) {
-  const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("creating segment ", name));
-  auto fail = [&](int err, absl::string_view what) {
+  const bool named = !name.empty();
+  const std::string what = named ? absl::StrCat("segment ", name) : std::string("a memfd");
+  const int fd = named ? shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)
+                       : memfd_create("asarrayd", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("creating ", what));
+  auto fail = [&](int err, absl::string_view step) {
     close(fd);
-    shm_unlink(name.c_str());
-    return ErrnoStatus(err, absl::StrCat(what, " ", size, " bytes for segment ", name));
+    if (named) shm_unlink(name.c_str());
+    return ErrnoStatus(err, absl::StrCat(step, " ", size, " bytes for ", what));
   };
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) return fail(errno, "sizing");
+  // Its size is final: no client can shrink it under a mapping (SIGBUS) or
+  // grow it into the server's memory.
+  if (!named && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    return fail(errno, "sealing");
+  }
   unsigned char* data = nullptr;
   if (size > 0) {
-    // posix_fallocate reserves the pages now: ENOSPC here instead of SIGBUS
-    // when a client first touches a page of a full /dev/shm. Unreserved, the
-    // segment is only sized, and Prepare() reserves it piece by piece.
-    const int err = reserve ? posix_fallocate(fd, 0, static_cast<off_t>(size))
-                            : (ftruncate(fd, static_cast<off_t>(size)) == 0 ? 0 : errno);
-    if (err != 0) return fail(err, "reserving");
+    // posix_fallocate reserves the pages now: ENOSPC or ENOMEM here instead
+    // of SIGBUS when a client first touches a page. Unreserved, the segment
+    // is only sized, and Prepare() reserves it piece by piece.
+    if (reserve) {
+      const int err = posix_fallocate(fd, 0, static_cast<off_t>(size));
+      if (err != 0) return fail(err, "reserving");
+    }
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
                    MAP_SHARED | (reserve ? MAP_POPULATE : 0), fd, 0);
     if (p == MAP_FAILED) return fail(errno, "mapping");
@@ -80,7 +90,8 @@ absl::Status ShmSegment::Prepare(size_t offset, size_t size) {
   if (size == 0) return absl::OkStatus();
   const int err = posix_fallocate(fd_, static_cast<off_t>(offset), static_cast<off_t>(size));
   if (err != 0) {
-    return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of segment ", name_));
+    return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of ",
+                                         name_.empty() ? "a memfd" : name_));
   }
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   volatile unsigned char* p = data_;
@@ -90,7 +101,7 @@ absl::Status ShmSegment::Prepare(size_t offset, size_t size) {
 
 ShmSegment::~ShmSegment() {
   if (data_ != nullptr) munmap(data_, size_);
-  shm_unlink(name_.c_str());
+  if (!name_.empty()) shm_unlink(name_.c_str());
   close(fd_);
 }
 
@@ -146,12 +157,66 @@ absl::StatusOr<int> OpenClientSegment(const std::string& name, uid_t owner, stru
   return fd;
 }
 
+absl::Status CheckClientFd(int fd, struct stat* st) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) return CallerErrnoStatus(errno, "inspecting the attached descriptor");
+  if ((flags & O_PATH) != 0) {
+    return absl::InvalidArgumentError(
+        "the attached descriptor was opened with O_PATH, which cannot be mapped; send a memfd");
+  }
+  if (fstat(fd, st) != 0) return CallerErrnoStatus(errno, "inspecting the attached descriptor");
+  if (!S_ISREG(st->st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("the attached descriptor is ",
+                                                   FileKind(st->st_mode), ", not a memfd"));
+  }
+  const int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) {
+    return absl::InvalidArgumentError(
+        "the attached descriptor is a file that cannot be sealed, not a memfd made with "
+        "MFD_ALLOW_SEALING");
+  }
+  if ((flags & O_ACCMODE) != O_RDWR) {
+    return absl::PermissionDeniedError(
+        "the attached memfd is open read-only; send a descriptor open for reading and writing");
+  }
+  for (const auto& [seal, seal_name] : {std::pair{F_SEAL_SHRINK, "F_SEAL_SHRINK"},
+                                        std::pair{F_SEAL_GROW, "F_SEAL_GROW"}}) {
+    if ((seals & seal) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the attached memfd is not sealed with ", seal_name,
+          ": seal it with F_SEAL_SHRINK | F_SEAL_GROW so that its size cannot change under a "
+          "mapping"));
+    }
+  }
+  if ((seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) != 0) {
+    return absl::FailedPreconditionError(
+        "the attached memfd is sealed against writing; tensors over it must be writable");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> ReopenClientFd(int fd, const struct stat& st) {
+  const int own = open(absl::StrCat("/proc/self/fd/", fd).c_str(), O_RDWR | O_CLOEXEC);
+  if (own < 0) return ErrnoStatus(errno, "reopening the attached memfd");
+  struct stat again;
+  if (fstat(own, &again) != 0 || again.st_dev != st.st_dev || again.st_ino != st.st_ino) {
+    close(own);
+    return absl::InternalError("reopening the attached memfd gave another file");
+  }
+  return own;
+}
+
+std::string ClientSegment::Describe() const {
+  return name_.empty() ? std::string("the client's memfd")
+                       : absl::StrCat("client segment ", Quote(name_));
+}
+
 absl::Status ClientSegment::Map() {
   if (size_ == 0 || data() != nullptr) return absl::OkStatus();
   std::lock_guard<std::mutex> lock(map_mu_);
   if (data() != nullptr) return absl::OkStatus();
   void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (p == MAP_FAILED) return CallerErrnoStatus(errno, absl::StrCat("mapping client segment ", Quote(name_)));
+  if (p == MAP_FAILED) return CallerErrnoStatus(errno, absl::StrCat("mapping ", Describe()));
   data_.store(static_cast<unsigned char*>(p), std::memory_order_release);
   return absl::OkStatus();
 }
@@ -167,6 +232,7 @@ bool ClientSegment::SameFile(const struct stat& st) const {
 }
 
 bool ClientSegment::Unlinked() const {
+  if (name_.empty()) return false;  // a memfd never had a name
   struct stat st;
   return fstat(fd_, &st) != 0 || st.st_nlink == 0;
 }
@@ -191,11 +257,15 @@ absl::Status ClientSegment::BeginUse() {
   }
   if (flock(fd_, LOCK_SH | LOCK_NB) != 0) {
     if (errno != EWOULDBLOCK) {
-      return CallerErrnoStatus(errno, absl::StrCat("locking client segment ", Quote(name_)));
+      return CallerErrnoStatus(errno, absl::StrCat("locking ", Describe()));
     }
-    return absl::NotFoundError(absl::StrCat("client segment ", Quote(name_),
+    return absl::NotFoundError(absl::StrCat(Describe(),
                                             " is being recycled by its owner: the reference to it "
                                             "outlived its array"));
+  }
+  if (name_.empty()) {  // nothing can rename a memfd
+    held_ = 1;
+    return absl::OkStatus();
   }
   // The owner renames a segment it recycles, with the exclusive lock held:
   // the name must still name this file now that nobody else holds that lock.
@@ -221,8 +291,10 @@ absl::StatusOr<std::unique_ptr<ClientRegion>> ClientRegion::Of(
   const uint64_t segment_size = segment->size();
   if (offset > segment_size || size > segment_size - offset) {
     return absl::InvalidArgumentError(
-        absl::StrCat("region [", offset, ", ", offset, " + ", size, ") lies outside segment ",
-                     Quote(segment->name()), " of ", segment_size, " bytes"));
+        absl::StrCat("region [", offset, ", ", offset, " + ", size, ") lies outside ",
+                     segment->name().empty() ? std::string("the client's memfd")
+                                             : absl::StrCat("segment ", Quote(segment->name())),
+                     " of ", segment_size, " bytes"));
   }
   absl::Status held = segment->BeginUse();
   if (!held.ok()) return held;

@@ -35,8 +35,11 @@ class HostMemory {
   // needed: a handle that aliases it needs none. Idempotent and thread-safe.
   virtual absl::Status Map() const { return absl::OkStatus(); }
   virtual size_t size() const = 0;
-  // The segment name clients shm_open, and the byte offset of data() in it.
+  // The segment name clients shm_open ("" for memory that has no name, a
+  // memfd), and the byte offset of data() in it.
   virtual const std::string& name() const = 0;
+  // The file descriptor of the whole file (sent to local clients for a memfd).
+  virtual int fd() const = 0;
   virtual uint64_t offset_in_segment() const = 0;
   // Whether the server created this memory (and counts it against its quota).
   virtual bool server_owned() const = 0;
@@ -46,19 +49,24 @@ class HostMemory {
 // bytes of [A-Za-z0-9._-] without "..". INVALID_ARGUMENT otherwise.
 absl::Status ValidateSegmentName(absl::string_view name);
 
-// A segment the server creates: O_EXCL, mode 0600, its bytes reserved up
-// front so that a full /dev/shm fails here (RESOURCE_EXHAUSTED), never later
-// as SIGBUS. The destructor unmaps and unlinks it; mappings clients still
-// hold stay valid, as POSIX guarantees.
+// A segment the server creates, its bytes reserved up front so that a full
+// /dev/shm or memory cgroup fails here (RESOURCE_EXHAUSTED), never later as
+// SIGBUS. Either named (shm_open with O_EXCL, mode 0600; for gRPC callers,
+// who map it by name) or a memfd with no name at all (for the local
+// transport, which sends its descriptor), sealed with F_SEAL_SHRINK,
+// F_SEAL_GROW and F_SEAL_SEAL so that its size never changes under any
+// mapping. The destructor unmaps it, closes it and unlinks a name; mappings
+// and descriptors clients still hold stay valid.
 class ShmSegment final : public HostMemory {
  public:
-  // Creates `name` with `size` bytes (0 is allowed: nothing is mapped).
-  // ALREADY_EXISTS if the name is taken.
+  enum class Kind { kNamed, kMemfd };
+  // A segment of `size` bytes (0 is allowed: nothing is mapped) named `name`
+  // (ALREADY_EXISTS if taken), or a memfd when `name` is empty.
   static absl::StatusOr<std::unique_ptr<ShmSegment>> Create(const std::string& name,
                                                             size_t size);
-  // Creates `name` with `size` bytes mapped but not yet reserved: the pages
-  // must go through Prepare() before anything touches them. For the segment
-  // pool, which prepares a segment in steps and hands it out only when done.
+  // The same, mapped but not yet reserved: the pages must go through
+  // Prepare() before anything touches them. For the segment pool, which
+  // prepares a segment in steps and hands it out only when done.
   static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateUnreserved(const std::string& name,
                                                                       size_t size);
   // Reserves the pages of [offset, offset + size) and writes each once, so
@@ -72,8 +80,10 @@ class ShmSegment final : public HostMemory {
   unsigned char* data() const override { return data_; }
   size_t size() const override { return size_; }
   const std::string& name() const override { return name_; }
+  int fd() const override { return fd_; }
   uint64_t offset_in_segment() const override { return 0; }
   bool server_owned() const override { return true; }
+  Kind kind() const { return name_.empty() ? Kind::kMemfd : Kind::kNamed; }
 
   // Whether every page has been written once already (a pooled segment), so
   // that filling it costs no page faults.
@@ -101,7 +111,9 @@ class ShmSegment final : public HostMemory {
 // recurring buffers are mapped, and page-locked for DMA, once.
 class ClientSegment {
  public:
-  // Takes `fd`, opened on `name`, whose fstat is `st`.
+  // Takes `fd`, opened on `name` (empty for a descriptor the client sent:
+  // the server's own open file description of it, see OpenClientFd), whose
+  // fstat is `st`.
   ClientSegment(std::string name, int fd, const struct stat& st)
       : name_(std::move(name)),
         fd_(fd),
@@ -118,6 +130,9 @@ class ClientSegment {
   unsigned char* data() const { return data_.load(std::memory_order_acquire); }
   size_t size() const { return size_; }
   const std::string& name() const { return name_; }
+  int fd() const { return fd_; }
+  // How messages name it: its name, or "the client's memfd".
+  std::string Describe() const;
   // Whether `st` describes the same file at the same size (not a segment
   // that was unlinked and created again under the name).
   bool SameFile(const struct stat& st) const;
@@ -172,6 +187,7 @@ class ClientRegion final : public HostMemory {
   absl::Status Map() const override { return segment_->Map(); }
   size_t size() const override { return size_; }
   const std::string& name() const override { return segment_->name(); }
+  int fd() const override { return segment_->fd(); }
   uint64_t offset_in_segment() const override { return offset_; }
   bool server_owned() const override { return false; }
   ClientSegment& segment() const { return *segment_; }
@@ -189,6 +205,18 @@ class ClientRegion final : public HostMemory {
 // PERMISSION_DENIED when it cannot be opened or does not belong to uid
 // `owner` (the caller's; checked on the open descriptor).
 absl::StatusOr<int> OpenClientSegment(const std::string& name, uid_t owner, struct stat* st);
+
+// Checks a descriptor a client sent over the local transport, and fills in
+// its fstat. The descriptor must be a memfd open for reading and writing, sealed with
+// F_SEAL_SHRINK and F_SEAL_GROW and not against writing: INVALID_ARGUMENT
+// for anything that is not a memfd (a pipe, socket, directory, eventfd, an
+// O_PATH descriptor, a file on disk), PERMISSION_DENIED for one open
+// read-only, FAILED_PRECONDITION for a missing seal or a write seal.
+absl::Status CheckClientFd(int fd, struct stat* st);
+// After CheckClientFd: the server's own open file description of the same
+// file, so that the flock BeginUse takes is not the sender's (a passed
+// descriptor shares the sender's description).
+absl::StatusOr<int> ReopenClientFd(int fd, const struct stat& st);
 
 }  // namespace asarray::server
 

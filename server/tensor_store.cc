@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "core/quote.h"
+#include "core/status_macros.h"
 #include "server/posix_util.h"
 
 namespace asarray::server {
@@ -78,7 +79,20 @@ TensorStore::~TensorStore() {
   client_segments_.clear();
 }
 
-absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t bytes) {
+std::shared_ptr<ClientSegment> ClientFdCache::Find(const struct stat& st) const {
+  for (const Entry& e : entries_) {
+    if (e.dev == st.st_dev && e.ino == st.st_ino) return e.segment;
+  }
+  return nullptr;
+}
+
+void ClientFdCache::Insert(const struct stat& st, std::shared_ptr<ClientSegment> segment) {
+  if (entries_.size() >= kMaxEntries) entries_.erase(entries_.begin());
+  entries_.push_back(Entry{st.st_dev, st.st_ino, std::move(segment)});
+}
+
+absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t bytes,
+                                                                    ShmSegment::Kind kind) {
   Accounting& acc = *accounting_;
   // Reserve the quota first, so concurrent requests cannot overshoot it.
   uint64_t in_use = acc.bytes_in_use.load();
@@ -91,8 +105,10 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t byt
     }
   } while (!acc.bytes_in_use.compare_exchange_weak(in_use, in_use + bytes));
 
-  absl::StatusOr<std::unique_ptr<ShmSegment>> segment = pool_->Take(bytes);
-  if (*segment == nullptr) segment = ShmSegment::Create(NewSegmentName(), bytes);
+  absl::StatusOr<std::unique_ptr<ShmSegment>> segment = pool_->Take(bytes, kind);
+  if (*segment == nullptr) {
+    segment = ShmSegment::Create(kind == ShmSegment::Kind::kNamed ? NewSegmentName() : "", bytes);
+  }
   if (!segment.ok()) {
     acc.bytes_in_use -= bytes;
     return segment.status();
@@ -127,6 +143,24 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
     }
     client_segments_[name] = segment;
   }
+  return CountedRegion(std::move(segment), offset, size);
+}
+
+absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientFdRegion(
+    int fd, uint64_t offset, uint64_t size, ClientFdCache* cache) {
+  struct stat st;
+  RETURN_IF_ERROR(CheckClientFd(fd, &st));
+  std::shared_ptr<ClientSegment> segment = cache->Find(st);
+  if (segment == nullptr) {
+    ASSIGN_OR_RETURN(const int own, ReopenClientFd(fd, st));
+    segment = std::make_shared<ClientSegment>("", own, st);
+    cache->Insert(st, segment);
+  }
+  return CountedRegion(std::move(segment), offset, size);
+}
+
+absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::CountedRegion(
+    std::shared_ptr<ClientSegment> segment, uint64_t offset, uint64_t size) {
   segment->AddUse();
   absl::StatusOr<std::unique_ptr<ClientRegion>> region =
       ClientRegion::Of(std::move(segment), offset, size);
@@ -139,13 +173,51 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
   });
 }
 
-TensorStore::Lease TensorStore::Add(Tensor tensor) {
+TensorStore::Lease TensorStore::Insert(Tensor tensor, absl::Time expires, uint64_t connection) {
   tensor.id = RandomHex128();
   auto shared = std::make_shared<const Tensor>(std::move(tensor));
-  const absl::Time expires = absl::Now() + options_.default_ttl;
   absl::MutexLock lock(&mu_);
-  entries_[shared->id] = Entry{shared, expires};
+  entries_[shared->id] = Entry{shared, expires, connection};
+  if (connection != 0) {
+    by_connection_[connection].insert(shared->id);
+    ++connection_leases_;
+  }
   return Lease{shared, expires};
+}
+
+TensorStore::Lease TensorStore::Add(Tensor tensor, absl::Duration ttl) {
+  if (ttl <= absl::ZeroDuration()) ttl = options_.default_ttl;
+  return Insert(std::move(tensor), absl::Now() + std::min(ttl, options_.max_ttl), 0);
+}
+
+TensorStore::Lease TensorStore::AddForConnection(Tensor tensor, uint64_t connection) {
+  return Insert(std::move(tensor), absl::InfiniteFuture(), connection);
+}
+
+void TensorStore::UntieLocked(const std::string& id, Entry& entry) {
+  if (entry.connection == 0) return;
+  auto it = by_connection_.find(entry.connection);
+  if (it != by_connection_.end()) {
+    it->second.erase(id);
+    if (it->second.empty()) by_connection_.erase(it);
+  }
+  entry.connection = 0;
+  --connection_leases_;
+}
+
+int TensorStore::EndConnection(uint64_t connection) {
+  std::vector<std::shared_ptr<const Tensor>> doomed;  // destroyed outside the lock
+  absl::MutexLock lock(&mu_);
+  auto it = by_connection_.find(connection);
+  if (it == by_connection_.end()) return 0;
+  for (const std::string& id : it->second) {
+    auto entry = entries_.find(id);
+    doomed.push_back(std::move(entry->second.tensor));
+    entries_.erase(entry);
+  }
+  connection_leases_ -= doomed.size();
+  by_connection_.erase(it);
+  return static_cast<int>(doomed.size());
 }
 
 absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id, uid_t caller) const {
@@ -170,6 +242,7 @@ absl::Status TensorStore::Release(const std::string& id, uid_t caller) {
   // A lease that ran out before the sweeper saw it ended by expiring, as
   // Get and Renew already answer; its memory goes now either way.
   const bool expired = it->second.expires <= absl::Now();
+  UntieLocked(id, it->second);
   doomed = std::move(it->second.tensor);
   entries_.erase(it);
   if (expired) {
@@ -190,6 +263,7 @@ absl::StatusOr<absl::Time> TensorStore::Renew(const std::string& id, absl::Durat
     return absl::NotFoundError(
         absl::StrCat("no tensor ", Quote(id), ": unknown, released or its lease expired"));
   }
+  UntieLocked(id, it->second);  // a renewed lease outlives its connection
   it->second.expires = now + ttl;
   return it->second.expires;
 }
@@ -260,6 +334,7 @@ StoreStats TensorStore::Stats() const {
   absl::MutexLock lock(&mu_);
   s.tensors = entries_.size();
   s.expired = expired_;
+  s.connection_leases = connection_leases_;
   return s;
 }
 

@@ -5,6 +5,7 @@
 #ifndef ASARRAY_SERVER_TENSOR_STORE_H_
 #define ASARRAY_SERVER_TENSOR_STORE_H_
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <condition_variable>
@@ -16,6 +17,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -44,6 +46,28 @@ struct Tensor {
   uid_t owner = 0;
 };
 
+// The memfds one local connection sent, checked and mapped, by file
+// (st_dev, st_ino), so that a client's recurring regions are opened and
+// mapped once per connection. At most kMaxEntries (the oldest go first);
+// dropped with the connection. Not thread-safe: one thread serves a
+// connection.
+class ClientFdCache {
+ public:
+  static constexpr size_t kMaxEntries = 32;
+  std::shared_ptr<ClientSegment> Find(const struct stat& st) const;
+  void Insert(const struct stat& st, std::shared_ptr<ClientSegment> segment);
+  void Clear() { entries_.clear(); }
+  size_t size() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    dev_t dev;
+    ino_t ino;
+    std::shared_ptr<ClientSegment> segment;
+  };
+  std::vector<Entry> entries_;  // oldest first
+};
+
 struct StoreOptions {
   std::string prefix = "asarrayd";
   absl::Duration default_ttl = absl::Minutes(10);
@@ -63,6 +87,7 @@ struct StoreStats {
   uint64_t pool_bytes = 0;
   uint64_t pool_hits = 0;
   uint64_t client_segments_cached = 0;
+  uint64_t connection_leases = 0;
 };
 
 class TensorStore {
@@ -74,9 +99,11 @@ class TensorStore {
   TensorStore(const TensorStore&) = delete;
   TensorStore& operator=(const TensorStore&) = delete;
 
-  // A new segment of `bytes`, counted against the quota until destroyed.
-  // RESOURCE_EXHAUSTED when the quota or /dev/shm cannot take it.
-  absl::StatusOr<std::shared_ptr<ShmSegment>> NewSegment(uint64_t bytes);
+  // A new segment of `bytes`, counted against the quota until destroyed:
+  // named, or a memfd. RESOURCE_EXHAUSTED when the quota, /dev/shm or the
+  // memory cgroup cannot take it.
+  absl::StatusOr<std::shared_ptr<ShmSegment>> NewSegment(
+      uint64_t bytes, ShmSegment::Kind kind = ShmSegment::Kind::kNamed);
   // Held by a large transfer (an upload, a big copy) while it runs: the
   // segment pool does not refill meanwhile.
   SegmentPool::Foreground MarkForeground() { return pool_->EnterForeground(); }
@@ -89,12 +116,25 @@ class TensorStore {
                                                                  uint64_t offset, uint64_t size,
                                                                  uid_t owner);
 
-  // Registers a tensor under a fresh id with a lease of the default TTL.
+  // A region of a memfd a local client sent (`fd`, still the transport's),
+  // checked as CheckClientFd says; it counts as a client region while
+  // referenced. `cache` keeps the connection's mapped memfds.
+  absl::StatusOr<std::shared_ptr<ClientRegion>> OpenClientFdRegion(int fd, uint64_t offset,
+                                                                   uint64_t size,
+                                                                   ClientFdCache* cache);
+
+  // Registers a tensor under a fresh id with a lease of `ttl` (zero: the
+  // default TTL; capped at the maximum).
   struct Lease {
     std::shared_ptr<const Tensor> tensor;
-    absl::Time expires;
+    absl::Time expires;  // InfiniteFuture for a connection's lease
   };
-  Lease Add(Tensor tensor);
+  Lease Add(Tensor tensor, absl::Duration ttl = absl::ZeroDuration());
+  // Registers a tensor whose lease ends with local connection `connection`
+  // (EndConnection), or earlier by Release; Renew turns it into a TTL lease.
+  Lease AddForConnection(Tensor tensor, uint64_t connection);
+  // Ends every lease of `connection` still tied to it; returns how many.
+  int EndConnection(uint64_t connection);
 
   // NOT_FOUND for an id that is unknown, released or expired, or owned by
   // another uid (whose tensors this caller must not learn about).
@@ -123,7 +163,15 @@ class TensorStore {
   struct Entry {
     std::shared_ptr<const Tensor> tensor;
     absl::Time expires;
+    uint64_t connection = 0;  // a connection's lease; 0 for a TTL lease
   };
+  Lease Insert(Tensor tensor, absl::Time expires, uint64_t connection);
+  // Forgets the connection tie of an entry that is going, or turning TTL.
+  void UntieLocked(const std::string& id, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // A region of `segment`, counted in the stats while it lives.
+  absl::StatusOr<std::shared_ptr<ClientRegion>> CountedRegion(
+      std::shared_ptr<ClientSegment> segment, uint64_t offset, uint64_t size);
 
   // "/<prefix>-<instance>-<128 random bits>".
   std::string NewSegmentName() const;
@@ -134,6 +182,10 @@ class TensorStore {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   uint64_t expired_ ABSL_GUARDED_BY(mu_) = 0;
+  // The ids each connection's leases hold.
+  absl::flat_hash_map<uint64_t, absl::flat_hash_set<std::string>> by_connection_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t connection_leases_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Quota and counts, shared with the deleters of segments and regions that
   // may outlive the store (a read in flight).

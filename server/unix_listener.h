@@ -1,6 +1,6 @@
 // A Unix socket the server accepts on itself, so that it knows each
 // connection's peer (see peer.h); every accepted connection is handed to
-// gRPC (a SOCK_STREAM socket) or to the fast path (SOCK_SEQPACKET). The socket is created mode 0600 in a directory PrepareSocketDirectory
+// gRPC (a SOCK_STREAM socket) or to the local transport (SOCK_SEQPACKET). The socket is created mode 0600 in a directory PrepareSocketDirectory
 // made private; abstract names are refused. One thread accepts; Stop() ends
 // it before gRPC shuts down, after which no connection is added.
 #ifndef ASARRAY_SERVER_UNIX_LISTENER_H_

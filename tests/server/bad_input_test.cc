@@ -29,7 +29,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "server/convert.h"
-#include "server/fast_path.h"
+#include "server/local_transport.h"
 #include "server/posix_util.h"
 #include "tests/server/test_server.h"
 
@@ -65,19 +65,19 @@ class Rpc {
     return FromGrpcStatus(stub_->Convert(&context, request, &response));
   }
 
-  // The same request over the fast path.
-  absl::Status FastConvert(const v1::ConvertRequest& request) {
-    FastPathConnection fast(address_);
-    if (!fast.connected()) return absl::UnavailableError("no fast path");
-    return fast.Call(server::FastPath::kConvert, request);
+  // The same request over the local transport.
+  absl::Status LocalConvert(const v1::ConvertRequest& request) {
+    LocalConnection local(address_);
+    if (!local.connected()) return absl::UnavailableError("no local transport");
+    return local.Convert(request);
   }
 
-  // Over gRPC and over the fast path, which must agree; gRPC's status.
+  // Over gRPC and over the local transport, which must agree; gRPC's status.
   absl::Status ConvertBothWays(const v1::ConvertRequest& request) {
     const absl::Status grpc = Convert(request);
-    const absl::Status fast = FastConvert(request);
-    EXPECT_EQ(fast.code(), grpc.code()) << "fast path: " << fast << "; gRPC: " << grpc;
-    EXPECT_EQ(fast.message(), grpc.message());
+    const absl::Status local = LocalConvert(request);
+    EXPECT_EQ(local.code(), grpc.code()) << "local transport: " << local << "; gRPC: " << grpc;
+    EXPECT_EQ(local.message(), grpc.message());
     return grpc;
   }
 
@@ -352,7 +352,7 @@ class DevShmEntry {
   int socket_ = -1;
 };
 
-// A region source naming a DevShmEntry of `kind`, over gRPC and the fast path.
+// A region source naming a DevShmEntry of `kind`, over gRPC and the local transport.
 absl::Status ConvertEntry(Rpc& r, DevShmEntry::Kind kind) {
   DevShmEntry entry(kind);
   return r.ConvertBothWays(Region(entry.name(), 0, 16, {4}));
@@ -614,7 +614,7 @@ const std::vector<BadRequest>& Table() {
       {"RegionName64KiB",
        [](Rpc& r) { return r.Convert(Region("/" + std::string(65535, 'a'), 0, 16, {4})); },
        Code::kInvalidArgument, "(65536 bytes)"},
-      // (A fast-path datagram holds at most 64 KiB.)
+      // (A local-transport datagram holds at most 64 KiB.)
       {"RegionName60000Bytes",
        [](Rpc& r) { return r.ConvertBothWays(Region("/" + std::string(59999, 'a'), 0, 16, {4})); },
        Code::kInvalidArgument, "(60000 bytes)"},

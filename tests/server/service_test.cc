@@ -24,7 +24,6 @@
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "server/convert.h"
-#include "server/fast_path.h"
 #include "tests/server/test_server.h"
 
 namespace asarray::testing {
@@ -262,103 +261,6 @@ TEST_F(ServiceTest, AConvertCarriesReleasesWhateverBecomesOfIt) {
   EXPECT_EQ(client_->Stats()->tensors(), 0u);
 }
 
-// --- The fast path (server/fast_path.h) ---------------------------------------
-
-
-TEST_F(ServiceTest, FastPathConvertsAndReleasesLikeGrpc) {
-  FastPathConnection fast(server_->address());
-  ASSERT_TRUE(fast.connected());
-  std::string payload;
-  ASSERT_TRUE(fast.Call(server::FastPath::kConvert, InlineFloats({1, 2, 3, 4}, {2, 2}, {1, 2}),
-                        &payload)
-                  .ok());
-  v1::ConvertResponse response;
-  ASSERT_TRUE(response.ParseFromString(payload));
-  // The handle is the caller's, as on gRPC: its bytes read back there.
-  absl::StatusOr<std::string> bytes = client_->ReadBytes(response.handle().id());
-  ASSERT_TRUE(bytes.ok()) << bytes.status();
-  std::vector<float> values(4);
-  std::memcpy(values.data(), bytes->data(), 16);
-  EXPECT_EQ(values, (std::vector<float>{1, 3, 2, 4}));
-  v1::ReleaseRequest release;
-  release.set_id(response.handle().id());
-  EXPECT_TRUE(fast.Call(server::FastPath::kRelease, release).ok());
-  EXPECT_EQ(fast.Call(server::FastPath::kRelease, release).code(), absl::StatusCode::kNotFound);
-  // Errors carry gRPC's code and message.
-  v1::ConvertRequest no_copy = InlineFloats({1}, {1}, {1});
-  no_copy.mutable_options()->set_copy(false);
-  absl::Status refused = fast.Call(server::FastPath::kConvert, no_copy);
-  EXPECT_EQ(refused.code(), RawConvert(no_copy).code());
-  EXPECT_EQ(refused.message(), RawConvert(no_copy).message());
-}
-
-TEST_F(ServiceTest, FastPathBadDatagramsGetTheirCodeAndTheConnectionGoesOn) {
-  FastPathConnection fast(server_->address());
-  ASSERT_TRUE(fast.connected());
-  struct Row {
-    std::string datagram;
-    absl::StatusCode code;
-    std::string says;
-  };
-  v1::ConvertRequest with_data = InlineFloats({1}, {1}, {1});
-  with_data.set_return_data(true);
-  const std::vector<Row> rows = {
-      {std::string(1, 9), absl::StatusCode::kInvalidArgument, "unknown fast-path method 9"},
-      {std::string(1, server::FastPath::kConvert) + "\xff\xff\xff",
-       absl::StatusCode::kInvalidArgument, "does not parse as an asarray.v1.ConvertRequest"},
-      {std::string(1, server::FastPath::kRelease) + "\x0a\x05", absl::StatusCode::kInvalidArgument,
-       "does not parse as an asarray.v1.ReleaseRequest"},
-      {std::string(server::FastPath::kMaxRequestBytes + 100, server::FastPath::kConvert),
-       absl::StatusCode::kInvalidArgument, "send it over gRPC"},
-      {std::string(1, server::FastPath::kConvert) + with_data.SerializeAsString(),
-       absl::StatusCode::kInvalidArgument, "send them over gRPC"},
-  };
-  for (const Row& row : rows) {
-    absl::Status status = fast.Call(row.datagram);
-    EXPECT_EQ(status.code(), row.code) << row.says << ": " << status;
-    EXPECT_THAT(std::string(status.message()), HasSubstr(row.says));
-  }
-  EXPECT_TRUE(fast.Call(server::FastPath::kConvert, InlineFloats({1}, {1}, {1})).ok());
-  EXPECT_EQ(client_->Stats()->tensors(), 1u);
-  client_->Release(client_->List()->at(0).id).IgnoreError();
-  // An empty datagram reads as the end of the connection (recv() says 0).
-  EXPECT_FALSE(fast.Call("").ok());
-  FastPathConnection again(server_->address());
-  EXPECT_TRUE(again.Call(server::FastPath::kConvert, InlineFloats({1}, {1}, {1})).ok());
-  EXPECT_EQ(server::FastPath(nullptr).Answer("", 0),
-            std::string(1, 3) + "empty fast-path request: no method byte");
-}
-
-TEST_F(ServiceTest, FastPathServesConnectionsAtOnceAndStopsWithThemOpen) {
-  constexpr int kThreads = 8;
-  constexpr int kCalls = 50;
-  std::vector<std::thread> threads;
-  std::atomic<int> done{0};
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&] {
-      FastPathConnection fast(server_->address());
-      if (!fast.connected()) return;
-      for (int i = 0; i < kCalls; ++i) {
-        std::string payload;
-        v1::ConvertResponse response;
-        if (!fast.Call(server::FastPath::kConvert, InlineFloats({1, 2}, {2}, {1}), &payload)
-                 .ok() ||
-            !response.ParseFromString(payload)) {
-          return;
-        }
-        v1::ReleaseRequest release;
-        release.set_id(response.handle().id());
-        if (!fast.Call(server::FastPath::kRelease, release).ok()) return;
-      }
-      ++done;
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-  EXPECT_EQ(done.load(), kThreads);
-  EXPECT_EQ(client_->Stats()->tensors(), 0u);
-  FastPathConnection idle(server_->address());  // open when the server stops
-  ASSERT_TRUE(idle.connected());
-}
 
 TEST(HandleProtoTest, CudaLocationRoundTrips) {
   HandleInfo info;

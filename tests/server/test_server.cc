@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -18,39 +19,79 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "server/fast_path.h"
+#include "core/status_macros.h"
+#include "server/local_transport.h"
 
 extern char** environ;
 
 namespace asarray::testing {
 
-FastPathConnection::FastPathConnection(const std::string& grpc_address) {
-  const std::string path =
-      server::FastPath::SocketPath(grpc_address.substr(std::strlen("unix:")));
-  fd_ = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  connected_ = connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+LocalConnection::LocalConnection(const std::string& grpc_address) {
+  absl::StatusOr<UniqueFd> socket =
+      ConnectLocal(LocalSocketPath(grpc_address.substr(std::strlen("unix:"))));
+  if (socket.ok()) socket_ = *std::move(socket);
 }
 
-FastPathConnection::~FastPathConnection() { close(fd_); }
-
-absl::Status FastPathConnection::Call(const std::string& datagram, std::string* payload) {
-  if (send(fd_, datagram.data(), datagram.size(), MSG_NOSIGNAL) < 0) {
-    return absl::InternalError(std::strerror(errno));
+absl::Status LocalConnection::CallRaw(const std::string& datagram, absl::Span<const int> fds,
+                                      v1::LocalResponse* response,
+                                      std::vector<UniqueFd>* received) {
+  RETURN_IF_ERROR(SendLocal(socket_.get(), datagram, fds));
+  ASSIGN_OR_RETURN(LocalDatagram answer, ReceiveLocal(socket_.get(), kMaxLocalMessageBytes));
+  v1::LocalResponse parsed;
+  if (!parsed.ParseFromString(answer.bytes)) {
+    return absl::InternalError("the answer does not parse as a LocalResponse");
   }
-  std::string answer(1 << 20, '\0');
-  const ssize_t n = recv(fd_, answer.data(), answer.size(), 0);
-  if (n <= 0) return absl::InternalError("no answer");
-  answer.resize(n);
-  if (answer[0] != 0) {
-    return absl::Status(static_cast<absl::StatusCode>(answer[0]), answer.substr(1));
+  if (parsed.code() != 0) {
+    if (!answer.fds.empty()) return absl::InternalError("an error answer came with descriptors");
+    return absl::Status(static_cast<absl::StatusCode>(parsed.code()), parsed.message());
   }
-  if (payload != nullptr) *payload = answer.substr(1);
+  if (response != nullptr) *response = std::move(parsed);
+  if (received != nullptr) *received = std::move(answer.fds);
   return absl::OkStatus();
 }
 
+absl::Status LocalConnection::Convert(const v1::ConvertRequest& request,
+                                      absl::Span<const int> fds, v1::ConvertResponse* response,
+                                      std::vector<UniqueFd>* received) {
+  v1::LocalRequest local;
+  *local.mutable_convert() = request;
+  v1::LocalResponse answer;
+  RETURN_IF_ERROR(Call(local, fds, &answer, received));
+  if (!answer.has_convert()) return absl::InternalError("a Convert answer without a response");
+  if (response != nullptr) *response = answer.convert();
+  return absl::OkStatus();
+}
+
+absl::Status LocalConnection::Release(const v1::ReleaseRequest& request) {
+  v1::LocalRequest local;
+  *local.mutable_release() = request;
+  return Call(local);
+}
+
+UniqueFd SealedMemfd(size_t size, const std::string& bytes, int seals) {
+  UniqueFd fd(memfd_create("asarray-test", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  EXPECT_TRUE(fd.valid()) << std::strerror(errno);
+  EXPECT_EQ(ftruncate(fd.get(), static_cast<off_t>(size)), 0);
+  if (!bytes.empty()) {
+    EXPECT_EQ(pwrite(fd.get(), bytes.data(), bytes.size(), 0),
+              static_cast<ssize_t>(bytes.size()));
+  }
+  if (seals != 0) {
+    EXPECT_EQ(fcntl(fd.get(), F_ADD_SEALS, seals), 0) << std::strerror(errno);
+  }
+  return fd;
+}
+
+int CountFds(pid_t pid) {
+  DIR* dir = opendir(absl::StrCat("/proc/", pid, "/fd").c_str());
+  if (dir == nullptr) return -1;
+  int n = 0;
+  while (const dirent* e = readdir(dir)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  closedir(dir);
+  return pid == getpid() ? n - 1 : n;  // not the directory's own
+}
 
 int CountSegments(const std::string& prefix) {
   DIR* dir = opendir("/dev/shm");

@@ -4,6 +4,7 @@
 #ifndef ASARRAY_TESTS_SERVER_TEST_SERVER_H_
 #define ASARRAY_TESTS_SERVER_TEST_SERVER_H_
 
+#include <fcntl.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -14,33 +15,49 @@
 #include <thread>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "client/client.h"
+#include "server/local_socket.h"
 #include "server/server.h"
 #include "tests/conformance/case_loader.h"
 
 namespace asarray::testing {
 
-// A connection to a test server's fast path (server/fast_path.h).
-class FastPathConnection {
+// A connection to a test server's local transport (server/local_transport.h).
+class LocalConnection {
  public:
-  explicit FastPathConnection(const std::string& grpc_address);
-  ~FastPathConnection();
-  FastPathConnection(const FastPathConnection&) = delete;
-  FastPathConnection& operator=(const FastPathConnection&) = delete;
-  bool connected() const { return connected_; }
+  explicit LocalConnection(const std::string& grpc_address);
+  LocalConnection(const LocalConnection&) = delete;
+  LocalConnection& operator=(const LocalConnection&) = delete;
+  bool connected() const { return socket_.valid(); }
+  int socket() const { return socket_.get(); }
 
-  // Sends one datagram; the answer's status, and its payload in *payload.
-  absl::Status Call(const std::string& datagram, std::string* payload = nullptr);
-  template <typename Message>
-  absl::Status Call(char method, const Message& request, std::string* payload = nullptr) {
-    return Call(std::string(1, method) + request.SerializeAsString(), payload);
+  // Sends one datagram with `fds` beside it; the answer's status, with its
+  // response and the descriptors that came with it when OK.
+  absl::Status CallRaw(const std::string& datagram, absl::Span<const int> fds = {},
+                       v1::LocalResponse* response = nullptr,
+                       std::vector<UniqueFd>* received = nullptr);
+  absl::Status Call(const v1::LocalRequest& request, absl::Span<const int> fds = {},
+                    v1::LocalResponse* response = nullptr,
+                    std::vector<UniqueFd>* received = nullptr) {
+    return CallRaw(request.SerializeAsString(), fds, response, received);
   }
+  absl::Status Convert(const v1::ConvertRequest& request, absl::Span<const int> fds = {},
+                       v1::ConvertResponse* response = nullptr,
+                       std::vector<UniqueFd>* received = nullptr);
+  absl::Status Release(const v1::ReleaseRequest& request);
 
  private:
-  int fd_;
-  bool connected_;
+  UniqueFd socket_;
 };
 
+// A memfd of `size` bytes holding `bytes` (zero-filled past them), sealed
+// with `seals` (F_SEAL_SHRINK | F_SEAL_GROW: what the server asks for).
+UniqueFd SealedMemfd(size_t size, const std::string& bytes = "",
+                     int seals = F_SEAL_SHRINK | F_SEAL_GROW);
+
+// The descriptors open in process `pid` (its /proc/PID/fd entries).
+int CountFds(pid_t pid);
 
 class TestServer {
  public:

@@ -1,0 +1,210 @@
+#include "server/local_transport.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "core/status_macros.h"
+#include "server/peer.h"
+
+namespace asarray::server {
+namespace {
+
+std::atomic<uint64_t> next_connection{1};
+
+// The descriptors a request names, against those attached: every one named
+// must be there, and every one there must be named.
+absl::Status CheckAttached(size_t attached, size_t named, absl::string_view method) {
+  if (attached == named) return absl::OkStatus();
+  if (named == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a ", method, " request takes no descriptors, but ", attached, " came with it"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(attached, " descriptors came with the ", method,
+                                                 " request, which names ", named));
+}
+
+}  // namespace
+
+std::vector<int> LocalTransport::Reply::fds() const {
+  std::vector<int> out;
+  out.reserve(memory.size());
+  for (const auto& m : memory) out.push_back(m->fd());
+  return out;
+}
+
+void LocalTransport::Adopt(int fd) {
+  const uid_t caller = SocketPeerUid(fd);
+  std::vector<std::thread> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    finished.swap(finished_);
+    if (stopped_ || fds_.size() >= static_cast<size_t>(kMaxConnections)) {
+      close(fd);
+    } else {
+      const uint64_t id = next_id_++;
+      fds_.insert(fd);
+      // Finished() waits for this lock, so the thread is in threads_ first.
+      threads_[id] = std::thread([this, id, fd, caller] {
+        Serve(fd, caller);
+        Finished(id, fd);
+      });
+    }
+  }
+  for (std::thread& thread : finished) thread.join();
+}
+
+void LocalTransport::Finished(uint64_t thread_id, int fd) {
+  absl::MutexLock lock(&mu_);
+  fds_.erase(fd);
+  close(fd);
+  auto it = threads_.find(thread_id);
+  finished_.push_back(std::move(it->second));
+  threads_.erase(it);
+}
+
+void LocalTransport::Stop() {
+  std::vector<std::thread> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    stopped_ = true;
+    // A thread waiting in recvmsg() sees the end of its connection.
+    for (int fd : fds_) shutdown(fd, SHUT_RDWR);
+    mu_.Await(absl::Condition(
+        +[](absl::flat_hash_set<int>* fds) { return fds->empty(); }, &fds_));
+    finished.swap(finished_);
+  }
+  for (std::thread& thread : finished) thread.join();
+}
+
+std::unique_ptr<LocalTransport::Connection> LocalTransport::OpenConnection(uid_t caller) {
+  auto connection = std::make_unique<Connection>();
+  connection->id = next_connection++;
+  connection->caller = caller;
+  service_->LocalConnectionOpened();
+  return connection;
+}
+
+void LocalTransport::CloseConnection(Connection* connection) {
+  // Its handles go first, then the mappings only they and the cache held.
+  service_->store()->EndConnection(connection->id);
+  connection->cache.Clear();
+  service_->LocalConnectionClosed();
+}
+
+void LocalTransport::Serve(int fd, uid_t caller) {
+  std::unique_ptr<Connection> connection = OpenConnection(caller);
+  for (;;) {
+    // The peer closed, or Stop() shut the socket: the connection is over.
+    absl::StatusOr<LocalDatagram> datagram = ReceiveLocal(fd, kMaxLocalMessageBytes);
+    if (!datagram.ok()) break;
+    const Reply reply = Answer(*datagram, connection.get());
+    if (!SendLocal(fd, reply.bytes, reply.fds()).ok()) break;
+  }
+  CloseConnection(connection.get());
+}
+
+LocalTransport::Reply LocalTransport::Answer(const LocalDatagram& datagram,
+                                             Connection* connection) {
+  Reply reply;
+  v1::LocalResponse response;
+  absl::Status status;
+  if (!service_->Enter()) {
+    status = ShuttingDown();
+  } else {
+    status = Dispatch(datagram, connection, &response, &reply);
+    service_->Count(status);
+  }
+  service_->Exit();
+  if (!status.ok()) {
+    response.Clear();
+    reply.memory.clear();
+    // absl's codes are gRPC's, number for number.
+    response.set_code(static_cast<int>(status.code()));
+    response.set_message(std::string(status.message()));
+  }
+  response.SerializeToString(&reply.bytes);
+  return reply;
+}
+
+absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection* connection,
+                                      v1::LocalResponse* response, Reply* reply) {
+  if (datagram.control_truncated) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request's descriptors were cut short (MSG_CTRUNC): at most ", kMaxLocalFds,
+        " may come with one request"));
+  }
+  if (datagram.truncated) {
+    return absl::InvalidArgumentError(absl::StrCat("a local request of more than ",
+                                                   kMaxLocalMessageBytes,
+                                                   " bytes; send it over gRPC"));
+  }
+  v1::LocalRequest request;
+  if (!request.ParseFromString(datagram.bytes)) {
+    return absl::InvalidArgumentError(
+        "the datagram does not parse as an asarray.v1.LocalRequest");
+  }
+  const size_t attached = datagram.fds.size();
+  const uid_t caller = connection->caller;
+  switch (request.method_case()) {
+    case v1::LocalRequest::kConvert:
+      return Convert(request.convert(), datagram, connection, response->mutable_convert(), reply);
+    case v1::LocalRequest::kRelease:
+      RETURN_IF_ERROR(CheckAttached(attached, 0, "Release"));
+      response->mutable_release();
+      return service_->ReleaseNow(request.release(), caller);
+    case v1::LocalRequest::kRenew: {
+      RETURN_IF_ERROR(CheckAttached(attached, 0, "Renew"));
+      ASSIGN_OR_RETURN(const int64_t expires, service_->RenewNow(request.renew(), caller));
+      response->mutable_renew()->set_lease_expires_unix_ms(expires);
+      return absl::OkStatus();
+    }
+    case v1::LocalRequest::kStats:
+      RETURN_IF_ERROR(CheckAttached(attached, 0, "Stats"));
+      service_->StatsNow(response->mutable_stats());
+      return absl::OkStatus();
+    case v1::LocalRequest::METHOD_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      "the local request names no method (convert, release, renew or stats)");
+}
+
+absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
+                                     const LocalDatagram& datagram, Connection* connection,
+                                     v1::ConvertResponse* response, Reply* reply) {
+  const size_t attached = datagram.fds.size();
+  if (request.source().has_fd()) {
+    // An fd_index past the attached ones is the converter's to report.
+    if (attached > 1) RETURN_IF_ERROR(CheckAttached(attached, 1, "Convert"));
+  } else {
+    RETURN_IF_ERROR(CheckAttached(attached, 0, "Convert"));
+  }
+  if (request.return_data()) {
+    return absl::InvalidArgumentError(
+        "return_data conversions answer with the data: send them over gRPC");
+  }
+  const uid_t caller = connection->caller;
+  service_->ReleaseCarried(request, caller);
+  LocalCall local;
+  local.connection = connection->id;
+  local.fds = &datagram.fds;
+  local.cache = &connection->cache;
+  // Where gRPC's Convert would run it: device work and big copies on the
+  // workers, the rest on this thread.
+  absl::Status status;
+  absl::Notification done;
+  service_->RunConvertWork(request, caller, [&] {
+    status = service_->ConvertNow(request, caller, response, &local);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  reply->memory = std::move(local.reply_memory);
+  return status;
+}
+
+}  // namespace asarray::server
