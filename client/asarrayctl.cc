@@ -239,7 +239,11 @@ absl::Status Convert(Client& client, const Args& args) {
 
 absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(const Args args, ParseArgs(argc, argv));
-  ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(args.server));
+  // Over gRPC: a command's handles outlive it (TTL leases, named memory that
+  // another process maps by name), which the local transport's do not.
+  ClientOptions client_options;
+  client_options.local_transport = false;
+  ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(args.server, client_options));
   if (isatty(STDERR_FILENO)) client->set_progress(ShowProgress);
   const std::string& cmd = args.command;
   if (cmd == "convert") return Convert(*client, args);

@@ -10,7 +10,10 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "core/cast.h"
 #include "core/status_macros.h"
 #include "grpcpp/create_channel.h"
@@ -25,6 +28,27 @@ constexpr uint64_t kPopulateMaxBytes = 1 << 20;
 }  // namespace
 
 // --- SharedRegion -----------------------------------------------------------
+
+absl::StatusOr<SharedRegion> SharedRegion::CreateMemfd(size_t bytes) {
+  SharedRegion region;
+  region.fd_ = memfd_create("asarray-client", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (region.fd_ < 0) return ErrnoStatus(errno, "creating a memfd");
+  region.size_ = bytes;
+  if (ftruncate(region.fd_, static_cast<off_t>(bytes)) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("sizing a memfd of ", bytes, " bytes"));
+  }
+  if (fcntl(region.fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) {
+    return ErrnoStatus(errno, "sealing a memfd");
+  }
+  if (bytes > 0) {
+    const int err = posix_fallocate(region.fd_, 0, static_cast<off_t>(bytes));
+    if (err != 0) return ErrnoStatus(err, absl::StrCat("reserving ", bytes, " bytes of a memfd"));
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, region.fd_, 0);
+    if (p == MAP_FAILED) return ErrnoStatus(errno, "mapping a memfd");
+    region.data_ = p;
+  }
+  return region;
+}
 
 absl::StatusOr<SharedRegion> SharedRegion::Create(size_t bytes) {
   SharedRegion region;
@@ -62,7 +86,7 @@ SharedRegion::~SharedRegion() { Reset(); }
 void SharedRegion::Reset() {
   if (data_ != nullptr) munmap(data_, size_);
   if (fd_ >= 0) {
-    shm_unlink(name_.c_str());
+    if (!name_.empty()) shm_unlink(name_.c_str());
     close(fd_);
   }
   data_ = nullptr;
@@ -82,7 +106,7 @@ MappedTensor& MappedTensor::operator=(MappedTensor&& other) noexcept {
     sizes_ = std::exchange(other.sizes_, ViewSizes{});
     storage_ = std::exchange(other.storage_, nullptr);
     cuda_ = std::move(other.cuda_);
-    stub_ = std::move(other.stub_);
+    link_ = std::move(other.link_);
   }
   return *this;
 }
@@ -95,7 +119,7 @@ void MappedTensor::Reset() {
   cuda_.reset();
   map_ = nullptr;
   storage_ = nullptr;
-  if (stub_ != nullptr) Release().IgnoreError();  // best effort: the lease expires anyway
+  if (link_ != nullptr) Release().IgnoreError();  // best effort: the lease ends anyway
 }
 
 const void* MappedTensor::data() const { return mutable_data(); }
@@ -125,33 +149,117 @@ absl::StatusOr<std::string> MappedTensor::RowMajorBytes() const {
   return out;
 }
 
+// --- ClientLink ---------------------------------------------------------------
+
+class ClientLink {
+ public:
+  explicit ClientLink(std::shared_ptr<v1::AsArray::Stub> stub) : stub_(std::move(stub)) {}
+
+  v1::AsArray::Stub* stub() const { return stub_.get(); }
+  bool local() const { return local_.valid(); }
+  void set_local(UniqueFd socket) { local_ = std::move(socket); }
+
+  // One call over the local transport: its response when OK, and the
+  // descriptors that came with it in *received. One call at a time.
+  absl::StatusOr<v1::LocalResponse> CallLocal(const v1::LocalRequest& request,
+                                              absl::Span<const int> fds,
+                                              std::vector<UniqueFd>* received) {
+    std::string bytes;
+    request.SerializeToString(&bytes);
+    if (bytes.size() > kMaxLocalMessageBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a request of ", bytes.size(), " bytes is past the local transport's ",
+          kMaxLocalMessageBytes, "; send it over gRPC"));
+    }
+    absl::StatusOr<LocalDatagram> answer;
+    {
+      absl::MutexLock lock(&mu_);
+      RETURN_IF_ERROR(SendLocal(local_.get(), bytes, fds));
+      answer = ReceiveLocal(local_.get(), kMaxLocalMessageBytes);
+    }
+    if (!answer.ok()) return answer.status();
+    v1::LocalResponse response;
+    if (!response.ParseFromString(answer->bytes)) {
+      return absl::InternalError("the server's answer does not parse as a LocalResponse");
+    }
+    if (response.code() != 0) {
+      return absl::Status(static_cast<absl::StatusCode>(response.code()), response.message());
+    }
+    if (received != nullptr) *received = std::move(answer->fds);
+    return response;
+  }
+
+  absl::Status Release(const std::string& id) {
+    v1::ReleaseRequest request;
+    request.set_id(id);
+    if (local()) {
+      v1::LocalRequest local;
+      *local.mutable_release() = request;
+      return CallLocal(local, {}, nullptr).status();
+    }
+    grpc::ClientContext context;
+    v1::ReleaseResponse response;
+    return FromGrpcStatus(stub_->Release(&context, request, &response));
+  }
+
+ private:
+  const std::shared_ptr<v1::AsArray::Stub> stub_;
+  absl::Mutex mu_;
+  UniqueFd local_;  // set once, before any call
+};
+
 absl::Status MappedTensor::Release() {
-  if (stub_ == nullptr) return absl::OkStatus();
-  grpc::ClientContext context;
-  v1::ReleaseRequest request;
-  v1::ReleaseResponse response;
-  request.set_id(handle_.id);
-  const grpc::Status status = stub_->Release(&context, request, &response);
-  stub_.reset();
-  return FromGrpcStatus(status);
+  if (link_ == nullptr) return absl::OkStatus();
+  const absl::Status status = link_->Release(handle_.id);
+  link_.reset();
+  return status;
 }
 
 // --- Client -----------------------------------------------------------------
 
 Client::Client(std::shared_ptr<grpc::Channel> channel)
-    : channel_(std::move(channel)), stub_(v1::AsArray::NewStub(channel_)) {}
+    : channel_(std::move(channel)),
+      stub_(v1::AsArray::NewStub(channel_)),
+      link_(std::make_shared<ClientLink>(stub_)) {}
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address) {
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
+                                                        const ClientOptions& options) {
+  const std::string target = address.empty() ? DefaultAddress() : address;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
-  auto channel = grpc::CreateCustomChannel(address.empty() ? DefaultAddress() : address,
-                                           grpc::InsecureChannelCredentials(), args);
+  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   if (channel == nullptr) return absl::InvalidArgumentError("cannot create a channel to " + address);
-  return std::unique_ptr<Client>(new Client(std::move(channel)));
+  std::unique_ptr<Client> client(new Client(std::move(channel)));
+  absl::string_view path = target;
+  if (options.local_transport && absl::ConsumePrefix(&path, "unix:") &&
+      !absl::StartsWith(path, "@")) {
+    // A server without one (or an older one) is served over gRPC alone.
+    absl::StatusOr<UniqueFd> socket = ConnectLocal(LocalSocketPath(std::string(path)));
+    if (socket.ok()) client->link_->set_local(*std::move(socket));
+  }
+  return client;
 }
 
-absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& request) {
+bool Client::has_local_transport() const { return link_->local(); }
+
+absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& request,
+                                                    absl::Span<const int> fds,
+                                                    std::vector<UniqueFd>* received) {
+  // A request past one datagram goes over gRPC, unless descriptors go with it.
+  const bool fits = request.ByteSizeLong() + 64 <= kMaxLocalMessageBytes;
+  if (link_->local() && !request.return_data() && (fits || !fds.empty())) {
+    v1::LocalRequest local;
+    *local.mutable_convert() = request;
+    ASSIGN_OR_RETURN(v1::LocalResponse response, link_->CallLocal(local, fds, received));
+    return std::move(*response.mutable_convert());
+  }
+  if (!fds.empty()) {
+    return absl::FailedPreconditionError(
+        "descriptors travel only over the local transport, which this client has not");
+  }
   grpc::ClientContext context;
   v1::ConvertResponse response;
   RETURN_IF_ERROR(FromGrpcStatus(stub_->Convert(&context, request, &response)));
@@ -180,11 +288,36 @@ absl::StatusOr<v1::ConvertResponse> Client::Upload(const v1::ConvertUploadHeader
   return response;
 }
 
-absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lease) {
+namespace {
+
+// Maps [offset, offset + size) of `fd` into `tensor` (read-only if
+// `writable` is false) and checks that the handle's view lies inside.
+absl::Status MapRange(int fd, uint64_t offset, uint64_t size, bool writable,
+                      const std::string& what, MappedTensor* tensor, void** map, size_t* map_len,
+                      unsigned char** storage) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t map_offset = offset / page * page;
+  *map_len = offset - map_offset + size;
+  // A small mapping is populated in the same call: one pass in the kernel is
+  // cheaper than the page fault of the first access.
+  const int populate = *map_len <= kPopulateMaxBytes ? MAP_POPULATE : 0;
+  void* p = mmap(nullptr, *map_len, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                 MAP_SHARED | populate, fd, static_cast<off_t>(map_offset));
+  if (p == MAP_FAILED) return ErrnoStatus(errno, "mapping " + what);
+  *map = p;
+  *storage = static_cast<unsigned char*>(p) + (offset - map_offset);
+  // The handle's view must lie inside what was mapped.
+  const HandleInfo& handle = tensor->handle();
+  return CheckFitsStorage(handle.layout, ItemSize(handle.dtype), static_cast<int64_t>(size));
+}
+
+}  // namespace
+
+absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lease, int fd) {
   MappedTensor tensor;
   tensor.handle_ = handle;
   ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(handle.layout, ItemSize(handle.dtype)));
-  if (owns_lease) tensor.stub_ = stub_;
+  if (owns_lease) tensor.link_ = link_;
   if (!handle.cuda_ipc_handle.empty()) {
     if (!ClientHasCuda()) return tensor;  // nothing this build can open
     RETURN_IF_ERROR(CheckFitsStorage(handle.layout, ItemSize(handle.dtype),
@@ -195,36 +328,52 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
     tensor.storage_ = static_cast<unsigned char*>(tensor.cuda_->data());
     return tensor;
   }
+  if (handle.has_fd) {
+    if (fd < 0) {
+      return absl::FailedPreconditionError(
+          "the handle's memory is a file descriptor, and none came with it");
+    }
+    if (handle.fd_size == 0) return tensor;
+    RETURN_IF_ERROR(MapRange(fd, handle.fd_offset, handle.fd_size, /*writable=*/true,
+                             "the handle's memfd", &tensor, &tensor.map_, &tensor.map_len_,
+                             &tensor.storage_));
+    return tensor;
+  }
   if (handle.shm_name.empty()) {
     return absl::FailedPreconditionError("the handle names no shared memory to map");
   }
   if (handle.shm_size == 0) return tensor;
-  int fd = shm_open(handle.shm_name.c_str(), O_RDWR | O_CLOEXEC, 0);
-  const bool writable = fd >= 0;
-  if (!writable) fd = shm_open(handle.shm_name.c_str(), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) return ErrnoStatus(errno, "opening " + handle.shm_name);
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const uint64_t map_offset = handle.shm_offset / page * page;
-  tensor.map_len_ = handle.shm_offset - map_offset + handle.shm_size;
-  // A small mapping is populated in the same call: one pass in the kernel is
-  // cheaper than the page fault of the first access.
-  const int populate = tensor.map_len_ <= kPopulateMaxBytes ? MAP_POPULATE : 0;
-  void* p = mmap(nullptr, tensor.map_len_, writable ? PROT_READ | PROT_WRITE : PROT_READ,
-                 MAP_SHARED | populate, fd, static_cast<off_t>(map_offset));
-  close(fd);
-  if (p == MAP_FAILED) return ErrnoStatus(errno, "mapping " + handle.shm_name);
-  tensor.map_ = p;
-  tensor.storage_ = static_cast<unsigned char*>(p) + (handle.shm_offset - map_offset);
-  // The handle's view must lie inside what was mapped.
-  RETURN_IF_ERROR(CheckFitsStorage(handle.layout, ItemSize(handle.dtype),
-                                   static_cast<int64_t>(handle.shm_size)));
+  int shm = shm_open(handle.shm_name.c_str(), O_RDWR | O_CLOEXEC, 0);
+  const bool writable = shm >= 0;
+  if (!writable) shm = shm_open(handle.shm_name.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (shm < 0) return ErrnoStatus(errno, "opening " + handle.shm_name);
+  const UniqueFd owned(shm);
+  RETURN_IF_ERROR(MapRange(shm, handle.shm_offset, handle.shm_size, writable, handle.shm_name,
+                           &tensor, &tensor.map_, &tensor.map_len_, &tensor.storage_));
   return tensor;
 }
 
-absl::StatusOr<MappedTensor> Client::ConvertAndMap(const v1::ConvertRequest& request) {
-  ASSIGN_OR_RETURN(const v1::ConvertResponse response, Convert(request));
+absl::StatusOr<MappedTensor> Client::ConvertAndMap(const v1::ConvertRequest& request,
+                                                   absl::Span<const int> fds) {
+  std::vector<UniqueFd> received;
+  ASSIGN_OR_RETURN(const v1::ConvertResponse response, Convert(request, fds, &received));
   ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response.handle()));
-  return Map(handle, /*owns_lease=*/true);
+  int fd = -1;
+  if (handle.has_fd) {
+    const std::vector<int> held =
+        handle.fd_from_request ? std::vector<int>(fds.begin(), fds.end()) : [&] {
+          std::vector<int> out;
+          for (const UniqueFd& f : received) out.push_back(f.get());
+          return out;
+        }();
+    if (handle.fd_index >= held.size()) {
+      return absl::InternalError(absl::StrCat("the handle names descriptor ", handle.fd_index,
+                                              " of ", held.size()));
+    }
+    fd = held[handle.fd_index];
+  }
+  // The received descriptors close on return: the mapping keeps the memory.
+  return Map(handle, /*owns_lease=*/true, fd);
 }
 
 absl::StatusOr<MappedTensor> Client::ConvertInline(const void* storage, size_t storage_bytes,
@@ -293,6 +442,24 @@ absl::StatusOr<MappedTensor> Client::ConvertRegion(const std::string& region_nam
   return ConvertAndMap(request);
 }
 
+absl::StatusOr<MappedTensor> Client::ConvertRegion(const SharedRegion& region, uint64_t offset,
+                                                   uint64_t size, DType dtype,
+                                                   const Layout& layout,
+                                                   const ConvertOptions& options) {
+  if (!region.is_memfd()) return ConvertRegion(region.name(), offset, size, dtype, layout, options);
+  if (!link_->local()) {
+    return absl::FailedPreconditionError(
+        "a memfd reaches the server only over the local transport, which this client has not");
+  }
+  v1::ConvertRequest request;
+  v1::FdArray* array = request.mutable_source()->mutable_fd();
+  array->set_fd_index(0);
+  DescribeArray(offset, size, dtype, layout, array);
+  OptionsToProto(options, request.mutable_options());
+  const int fd = region.fd();
+  return ConvertAndMap(request, absl::MakeConstSpan(&fd, 1));
+}
+
 absl::StatusOr<MappedTensor> Client::ConvertCudaIpc(const std::string& ipc_handle, int device,
                                                     uint64_t offset, uint64_t size, DType dtype,
                                                     const Layout& layout,
@@ -358,22 +525,23 @@ absl::StatusOr<std::string> Client::ConvertToData(const v1::ConvertRequest& requ
 }
 
 absl::StatusOr<absl::Time> Client::Renew(const std::string& id, absl::Duration ttl) {
-  grpc::ClientContext context;
   v1::RenewRequest request;
-  v1::RenewResponse response;
   request.set_id(id);
   request.set_ttl_ms(static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(ttl))));
-  RETURN_IF_ERROR(FromGrpcStatus(stub_->Renew(&context, request, &response)));
+  v1::RenewResponse response;
+  if (link_->local()) {
+    v1::LocalRequest local;
+    *local.mutable_renew() = request;
+    ASSIGN_OR_RETURN(const v1::LocalResponse answer, link_->CallLocal(local, {}, nullptr));
+    response = answer.renew();
+  } else {
+    grpc::ClientContext context;
+    RETURN_IF_ERROR(FromGrpcStatus(stub_->Renew(&context, request, &response)));
+  }
   return absl::FromUnixMillis(response.lease_expires_unix_ms());
 }
 
-absl::Status Client::Release(const std::string& id) {
-  grpc::ClientContext context;
-  v1::ReleaseRequest request;
-  v1::ReleaseResponse response;
-  request.set_id(id);
-  return FromGrpcStatus(stub_->Release(&context, request, &response));
-}
+absl::Status Client::Release(const std::string& id) { return link_->Release(id); }
 
 absl::StatusOr<std::vector<HandleInfo>> Client::List() {
   grpc::ClientContext context;
@@ -388,6 +556,12 @@ absl::StatusOr<std::vector<HandleInfo>> Client::List() {
 }
 
 absl::StatusOr<v1::StatsResponse> Client::Stats() {
+  if (link_->local()) {
+    v1::LocalRequest local;
+    local.mutable_stats();
+    ASSIGN_OR_RETURN(v1::LocalResponse answer, link_->CallLocal(local, {}, nullptr));
+    return std::move(*answer.mutable_stats());
+  }
   grpc::ClientContext context;
   v1::StatsResponse response;
   RETURN_IF_ERROR(FromGrpcStatus(stub_->Stats(&context, v1::StatsRequest(), &response)));

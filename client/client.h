@@ -2,10 +2,18 @@
 // (inline host buffers, literals, shared-memory regions, held tensors) and
 // maps the resulting handles into this process without a copy.
 //
-// Ownership: a SharedRegion owns a segment this process created (and unlinks
-// it); a MappedTensor owns one mapping of a handle and, unless told not to,
-// the handle's lease, which it releases on destruction. Client methods are
-// thread-safe; a SharedRegion or MappedTensor is used by one thread at a time.
+// On a Unix address the client talks to the server's local transport (see
+// LocalRequest in the proto) when it has one: memory travels as file
+// descriptors (a SharedRegion made with CreateMemfd, results the server
+// makes), nothing is named in /dev/shm, and the handles it makes end when
+// the Client is destroyed (or its process dies), unless a TTL is asked for.
+// Everything else, and every call on a TCP address, goes over gRPC.
+//
+// Ownership: a SharedRegion owns a segment or memfd this process created
+// (and unlinks a segment); a MappedTensor owns one mapping of a handle and,
+// unless told not to, the handle's lease, which it releases on destruction.
+// Client methods are thread-safe; a SharedRegion or MappedTensor is used by
+// one thread at a time.
 #ifndef ASARRAY_CLIENT_CLIENT_H_
 #define ASARRAY_CLIENT_CLIENT_H_
 
@@ -25,16 +33,28 @@
 #include "core/layout.h"
 #include "core/literal.h"
 #include "core/plan.h"
+#include "absl/types/span.h"
 #include "server/convert.h"
+#include "server/local_socket.h"
 
 namespace asarray {
 
-// A POSIX shared-memory segment this process creates, mode 0600, for data
-// the server may alias. Unmapped, closed and unlinked on destruction.
+// The calls a MappedTensor makes (its Release) and the Client's transports:
+// gRPC, and the local connection when it is up. Shared between them, so that
+// a MappedTensor may outlive its Client. Defined in client.cc.
+class ClientLink;
+
+// Memory this process creates for data the server may alias: a POSIX
+// shared-memory segment (mode 0600), or a memfd with no name. Unmapped,
+// closed and (a segment) unlinked on destruction.
 class SharedRegion {
  public:
   // A fresh segment "/asarray-client-<pid>-<random>" of `bytes` bytes.
   static absl::StatusOr<SharedRegion> Create(size_t bytes);
+  // A memfd of `bytes` bytes, reserved and sealed against shrinking and
+  // growing, as the server asks of a descriptor. It has no name: it reaches
+  // the server only as a descriptor, over the local transport.
+  static absl::StatusOr<SharedRegion> CreateMemfd(size_t bytes);
   SharedRegion(SharedRegion&& other) noexcept;
   SharedRegion& operator=(SharedRegion&& other) noexcept;
   SharedRegion(const SharedRegion&) = delete;
@@ -43,7 +63,9 @@ class SharedRegion {
 
   void* data() const { return data_; }
   size_t size() const { return size_; }
-  const std::string& name() const { return name_; }
+  const std::string& name() const { return name_; }  // "" for a memfd
+  int fd() const { return fd_; }
+  bool is_memfd() const { return name_.empty(); }
 
  private:
   SharedRegion() = default;
@@ -86,7 +108,7 @@ class MappedTensor {
   // Releases the lease now (the mapping stays valid until destruction).
   absl::Status Release();
   // Keeps the lease past this object's life (someone else releases it).
-  void DetachLease() { stub_.reset(); }
+  void DetachLease() { link_.reset(); }
 
  private:
   friend class Client;
@@ -99,13 +121,20 @@ class MappedTensor {
   unsigned char* storage_ = nullptr;  // the handle's shm offset within map_, or
                                       // the device storage of cuda_
   std::unique_ptr<CudaIpcMapping> cuda_;
-  std::shared_ptr<v1::AsArray::Stub> stub_;  // set while this object holds the lease
+  std::shared_ptr<ClientLink> link_;  // set while this object holds the lease
+};
+
+struct ClientOptions {
+  // On a Unix address, use the server's local transport when it has one.
+  bool local_transport = true;
 };
 
 class Client {
  public:
   // `address`: "unix:/path" or "host:port"; empty means the default socket.
-  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& address = "");
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& address = "",
+                                                         const ClientOptions& options = {});
+  ~Client();
 
   // Inline bytes: `storage` is what the layout indexes into. Payloads past
   // `upload_threshold` bytes stream through ConvertUpload. Only the bytes the
@@ -119,6 +148,11 @@ class Client {
   absl::StatusOr<MappedTensor> ConvertRegion(const std::string& region_name, uint64_t offset,
                                              uint64_t size, DType dtype, const Layout& layout,
                                              const ConvertOptions& options);
+  // The same for a region of this process: a memfd goes as a descriptor
+  // (FAILED_PRECONDITION without the local transport), a segment by name.
+  absl::StatusOr<MappedTensor> ConvertRegion(const SharedRegion& region, uint64_t offset,
+                                             uint64_t size, DType dtype, const Layout& layout,
+                                             const ConvertOptions& options);
   absl::StatusOr<MappedTensor> ConvertTensor(const std::string& id,
                                              const ConvertOptions& options);
   // A view into [offset, offset + size) of a CUDA allocation of this
@@ -128,15 +162,23 @@ class Client {
                                               const Layout& layout,
                                               const ConvertOptions& options);
 
-  // The raw calls, for callers that manage handles themselves.
-  absl::StatusOr<v1::ConvertResponse> Convert(const v1::ConvertRequest& request);
+  // The raw calls, for callers that manage handles themselves. Convert goes
+  // over the local transport when it is up (`fds` beside the request; the
+  // answer's descriptors in *received), else over gRPC (then no `fds`).
+  absl::StatusOr<v1::ConvertResponse> Convert(const v1::ConvertRequest& request,
+                                              absl::Span<const int> fds = {},
+                                              std::vector<UniqueFd>* received = nullptr);
+  // Whether calls go over the local transport.
+  bool has_local_transport() const;
   // Streams `storage` (exactly header.storage_size bytes) in chunks.
   absl::StatusOr<v1::ConvertResponse> Upload(const v1::ConvertUploadHeader& header,
                                              const void* storage);
 
   // Maps a handle (opens a CUDA one by IPC). With `owns_lease` the
-  // MappedTensor releases it.
-  absl::StatusOr<MappedTensor> Map(const HandleInfo& handle, bool owns_lease);
+  // MappedTensor releases it. A handle whose memory is a descriptor needs it
+  // as `fd` (the answer's, or the request's own for an alias); it is not
+  // taken, and may be closed once this returns.
+  absl::StatusOr<MappedTensor> Map(const HandleInfo& handle, bool owns_lease, int fd = -1);
 
   // A held tensor's elements, row-major, read over gRPC (for remote use).
   absl::StatusOr<std::string> ReadBytes(const std::string& id, HandleInfo* handle = nullptr);
@@ -164,10 +206,13 @@ class Client {
 
  private:
   explicit Client(std::shared_ptr<grpc::Channel> channel);
-  absl::StatusOr<MappedTensor> ConvertAndMap(const v1::ConvertRequest& request);
+  // Converts, and maps the answer; `fds` go beside the request.
+  absl::StatusOr<MappedTensor> ConvertAndMap(const v1::ConvertRequest& request,
+                                             absl::Span<const int> fds = {});
 
   std::shared_ptr<grpc::Channel> channel_;
   std::shared_ptr<v1::AsArray::Stub> stub_;
+  std::shared_ptr<ClientLink> link_;
   size_t upload_threshold_ = 32 << 20;
   size_t chunk_size_ = 1 << 20;
   Progress progress_;

@@ -1,12 +1,17 @@
 // Runs every conformance case through a real server, over one transport:
-//   conformance_server_test CASES.jsonl shm|inline
+//   conformance_server_test CASES.jsonl shm|inline|fd
 // "shm" places array inputs in a client shared-memory region and references
-// it; "inline" sends them as bytes. Each result is checked through its handle,
-// mapped in this process. $ASARRAY_CONFORMANCE_CASES overrides the file.
+// it by name over gRPC; "inline" sends them as bytes over gRPC; "fd" places
+// them in a memfd sent over the local transport, whose results are memfds
+// too (and then nothing may appear in /dev/shm). Each result is checked
+// through its handle, mapped in this process. $ASARRAY_CONFORMANCE_CASES
+// overrides the file.
 #include <cstdio>
 #include <cstring>
 #include <optional>
 #include <string>
+
+#include "absl/strings/str_cat.h"
 
 #include "client/client.h"
 #include "gtest/gtest.h"
@@ -17,6 +22,7 @@ namespace asarray::testing {
 namespace {
 
 std::string g_cases_path;
+std::string g_transport;
 bool g_inline = false;
 int g_passed = 0;
 int g_failed = 0;
@@ -28,6 +34,18 @@ Outcome RunCase(Client& client, const ConformanceCase& c, std::string* extra) {
   if (g_inline) {
     return OutcomeOf(
         client.ConvertInline(c.storage.data(), c.storage.size(), c.dtype, c.layout, options));
+  }
+  if (g_transport == "fd") {
+    absl::StatusOr<SharedRegion> region = SharedRegion::CreateMemfd(c.storage.size());
+    if (!region.ok()) return OutcomeOf(region.status());
+    if (!c.storage.empty()) std::memcpy(region->data(), c.storage.data(), c.storage.size());
+    absl::StatusOr<MappedTensor> mapped =
+        client.ConvertRegion(*region, 0, region->size(), c.dtype, c.layout, options);
+    if (mapped.ok() && !mapped->handle().has_fd) *extra = " the handle's memory is no descriptor";
+    if (mapped.ok() && mapped->handle().shares_memory != mapped->handle().fd_from_request) {
+      *extra = " an alias that is not the request's own descriptor, or the reverse";
+    }
+    return OutcomeOf(mapped);
   }
   std::string region;
   absl::StatusOr<MappedTensor> mapped = ConvertCaseInRegion(client, c, options, &region);
@@ -43,8 +61,10 @@ TEST(ConformanceServer, EveryCase) {
   ASSERT_FALSE(cases->empty());
   std::unique_ptr<TestServer> server = TestServer::Start();
   ASSERT_NE(server, nullptr);
-  std::unique_ptr<Client> client = server->NewClient();
+  std::unique_ptr<Client> client =
+      g_transport == "fd" ? server->NewClient() : server->NewGrpcClient();
   ASSERT_NE(client, nullptr);
+  ASSERT_EQ(client->has_local_transport(), g_transport == "fd");
   for (const ConformanceCase& c : *cases) {
     std::string extra;
     const std::string diff = Judge(c, RunCase(*client, c, &extra), g_inline) + extra;
@@ -52,8 +72,12 @@ TEST(ConformanceServer, EveryCase) {
       ++g_passed;
     } else {
       ++g_failed;
-      ADD_FAILURE() << c.id << " (" << (g_inline ? "inline" : "shm") << "):" << diff;
+      ADD_FAILURE() << c.id << " (" << g_transport << "):" << diff;
     }
+  }
+  if (g_transport == "fd") {
+    EXPECT_EQ(server->SegmentsInDevShm(), 0) << "the fd path named memory in /dev/shm";
+    EXPECT_EQ(CountSegments(absl::StrCat("asarray-client-", getpid(), "-")), 0);
   }
   // Every handle was released as its MappedTensor died.
   EXPECT_EQ(server->server().store().Stats().tensors, 0u);
@@ -65,10 +89,12 @@ TEST(ConformanceServer, EveryCase) {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  if (argc < 3 || (std::strcmp(argv[2], "shm") != 0 && std::strcmp(argv[2], "inline") != 0)) {
-    std::fprintf(stderr, "usage: %s CASES.jsonl shm|inline\n", argv[0]);
+  const std::string transport = argc >= 3 ? argv[2] : "";
+  if (transport != "shm" && transport != "inline" && transport != "fd") {
+    std::fprintf(stderr, "usage: %s CASES.jsonl shm|inline|fd\n", argv[0]);
     return 2;
   }
+  asarray::testing::g_transport = transport;
   asarray::testing::g_cases_path = asarray::testing::CasesPath(argv[1]);
   asarray::testing::g_inline = std::strcmp(argv[2], "inline") == 0;
   std::printf("cases: %s (%s)\n", asarray::testing::g_cases_path.c_str(), argv[2]);

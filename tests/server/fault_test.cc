@@ -58,7 +58,7 @@ TEST(Faults, ClientKilledMidUploadLeavesNothing) {
   client.Kill(SIGKILL);
   // ... and goes with the client.
   EXPECT_TRUE(Eventually([&] { return Empty(*server); }));
-  EXPECT_TRUE(server->NewClient()->Health().ok());
+  EXPECT_TRUE(server->NewGrpcClient()->Health().ok());
 }
 
 TEST(Faults, ClientKilledHoldingLeasesIsReclaimedWhenTheyExpire) {
@@ -82,7 +82,7 @@ TEST(Faults, ClientKilledHoldingLeasesIsReclaimedWhenTheyExpire) {
   EXPECT_LE(held.tensors, 3u);
   EXPECT_TRUE(Eventually([&] { return Empty(*server); }));
   EXPECT_EQ(StatsOf(*server).expired, 3u) << "the leases ended by expiring";
-  std::unique_ptr<Client> other = server->NewClient();
+  std::unique_ptr<Client> other = server->NewGrpcClient();
   for (const std::string& id : ids) {
     EXPECT_EQ(other->ReadBytes(id).status().code(), absl::StatusCode::kNotFound);
   }
@@ -92,7 +92,7 @@ TEST(Faults, ClientKilledHoldingLeasesIsReclaimedWhenTheyExpire) {
 TEST(Faults, ReaderKilledMidStreamLeavesTheTensorIntact) {
   std::unique_ptr<TestServer> server = TestServer::Start();
   ASSERT_NE(server, nullptr);
-  std::unique_ptr<Client> client = server->NewClient();
+  std::unique_ptr<Client> client = server->NewGrpcClient();
   std::vector<int32_t> values(2 << 20);  // 8 MiB: far more than one stream window
   std::iota(values.begin(), values.end(), 0);
   std::string id;
@@ -132,7 +132,7 @@ TEST(Faults, ServerKilledWithLiveTensorsIsSweptAtTheNextStart) {
   std::unique_ptr<Child> asarrayd = StartAsarrayd(socket, prefix);
   ASSERT_NE(asarrayd, nullptr);
   {
-    std::unique_ptr<Client> client = *Client::Connect("unix:" + socket);
+    std::unique_ptr<Client> client = *Client::Connect("unix:" + socket, TestServer::GrpcOnly());
     for (int i = 0; i < 3; ++i) {
       absl::StatusOr<MappedTensor> t = client->ConvertLiteral(Literal::Int(i), {});
       ASSERT_TRUE(t.ok()) << t.status();
@@ -174,7 +174,7 @@ TEST(Faults, FullDevShmIsResourceExhaustedAndTheServerKeepsServing) {
       {"unshare", "-m", "sh", "-c",
        "mount -t tmpfs -o size=4m tmpfs /dev/shm && exec \"$0\" \"$@\""});
   ASSERT_NE(asarrayd, nullptr);
-  std::unique_ptr<Client> client = *Client::Connect("unix:" + socket);
+  std::unique_ptr<Client> client = *Client::Connect("unix:" + socket, TestServer::GrpcOnly());
   constexpr size_t kBig = 3 << 20;
   absl::StatusOr<v1::ConvertResponse> first = client->Convert(InlineOfBytes(kBig, 'a'));
   ASSERT_TRUE(first.ok()) << first.status();
@@ -218,7 +218,7 @@ TEST(Faults, RenewRacingExpiryNeverResurrectsOrLeaks) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       std::mt19937 rng(t);
-      std::unique_ptr<Client> client = server->NewClient();
+      std::unique_ptr<Client> client = server->NewGrpcClient();
       std::vector<std::string> ids;
       for (int i = 0; i < kPerThread; ++i) {
         v1::ConvertRequest request;

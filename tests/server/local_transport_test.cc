@@ -90,7 +90,7 @@ class LocalTransportTest : public ::testing::Test {
     shm_before_ = DevShmEntries();
     server_ = TestServer::Start();
     ASSERT_NE(server_, nullptr);
-    client_ = server_->NewClient();
+    client_ = server_->NewGrpcClient();
     ASSERT_TRUE(client_->Stats().ok());  // gRPC opens its descriptors on first use
     fds_before_ = CountFds(getpid());
   }
@@ -325,6 +325,57 @@ TEST_F(LocalTransportTest, AKilledClientsHandlesAreReclaimed) {
   });
   ASSERT_GE(ms, 0) << "the killed client's handles were never reclaimed";
   std::printf("reclaimed %d handles %.1f ms after SIGKILL\n", kHandles, ms);
+}
+
+TEST_F(LocalTransportTest, TheCppClientUsesItByDefaultAndItsHandlesEndWithIt) {
+  std::unique_ptr<Client> local = server_->NewClient();
+  ASSERT_TRUE(local->has_local_transport());
+  absl::StatusOr<SharedRegion> region = SharedRegion::CreateMemfd(16);
+  ASSERT_TRUE(region.ok()) << region.status();
+  EXPECT_TRUE(region->is_memfd());
+  std::memcpy(region->data(), Floats({1, 2, 3, 4}).data(), 16);
+  ConvertOptions no_copy;
+  no_copy.copy = false;
+  absl::StatusOr<MappedTensor> alias =
+      local->ConvertRegion(*region, 0, 16, DType::kFloat32, Layout{{4}, {1}, 0}, no_copy);
+  ASSERT_TRUE(alias.ok()) << alias.status();
+  EXPECT_TRUE(alias->handle().shares_memory);
+  static_cast<float*>(alias->mutable_data())[0] = 5;  // the same bytes
+  EXPECT_EQ(static_cast<const float*>(region->data())[0], 5);
+  ConvertOptions to_double;
+  to_double.dtype = DType::kFloat64;
+  absl::StatusOr<MappedTensor> cast =
+      local->ConvertRegion(*region, 0, 16, DType::kFloat32, Layout{{4}, {1}, 0}, to_double);
+  ASSERT_TRUE(cast.ok()) << cast.status();
+  EXPECT_TRUE(cast->handle().has_fd);
+  EXPECT_EQ(static_cast<const double*>(cast->data())[0], 5.0);
+  // Big requests fall back to gRPC by themselves.
+  std::vector<float> big(100000, 1.5f);
+  absl::StatusOr<MappedTensor> inline_big = local->ConvertInline(
+      big.data(), big.size() * 4, DType::kFloat32, Layout{{100000}, {1}, 0}, {});
+  ASSERT_TRUE(inline_big.ok()) << inline_big.status();
+  EXPECT_EQ(static_cast<const float*>(inline_big->data())[99999], 1.5f);
+  EXPECT_EQ(local->Stats()->tensors(), 3u);
+  EXPECT_TRUE(local->Renew(alias->id(), absl::Seconds(5)).ok());
+  EXPECT_TRUE(cast->Release().ok());
+  EXPECT_EQ(client_->Stats()->tensors(), 2u);
+  // A memfd cannot go over gRPC.
+  EXPECT_EQ(client_->ConvertRegion(*region, 0, 16, DType::kFloat32, Layout{{4}, {1}, 0}, {})
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  alias->DetachLease();  // renewed: a TTL lease, which outlives the client
+  const std::string kept = alias->id();
+  inline_big->DetachLease();  // a gRPC handle's TTL lease: it outlives the client too
+  const std::string big_id = inline_big->id();
+  alias = absl::CancelledError("");
+  inline_big = absl::CancelledError("");
+  cast = absl::CancelledError("");
+  local.reset();
+  EXPECT_GE(WaitFor([&] { return client_->Stats()->local_connections() == 0; }), 0);
+  EXPECT_EQ(client_->Stats()->tensors(), 2u);
+  EXPECT_TRUE(client_->Release(kept).ok());
+  EXPECT_TRUE(client_->Release(big_id).ok());
 }
 
 // --- Bad input on the fd path ---------------------------------------------------
@@ -579,7 +630,7 @@ TEST_F(LocalTransportTest, ServesConnectionsAtOnceAndStopsWithThemOpen) {
   EXPECT_GE(WaitFor([&] { return client_->Stats()->tensors() == 1; }), 0);
   server_->Stop();
   server_ = TestServer::Start();
-  client_ = server_->NewClient();
+  client_ = server_->NewGrpcClient();
 }
 
 }  // namespace

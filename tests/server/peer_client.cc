@@ -2,6 +2,7 @@
 // named on the command line in order and prints one line per operation,
 // "<op> <gRPC code name> [<detail>]". Handles are never mapped (a result
 // segment belongs to the server's uid) and their leases are left to the test.
+// Every call goes over gRPC, so that leases are TTL leases.
 //
 //   peer_client ADDRESS op...
 //     literal            convert [1, 2]; detail: the new id
@@ -132,7 +133,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: peer_client ADDRESS op...\n");
     return 2;
   }
-  absl::StatusOr<std::unique_ptr<asarray::Client>> client = asarray::Client::Connect(argv[1]);
+  // Over gRPC: its handles hold TTL leases, which the tests watch outlive it.
+  asarray::ClientOptions options;
+  options.local_transport = false;
+  absl::StatusOr<std::unique_ptr<asarray::Client>> client =
+      asarray::Client::Connect(argv[1], options);
   if (!client.ok()) {
     std::fprintf(stderr, "peer_client: %s\n", client.status().ToString().c_str());
     return 1;

@@ -106,7 +106,7 @@ TEST(SegmentPoolInStore, ResultsTakeWarmSegmentsAndShutdownUnlinksThePool) {
   std::unique_ptr<testing::TestServer> server = testing::TestServer::Start(
       [](ServerOptions& o) { o.store.pool_bytes = 16 << 20; });
   ASSERT_NE(server, nullptr);
-  std::unique_ptr<Client> client = server->NewClient();
+  std::unique_ptr<Client> client = server->NewGrpcClient();
   std::vector<uint8_t> bytes(2 << 20, 9);
   const Layout layout{{2 << 20}, {1}, 0};
   for (int i = 0; i < 3; ++i) {

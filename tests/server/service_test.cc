@@ -36,7 +36,7 @@ class ServiceTest : public ::testing::Test {
   void StartServer(const std::function<void(server::ServerOptions&)>& adjust = {}) {
     server_ = TestServer::Start(adjust);
     ASSERT_NE(server_, nullptr);
-    client_ = server_->NewClient();
+    client_ = server_->NewGrpcClient();
     grpc::ChannelArguments args;
     args.SetMaxSendMessageSize(-1);
     args.SetMaxReceiveMessageSize(-1);
@@ -92,7 +92,7 @@ TEST(ServiceLimits, RequestOverTheMessageLimitIsResourceExhausted) {
   std::unique_ptr<TestServer> server =
       TestServer::Start([](server::ServerOptions& o) { o.max_message_bytes = 3 << 19; });
   ASSERT_NE(server, nullptr);
-  std::unique_ptr<Client> client = server->NewClient();
+  std::unique_ptr<Client> client = server->NewGrpcClient();
   client->set_upload_threshold(SIZE_MAX);  // force a single unary message
   std::vector<float> big(512 * 1024);  // 2 MiB
   absl::Status s = client->ConvertInline(big.data(), big.size() * 4, DType::kFloat32,
@@ -111,7 +111,7 @@ TEST(ServiceQuota, QuotaExceededIsResourceExhaustedUntilReleased) {
   std::unique_ptr<TestServer> server =
       TestServer::Start([](server::ServerOptions& o) { o.store.max_bytes = 1000; });
   ASSERT_NE(server, nullptr);
-  std::unique_ptr<Client> client = server->NewClient();
+  std::unique_ptr<Client> client = server->NewGrpcClient();
   std::vector<uint8_t> bytes(600);
   const Layout layout{{600}, {1}, 0};
   absl::StatusOr<MappedTensor> first =
@@ -497,7 +497,7 @@ TEST(ServiceStartup, OrphanedSegmentsOfDeadInstancesAreSwept) {
   ASSERT_NE(server, nullptr);
   EXPECT_EQ(server->server().orphans_swept(), 1);
   EXPECT_EQ(CountSegments(prefix), 0);
-  std::unique_ptr<Client> client = server->NewClient();
+  std::unique_ptr<Client> client = server->NewGrpcClient();
   absl::StatusOr<MappedTensor> t = client->ConvertLiteral(Literal::Int(7), {});
   ASSERT_TRUE(t.ok());
   // A second server with the same prefix leaves the live instance's segment.
@@ -519,7 +519,7 @@ TEST_F(ServiceTest, ConcurrentClientsConvertAndRelease) {
   std::atomic<int> failures{0};
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
-      std::unique_ptr<Client> client = server_->NewClient();
+      std::unique_ptr<Client> client = server_->NewGrpcClient();
       for (int i = 0; i < 25; ++i) {
         std::vector<int32_t> v(100, t * 1000 + i);
         ConvertOptions o;

@@ -255,8 +255,8 @@ TestServer::~TestServer() {
   rmdir(dir_.c_str());
 }
 
-std::unique_ptr<Client> TestServer::NewClient() const {
-  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(address_);
+std::unique_ptr<Client> TestServer::NewClient(const ClientOptions& options) const {
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(address_, options);
   EXPECT_TRUE(client.ok()) << client.status();
   return client.ok() ? *std::move(client) : nullptr;
 }

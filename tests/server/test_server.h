@@ -71,7 +71,14 @@ class TestServer {
   const std::string& address() const { return address_; }
   const std::string& prefix() const { return prefix_; }
   server::Server& server() { return *server_; }
-  std::unique_ptr<Client> NewClient() const;
+  std::unique_ptr<Client> NewClient(const ClientOptions& options = {}) const;
+  // A client that makes every call over gRPC: named segments, TTL leases.
+  std::unique_ptr<Client> NewGrpcClient() const { return NewClient(GrpcOnly()); }
+  static ClientOptions GrpcOnly() {
+    ClientOptions options;
+    options.local_transport = false;
+    return options;
+  }
 
   // Entries in /dev/shm named with this server's prefix.
   int SegmentsInDevShm() const;
