@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -102,8 +103,15 @@ void LocalTransport::Serve(int fd, uid_t caller) {
     // The peer closed, or Stop() shut the socket: the connection is over.
     absl::StatusOr<LocalDatagram> datagram = ReceiveLocal(fd, kMaxLocalMessageBytes);
     if (!datagram.ok()) break;
+    const auto received = std::chrono::steady_clock::now();
     const Reply reply = Answer(*datagram, connection.get());
     if (!SendLocal(fd, reply.bytes, reply.fds()).ok()) break;
+    if (reply.convert) {
+      service_->local_convert_latency().Record(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(
+              std::chrono::steady_clock::now() - received)
+              .count()));
+    }
   }
   CloseConnection(connection.get());
 }
@@ -152,6 +160,7 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
   const uid_t caller = connection->caller;
   switch (request.method_case()) {
     case v1::LocalRequest::kConvert:
+      reply->convert = true;
       return Convert(request.convert(), datagram, connection, response->mutable_convert(), reply);
     case v1::LocalRequest::kRelease:
       RETURN_IF_ERROR(CheckAttached(attached, 0, "Release"));

@@ -53,6 +53,7 @@ class LocalTransport {
   struct Reply {
     std::string bytes;
     std::vector<std::shared_ptr<const HostMemory>> memory;
+    bool convert = false;  // the request was a Convert
     std::vector<int> fds() const;
   };
 

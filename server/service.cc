@@ -721,6 +721,9 @@ void AsArrayService::StatsNow(v1::StatsResponse* response) const {
   response->set_fd_limit(fds.limit);
   response->set_local_connections(local_connections_.load());
   response->set_connection_leases(s.connection_leases);
+  response->set_local_converts(local_convert_latency_.count());
+  response->set_local_convert_p50_ns(local_convert_latency_.Quantile(0.5));
+  response->set_local_convert_p99_ns(local_convert_latency_.Quantile(0.99));
 }
 
 }  // namespace asarray::server

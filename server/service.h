@@ -19,6 +19,7 @@
 #include "server/converter.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
+#include "server/latency_histogram.h"
 #include "server/tensor_store.h"
 
 namespace asarray::server {
@@ -121,6 +122,8 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   // The local transport's connections, for Stats.
   void LocalConnectionOpened() { ++local_connections_; }
   void LocalConnectionClosed() { --local_connections_; }
+  // The local transport's Convert calls, received to answered.
+  LatencyHistogram& local_convert_latency() { return local_convert_latency_; }
 
   // For the reactors: counts a finished call.
   void Count(const absl::Status& status);
@@ -154,6 +157,7 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   std::atomic<uint64_t> converts_{0};
   std::atomic<uint64_t> errors_{0};
   std::atomic<uint64_t> local_connections_{0};
+  LatencyHistogram local_convert_latency_;
 
   absl::Mutex calls_mu_;
   int calls_in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;

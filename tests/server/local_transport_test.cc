@@ -633,5 +633,41 @@ TEST_F(LocalTransportTest, ServesConnectionsAtOnceAndStopsWithThemOpen) {
   client_ = server_->NewGrpcClient();
 }
 
+TEST(LatencyHistogramTest, EveryValueLiesInItsBucketAndQuantilesAreWithinAnEighth) {
+  using server::LatencyHistogram;
+  for (uint64_t v : {0ull, 1ull, 7ull, 8ull, 9ull, 15ull, 16ull, 17ull, 1000ull, 20000ull,
+                     123456789ull, (1ull << 41) + 5}) {
+    const int b = LatencyHistogram::Bucket(v);
+    EXPECT_LE(v, LatencyHistogram::UpperBound(b)) << v;
+    if (b > 0) {
+      EXPECT_GT(v, LatencyHistogram::UpperBound(b - 1)) << v;
+    }
+  }
+  LatencyHistogram h;
+  EXPECT_EQ(h.Quantile(0.5), 0u);
+  for (uint64_t v = 1; v <= 1000; ++v) h.Record(v * 1000);
+  EXPECT_EQ(h.count(), 1000u);
+  EXPECT_GE(h.Quantile(0.5), 500000u);
+  EXPECT_LE(h.Quantile(0.5), 500000u * 9 / 8);
+  EXPECT_GE(h.Quantile(0.99), 990000u);
+  EXPECT_LE(h.Quantile(0.99), 990000u * 9 / 8);
+}
+
+TEST_F(LocalTransportTest, StatsReportTheServersOwnTimeForLocalConverts) {
+  LocalConnection local(server_->address());
+  for (int i = 0; i < 20; ++i) {
+    v1::ConvertResponse response;
+    std::vector<UniqueFd> received;
+    ASSERT_TRUE(local.Convert(InlineFloats({1, 2}, {2}, {1}), {}, &response, &received).ok());
+    v1::ReleaseRequest release;
+    release.set_id(response.handle().id());
+    ASSERT_TRUE(local.Release(release).ok());
+  }
+  const v1::StatsResponse s = *client_->Stats();
+  EXPECT_EQ(s.local_converts(), 20u) << "releases are not converts";
+  EXPECT_GT(s.local_convert_p50_ns(), 0u);
+  EXPECT_GE(s.local_convert_p99_ns(), s.local_convert_p50_ns());
+}
+
 }  // namespace
 }  // namespace asarray::testing
