@@ -1,11 +1,16 @@
 // asarrayctl: the command line of asarrayd.
 //
 //   asarrayctl [--server ADDR] convert FILE.npy | --json LITERAL
-//              [--via shm|inline] [--dtype D] [--device DEV] [--copy true|false|none]
+//              [--via shm|inline|fd] [--dtype D] [--device DEV] [--copy true|false|none]
 //              [--requires-grad] [--save OUT.npy]
+//   asarrayctl [--server ADDR] take ID [--dtype D] [--device DEV] [--copy ...] [--save OUT.npy]
 //   asarrayctl [--server ADDR] read ID --save OUT.npy
 //   asarrayctl [--server ADDR] release ID | list | stats | health
 //
+// Calls go over gRPC, except those of `convert --via fd` and `take`, which
+// use the local transport: the file goes to the server in a memfd (--via
+// fd), and a result's memory comes back as a descriptor; nothing is named in
+// /dev/shm. Every handle holds a TTL lease, so that it outlives the command.
 // Handles print as one JSON object per line. On failure it prints the gRPC
 // code name and message on stderr and exits 1 (2 for a usage error).
 #include <fcntl.h>
@@ -49,8 +54,10 @@ struct Args {
 absl::Status Usage(absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(
       why,
-      "\nusage: asarrayctl [--server ADDR] convert (FILE.npy | --json LITERAL) [--via shm|inline]"
+      "\nusage: asarrayctl [--server ADDR] convert (FILE.npy | --json LITERAL) [--via shm|inline|fd]"
       " [--dtype D] [--device DEV] [--copy true|false|none] [--requires-grad] [--save OUT.npy]\n"
+      "       asarrayctl [--server ADDR] take ID [--dtype D] [--device DEV] [--copy ...]"
+      " [--save OUT.npy]\n"
       "       asarrayctl [--server ADDR] read ID --save OUT.npy\n"
       "       asarrayctl [--server ADDR] (release ID | list | stats | health)"));
 }
@@ -96,6 +103,10 @@ Json HandleJson(const HandleInfo& h) {
   if (!h.shm_name.empty()) {
     j["memory"] = {{"kind", "shm"}, {"name", h.shm_name}, {"offset", h.shm_offset},
                    {"size", h.shm_size}};
+  }
+  if (h.has_fd) {
+    j["memory"] = {{"kind", "fd"}, {"offset", h.fd_offset}, {"size", h.fd_size},
+                   {"request_fd", h.fd_from_request}};
   }
   if (!h.cuda_ipc_handle.empty()) {
     j["memory"] = {{"kind", "cuda"},
@@ -192,6 +203,24 @@ absl::StatusOr<ConvertOptions> OptionsFromArgs(const Args& args) {
   return options;
 }
 
+// Prints a result's handle, and saves its elements with --save.
+absl::Status Print(Client& client, const Args& args, MappedTensor result) {
+  // The handle outlives this command: whoever uses it releases it.
+  result.DetachLease();
+  std::printf("%s\n", HandleJson(result.handle()).dump().c_str());
+  if (args.options.count("--save")) {
+    // A CUDA result is read through its IPC handle when this build can open
+    // one, and over gRPC otherwise.
+    absl::StatusOr<std::string> bytes = result.handle().cuda_ipc_handle.empty() ||
+                                                result.on_device()
+                                            ? result.RowMajorBytes()
+                                            : client.ReadBytes(result.id());
+    RETURN_IF_ERROR(bytes.status());
+    RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result.dtype(), result.shape(), *bytes));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Convert(Client& client, const Args& args) {
   ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
   std::optional<MappedTensor> result;
@@ -212,41 +241,46 @@ absl::Status Convert(Client& client, const Args& args) {
     const std::string via = args.options.count("--via") ? args.options.at("--via") : "shm";
     if (via == "inline") {
       ASSIGN_OR_RETURN(result, client.ConvertInline(data, npy.data_bytes, npy.dtype, npy.layout, options));
-    } else if (via == "shm") {
-      ASSIGN_OR_RETURN(region, SharedRegion::Create(npy.data_bytes));
+    } else if (via == "shm" || via == "fd") {
+      ASSIGN_OR_RETURN(region, via == "fd" ? SharedRegion::CreateMemfd(npy.data_bytes)
+                                           : SharedRegion::Create(npy.data_bytes));
       if (npy.data_bytes > 0) std::memcpy(region->data(), data, npy.data_bytes);
-      ASSIGN_OR_RETURN(result, client.ConvertRegion(region->name(), 0, npy.data_bytes, npy.dtype,
+      ASSIGN_OR_RETURN(result, client.ConvertRegion(*region, 0, npy.data_bytes, npy.dtype,
                                                     npy.layout, options));
     } else {
-      return Usage("--via takes shm or inline");
+      return Usage("--via takes shm, inline or fd");
     }
   }
-  // The handle outlives this command: whoever uses it releases it.
-  result->DetachLease();
-  std::printf("%s\n", HandleJson(result->handle()).dump().c_str());
-  if (args.options.count("--save")) {
-    // A CUDA result is read through its IPC handle when this build can open
-    // one, and over gRPC otherwise.
-    absl::StatusOr<std::string> bytes = result->handle().cuda_ipc_handle.empty() ||
-                                                result->on_device()
-                                            ? result->RowMajorBytes()
-                                            : client.ReadBytes(result->id());
-    RETURN_IF_ERROR(bytes.status());
-    RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result->dtype(), result->shape(), *bytes));
-  }
-  return absl::OkStatus();
+  return Print(client, args, *std::move(result));
+}
+
+absl::Status Take(Client& client, const Args& args) {
+  if (args.positional.size() != 1) return Usage("take needs ID");
+  ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
+  ASSIGN_OR_RETURN(MappedTensor result, client.ConvertTensor(args.positional[0], options));
+  return Print(client, args, std::move(result));
 }
 
 absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(const Args args, ParseArgs(argc, argv));
-  // Over gRPC: a command's handles outlive it (TTL leases, named memory that
-  // another process maps by name), which the local transport's do not.
-  ClientOptions client_options;
-  client_options.local_transport = false;
-  ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(args.server, client_options));
-  if (isatty(STDERR_FILENO)) client->set_progress(ShowProgress);
   const std::string& cmd = args.command;
+  // Over gRPC, unless the command's memory travels as descriptors.
+  const bool local =
+      cmd == "take" || (cmd == "convert" && args.options.count("--via") &&
+                        args.options.at("--via") == "fd");
+  ClientOptions client_options;
+  client_options.local_transport = local;
+  ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(args.server, client_options));
+  if (local && !client->has_local_transport()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the server has no local transport beside its socket, which ", cmd,
+        " needs here; it listens on a Unix socket unless --local_transport=false"));
+  }
+  // A command's handles outlive it: whoever uses them releases them.
+  client->set_lease_ttl(absl::ZeroDuration());
+  if (isatty(STDERR_FILENO)) client->set_progress(ShowProgress);
   if (cmd == "convert") return Convert(*client, args);
+  if (cmd == "take") return Take(*client, args);
   if (cmd == "read") {
     if (args.positional.size() != 1 || !args.options.count("--save")) {
       return Usage("read needs ID and --save OUT.npy");
@@ -278,7 +312,12 @@ absl::Status Run(int argc, char** argv) {
               {"cuda_allocations", s.cuda_allocations()},
               {"cuda_bytes_in_use", s.cuda_bytes_in_use()},
               {"cuda_ipc_opened", s.cuda_ipc_opened()},
-              {"cuda_pinned_bytes", s.cuda_pinned_bytes()}};
+              {"cuda_pinned_bytes", s.cuda_pinned_bytes()}, {"fds", s.fds()},
+              {"fd_limit", s.fd_limit()}, {"local_connections", s.local_connections()},
+              {"connection_leases", s.connection_leases()},
+              {"local_converts", s.local_converts()},
+              {"local_convert_p50_ns", s.local_convert_p50_ns()},
+              {"local_convert_p99_ns", s.local_convert_p99_ns()}};
     std::printf("%s\n", j.dump().c_str());
     return absl::OkStatus();
   }

@@ -245,9 +245,16 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
 
 bool Client::has_local_transport() const { return link_->local(); }
 
-absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& request,
+absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& original,
                                                     absl::Span<const int> fds,
                                                     std::vector<UniqueFd>* received) {
+  std::optional<v1::ConvertRequest> with_ttl;
+  if (lease_ttl_.has_value() && !original.has_ttl_ms()) {
+    with_ttl = original;
+    with_ttl->set_ttl_ms(
+        static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(*lease_ttl_))));
+  }
+  const v1::ConvertRequest& request = with_ttl.has_value() ? *with_ttl : original;
   // A request past one datagram goes over gRPC, unless descriptors go with it.
   const bool fits = request.ByteSizeLong() + 64 <= kMaxLocalMessageBytes;
   if (link_->local() && !request.return_data() && (fits || !fds.empty())) {

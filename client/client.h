@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -197,6 +198,11 @@ class Client {
   using Progress = std::function<void(uint64_t done, uint64_t total)>;
   void set_progress(Progress progress) { progress_ = std::move(progress); }
 
+  // Every Convert asks for a TTL lease of `ttl` (zero: the server's
+  // default), so that its handle outlives this client's local connection:
+  // for handing a tensor to another process, which takes it by id.
+  void set_lease_ttl(absl::Duration ttl) { lease_ttl_ = ttl; }
+
   // Payloads above this go through ConvertUpload (default 32 MiB).
   void set_upload_threshold(size_t bytes) { upload_threshold_ = bytes; }
   // Bytes per streamed upload message (default 1 MiB); keep it below the
@@ -213,6 +219,7 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::shared_ptr<v1::AsArray::Stub> stub_;
   std::shared_ptr<ClientLink> link_;
+  std::optional<absl::Duration> lease_ttl_;
   size_t upload_threshold_ = 32 << 20;
   size_t chunk_size_ = 1 << 20;
   Progress progress_;

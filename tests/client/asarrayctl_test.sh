@@ -219,6 +219,30 @@ ctl_fails "read after release is NOT_FOUND" 1 NOT_FOUND read "$ID" --save gone.n
 "$CTL" list >list2.txt 2>err.txt
 check "list no longer shows a released id" bash -c "! grep -q '\"$ID\"' list2.txt"
 
+# Memory as descriptors: --via fd sends a memfd over the local transport and
+# take maps another process's tensor by id; neither names anything in /dev/shm.
+# (Other tests run beside this one: only the server's own names are counted.)
+named() { ls /dev/shm | grep -c "^$PREFIX-" || true; }
+shm_before=$(named)
+"$CTL" convert f32.npy --via fd --copy false >fd.json 2>err.txt
+check "convert --via fd exits 0" test $? -eq 0
+check "convert --via fd aliases the memfd (memory kind fd, the request's own)" expect_json fd.json \
+  'j["shares_memory"] is True and j["memory"]["kind"] == "fd" and j["memory"]["request_fd"] is True'
+FD_ID=$(py 'print(json.load(open(sys.argv[1]))["id"])' fd.json)
+"$CTL" take "$FD_ID" --copy false --save take_out.npy >take.json 2>err.txt
+check "take ID --copy false exits 0" test $? -eq 0
+check "take maps the same memory from its descriptor" expect_json take.json \
+  'j["shares_memory"] is True and j["memory"]["kind"] == "fd" and j["memory"]["request_fd"] is False'
+check "take --save writes the first command's array" same_array f32.npy take_out.npy
+"$CTL" take "$FD_ID" --dtype float64 --save take64.npy >take64.json 2>err.txt
+check "take --dtype float64 casts into a memfd of the server's" expect_json take64.json \
+  'j["shares_memory"] is False and j["memory"]["kind"] == "fd"'
+check "no /dev/shm entry came from the fd path" test "$(named)" -eq "$shm_before"
+for f in fd.json take.json take64.json; do
+  "$CTL" release "$(py 'print(json.load(open(sys.argv[1]))["id"])' $f)" 2>err.txt
+done
+ctl_fails "take of an unknown id is NOT_FOUND" 1 NOT_FOUND take 0123456789abcdef
+
 # Bad inputs and usage.
 ctl_fails "big-endian .npy is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert big.npy
 ctl_fails "object .npy is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert obj.npy
