@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Builds the asarrayd image and proves a zero-copy handoff across containers:
 #
-# 1. Node arrangement (docker run with host directories; the Kubernetes
-#    DaemonSet): a server container and a client container share a socket
-#    directory and a /dev/shm, both directories of the host (the latter a fresh
-#    one inside the host's /dev/shm). The client converts a .npy file with
-#    copy=false, so the handle must alias the client's own region
-#    (shares_memory: true), and saves the result: the bytes must match. A
-#    cast makes the server create a segment of its own; once the server is
-#    stopped (SIGTERM), nothing may be left in that /dev/shm.
-# 2. Compose arrangement: the server runs with --ipc=shareable and the client
-#    joins its IPC namespace (--ipc=container:NAME, compose's
-#    ipc: "service:asarrayd"); the same copy=false conversion must alias.
+# 1. Socket only (compose.yaml, the Kubernetes DaemonSet): a server container
+#    and client containers share one directory of the host, the socket's, and
+#    nothing else: each has its own default 64 MiB /dev/shm and IPC
+#    namespace. Client A converts a 256 MiB .npy file (more than its
+#    /dev/shm holds) from a memfd of its own (--via fd) with copy=false and
+#    exits; client B, another container, takes that tensor by id with
+#    copy=false: its handle must share memory (shares_memory: true), the
+#    descriptor the server sent, and the bytes B saves must match A's file. A
+#    cast makes the server create a memfd of its own. Nothing may appear in
+#    any /dev/shm, and once the handles are released the server holds no
+#    tensor and no byte; it then stops cleanly on SIGTERM.
+# 2. Named memory, for gRPC-only clients: the server runs with
+#    --ipc=shareable and the client joins its IPC namespace
+#    (--ipc=container:NAME, compose's ipc: "service:asarrayd"); a copy=false
+#    conversion of a named region must alias, and the cast's named segment
+#    is gone after SIGTERM.
 #
 # Uses docker when an engine answers (docker info), else podman with the flags
 # these machines need (runc, cgroupfs, lowered ulimits, a chroot build). Run as
@@ -36,13 +41,11 @@ else
 fi
 
 tmp="$(mktemp -d)"
-shm=""
 cleanup() {
   "${engine[@]}" rm -f "$name" "$name-ipc" >/dev/null 2>&1 || true
-  rm -rf "$tmp" ${shm:+"$shm"}
+  rm -rf "$tmp"
 }
 trap cleanup EXIT
-shm="$(mktemp -d /dev/shm/deploy-test.XXXXXX)"
 
 fail() {
   echo "test.sh: FAIL: $*" >&2
@@ -86,12 +89,12 @@ mkdir -m 0700 "$sock" "$data"
 user_flags=()
 if [ "$(id -u)" -eq 0 ]; then
   chown "$("${engine[@]}" image inspect --format '{{.Config.User}}' "$image")" \
-    "$sock" "$data" "$shm"
+    "$sock" "$data"
 else
   [ "${engine[0]}" = docker ] || user_flags=(--userns=keep-id)
   user_flags+=(--user "$(id -u):$(id -g)")
 fi
-mounts=(-v "$sock:/run/asarrayd" -v "$shm:/dev/shm")
+mounts=(-v "$sock:/run/asarrayd")
 
 # Starts a server container NAME with extra run flags; returns once the
 # image's HEALTHCHECK (asarrayctl health) passes in it.
@@ -123,51 +126,91 @@ client() {
     "${flags[@]}" -v "$data:/data" --entrypoint asarrayctl "$image" "$@"
 }
 
-# A 512x512 float32 .npy file of random bytes, written without numpy.
-npy="$data/x.npy"
-dict="{'descr': '<f4', 'fortran_order': False, 'shape': (512, 512), }"
-payload=$((512 * 512 * 4))
-hlen=$(((10 + ${#dict} + 1 + 63) / 64 * 64 - 10))
-{
-  printf '\x93NUMPY\x01\x00'
-  printf "\\x$(printf %02x $((hlen & 255)))\\x$(printf %02x $((hlen >> 8)))"
-  printf '%-*s\n' $((hlen - 1)) "$dict"
-  head -c "$payload" /dev/urandom
-} >"$npy"
+# A float32 .npy file of ROWS x 1024 random values, written without numpy.
+make_npy() {  # FILE ROWS
+  local dict="{'descr': '<f4', 'fortran_order': False, 'shape': ($2, 1024), }"
+  local hlen=$(((10 + ${#dict} + 1 + 63) / 64 * 64 - 10))
+  {
+    printf '\x93NUMPY\x01\x00'
+    printf "\\x$(printf %02x $((hlen & 255)))\\x$(printf %02x $((hlen >> 8)))"
+    printf '%-*s\n' $((hlen - 1)) "$dict"
+    head -c $(($2 * 4096)) /dev/urandom
+  } >"$1"
+}
+same_payload() {  # A.npy B.npy BYTES
+  [ "$(stat -c %s "$1")" = "$(stat -c %s "$2")" ] && cmp -s <(tail -c "$3" "$1") <(tail -c "$3" "$2")
+}
+field() {  # JSON NAME: a top-level string field of one line of JSON
+  sed -n 's/.*"'"$2"'":"\([^"]*\)".*/\1/p' <<<"$1"
+}
+shm_entries() {  # entries of the host's /dev/shm that asarrayd could have made
+  find /dev/shm -mindepth 1 -maxdepth 1 \( -name 'asarrayd-*' -o -name 'asarray-client-*' \) | wc -l
+}
+big="$data/big.npy"
+big_payload=$((256 << 20))
+make_npy "$big" 65536
+host_shm_before="$(shm_entries)"
 
-# 1. Node arrangement.
+# 1. Socket only.
 start_server "$name" "${mounts[@]}"
 uid="$("${engine[@]}" exec "$name" id -u)"
 [ "$(id -u)" -ne 0 ] || [ "$uid" -ne 0 ] || fail "the server runs as root"
-out="$(client "${mounts[@]}" -- convert /data/x.npy --copy false --save /data/y.npy)" ||
-  fail "zero-copy convert: $out"
-grep -q '"shares_memory":true' <<<"$out" || fail "no shares_memory: true in $out"
-[ "$(stat -c %s "$data/y.npy")" = "$(stat -c %s "$npy")" ] &&
-  cmp -s <(tail -c "$payload" "$npy") <(tail -c "$payload" "$data/y.npy") ||
-  fail "the saved bytes differ from the source"
-client "${mounts[@]}" -- convert /data/x.npy --dtype float64 >/dev/null || fail "cast convert"
-segments="$(find "$shm" -mindepth 1 -name 'asarrayd-*' | wc -l)"
-[ "$segments" -ge 1 ] || fail "the server's segment is not in the shared /dev/shm"
+server_shm="$("${engine[@]}" exec "$name" df -k --output=size /dev/shm | tail -1 | tr -d ' ')"
+[ "$server_shm" -le 65536 ] || fail "the server's /dev/shm is ${server_shm} KiB, not the default"
+out="$(client "${mounts[@]}" -- convert /data/big.npy --via fd --copy false)" ||
+  fail "A: zero-copy convert of 256 MiB from a memfd: $out"
+grep -q '"shares_memory":true' <<<"$out" || fail "A: no shares_memory: true in $out"
+grep -q '"kind":"fd"' <<<"$out" || fail "A: the handle's memory is no descriptor: $out"
+id_a="$(field "$out" id)"
+out_b="$(client "${mounts[@]}" -- take "$id_a" --copy false --save /data/big_out.npy)" ||
+  fail "B: take by id: $out_b"
+grep -q '"shares_memory":true' <<<"$out_b" || fail "B: no shares_memory: true in $out_b"
+grep -q '"request_fd":false' <<<"$out_b" || fail "B: the memory did not come as a descriptor: $out_b"
+same_payload "$big" "$data/big_out.npy" $big_payload || fail "B saw other bytes than A sent"
+out_cast="$(client "${mounts[@]}" -- take "$id_a" --dtype float64)" || fail "cast: $out_cast"
+grep -q '"kind":"fd"' <<<"$out_cast" || fail "the cast's memory is no descriptor: $out_cast"
+inside_shm="$("${engine[@]}" exec "$name" find /dev/shm -mindepth 1 | wc -l)"
+[ "$inside_shm" = 0 ] || fail "the server's /dev/shm holds $inside_shm entries"
+[ "$(shm_entries)" = "$host_shm_before" ] || fail "the host's /dev/shm gained entries"
+for id in "$id_a" "$(field "$out_b" id)" "$(field "$out_cast" id)"; do
+  client "${mounts[@]}" -- release "$id" || fail "release $id"
+done
+stats="$(client "${mounts[@]}" -- stats)" || fail "stats: $stats"
+grep -q '"tensors":0,' <<<"$stats" && grep -q '"bytes_in_use":0,' <<<"$stats" &&
+  grep -q '"client_regions":0,' <<<"$stats" || fail "the server still holds memory: $stats"
 "${engine[@]}" stop -t 20 "$name" >/dev/null 2>"$tmp/stop.log" || fail "stop: $(cat "$tmp/stop.log")"
 status="$("${engine[@]}" inspect --format '{{.State.ExitCode}}' "$name")"
 [ "$status" = 0 ] || fail "asarrayd exited with $status after SIGTERM"
 "${engine[@]}" logs "$name" 2>&1 | grep -q 'asarrayd: stopped' || fail "no clean shutdown"
-left="$(find "$shm" -mindepth 1 | wc -l)"
-[ "$left" = 0 ] || fail "left in /dev/shm: $(ls -A "$shm")"
+[ "$(shm_entries)" = "$host_shm_before" ] || fail "the host's /dev/shm gained entries"
+rm -f "$big" "$data/big_out.npy"
 
-# 2. Compose arrangement: the client joins the server's IPC namespace and so
-#    its private /dev/shm; only the socket directory comes from the host.
-start_server "$name-ipc" --ipc=shareable -v "$sock:/run/asarrayd"
-out2="$(client --ipc="container:$name-ipc" -v "$sock:/run/asarrayd" -- \
-  convert /data/x.npy --copy false)" || fail "zero-copy convert in the server's IPC namespace: $out2"
+# 2. Named memory: the client joins the server's IPC namespace and so its
+#    private /dev/shm; only the socket directory comes from the host.
+npy="$data/x.npy"
+payload=$((512 * 4096))
+make_npy "$npy" 512
+start_server "$name-ipc" --ipc=shareable "${mounts[@]}"
+out2="$(client --ipc="container:$name-ipc" "${mounts[@]}" -- \
+  convert /data/x.npy --copy false --save /data/y.npy)" ||
+  fail "zero-copy convert in the server's IPC namespace: $out2"
 grep -q '"shares_memory":true' <<<"$out2" || fail "no shares_memory: true in $out2"
-"${engine[@]}" stop -t 20 "$name-ipc" >/dev/null 2>"$tmp/stop.log" || fail "stop: $(cat "$tmp/stop.log")"
+grep -q '"kind":"shm"' <<<"$out2" || fail "the handle names no segment: $out2"
+same_payload "$npy" "$data/y.npy" $payload || fail "the saved bytes differ from the source"
+client --ipc="container:$name-ipc" "${mounts[@]}" -- convert /data/x.npy --dtype float64 \
+  >/dev/null || fail "cast convert"
+segments="$("${engine[@]}" exec "$name-ipc" find /dev/shm -mindepth 1 -name 'asarrayd-*' | wc -l)"
+[ "$segments" -ge 1 ] || fail "the server's segment is not in its /dev/shm"
+"${engine[@]}" stop -t 20 "$name-ipc" >/dev/null 2>"$tmp/stop.log" ||
+  fail "stop: $(cat "$tmp/stop.log")"
+"${engine[@]}" logs "$name-ipc" 2>&1 | grep -q 'asarrayd: stopped' || fail "no clean shutdown"
 
 echo "test.sh: results"
 echo "  engine:          ${engine[0]}"
 echo "  image size:      $size bytes ($((size / 1000000)) MB) for $image"
-echo "  server:          uid $uid; HEALTHCHECK (asarrayctl health) passed"
-echo "  node shm:        shares_memory: true; bytes match ($payload bytes of a 512x512 float32)"
-echo "  compose ipc:     shares_memory: true (--ipc=container:, as ipc: service:asarrayd)"
-echo "  /dev/shm clean:  $segments server segment(s) while running, $left left after SIGTERM"
+echo "  server:          uid $uid; HEALTHCHECK (asarrayctl health) passed; /dev/shm ${server_shm} KiB"
+echo "  socket only:     256 MiB from A's memfd, taken by B: shares_memory: true, bytes match;"
+echo "                   0 entries in any /dev/shm; 0 tensors and 0 bytes held after release"
+echo "  named memory:    shares_memory: true (--ipc=container:, as ipc: service:asarrayd);"
+echo "                   $segments server segment(s) while running, unlinked at SIGTERM"
 echo "test.sh: PASS"

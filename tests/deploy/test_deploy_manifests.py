@@ -2,8 +2,9 @@
 
 Each test parses a file and checks a property that README's "Deploy" section
 relies on: which images the two stages use in either variant, the non-root
-user, the health check, the socket directory and the /dev/shm arrangement
-shared between the server and its clients, the IPC settings, and resources.
+user, the health check, the socket directory as the one thing the server
+and its clients share (memory crosses as descriptors: no /dev/shm, no IPC
+namespace), and resources.
 docker/test.sh builds and runs the image itself.
 """
 
@@ -163,22 +164,15 @@ def flag_bytes(args, name):
     return sum(int(a.split("=", 1)[1]) for a in args if a.startswith(f"--{name}="))
 
 
-def test_compose_shares_the_servers_ipc_namespace_never_the_hosts():
+def test_compose_shares_no_ipc_namespace_and_no_dev_shm():
     services = compose()["services"]
-    server, client = services["asarrayd"], services["example-client"]
-    assert server["ipc"] == "shareable"
-    assert client["ipc"] == "service:asarrayd"
     for name, service in services.items():
         for key in ("ipc", "pid", "network_mode"):
-            assert service.get(key) != "host", (name, key)
-
-
-def test_compose_sizes_dev_shm_above_the_servers_quota():
-    server = compose()["services"]["asarrayd"]
-    needed = flag_bytes(server["command"], "max_bytes") + flag_bytes(
-        server["command"], "segment_pool_bytes")
-    assert needed > 0
-    assert size_bytes(server["shm_size"]) > needed
+            assert key not in service or service[key] != "host", (name, key)
+        assert "ipc" not in service, name
+        assert "shm_size" not in service, name  # Docker's default 64 MiB is enough
+        for volume in service.get("volumes", []):
+            assert "/dev/shm" not in volume, (name, volume)
 
 
 def test_compose_shares_the_socket_dir_and_waits_for_health():
@@ -190,7 +184,10 @@ def test_compose_shares_the_socket_dir_and_waits_for_health():
     assert mounts["asarrayd"][socket_dir()] in c["volumes"]
     assert services["example-client"]["depends_on"]["asarrayd"]["condition"] == "service_healthy"
     assert "healthcheck" not in services["asarrayd"]  # the image's HEALTHCHECK applies
-    assert "--copy false" in services["example-client"]["command"][0]
+    assert "--via fd --copy false" in services["example-client"]["command"][0]
+    # The socket directory is all they share.
+    assert set(mounts["example-client"]) == {socket_dir()}
+    assert set(mounts["asarrayd"]) == {socket_dir()}
 
 
 def commented_block(text, key):
@@ -281,7 +278,7 @@ def test_daemonset_runs_one_non_root_server_per_node():
     assert_locked_down(server)
     for key in ("hostIPC", "hostPID", "hostNetwork"):
         assert not spec.get(key), key
-    # A second server on the node's /dev/shm directory would sweep the first's segments.
+    # Two servers on a node would share one socket path.
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
 
 
@@ -295,15 +292,16 @@ def test_daemonset_probes_and_resources():
     assert 0 < needed < quantity(server["resources"]["limits"]["memory"])
 
 
-def test_daemonset_socket_dir_and_shm_are_node_directories():
+def test_daemonset_shares_only_the_socket_dir_with_the_node():
     spec = daemonset()["spec"]["template"]["spec"]
     (server,) = spec["containers"]
     mounts = mounts_by_path(server, volumes_of(spec))
+    assert set(mounts) == {socket_dir()}
     assert mounts[socket_dir()]["hostPath"] == {"path": "/run/asarrayd", "type": "DirectoryOrCreate"}
-    assert mounts["/dev/shm"]["hostPath"]["path"].startswith("/dev/shm/")
+    assert [v["hostPath"]["path"] for v in volumes_of(spec).values()] == ["/run/asarrayd"]
 
 
-def test_daemonset_init_container_gives_both_directories_to_the_server_uid():
+def test_daemonset_init_container_gives_the_socket_dir_to_the_server_uid():
     spec = daemonset()["spec"]["template"]["spec"]
     (init,) = spec["initContainers"]
     volumes = volumes_of(spec)
@@ -316,26 +314,28 @@ def test_daemonset_init_container_gives_both_directories_to_the_server_uid():
     assert init["securityContext"]["allowPrivilegeEscalation"] is False
 
 
-def test_client_pod_maps_the_servers_node_directories_as_the_servers_uid():
+def test_client_pod_maps_only_the_servers_socket_dir_as_the_servers_uid():
     ds_spec = daemonset()["spec"]["template"]["spec"]
     server_mounts = mounts_by_path(ds_spec["containers"][0], volumes_of(ds_spec))
     (pod,) = k8s("client-pod.yaml")
     spec = pod["spec"]
     (client,) = spec["containers"]
     mounts = mounts_by_path(client, volumes_of(spec))
-    for path in (socket_dir(), "/dev/shm"):
-        assert mounts[path]["hostPath"]["path"] == server_mounts[path]["hostPath"]["path"]
-        assert mounts[path]["hostPath"]["type"] == "Directory"
+    path = socket_dir()
+    assert mounts[path]["hostPath"]["path"] == server_mounts[path]["hostPath"]["path"]
+    assert mounts[path]["hostPath"]["type"] == "Directory"
+    assert [p for p, v in mounts.items() if "hostPath" in v] == [path]
+    assert "/dev/shm" not in mounts
     env = {e["name"]: e["value"] for e in client["env"]}
     assert env["XDG_RUNTIME_DIR"] + "/asarrayd" == socket_dir()
     assert effective_user(spec, client) == (runtime_uid()[0], True)
     assert not spec.get("hostIPC")
     assert_locked_down(client)
     assert_resources(spec)
-    assert "--copy false" in client["args"][0]
+    assert "--via fd --copy false" in client["args"][0]
 
 
-def test_sidecar_pod_shares_a_memory_backed_dev_shm_and_socket_dir():
+def test_sidecar_pod_shares_only_a_memory_backed_socket_dir():
     (pod,) = k8s("sidecar-pod.yaml")
     spec = pod["spec"]
     (sidecar,) = spec["initContainers"]
@@ -344,10 +344,9 @@ def test_sidecar_pod_shares_a_memory_backed_dev_shm_and_socket_dir():
     assert_health_probes(sidecar, ("startupProbe", "livenessProbe", "readinessProbe"))
     assert_resources(spec)
     volumes = volumes_of(spec)
-    shm = [mounts_by_path(c, volumes)["/dev/shm"] for c in (sidecar, app)]
-    assert shm[0] is shm[1]
-    assert shm[0]["emptyDir"]["medium"] == "Memory"
-    assert quantity(shm[0]["emptyDir"]["sizeLimit"]) > flag_bytes(sidecar["args"], "max_bytes")
+    for c in (sidecar, app):
+        assert "/dev/shm" not in mounts_by_path(c, volumes), c["name"]
+    assert "--via fd --copy false" in app["args"][0]
     runtime_dirs = set()
     for c in (sidecar, app):
         (runtime,) = [e["value"] for e in c["env"] if e["name"] == "XDG_RUNTIME_DIR"]
