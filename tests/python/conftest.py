@@ -61,7 +61,7 @@ def client(server):
 
 @pytest.fixture
 def grpc_client(server):
-    """A client that keeps every call on gRPC (no fast path)."""
+    """A client that keeps every call on gRPC (no local transport)."""
     from asarray_client import Client
-    with Client(server.address, fast_path=False) as c:
+    with Client(server.address, local=False) as c:
         yield c

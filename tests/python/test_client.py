@@ -96,7 +96,13 @@ def test_dropping_the_views_releases_everything(server, client):
     assert client.stats().tensors == before
 
 
-def test_small_regions_are_recycled_only_when_no_handle_aliases_them(client):
+@pytest.mark.parametrize("named", [False, True], ids=["memfd", "named"])
+def test_small_regions_are_recycled_only_when_no_handle_aliases_them(server, named):
+    with Client(server.address, named=named) as client:
+        _recycles_only_unaliased_regions(client, named)
+
+
+def _recycles_only_unaliased_regions(client, named):
     first = client.empty((256,), torch.float32)
     first.fill_(1.0)
     stale = client.ref(first)
@@ -111,9 +117,10 @@ def test_small_regions_are_recycled_only_when_no_handle_aliases_them(client):
     del alias
     gc.collect()
     client.flush()
-    third = client.empty((256,), torch.float32)  # free now: reused, under a new name
+    third = client.empty((256,), torch.float32)  # free now: reused (a named one renamed)
     assert third.data_ptr() == address
-    assert client.ref(third).name != stale.name
+    if named:
+        assert client.ref(third).name != stale.name
     with pytest.raises(AsArrayNotFoundError):  # a reference that outlived its array
         client.asarray(stale, copy=False)
     third.fill_(3.0)
@@ -150,10 +157,10 @@ def test_releases_ride_along_with_the_next_convert(client):
     assert keep.sum() == 0
 
 
-def test_the_fast_path_carries_converts_like_grpc(server):
-    with Client(server.address) as fast, Client(server.address, fast_path=False) as plain:
+def test_the_local_transport_carries_converts_like_grpc(server):
+    with Client(server.address) as fast, Client(server.address, local=False) as plain:
         results = [c.asarray([[1, 2.5], [3, 4]], dtype=torch.float16) for c in (fast, plain)]
-        assert fast._fast._sock is not None and plain._fast is None  # each took its way
+        assert fast.local and not plain.local  # each took its way
         assert torch.equal(results[0], results[1]) and results[0].dtype == torch.float16
         for c in (fast, plain):
             with pytest.raises(AsArrayValueError) as error:
@@ -185,12 +192,12 @@ def test_threads_share_a_client_and_each_gets_its_own_answer(client):
     assert failures == []
 
 
-def test_without_a_fast_path_the_client_uses_grpc():
-    server = Server(args=["--fast_path=false"])
+def test_without_a_local_transport_the_client_uses_grpc():
+    server = Server(args=["--local_transport=false"])
     try:
         with Client(server.address) as c:
             assert torch.equal(c.asarray([1, 2]), torch.tensor([1, 2]))
-            assert c._fast._sock is None
+            assert not c.local
     finally:
         server.stop()
 

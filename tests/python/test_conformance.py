@@ -26,7 +26,8 @@ def _load():
 
 CASES = _load()
 # Arrays go both ways; nested literals always travel inline, as themselves.
-# Each way once over the fast path (the client's default) and once over gRPC.
+# Each way once over the local transport (the client's default: regions are
+# memfds sent as descriptors) and once over gRPC (regions named in /dev/shm).
 RUNS = [(c, t + way) for c in CASES
         for t in (("shm", "inline") if c["input"]["kind"] == "array" else ("literal",))
         for way in ("", "/grpc")]

@@ -1,13 +1,14 @@
-"""Python client of asarrayd: torch.asarray as a service, results mapped from
-POSIX shared memory without a copy.
+"""Python client of asarrayd: torch.asarray as a service, results mapped
+without a copy (memfds sent over the local transport, or POSIX shared memory
+over gRPC).
 
     from asarray_client import Client
     with Client() as client:
         t = client.asarray(numpy_array, dtype=torch.bfloat16)
 """
-from .client import Client, Handle, SharedArrayRef
+from .client import Client, Handle, SharedArrayRef, TensorRef
 from .errors import (AsArrayError, AsArrayNotFoundError, AsArrayRuntimeError,
                      AsArrayTypeError, AsArrayValueError)
 
-__all__ = ["Client", "Handle", "SharedArrayRef", "AsArrayError", "AsArrayValueError", "AsArrayTypeError",
+__all__ = ["Client", "Handle", "SharedArrayRef", "TensorRef", "AsArrayError", "AsArrayValueError", "AsArrayTypeError",
            "AsArrayRuntimeError", "AsArrayNotFoundError"]

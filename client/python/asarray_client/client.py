@@ -1,12 +1,22 @@
 """asarray_client.Client: converts array-likes through asarrayd and maps the
 results into this process without a copy.
 
+Transport: on a Unix address the client talks to the server's local
+transport (the socket beside it, see LocalRequest in the proto): memory
+travels as file descriptors, regions are memfds, results are memfds the
+server sends, and nothing is named in /dev/shm. Handles made there end when
+the client's connection closes, crashes included. Without it (a TCP address,
+an older server, or named=True) every call goes over gRPC and memory is
+named in /dev/shm, as gRPC-only callers need.
+
 Ownership: every result maps one handle; the handle's lease is released when
 the last numpy array or torch tensor viewing that mapping is garbage-collected.
 Regions made by share(), empty() and zeros() belong to this process. A small
 one whose arrays were all collected waits in a pool for the next allocation
-of its size, which renames it (see _Region.recycle); a big one, or one the
-pool drops, is unlinked. All are unlinked at exit (not after a crash).
+of its size, which takes it only when no handle in any process still aliases
+it (see _Region.recycle); a big one, or one the pool drops, is closed (and a
+named one unlinked). Named ones are unlinked at exit (not after a crash);
+memfds go with the last process that holds them, whatever ends it.
 """
 import atexit
 import collections
@@ -57,6 +67,9 @@ _NAME_OF_NUMPY = {np.dtype(np.bool_): "bool", np.dtype(np.uint8): "uint8",
                   np.dtype(np.complex128): "complex128"}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _UPLOAD_THRESHOLD = 32 << 20
+# Inline bytes past this go in a memfd over the local transport (a datagram
+# holds 64 KiB with the rest of the request).
+_LOCAL_INLINE_MAX = 60 << 10
 _CHUNK = 1 << 20
 # Mappings up to this size are populated when made (see _Mapping); segments
 # up to this size are mapped whole and kept idle for reuse (see _Mappings).
@@ -110,10 +123,24 @@ class Handle:
                 f"strides={self.strides}, shares_memory={self.shares_memory})")
 
 
+class TensorRef:
+    """A tensor the server holds for this client's array, to hand to another
+    process: its asarray() then takes it by id (copy=False maps the very same
+    memory, sent as a descriptor). Picklable. Its lease is a TTL lease, which
+    ends when the producer's array is collected, or at client.release(ref)."""
+
+    def __init__(self, id, dtype, shape, strides):
+        self.id, self.dtype, self.shape, self.strides = id, dtype, tuple(shape), tuple(strides)
+
+    def __repr__(self):
+        return f"TensorRef({self.id!r}, dtype={self.dtype}, shape={self.shape})"
+
+
 class SharedArrayRef:
-    """Where an array in a client region lives, to hand to another process:
-    its asarray() then converts it (copy=False aliases it) without this
-    process's involvement. Picklable."""
+    """Where an array in a named client region lives, to hand to another
+    process: its asarray() then converts it (copy=False aliases it) without
+    this process's involvement. Picklable. (With the local transport, ref()
+    gives a TensorRef instead.)"""
 
     def __init__(self, name, offset, size, dtype, shape, strides, element_offset=0):
         self.name, self.offset, self.size = name, offset, size
@@ -126,44 +153,63 @@ class SharedArrayRef:
 
 
 class _Region:
-    """A segment this process created, mapped whole. It keeps its descriptor,
-    which recycling locks; unlinked when collected."""
+    """Memory this process created, mapped whole: a sealed memfd (no name),
+    or a named segment in /dev/shm. It keeps its descriptor, which recycling
+    locks; closed (and a segment unlinked) when collected."""
 
-    def __init__(self, nbytes):
-        self._name = [_region_name()]  # a list: the finalizer sees renames
-        path = "/dev/shm" + self.name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    def __init__(self, nbytes, memfd):
+        capacity = _capacity(nbytes)
+        if memfd:
+            self._name = [None]
+            fd = os.memfd_create("asarray-client", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        else:
+            self._name = [_region_name()]  # a list: the finalizer sees renames
+            fd = os.open("/dev/shm" + self.name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            capacity = _capacity(nbytes)
+            if memfd:
+                os.ftruncate(fd, capacity)
+                # The server maps only memory whose size cannot change under it.
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
             os.posix_fallocate(fd, 0, capacity)
             # Populated up front: one pass in the kernel instead of a fault per page.
             self.map = mmap.mmap(fd, capacity, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
         except BaseException:
             os.close(fd)
-            os.unlink(path)
+            if not memfd:
+                os.unlink("/dev/shm" + self.name)
             raise
         self.fd, self.size = fd, nbytes
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        self.owner = None  # a weak reference to the array of the allocation in it
         weakref.finalize(self, _discard, self._name, fd)
 
     @property
     def name(self):
         return self._name[0]
 
+    @property
+    def memfd(self):
+        return self._name[0] is None
+
     def recycle(self, nbytes):
         """Makes the region new for an array of `nbytes`, if nobody else uses
-        it: asarrayd holds a shared flock on every client segment it aliases
-        or reads, so an exclusive one means no handle points here. The new
-        name makes every reference to the old arrays name nothing."""
+        it: asarrayd holds a shared flock (on its own open file description)
+        on every client region that a handle in any process aliases, or that
+        it reads, so an exclusive one means no handle points here. A named
+        region also takes a new name, so that every reference to the old
+        arrays names nothing."""
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         try:
-            name = _region_name()
-            os.rename("/dev/shm" + self.name, "/dev/shm" + name)
-            self._name[0] = name
+            if not self.memfd:
+                name = _region_name()
+                os.rename("/dev/shm" + self.name, "/dev/shm" + name)
+                self._name[0] = name
         finally:
+            # Unlocked before the region is handed out: the server locks it
+            # shared when it receives it.
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         self.size = nbytes
         return True
@@ -181,13 +227,13 @@ class _RegionPool:
         # while take() holds it.
         self._lock = threading.RLock()
 
-    def take(self, nbytes):
+    def take(self, nbytes, memfd):
         """A recycled region that holds `nbytes`, or None. The lock is held
-        across the attempts (each a non-blocking flock and a rename), so that
-        two threads never recycle the same region."""
+        across the attempts (each a non-blocking flock, and a rename for a
+        named one), so that two threads never recycle the same region."""
         capacity = _capacity(nbytes)
         with self._lock:
-            fits = [r for r in self._free if len(r.map) == capacity]
+            fits = [r for r in self._free if len(r.map) == capacity and r.memfd == memfd]
             for region in fits:  # oldest first: the likeliest to be free by now
                 if region.recycle(nbytes):
                     self._free.remove(region)
@@ -213,7 +259,8 @@ def _capacity(nbytes):
 
 
 def _discard(name, fd):
-    _unlink(name[0])
+    if name[0] is not None:
+        _unlink(name[0])
     os.close(fd)
 
 
@@ -227,8 +274,8 @@ def _unlink(name):
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class _FastPathError(grpc.RpcError):
-    """An error answer of the fast path, shaped like gRPC's."""
+class _LocalError(grpc.RpcError):
+    """An error answer of the local transport, shaped like gRPC's."""
 
     def __init__(self, code, details):
         super().__init__(details)
@@ -241,67 +288,104 @@ class _FastPathError(grpc.RpcError):
         return self._details
 
 
-class _FastPath:
-    """Convert over asarrayd's fast path: a SOCK_SEQPACKET socket beside its
-    gRPC one, one datagram each way (see server/fast_path.h), which costs a
-    fraction of a gRPC round trip. convert() answers None where the call
-    should go over gRPC instead: no fast path there, a request too big, or
-    the socket busy with another thread's call (gRPC runs calls at once)."""
+class _Local:
+    """asarrayd's local transport: a SOCK_SEQPACKET socket beside its gRPC
+    one, one LocalRequest datagram each way with file descriptors beside it
+    (see LocalRequest in the proto), which costs a fraction of a gRPC round
+    trip. The connection stays open for the client's life: the handles made
+    over it end when it closes. call() answers None where the call should go
+    over gRPC instead: no local transport there, a request too big, or the
+    socket busy with another thread's call (gRPC runs calls at once); a call
+    with descriptors waits its turn instead."""
 
-    _MAX_REQUEST = 64 << 10
-    _CONVERT = b"\x01"
+    MAX_MESSAGE = 64 << 10
+    MAX_FDS = 16
 
     def __init__(self, path):
-        self._path = path
-        self._sock = None
-        self._absent = False  # the server has none: stop trying
         self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.connect(path)
+        except OSError:
+            self._sock.close()
+            raise
 
-    def convert(self, request):
-        data = self._CONVERT + request.SerializeToString()
-        if self._absent or len(data) > self._MAX_REQUEST:
+    def call(self, request, fds=()):
+        """(LocalResponse, received descriptors) of an OK answer, or None."""
+        data = request.SerializeToString()
+        if len(data) > self.MAX_MESSAGE:
+            if fds:
+                raise _LocalError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"a request of {len(data)} bytes with descriptors is past "
+                                  f"the local transport's {self.MAX_MESSAGE}")
             return None
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(blocking=bool(fds)):
             return None
         try:
             if self._sock is None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-                try:
-                    sock.connect(self._path)
-                except OSError:
-                    sock.close()
-                    self._absent = True
-                    return None
-                self._sock = sock
+                raise _LocalError(grpc.StatusCode.UNAVAILABLE, "the local transport is closed")
             try:
-                self._sock.send(data)
-            except OSError:  # the server went away before it got the request
-                self._drop()
-                return None
-            try:
-                reply = self._sock.recv(1 << 20)
+                if fds:
+                    self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                 _pack_fds(fds))])
+                else:
+                    self._sock.send(data)
+                reply, ancillary, flags, _ = self._sock.recvmsg(
+                    self.MAX_MESSAGE, socket.CMSG_SPACE(self.MAX_FDS * 4))
             except OSError as e:
-                self._drop()
-                raise _FastPathError(grpc.StatusCode.UNAVAILABLE, f"fast path: {e}") from None
-            if not reply:
-                self._drop()
-                raise _FastPathError(grpc.StatusCode.UNAVAILABLE,
-                                     "fast path: the server closed the connection")
+                raise _LocalError(grpc.StatusCode.UNAVAILABLE, f"local transport: {e}") from None
         finally:
             self._lock.release()
-        if reply[0] != 0:
-            raise _FastPathError(_CODES.get(reply[0], grpc.StatusCode.UNKNOWN),
-                                 reply[1:].decode("utf-8", "replace"))
-        return pb.ConvertResponse.FromString(reply[1:])
+        received = _unpack_fds(ancillary)
+        if not reply:
+            _close_all(received)
+            raise _LocalError(grpc.StatusCode.UNAVAILABLE,
+                              "local transport: the server closed the connection")
+        if flags & socket.MSG_CTRUNC:
+            _close_all(received)
+            raise _LocalError(grpc.StatusCode.INTERNAL,
+                              "local transport: the answer's descriptors were cut short")
+        response = pb.LocalResponse.FromString(reply)
+        if response.code != 0:
+            _close_all(received)
+            raise _LocalError(_CODES.get(response.code, grpc.StatusCode.UNKNOWN), response.message)
+        return response, received
 
     def close(self):
         with self._lock:
-            self._drop()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
-    def _drop(self):
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+
+def _release_sender(local, stub):
+    """Sends a ReleaseRequest over the local transport when it is up and
+    free, else over gRPC. Holds no reference to the Client."""
+    def send(request):
+        answer = local.call(pb.LocalRequest(release=request)) if local is not None else None
+        if answer is None:
+            stub.Release(request, timeout=5)
+        else:
+            _close_all(answer[1])
+    return send
+
+
+def _pack_fds(fds):
+    return np.array(fds, dtype=np.intc).tobytes()
+
+
+def _unpack_fds(ancillary):
+    fds = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(np.frombuffer(data[:usable], dtype=np.intc).tolist())
+    return fds
+
+
+def _close_all(fds):
+    for fd in fds:
+        os.close(fd)
 
 
 class _Releaser:
@@ -314,8 +398,8 @@ class _Releaser:
     _GATHER_S = 0.005  # how long pending ids wait for a call to carry them
     _UNMAP_BATCH = 8
 
-    def __init__(self, stub):
-        self._stub = stub
+    def __init__(self, send):
+        self.send_now = send  # sends one ReleaseRequest, and waits
         self._pending = []
         self._unmap = []
         self._cv = threading.Condition()
@@ -371,7 +455,7 @@ class _Releaser:
     def _send(self, batch):
         if batch:
             try:
-                self._stub.Release(pb.ReleaseRequest(id=batch[0], more_ids=batch[1:]), timeout=5)
+                self.send_now(pb.ReleaseRequest(id=batch[0], more_ids=batch[1:]))
             except Exception:  # unknown ids were released already or expired
                 pass
 
@@ -460,9 +544,11 @@ class Client:
     """A connection to asarrayd. `address`: "unix:/path" or "host:port";
     None means the server's default socket. A context manager."""
 
-    def __init__(self, address=None, fast_path=True):
-        """`fast_path`: send Convert over the server's fast-path socket when it
-        has one (a same-host Unix address); False keeps every call on gRPC."""
+    def __init__(self, address=None, local=True, named=False):
+        """`local`: use the server's local transport when it has one (a
+        same-host Unix address): memory as descriptors, nothing named in
+        /dev/shm, handles that end with this client. `named`: name memory in
+        /dev/shm and make every call over gRPC, as gRPC-only callers do."""
         self.address = address or "unix:" + default_socket_path()
         options = [("grpc.max_receive_message_length", -1),
                    ("grpc.max_send_message_length", -1)]
@@ -473,10 +559,15 @@ class Client:
         self._pool = _RegionPool()
         self._handles = weakref.WeakValueDictionary()  # mapping address -> mapping
         self._cuda_views = weakref.WeakValueDictionary()  # device address -> _CudaView
-        self._releaser = _Releaser(self._stub)
-        self._mappings = _Mappings(self._releaser)
         unix = self.address.startswith("unix:") and not self.address.startswith("unix:@")
-        self._fast = _FastPath(self.address[5:] + ".fast") if fast_path and unix else None
+        self._local = None
+        if local and not named and unix:
+            try:
+                self._local = _Local(self.address[5:] + ".local")
+            except OSError:
+                pass  # no local transport there: gRPC alone
+        self._releaser = _Releaser(_release_sender(self._local, self._stub))
+        self._mappings = _Mappings(self._releaser)
 
     def __enter__(self):
         return self
@@ -486,9 +577,14 @@ class Client:
 
     def close(self):
         self._releaser.flush()
-        if self._fast is not None:
-            self._fast.close()
+        if self._local is not None:
+            self._local.close()  # the handles made over it end
         self._channel.close()
+
+    @property
+    def local(self):
+        """Whether calls go over the local transport (memory as descriptors)."""
+        return self._local is not None
 
     def flush(self):
         """Waits until the releases of collected views have reached the server."""
@@ -499,30 +595,60 @@ class Client:
     def asarray(self, obj, *, dtype=None, device=None, copy=None, requires_grad=False,
                 like="torch"):
         """torch.asarray through the server. `obj`: a numpy array, a CPU tensor,
-        a nested list, a scalar, or a SharedArrayRef. Returns a torch tensor (or, with
-        like="numpy", a numpy array; bfloat16 then comes as its uint16 bits)
-        mapped onto the result's shared memory."""
+        a nested list, a scalar, a TensorRef or a SharedArrayRef. Returns a
+        torch tensor (or, with like="numpy", a numpy array; bfloat16 then
+        comes as its uint16 bits) mapped onto the result's memory."""
         request = pb.ConvertRequest()
         self._fill_options(request.options, dtype, device, copy, requires_grad)
-        upload = self._fill_source(request, obj)
+        upload, fds, staged = self._fill_source(request, obj)
+        received = []
         try:
             if upload is not None:
                 response = self._stub.ConvertUpload(self._upload_messages(request, *upload))
             else:
-                response = self._convert(request)
+                response, received = self._convert(request, fds)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
-        return self._map(Handle(response.handle), like)
+        handle = Handle(response.handle)
+        if staged is not None:
+            # The result may alias the staged copy, never the caller's array.
+            handle.shares_memory = handle.proto.shares_memory = False
+        try:
+            return self._map(handle, like, fds, received)
+        finally:
+            _close_all(received)  # mapped now, or never
+            del staged  # back to the pool; reused only once no handle aliases it
 
     def ref(self, array):
-        """A SharedArrayRef for an array or tensor in one of this client's regions."""
+        """A picklable reference to an array or tensor in one of this
+        client's regions, for another process's asarray(): a TensorRef over
+        the local transport (the server holds the memory for it under a TTL
+        lease, released when the allocation `array` views is collected, or at
+        release(ref)), else a SharedArrayRef
+        that names the region."""
         start, shape, strides, item, name = _describe(self._as_numpy, array)
         lo, hi = _bounds(start, shape, strides, item)
         region = self._region_holding(lo, hi)
         if region is None or strides is None:
             raise ValueError("the array does not live in a region of this client")
-        return SharedArrayRef(region.name, min(lo - region.address, region.size), hi - lo, name,
-                              shape, strides, (start - lo) // item)
+        offset = min(lo - region.address, region.size)
+        if not region.memfd:
+            return SharedArrayRef(region.name, offset, hi - lo, name, shape, strides,
+                                  (start - lo) // item)
+        request = pb.ConvertRequest(ttl_ms=0)
+        request.options.copy = False
+        self._fill_fd_source(request, region, offset, hi - lo, name,
+                             pb.Layout(shape=shape, strides=strides, offset=(start - lo) // item))
+        try:
+            response, received = self._convert(request, [region.fd])
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        _close_all(received)
+        # The lease lasts as long as the allocation `array` views (a slice
+        # handed over may be a temporary).
+        owner = region.owner() if region.owner is not None else None
+        _on_collect(owner if owner is not None else array, self._releaser, response.handle.id)
+        return TensorRef(response.handle.id, name, shape, strides)
 
     def share(self, array, like="numpy"):
         """A copy of `array` in a shared region of this process, which asarray()
@@ -574,26 +700,62 @@ class Client:
         raise KeyError("not a result of this client")
 
     def release(self, target):
-        handle_id = target if isinstance(target, str) else self.handle(target).id
+        """Ends a lease: of a handle id, a TensorRef, or a result of asarray()."""
+        if isinstance(target, str):
+            handle_id = target
+        elif isinstance(target, TensorRef):
+            handle_id = target.id
+        else:
+            handle_id = self.handle(target).id
         try:
-            self._stub.Release(pb.ReleaseRequest(id=handle_id))
+            self._send_release(pb.ReleaseRequest(id=handle_id))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
     def stats(self):
-        return self._stub.Stats(pb.StatsRequest())
+        answer = self._call_local(pb.LocalRequest(stats=pb.StatsRequest()))
+        return answer.stats if answer is not None else self._stub.Stats(pb.StatsRequest())
+
+    def renew(self, target, ttl_ms=0):
+        """Extends a lease (0: the server's default TTL); a handle that would
+        end with this client's connection then outlives it."""
+        handle_id = target if isinstance(target, str) else getattr(target, "id", None)
+        if handle_id is None:
+            handle_id = self.handle(target).id
+        request = pb.RenewRequest(id=handle_id, ttl_ms=ttl_ms)
+        try:
+            answer = self._call_local(pb.LocalRequest(renew=request))
+            response = answer.renew if answer is not None else self._stub.Renew(request)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return response.lease_expires_unix_ms
 
     # --- internals -------------------------------------------------------------
 
-    def _convert(self, request):
-        """Convert, carrying the releases of collected views along."""
+    def _call_local(self, request, fds=()):
+        """The LocalResponse of a call over the local transport, or None when
+        it should go over gRPC. Any descriptors that came with it are closed."""
+        if self._local is None:
+            return None
+        answer = self._local.call(request, fds)
+        if answer is None:
+            return None
+        _close_all(answer[1])
+        return answer[0]
+
+    def _send_release(self, request):
+        self._releaser.send_now(request)
+
+    def _convert(self, request, fds=()):
+        """(ConvertResponse, received descriptors) of a Convert, carrying the
+        releases of collected views along."""
         carried = self._releaser.take()
         if not carried:
-            return self._convert_once(request)
+            return self._convert_once(request, fds)
         request.release_ids.extend(carried)
         delivered = False
         try:
-            response = self._convert_once(request)
+            response = self._convert_once(request, fds)
             delivered = True
             return response
         except grpc.RpcError as e:
@@ -604,12 +766,15 @@ class Client:
         finally:
             self._releaser.settle(carried, delivered)
 
-    def _convert_once(self, request):
-        if self._fast is not None and not request.return_data:
-            response = self._fast.convert(request)
-            if response is not None:
-                return response
-        return self._stub.Convert(request)
+    def _convert_once(self, request, fds):
+        if self._local is not None and not request.return_data:
+            answer = self._local.call(pb.LocalRequest(convert=request), fds)
+            if answer is not None:
+                return answer[0].convert, answer[1]
+        if fds:
+            raise _LocalError(grpc.StatusCode.FAILED_PRECONDITION,
+                              "descriptors travel only over the local transport")
+        return self._stub.Convert(request), []
 
     @staticmethod
     def _fill_options(options, dtype, device, copy, requires_grad):
@@ -636,21 +801,33 @@ class Client:
             raise TypeError("big-endian arrays are not supported; convert with .astype('<...')")
         return arr, _dtype_name(arr.dtype)
 
+    @staticmethod
+    def _fill_fd_source(request, region, offset, size, name, layout):
+        fd = request.source.fd
+        fd.fd_index, fd.offset, fd.size = 0, offset, size
+        fd.dtype = _DTYPES[name][0]
+        fd.layout.CopyFrom(layout)
+
     def _fill_source(self, request, obj):
-        """Fills request.source; returns (storage bytes, dtype, layout) when the
-        payload is large enough to stream instead."""
+        """Fills request.source; returns (upload, fds, staged): (storage bytes,
+        dtype, layout) when the payload is large enough to stream instead; the
+        descriptors that go with the request; and the array the bytes were
+        staged in, when they had to be (or None)."""
+        if isinstance(obj, TensorRef):
+            request.source.tensor_id = obj.id
+            return None, (), None
         if isinstance(obj, SharedArrayRef):
             shm = request.source.shared_memory
             shm.name, shm.offset, shm.size = obj.name, obj.offset, obj.size
             shm.dtype = _DTYPES[obj.dtype][0]
             shm.layout.CopyFrom(pb.Layout(shape=obj.shape, strides=obj.strides,
                                           offset=obj.element_offset))
-            return None
+            return None, (), None
         is_array = isinstance(obj, (np.ndarray, np.generic)) or (
             torch is not None and isinstance(obj, torch.Tensor))
         if not is_array:
             _encode_literal(obj, request.source.literal.nodes)
-            return None
+            return None, (), None
         start, shape, strides, item, name = _describe(self._as_numpy, obj)
         if strides is None:  # byte strides that are not whole elements
             arr = np.ascontiguousarray(self._as_numpy(obj)[0])
@@ -658,21 +835,35 @@ class Client:
         lo, hi = _bounds(start, shape, strides, item)
         layout = pb.Layout(shape=shape, strides=strides, offset=(start - lo) // item)
         region = self._region_holding(lo, hi)
+        if region is not None and region.memfd:
+            self._fill_fd_source(request, region, min(lo - region.address, region.size),
+                                 hi - lo, name, layout)
+            return None, (region.fd,), None
         if region is not None:
             shm = request.source.shared_memory
             shm.name, shm.size = region.name, hi - lo
             shm.offset = min(lo - region.address, region.size)
             shm.dtype = _DTYPES[name][0]
             shm.layout.CopyFrom(layout)
-            return None
+            return None, (), None
+        copy_false = request.options.HasField("copy") and not request.options.copy
+        if (self._local is not None and hi - lo > _LOCAL_INLINE_MAX and not copy_false):
+            # Too big for a datagram: the bytes go in a memfd of this
+            # client's (one copy, as into a message) instead of over gRPC,
+            # which would name the result in /dev/shm and give it a TTL lease.
+            staged = self._empty((hi - lo,), "uint8")
+            ctypes.memmove(staged.ctypes.data, lo, hi - lo)
+            region = self._regions[staged.ctypes.data]
+            self._fill_fd_source(request, region, 0, hi - lo, name, layout)
+            return None, (region.fd,), staged  # kept until the answer is mapped
         storage = ctypes.string_at(lo, hi - lo) if hi > lo else b""
         if len(storage) > _UPLOAD_THRESHOLD:
-            return storage, _DTYPES[name][0], layout
+            return (storage, _DTYPES[name][0], layout), (), None
         inline = request.source.inline_array
         inline.dtype = _DTYPES[name][0]
         inline.layout.CopyFrom(layout)
         inline.storage = storage
-        return None
+        return None, (), None
 
     @staticmethod
     def _upload_messages(request, storage, dtype, layout):
@@ -697,14 +888,16 @@ class Client:
     def _empty(self, shape, name, zero=False):
         storage = _DTYPES[name][1]
         nbytes = int(np.prod(shape, dtype=np.int64)) * storage.itemsize
-        region = self._pool.take(nbytes)
+        memfd = self._local is not None
+        region = self._pool.take(nbytes, memfd)
         if region is None:
-            region = _Region(nbytes)  # fresh pages are zero
+            region = _Region(nbytes, memfd)  # fresh pages are zero
             self._regions[region.address] = region
         elif zero:
             ctypes.memset(region.address, 0, nbytes)
         arr = np.ndarray(shape, dtype=storage, buffer=region.map)
         arr.setflags(write=True)
+        region.owner = weakref.ref(arr)
         # `arr` is this allocation's own: every view of it keeps it (numpy
         # stops collapsing bases at the mapping, another type). The region
         # goes back to the pool when it is collected.
@@ -720,24 +913,39 @@ class Client:
             return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(arr)
 
-    def _map(self, handle, like):
+    def _map(self, handle, like, request_fds=(), received=()):
+        """Maps a handle: its memory is CUDA, a descriptor (the request's
+        own, or one the answer brought) or a named segment."""
         if handle.proto.HasField("cuda"):
             return self._map_cuda(handle, like)
-        location = handle.proto.shared_memory
-        if not location.name:
-            raise RuntimeError("the handle names no shared memory")
+        fd = None
+        if handle.proto.HasField("fd"):
+            location = handle.proto.fd
+            held = request_fds if location.request_fd else received
+            if location.fd_index >= len(held):
+                self._releaser(handle.id)
+                raise RuntimeError(f"the handle names descriptor {location.fd_index} of "
+                                   f"{len(held)}")
+            fd = held[location.fd_index]
+        else:
+            location = handle.proto.shared_memory
+            if not location.name:
+                raise RuntimeError("the handle names no memory this process can map")
         storage = _DTYPES[handle.dtype][1]
         if location.size == 0:  # nothing to map; the array alone holds the lease
             arr = np.ndarray(handle.shape, dtype=storage, buffer=bytearray(0),
                              strides=[s * storage.itemsize for s in handle.strides])
             _on_collect(arr, self._releaser, handle.id)
             return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
-        mapping, start = self._mappings.open(location.name, location.offset, location.size)
+        mapping, start = self._mappings.open(location.name if fd is None else None,
+                                             location.offset, location.size, fd)
         mapping.handle = handle
         self._handles[mapping.address] = mapping
-        arr = np.ndarray(handle.shape, dtype=storage, buffer=mapping,
+        arr = np.ndarray(handle.shape, dtype=storage, buffer=mapping.buffer,
                          offset=start + handle.offset * storage.itemsize,
                          strides=[s * storage.itemsize for s in handle.strides])
+        if not mapping.writable:
+            arr.setflags(write=False)
         # `arr` is this handle's own: every view of it, numpy's or torch's,
         # keeps it (numpy stops collapsing bases at the mapping, another type).
         _on_collect(arr, self._mappings.done, mapping, handle.id)
@@ -785,17 +993,32 @@ class Client:
         return result
 
 
-class _Mapping(mmap.mmap):
-    """One mapping of a handle's segment: a segment of at most _POPULATE_MAX
-    bytes whole (so that any later handle in it can reuse the mapping),
-    a larger one from the page that holds the handle's bytes. `start`: where
-    those bytes begin in the mapping."""
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
-    def __new__(cls, name, offset, size):
-        try:
-            fd, writable = os.open("/dev/shm" + name, os.O_RDWR), True
-        except PermissionError:
-            fd, writable = os.open("/dev/shm" + name, os.O_RDONLY), False
+
+class _Mapping:
+    """One mapping of a handle's file (a named segment, or a memfd sent as a
+    descriptor): a file of at most _POPULATE_MAX bytes whole (so that any
+    later handle in it can reuse the mapping), a larger one from the page
+    that holds the handle's bytes. `start`: where those bytes begin in the
+    mapping; `buffer`: the bytes, which arrays view, unmapped once the last
+    of them and this object are gone. It keeps no descriptor (Python's mmap
+    would keep a duplicate open for as long as it lives); one it is given
+    stays the caller's."""
+
+    def __init__(self, name, offset, size, given_fd=None):
+        if given_fd is not None:
+            fd, writable = given_fd, True
+        else:
+            try:
+                fd, writable = os.open("/dev/shm" + name, os.O_RDWR), True
+            except PermissionError:
+                fd, writable = os.open("/dev/shm" + name, os.O_RDONLY), False
         try:
             st = os.fstat(fd)
             whole = offset + size <= st.st_size <= _POPULATE_MAX
@@ -805,14 +1028,20 @@ class _Mapping(mmap.mmap):
             # kernel is cheaper than the page fault of the first read.
             flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if length <= _POPULATE_MAX else 0)
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            self = super().__new__(cls, fd, length, flags=flags, prot=prot, offset=base)
+            address = _LIBC.mmap(None, max(length, 1), prot, flags, fd, base)
+            if address in (None, _MAP_FAILED):
+                err = ctypes.get_errno()
+                raise OSError(err, f"mapping {name or 'a memfd'}: {os.strerror(err)}")
         finally:
-            os.close(fd)
+            if given_fd is None:
+                os.close(fd)
+        self.buffer = (ctypes.c_char * length).from_address(address)
+        weakref.finalize(self.buffer, _LIBC.munmap, address, max(length, 1))
         self.name, self.length, self.start, self.reusable = name, length, offset - base, whole
+        self.writable = writable
         self.file = (st.st_dev, st.st_ino, st.st_size)
         self.handle = None  # the live handle that maps it
-        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self)) if writable else 0
-        return self
+        self.address = address if writable else 0
 
     def serves(self, offset, size):
         """Whether a handle of `size` bytes at `offset` can use this mapping."""
@@ -835,12 +1064,13 @@ class _Mappings:
         self._idle = collections.OrderedDict()  # (dev, inode, size) -> idle _Mapping
         self._lock = threading.RLock()  # done() may run from a collection under it
 
-    def open(self, name, offset, size):
-        """(mapping, where the bytes at `offset` begin in it)."""
+    def open(self, name, offset, size, fd=None):
+        """(mapping, where the bytes at `offset` begin in it) of a named
+        segment, or of the file behind descriptor `fd` (which stays open)."""
         mapping = None
         if self._idle:
             try:
-                st = os.stat("/dev/shm" + name)
+                st = os.fstat(fd) if fd is not None else os.stat("/dev/shm" + name)
             except OSError:
                 st = None  # the open below says why
             if st is not None:
@@ -850,7 +1080,7 @@ class _Mappings:
             if mapping.serves(offset, size):
                 return mapping, offset
             self._releaser.unmap_later(mapping)
-        mapping = _Mapping(name, offset, size)
+        mapping = _Mapping(name, offset, size, fd)
         return mapping, mapping.start
 
     def done(self, mapping, handle_id):
