@@ -14,8 +14,8 @@ Ways measured:
       sends a reference; B converts it with copy=False and maps the handle.
   asarrayd empty: A produced the data straight into a region from
       client.empty (no copy); B converts with copy=False and maps.
-  asarrayd empty over gRPC: the same with Client(fast_path=False), so that B's
-      Convert goes over gRPC instead of the fast path.
+  asarrayd empty over gRPC: the same with Client(local=False), so that B's
+      Convert goes over gRPC instead of the local transport.
 Both processes keep their clients across runs, as a pipeline would: A's small
 regions come back from its pool, and B's mappings of them stay.
 Timestamps come from CLOCK_MONOTONIC, which all processes share. Each way runs
@@ -81,9 +81,9 @@ class TorchMp:
 
 # --- asarrayd ---------------------------------------------------------------------
 
-def _asarray_consumer(address, conn, fast_path):
+def _asarray_consumer(address, conn, local):
     from asarray_client import Client
-    client = Client(address, fast_path=fast_path)
+    client = Client(address, local=local)
     while True:
         ref = conn.recv()
         if ref is None:
@@ -98,12 +98,12 @@ class Asarrayd:
     """A hands B a reference to a region of A's client; B converts it with
     copy=False and maps the handle."""
 
-    def __init__(self, address, mode, fast_path=True):
+    def __init__(self, address, mode, local=True):
         from asarray_client import Client
         self.mode = mode
         ctx = mp.get_context("spawn")
         self.a_end, b_end = ctx.Pipe()
-        self.consumer = ctx.Process(target=_asarray_consumer, args=(address, b_end, fast_path))
+        self.consumer = ctx.Process(target=_asarray_consumer, args=(address, b_end, local))
         self.consumer.start()
         self.client = Client(address)
 
@@ -133,7 +133,7 @@ def bench_size(address, nbytes):
         "torch.mp file_system": lambda: TorchMp("file_system"),
         "asarrayd share (1 copy)": lambda: Asarrayd(address, "share"),
         "asarrayd empty (no copy)": lambda: Asarrayd(address, "empty"),
-        "asarrayd empty over gRPC": lambda: Asarrayd(address, "empty", fast_path=False),
+        "asarrayd empty over gRPC": lambda: Asarrayd(address, "empty", local=False),
     }
     row = {}
     for name, make in ways.items():
