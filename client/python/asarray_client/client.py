@@ -289,26 +289,64 @@ class _LocalError(grpc.RpcError):
 
 
 class _Local:
-    """asarrayd's local transport: a SOCK_SEQPACKET socket beside its gRPC
-    one, one LocalRequest datagram each way with file descriptors beside it
-    (see LocalRequest in the proto), which costs a fraction of a gRPC round
-    trip. The connection stays open for the client's life: the handles made
-    over it end when it closes. call() answers None where the call should go
-    over gRPC instead: no local transport there, a request too big, or the
-    socket busy with another thread's call (gRPC runs calls at once); a call
-    with descriptors waits its turn instead."""
+    """asarrayd's local transport: SOCK_SEQPACKET connections to the socket
+    beside its gRPC one, one LocalRequest datagram each way with file
+    descriptors beside it (see LocalRequest in the proto), which costs a
+    fraction of a gRPC round trip. Calls from several threads run at once,
+    each on a connection of its own (at most MAX_CONNECTIONS; beyond that a
+    call waits for one). The connections stay open for the client's life:
+    the handles made over them end when they close. call() answers None
+    where the call should go over gRPC instead: a request too big for a
+    datagram that carries no descriptors."""
 
     MAX_MESSAGE = 64 << 10
     MAX_FDS = 16
+    MAX_CONNECTIONS = 4
 
     def __init__(self, path):
-        self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self._path = path
+        self._cv = threading.Condition()
+        self._idle = [self._connect()]  # OSError: no local transport there
+        self._open = 1
+        self._closed = False
+
+    def _connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            self._sock.connect(path)
+            sock.connect(self._path)
         except OSError:
-            self._sock.close()
+            sock.close()
             raise
+        return sock
+
+    def _acquire(self):
+        with self._cv:
+            while not self._idle and self._open >= self.MAX_CONNECTIONS and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                raise _LocalError(grpc.StatusCode.UNAVAILABLE, "the local transport is closed")
+            if self._idle:
+                return self._idle.pop()
+            self._open += 1
+        try:
+            return self._connect()
+        except OSError as e:
+            self._lost()
+            raise _LocalError(grpc.StatusCode.UNAVAILABLE, f"local transport: {e}") from None
+
+    def _give_back(self, sock):
+        with self._cv:
+            if self._closed:
+                sock.close()
+                self._open -= 1
+            else:
+                self._idle.append(sock)
+            self._cv.notify()
+
+    def _lost(self):
+        with self._cv:
+            self._open -= 1
+            self._cv.notify()
 
     def call(self, request, fds=()):
         """(LocalResponse, received descriptors) of an OK answer, or None."""
@@ -319,28 +357,26 @@ class _Local:
                                   f"a request of {len(data)} bytes with descriptors is past "
                                   f"the local transport's {self.MAX_MESSAGE}")
             return None
-        if not self._lock.acquire(blocking=bool(fds)):
-            return None
+        sock = self._acquire()
         try:
-            if self._sock is None:
-                raise _LocalError(grpc.StatusCode.UNAVAILABLE, "the local transport is closed")
-            try:
-                if fds:
-                    self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                 _pack_fds(fds))])
-                else:
-                    self._sock.send(data)
-                reply, ancillary, flags, _ = self._sock.recvmsg(
-                    self.MAX_MESSAGE, socket.CMSG_SPACE(self.MAX_FDS * 4))
-            except OSError as e:
-                raise _LocalError(grpc.StatusCode.UNAVAILABLE, f"local transport: {e}") from None
-        finally:
-            self._lock.release()
+            if fds:
+                sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _pack_fds(fds))])
+            else:
+                sock.send(data)
+            reply, ancillary, flags, _ = sock.recvmsg(self.MAX_MESSAGE,
+                                                      socket.CMSG_SPACE(self.MAX_FDS * 4))
+        except OSError as e:
+            sock.close()
+            self._lost()
+            raise _LocalError(grpc.StatusCode.UNAVAILABLE, f"local transport: {e}") from None
         received = _unpack_fds(ancillary)
         if not reply:
+            sock.close()
+            self._lost()
             _close_all(received)
             raise _LocalError(grpc.StatusCode.UNAVAILABLE,
                               "local transport: the server closed the connection")
+        self._give_back(sock)
         if flags & socket.MSG_CTRUNC:
             _close_all(received)
             raise _LocalError(grpc.StatusCode.INTERNAL,
@@ -352,10 +388,14 @@ class _Local:
         return response, received
 
     def close(self):
-        with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+        """Closes the idle connections now, and each busy one as its call ends."""
+        with self._cv:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._cv.notify_all()
+        for sock in idle:
+            sock.close()
 
 
 def _release_sender(local, stub):
