@@ -1,31 +1,43 @@
 #!/usr/bin/python3
-"""Same-host handoff of a float32 tensor from process A to process B: the
-time from A holding the data until B holds a readable view, p50 over many
-runs, for asarrayd and for torch.multiprocessing's Queue (both sharing
-strategies). Plots latency against size.
+"""Same-host handoff of a float32 tensor from process A to process B, like
+for like against torch.multiprocessing: the time from A holding the data
+until B holds a readable view, p50, for both ways a pipeline hands a tensor
+over.
 
     PYTHONPATH=build/python /usr/bin/python3 bench/handoff_vs_torch_mp.py \
-        --asarrayd build/server/asarrayd [--plot docs/handoff.png]
+        --asarrayd build/server/asarrayd [--rounds 5] [--plot docs/handoff.png]
 
-Ways measured:
-  torch.mp file_descriptor / file_system: A puts a heap tensor on a Queue
-      (torch moves its storage into shared memory), B gets it.
-  asarrayd share: A copies its heap array into a client region (one copy) and
-      sends a reference; B converts it with copy=False and maps the handle.
-  asarrayd empty: A produced the data straight into a region from
-      client.empty (no copy); B converts with copy=False and maps.
-  asarrayd empty over gRPC: the same with Client(local=False), so that B's
-      Convert goes over gRPC instead of the local transport.
-Both processes keep their clients across runs, as a pipeline would: A's small
-regions come back from its pool, and B's mappings of them stay.
-Timestamps come from CLOCK_MONOTONIC, which all processes share. Each way runs
-alone (running them in turns made every one slower: more processes awake).
+No copy: the data is already in shared memory before the clock starts.
+  torch.mp:  a tensor made with share_memory_() and filled (each strategy:
+             file_descriptor, file_system); A sends it, B reads it.
+  asarrayd:  a tensor from client.empty(), filled; A sends client.ref(t), B
+             maps it with client.asarray(ref, copy=False) and reads it.
+One copy: the data is in A's heap when the clock starts.
+  torch.mp:  A sends the heap tensor; pickling moves its storage into shared
+             memory (each strategy).
+  asarrayd:  A copies it into a region with client.share() and sends its ref.
+
+Every contender crosses the same channel, a multiprocessing Pipe (torch's
+reductions pickle tensors onto it exactly as onto a Queue), to a consumer
+process that lives across runs, as a pipeline's would. Each run's tensor is
+new. B answers with its CLOCK_MONOTONIC time, which all processes share; A
+also times the whole trip from A to B and back. The baseline of that round
+trip is a bare SOCK_SEQPACKET round trip between two Python processes,
+measured in the same run.
+
+The contenders are interleaved: each round runs a batch of every one in turn
+(in a rotating order), at every size. Reported per size: the median over
+rounds of each contender's p50, and the ratio best-torch.mp / asarrayd (above
+1 means asarrayd wins) as the median, the spread (lowest to highest) and the
+best over rounds. The server's own time for a local Convert (received to
+answered, its Stats) comes with the 1 KiB row.
 """
 import argparse
 import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,57 +48,33 @@ import torch
 import torch.multiprocessing as mp
 
 SIZES = [1 << 10, 1 << 20, 64 << 20, 1 << 30]
+STRATEGIES = ["file_descriptor", "file_system"]
 
 
 def runs_for(nbytes):
-    return 200 if nbytes <= 1 << 20 else (15 if nbytes <= 64 << 20 else 5)
+    """Runs of each contender per round at `nbytes`."""
+    return 100 if nbytes <= 1 << 20 else (6 if nbytes <= 64 << 20 else 2)
 
 
-# --- torch.multiprocessing ------------------------------------------------------
+# --- consumers (process B) -----------------------------------------------------------
 
-def _mp_consumer(queue, done):
+def _torch_consumer(conn):
     while True:
-        item = queue.get()
-        if item is None:
+        tensor = conn.recv()
+        if tensor is None:
             return
-        tensor = item
         _ = float(tensor[-1])  # B can read it
-        done.put(time.perf_counter())
-        del tensor, item
+        conn.send(time.perf_counter())
+        del tensor
 
 
-class TorchMp:
-    """A hands B a heap tensor through a torch.multiprocessing Queue."""
-
-    def __init__(self, strategy):
-        self.strategy = strategy
-        ctx = mp.get_context("spawn")
-        self.queue, self.done = ctx.Queue(), ctx.Queue()
-        self.consumer = ctx.Process(target=_mp_consumer, args=(self.queue, self.done))
-        self.consumer.start()
-
-    def run(self, nbytes):
-        # Per put: the strategy is process-wide, and the feeder thread has
-        # pickled the tensor by the time B answers.
-        mp.set_sharing_strategy(self.strategy)
-        tensor = torch.ones(nbytes // 4, dtype=torch.float32)  # A holds the data
-        start = time.perf_counter()
-        self.queue.put(tensor)
-        return self.done.get() - start
-
-    def close(self):
-        self.queue.put(None)
-        self.consumer.join()
-
-
-# --- asarrayd ---------------------------------------------------------------------
-
-def _asarray_consumer(address, conn, local):
+def _asarray_consumer(address, conn):
     from asarray_client import Client
-    client = Client(address, local=local)
+    client = Client(address)
     while True:
         ref = conn.recv()
         if ref is None:
+            client.close()
             return
         view = client.asarray(ref, copy=False)
         _ = float(view[-1])  # B can read it
@@ -94,63 +82,93 @@ def _asarray_consumer(address, conn, local):
         del view
 
 
-class Asarrayd:
-    """A hands B a reference to a region of A's client; B converts it with
-    copy=False and maps the handle."""
+def _echo(sock):
+    while True:
+        data = sock.recv(64)
+        if not data:
+            return
+        sock.send(data)
 
-    def __init__(self, address, mode, local=True):
-        from asarray_client import Client
-        self.mode = mode
+
+# --- contenders (process A) -----------------------------------------------------------
+
+class Consumer:
+    def __init__(self, target, *args):
         ctx = mp.get_context("spawn")
-        self.a_end, b_end = ctx.Pipe()
-        self.consumer = ctx.Process(target=_asarray_consumer, args=(address, b_end, local))
-        self.consumer.start()
-        self.client = Client(address)
+        self.conn, b_end = ctx.Pipe()
+        self.process = ctx.Process(target=target, args=(*args, b_end))
+        self.process.start()
+        b_end.close()
 
-    def run(self, nbytes):
-        if self.mode == "share":
-            heap = torch.ones(nbytes // 4, dtype=torch.float32)  # A holds the data
-            start = time.perf_counter()
-            shared = self.client.share(heap, like="torch")
-        else:
-            shared = self.client.empty((nbytes // 4,), torch.float32)
-            shared.fill_(1.0)  # A produced the data where B will read it
-            start = time.perf_counter()
-        self.a_end.send(self.client.ref(shared))
-        return self.a_end.recv() - start
+    def handoff(self, start, payload):
+        """(A to B readable, A to B and back) in seconds."""
+        self.conn.send(payload)
+        readable = self.conn.recv()
+        back = time.perf_counter()
+        return readable - start, back - start
 
     def close(self):
-        self.a_end.send(None)
-        self.consumer.join()
-        self.client.close()
+        self.conn.send(None)
+        self.process.join()
 
 
-def bench_size(address, nbytes):
-    """p50 seconds of every way at `nbytes`, in steady state: each way runs
-    alone, its first run a warm-up."""
-    ways = {
-        "torch.mp file_descriptor": lambda: TorchMp("file_descriptor"),
-        "torch.mp file_system": lambda: TorchMp("file_system"),
-        "asarrayd share (1 copy)": lambda: Asarrayd(address, "share"),
-        "asarrayd empty (no copy)": lambda: Asarrayd(address, "empty"),
-        "asarrayd empty over gRPC": lambda: Asarrayd(address, "empty", local=False),
-    }
-    row = {}
-    for name, make in ways.items():
-        way = make()
-        try:
-            times = [way.run(nbytes) for _ in range(runs_for(nbytes) + 1)]
-        finally:
-            way.close()
-        row[name] = statistics.median(times[1:])
-    return row
+class TorchMp:
+    def __init__(self, consumer, strategy, copy):
+        self.consumer, self.strategy, self.copy = consumer, strategy, copy
 
+    def run(self, nbytes):
+        mp.set_sharing_strategy(self.strategy)  # process-wide; read when pickled
+        tensor = torch.empty(nbytes // 4, dtype=torch.float32)
+        if not self.copy:
+            tensor.share_memory_()
+        tensor.fill_(1.0)  # A holds the data
+        start = time.perf_counter()
+        return self.consumer.handoff(start, tensor)
+
+
+class Asarrayd:
+    def __init__(self, consumer, client, copy):
+        self.consumer, self.client, self.copy = consumer, client, copy
+
+    def run(self, nbytes):
+        if self.copy:
+            heap = torch.empty(nbytes // 4, dtype=torch.float32)
+            heap.fill_(1.0)  # A holds the data
+            start = time.perf_counter()
+            tensor = self.client.share(heap, like="torch")
+        else:
+            tensor = self.client.empty((nbytes // 4,), torch.float32)
+            tensor.fill_(1.0)  # A produced the data where B will read it
+            start = time.perf_counter()
+        return self.consumer.handoff(start, self.client.ref(tensor))
+
+
+def seqpacket_round_trip(samples=2000):
+    """p50 seconds of a bare SOCK_SEQPACKET round trip between two Python
+    processes (8 bytes each way)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ctx = mp.get_context("spawn")
+    echo = ctx.Process(target=_echo, args=(b,))
+    echo.start()
+    b.close()
+    times = []
+    for _ in range(samples + 50):
+        start = time.perf_counter()
+        a.send(b"12345678")
+        a.recv(64)
+        times.append(time.perf_counter() - start)
+    a.close()
+    echo.join()
+    return statistics.median(times[50:])
+
+
+# --- the run ---------------------------------------------------------------------------
 
 def start_server(binary):
     folder = tempfile.mkdtemp(prefix="asarrayd-handoff-")
     address = f"unix:{folder}/s/asarrayd.sock"
     process = subprocess.Popen([binary, f"--listen={address}", "--shm_prefix=asarrayd-handoff"],
-                               stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from asarray_client import Client
     for _ in range(500):
         try:
@@ -167,56 +185,122 @@ def label(nbytes):
         f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB")
 
 
+def ratio_summary(ratios):
+    return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios),
+            "best": max(ratios)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--asarrayd", required=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", default="", help="comma-separated byte counts")
     parser.add_argument("--plot", default="")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else SIZES
 
+    from asarray_client import Client
     process, address, folder = start_server(args.asarrayd)
-    results = {}
+    torch_b = Consumer(_torch_consumer)
+    asarray_b = Consumer(_asarray_consumer, address)
+    client = Client(address)
+    contenders = {}
+    for copy, way in [(False, "no copy"), (True, "one copy")]:
+        for strategy in STRATEGIES:
+            contenders[(way, f"torch.mp {strategy}")] = TorchMp(torch_b, strategy, copy)
+        contenders[(way, "asarrayd")] = Asarrayd(asarray_b, client, copy)
+    names = list(contenders)
+    # p50s[size][contender] = [one per round], for readable and round trip.
+    p50s = {n: {c: {"readable": [], "round_trip": []} for c in names} for n in sizes}
+    rtt = []
+    server_p50_ns = []
     try:
-        for nbytes in SIZES:
-            row = bench_size(address, nbytes)
-            results[nbytes] = row
-            print(json.dumps({"size": label(nbytes), **{k: v * 1e6 for k, v in row.items()}}),
-                  flush=True)
+        for r in range(args.rounds):
+            rtt.append(seqpacket_round_trip())
+            for nbytes in sizes:
+                order = names[r % len(names):] + names[:r % len(names)]
+                for name in order:
+                    way = contenders[name]
+                    way.run(nbytes)  # warm-up
+                    times = [way.run(nbytes) for _ in range(runs_for(nbytes))]
+                    p50s[nbytes][name]["readable"].append(
+                        statistics.median(t[0] for t in times))
+                    p50s[nbytes][name]["round_trip"].append(
+                        statistics.median(t[1] for t in times))
+                if nbytes == sizes[0]:
+                    server_p50_ns.append(client.stats().local_convert_p50_ns)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
+        client.close()
+        torch_b.close()
+        asarray_b.close()
         process.send_signal(signal.SIGTERM)
         process.wait()
         shutil.rmtree(folder, ignore_errors=True)
 
-    print("| size | torch.mp fd | torch.mp fs | asarrayd share | asarrayd empty | "
-          "asarrayd empty over gRPC | best torch.mp / asarrayd share | "
-          "best torch.mp / asarrayd empty |")
+    results = {"rounds": args.rounds, "seqpacket_round_trip_us": [t * 1e6 for t in rtt],
+               "server_local_convert_p50_us": [t / 1e3 for t in server_p50_ns], "sizes": {}}
+    print(f"bare SOCK_SEQPACKET round trip, p50 per round: "
+          f"{', '.join(f'{t * 1e6:.1f}' for t in rtt)} us")
+    print(f"asarrayd's own time for a local Convert (Stats, p50 so far, per round): "
+          f"{', '.join(f'{t / 1e3:.1f}' for t in server_p50_ns)} us")
+    print()
+    print("| size | way | torch.mp fd | torch.mp fs | asarrayd | ratio (median) | "
+          "ratio spread | ratio best |")
     print("|---|---|---|---|---|---|---|---|")
-    for nbytes, row in results.items():
-        best = min(row["torch.mp file_descriptor"], row["torch.mp file_system"])
-        cells = " | ".join(f"{v * 1e3:.3f} ms" for v in row.values())
-        print(f"| {label(nbytes)} | {cells} | {best / row['asarrayd share (1 copy)']:.2f}x "
-              f"| {best / row['asarrayd empty (no copy)']:.2f}x |")
+    for nbytes in sizes:
+        row = results["sizes"][label(nbytes)] = {}
+        for way in ["no copy", "one copy"]:
+            per = {name: p50s[nbytes][(way, name)]["readable"]
+                   for name in ["torch.mp file_descriptor", "torch.mp file_system", "asarrayd"]}
+            ratios = [min(fd, fs) / ours for fd, fs, ours in
+                      zip(per["torch.mp file_descriptor"], per["torch.mp file_system"],
+                          per["asarrayd"])]
+            summary = ratio_summary(ratios)
+            row[way] = {"p50_us": {k: [t * 1e6 for t in v] for k, v in per.items()},
+                        "ratio": summary, "ratios": ratios,
+                        "asarrayd_round_trip_us": [
+                            t * 1e6 for t in p50s[nbytes][(way, "asarrayd")]["round_trip"]]}
+            cells = " | ".join(f"{statistics.median(v) * 1e3:.3f} ms" for v in per.values())
+            print(f"| {label(nbytes)} | {way} | {cells} | {summary['median']:.2f}x | "
+                  f"{summary['low']:.2f}-{summary['high']:.2f}x | {summary['best']:.2f}x |")
+    small = sizes[0]
+    trips = p50s[small][("no copy", "asarrayd")]["round_trip"]
+    over = [t / b for t, b in zip(trips, rtt)]
+    print()
+    print(f"{label(small)} no-copy handoff A to B and back: "
+          f"{statistics.median(trips) * 1e6:.1f} us p50, "
+          f"{statistics.median(over):.2f}x the bare round trip "
+          f"(per round {', '.join(f'{x:.2f}' for x in over)})")
+    results["round_trip_over_bare"] = over
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({str(k): v for k, v in results.items()}, f, indent=1)
+            json.dump(results, f, indent=1)
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name in next(iter(results.values())):
-            ax.plot(SIZES, [results[n][name] * 1e3 for n in SIZES], marker="o", label=name)
+        plot(sizes, p50s, args.plot)
+
+
+def plot(sizes, p50s, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, way in zip(axes, ["no copy", "one copy"]):
+        for name in ["torch.mp file_descriptor", "torch.mp file_system", "asarrayd"]:
+            ax.plot(sizes, [statistics.median(p50s[n][(way, name)]["readable"]) * 1e3
+                            for n in sizes], marker="o", label=name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xticks(SIZES, [label(n) for n in SIZES])
+        ax.set_xticks(sizes, [label(n) for n in sizes])
         ax.set_xlabel("tensor size (float32)")
-        ax.set_ylabel("p50 latency until B can read (ms)")
-        ax.set_title("Same-host handoff, process A to process B")
+        ax.set_title(f"{way}: A to B readable")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
-        fig.savefig(args.plot, dpi=110)
+    axes[0].set_ylabel("p50 latency (ms), median over rounds")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

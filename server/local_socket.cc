@@ -5,7 +5,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/posix_util.h"
@@ -67,8 +69,12 @@ absl::Status SendLocal(int socket, const std::string& bytes, absl::Span<const in
 
 absl::StatusOr<LocalDatagram> ReceiveLocal(int socket, size_t max_bytes) {
   LocalDatagram out;
-  out.bytes.resize(max_bytes);
-  iovec iov{out.bytes.data(), out.bytes.size()};
+  // Received into a buffer of the thread's, which lives as long as it does,
+  // then copied at its length: a datagram is far smaller than the most one
+  // may hold, and zeroing that much for every one costs more than the copy.
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < max_bytes) buffer.resize(max_bytes);
+  iovec iov{buffer.data(), max_bytes};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -96,7 +102,7 @@ absl::StatusOr<LocalDatagram> ReceiveLocal(int socket, size_t max_bytes) {
         absl::StrCat("receiving on the local transport: ", std::strerror(errno)));
   }
   if (n == 0) return absl::UnavailableError("the local transport's connection closed");
-  out.bytes.resize(static_cast<size_t>(n));
+  out.bytes.assign(buffer.data(), std::min(static_cast<size_t>(n), max_bytes));
   out.truncated = (msg.msg_flags & MSG_TRUNC) != 0;
   out.control_truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   return out;
