@@ -22,10 +22,6 @@
 #include "server/socket_path.h"
 
 namespace asarray {
-namespace {
-// Mappings of handles up to this size are populated when made.
-constexpr uint64_t kPopulateMaxBytes = 1 << 20;
-}  // namespace
 
 // --- SharedRegion -----------------------------------------------------------
 
@@ -101,8 +97,8 @@ MappedTensor& MappedTensor::operator=(MappedTensor&& other) noexcept {
   if (this != &other) {
     Reset();
     handle_ = std::move(other.handle_);
-    map_ = std::exchange(other.map_, nullptr);
-    map_len_ = std::exchange(other.map_len_, 0);
+    mapping_ = std::move(other.mapping_);
+    mappings_ = std::move(other.mappings_);
     sizes_ = std::exchange(other.sizes_, ViewSizes{});
     storage_ = std::exchange(other.storage_, nullptr);
     cuda_ = std::move(other.cuda_);
@@ -115,9 +111,10 @@ MappedTensor::~MappedTensor() { Reset(); }
 
 void MappedTensor::Reset() {
   // Close before releasing: the server frees the memory when the lease ends.
-  if (map_ != nullptr) munmap(map_, map_len_);
+  if (mappings_ != nullptr) mappings_->Done(std::move(mapping_));
+  mapping_.reset();
+  mappings_.reset();
   cuda_.reset();
-  map_ = nullptr;
   storage_ = nullptr;
   if (link_ != nullptr) Release().IgnoreError();  // best effort: the lease ends anyway
 }
@@ -298,21 +295,14 @@ absl::StatusOr<v1::ConvertResponse> Client::Upload(const v1::ConvertUploadHeader
 namespace {
 
 // Maps [offset, offset + size) of `fd` into `tensor` (read-only if
-// `writable` is false) and checks that the handle's view lies inside.
-absl::Status MapRange(int fd, uint64_t offset, uint64_t size, bool writable,
-                      const std::string& what, MappedTensor* tensor, void** map, size_t* map_len,
+// `writable` is false), through `mappings`, and checks that the handle's
+// view lies inside.
+absl::Status MapRange(const std::shared_ptr<MappingCache>& mappings, int fd, uint64_t offset,
+                      uint64_t size, bool writable, const std::string& what,
+                      MappedTensor* tensor, std::shared_ptr<FileMapping>* mapping,
                       unsigned char** storage) {
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const uint64_t map_offset = offset / page * page;
-  *map_len = offset - map_offset + size;
-  // A small mapping is populated in the same call: one pass in the kernel is
-  // cheaper than the page fault of the first access.
-  const int populate = *map_len <= kPopulateMaxBytes ? MAP_POPULATE : 0;
-  void* p = mmap(nullptr, *map_len, writable ? PROT_READ | PROT_WRITE : PROT_READ,
-                 MAP_SHARED | populate, fd, static_cast<off_t>(map_offset));
-  if (p == MAP_FAILED) return ErrnoStatus(errno, "mapping " + what);
-  *map = p;
-  *storage = static_cast<unsigned char*>(p) + (offset - map_offset);
+  ASSIGN_OR_RETURN(*mapping, mappings->Map(fd, offset, size, writable, what));
+  *storage = (*mapping)->at(offset);
   // The handle's view must lie inside what was mapped.
   const HandleInfo& handle = tensor->handle();
   return CheckFitsStorage(handle.layout, ItemSize(handle.dtype), static_cast<int64_t>(size));
@@ -341,9 +331,9 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
           "the handle's memory is a file descriptor, and none came with it");
     }
     if (handle.fd_size == 0) return tensor;
-    RETURN_IF_ERROR(MapRange(fd, handle.fd_offset, handle.fd_size, /*writable=*/true,
-                             "the handle's memfd", &tensor, &tensor.map_, &tensor.map_len_,
-                             &tensor.storage_));
+    tensor.mappings_ = mappings_;
+    RETURN_IF_ERROR(MapRange(mappings_, fd, handle.fd_offset, handle.fd_size, /*writable=*/true,
+                             "the handle's memfd", &tensor, &tensor.mapping_, &tensor.storage_));
     return tensor;
   }
   if (handle.shm_name.empty()) {
@@ -355,8 +345,9 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
   if (!writable) shm = shm_open(handle.shm_name.c_str(), O_RDONLY | O_CLOEXEC, 0);
   if (shm < 0) return ErrnoStatus(errno, "opening " + handle.shm_name);
   const UniqueFd owned(shm);
-  RETURN_IF_ERROR(MapRange(shm, handle.shm_offset, handle.shm_size, writable, handle.shm_name,
-                           &tensor, &tensor.map_, &tensor.map_len_, &tensor.storage_));
+  tensor.mappings_ = mappings_;
+  RETURN_IF_ERROR(MapRange(mappings_, shm, handle.shm_offset, handle.shm_size, writable,
+                           handle.shm_name, &tensor, &tensor.mapping_, &tensor.storage_));
   return tensor;
 }
 

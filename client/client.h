@@ -30,6 +30,7 @@
 #include "absl/time/time.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "client/cuda_ipc.h"
+#include "client/mappings.h"
 #include "core/dtype.h"
 #include "core/layout.h"
 #include "core/literal.h"
@@ -85,8 +86,9 @@ class MappedTensor {
   MappedTensor& operator=(MappedTensor&& other) noexcept;
   MappedTensor(const MappedTensor&) = delete;
   MappedTensor& operator=(const MappedTensor&) = delete;
-  // Unmaps (or closes the CUDA IPC handle), then releases the lease if this
-  // object holds it.
+  // Lets its mapping go (to the client's idle ones, when it is of a whole
+  // small file) or closes the CUDA IPC handle, then releases the lease if
+  // this object holds it.
   ~MappedTensor();
 
   // Element [0, ..., 0]: the storage plus the layout's offset. On a CUDA
@@ -116,10 +118,10 @@ class MappedTensor {
   MappedTensor() = default;
   void Reset();
   HandleInfo handle_;
-  void* map_ = nullptr;
-  size_t map_len_ = 0;
+  std::shared_ptr<FileMapping> mapping_;  // of the handle's host memory
+  std::shared_ptr<MappingCache> mappings_;  // where mapping_ goes back to
   ViewSizes sizes_;  // of the handle's layout, checked when it was mapped
-  unsigned char* storage_ = nullptr;  // the handle's shm offset within map_, or
+  unsigned char* storage_ = nullptr;  // the handle's bytes within mapping_, or
                                       // the device storage of cuda_
   std::unique_ptr<CudaIpcMapping> cuda_;
   std::shared_ptr<ClientLink> link_;  // set while this object holds the lease
@@ -171,6 +173,8 @@ class Client {
                                               std::vector<UniqueFd>* received = nullptr);
   // Whether calls go over the local transport.
   bool has_local_transport() const;
+  // This client's mappings of handle memory.
+  const MappingCache& mappings() const { return *mappings_; }
   // Streams `storage` (exactly header.storage_size bytes) in chunks.
   absl::StatusOr<v1::ConvertResponse> Upload(const v1::ConvertUploadHeader& header,
                                              const void* storage);
@@ -219,6 +223,7 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::shared_ptr<v1::AsArray::Stub> stub_;
   std::shared_ptr<ClientLink> link_;
+  std::shared_ptr<MappingCache> mappings_ = std::make_shared<MappingCache>();
   std::optional<absl::Duration> lease_ttl_;
   size_t upload_threshold_ = 32 << 20;
   size_t chunk_size_ = 1 << 20;

@@ -16,7 +16,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -376,6 +378,89 @@ TEST_F(LocalTransportTest, TheCppClientUsesItByDefaultAndItsHandlesEndWithIt) {
   EXPECT_EQ(client_->Stats()->tensors(), 2u);
   EXPECT_TRUE(client_->Release(kept).ok());
   EXPECT_TRUE(client_->Release(big_id).ok());
+}
+
+// How many mappings of this process show the file behind `fd`.
+int MappingsOf(int fd) {
+  struct stat st;
+  EXPECT_EQ(fstat(fd, &st), 0);
+  std::ifstream maps("/proc/self/maps");
+  int count = 0;
+  for (std::string line; std::getline(maps, line);) {
+    // address perms offset dev inode path
+    std::istringstream fields(line);
+    std::string address, perms, offset, dev;
+    uint64_t inode = 0;
+    fields >> address >> perms >> offset >> dev >> inode;
+    if (inode == static_cast<uint64_t>(st.st_ino)) ++count;
+  }
+  return count;
+}
+
+TEST_F(LocalTransportTest, TheCppClientMapsAFileOnceAndClosesWhatItReceives) {
+  // A producer's memfd, held by id under a TTL lease.
+  std::unique_ptr<Client> producer = server_->NewClient();
+  producer->set_lease_ttl(absl::Seconds(30));
+  absl::StatusOr<SharedRegion> region = SharedRegion::CreateMemfd(4096);
+  ASSERT_TRUE(region.ok()) << region.status();
+  std::memcpy(region->data(), Floats({1, 2, 3, 4}).data(), 16);
+  ConvertOptions no_copy;
+  no_copy.copy = false;
+  absl::StatusOr<MappedTensor> held =
+      producer->ConvertRegion(*region, 0, 16, DType::kFloat32, Layout{{4}, {1}, 0}, no_copy);
+  ASSERT_TRUE(held.ok()) << held.status();
+  ASSERT_EQ(MappingsOf(region->fd()), 2);  // the region's own, and the alias's
+
+  std::unique_ptr<Client> consumer = server_->NewClient();
+  ASSERT_TRUE(consumer->Stats().ok());
+  const int fds = CountFds(getpid());
+  const uint64_t mapped = consumer->mappings().mapped();
+  std::vector<MappedTensor> takes;
+  for (int i = 0; i < 50; ++i) {
+    absl::StatusOr<MappedTensor> take = consumer->ConvertTensor(held->id(), no_copy);
+    ASSERT_TRUE(take.ok()) << take.status();
+    ASSERT_TRUE(take->handle().has_fd);
+    takes.push_back(*std::move(take));
+  }
+  // One mapping serves all 50; no received descriptor stays open.
+  EXPECT_EQ(consumer->mappings().mapped(), mapped + 1);
+  EXPECT_EQ(MappingsOf(region->fd()), 3);
+  EXPECT_EQ(CountFds(getpid()), fds);
+  for (const MappedTensor& t : takes) {
+    EXPECT_EQ(t.data(), takes[0].data());
+    EXPECT_EQ(static_cast<const float*>(t.data())[2], 3.0f);
+  }
+  static_cast<float*>(region->data())[2] = -3;  // the producer's very bytes
+  EXPECT_EQ(static_cast<const float*>(takes[49].data())[2], -3.0f);
+  // Once they are gone the mapping stays idle, and the next take uses it.
+  const void* address = takes[0].data();
+  takes.clear();
+  EXPECT_EQ(consumer->mappings().idle(), 1u);
+  absl::StatusOr<MappedTensor> again = consumer->ConvertTensor(held->id(), no_copy);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->data(), address);
+  EXPECT_EQ(consumer->mappings().mapped(), mapped + 1);
+
+  // A big file is mapped per handle, from the pages each needs.
+  absl::StatusOr<SharedRegion> big = SharedRegion::CreateMemfd(size_t{4} << 20);
+  ASSERT_TRUE(big.ok()) << big.status();
+  absl::StatusOr<MappedTensor> big_held = producer->ConvertRegion(
+      *big, 8192, 4096, DType::kUInt8, Layout{{4096}, {1}, 0}, no_copy);
+  ASSERT_TRUE(big_held.ok()) << big_held.status();
+  absl::StatusOr<MappedTensor> big_a = consumer->ConvertTensor(big_held->id(), no_copy);
+  absl::StatusOr<MappedTensor> big_b = consumer->ConvertTensor(big_held->id(), no_copy);
+  ASSERT_TRUE(big_a.ok() && big_b.ok());
+  EXPECT_NE(big_a->data(), big_b->data());
+  EXPECT_EQ(consumer->mappings().mapped(), mapped + 3);
+
+  // The consumer's mappings outlive it until its last tensor goes.
+  consumer.reset();
+  EXPECT_EQ(static_cast<const float*>(again->data())[2], -3.0f);
+  again = absl::CancelledError("");
+  big_a = absl::CancelledError("");
+  big_b = absl::CancelledError("");
+  EXPECT_EQ(MappingsOf(region->fd()), 2);
+  EXPECT_EQ(CountFds(getpid()), fds);
 }
 
 // --- Bad input on the fd path ---------------------------------------------------
