@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <fstream>
@@ -81,14 +82,22 @@ TensorStore::~TensorStore() {
 
 std::shared_ptr<ClientSegment> ClientFdCache::Find(const struct stat& st) const {
   for (const Entry& e : entries_) {
-    if (e.dev == st.st_dev && e.ino == st.st_ino) return e.segment;
+    if (e.dev == st.st_dev && e.ino == st.st_ino) return e.segment.lock();
   }
   return nullptr;
 }
 
 void ClientFdCache::Insert(const struct stat& st, std::shared_ptr<ClientSegment> segment) {
+  // Entries of big memfds that no handle uses any more go first.
+  entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                [&](const Entry& e) {
+                                  return e.segment.expired() ||
+                                         (e.dev == st.st_dev && e.ino == st.st_ino);
+                                }),
+                 entries_.end());
   if (entries_.size() >= kMaxEntries) entries_.erase(entries_.begin());
-  entries_.push_back(Entry{st.st_dev, st.st_ino, std::move(segment)});
+  const bool keep = static_cast<uint64_t>(st.st_size) <= kKeptMaxBytes;
+  entries_.push_back(Entry{st.st_dev, st.st_ino, keep ? segment : nullptr, segment});
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t bytes,

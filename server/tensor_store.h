@@ -49,11 +49,15 @@ struct Tensor {
 // The memfds one local connection sent, checked and mapped, by file
 // (st_dev, st_ino), so that a client's recurring regions are opened and
 // mapped once per connection. At most kMaxEntries (the oldest go first);
-// dropped with the connection. Not thread-safe: one thread serves a
-// connection.
+// dropped with the connection. Only a small memfd (up to kKeptMaxBytes) is
+// kept open while no handle uses it: a big one is found while in use and
+// closed with its last handle, so that memory the client let go is not held
+// here (32 such regions of 1 GiB would be 32 GiB). Not thread-safe: one
+// thread serves a connection.
 class ClientFdCache {
  public:
   static constexpr size_t kMaxEntries = 32;
+  static constexpr uint64_t kKeptMaxBytes = 1 << 20;
   std::shared_ptr<ClientSegment> Find(const struct stat& st) const;
   void Insert(const struct stat& st, std::shared_ptr<ClientSegment> segment);
   void Clear() { entries_.clear(); }
@@ -63,7 +67,8 @@ class ClientFdCache {
   struct Entry {
     dev_t dev;
     ino_t ino;
-    std::shared_ptr<ClientSegment> segment;
+    std::shared_ptr<ClientSegment> kept;  // null for a big one
+    std::weak_ptr<ClientSegment> segment;
   };
   std::vector<Entry> entries_;  // oldest first
 };

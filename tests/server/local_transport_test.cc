@@ -463,6 +463,38 @@ TEST_F(LocalTransportTest, TheCppClientMapsAFileOnceAndClosesWhatItReceives) {
   EXPECT_EQ(CountFds(getpid()), fds);
 }
 
+TEST_F(LocalTransportTest, TheServerKeepsABigMemfdOpenOnlyWhileAHandleUsesIt) {
+  std::unique_ptr<Client> local = server_->NewClient();
+  ASSERT_TRUE(local->Stats().ok());
+  absl::StatusOr<SharedRegion> small = SharedRegion::CreateMemfd(4096);
+  absl::StatusOr<SharedRegion> big = SharedRegion::CreateMemfd(size_t{4} << 20);
+  ASSERT_TRUE(small.ok() && big.ok());
+  const int base = CountFds(getpid());  // this process is the server too
+  ConvertOptions no_copy;
+  no_copy.copy = false;
+  const auto alias = [&](const SharedRegion& region) {
+    return local->ConvertRegion(region, 0, 4096, DType::kUInt8, Layout{{4096}, {1}, 0}, no_copy);
+  };
+  {
+    absl::StatusOr<MappedTensor> t = alias(*small);
+    ASSERT_TRUE(t.ok()) << t.status();
+  }
+  // The server keeps its own descriptor of a small region for the next request.
+  EXPECT_GE(WaitFor([&] { return local->Stats()->tensors() == 0; }), 0);
+  EXPECT_EQ(CountFds(getpid()), base + 1);
+  for (int round = 0; round < 2; ++round) {
+    absl::StatusOr<MappedTensor> t = alias(*big);
+    ASSERT_TRUE(t.ok()) << t.status();
+    absl::StatusOr<MappedTensor> again = alias(*big);  // the same open file, while in use
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(CountFds(getpid()), base + 2) << "round " << round;
+    t = absl::CancelledError("");
+    again = absl::CancelledError("");
+    // A big one is closed with its last handle: the client's memory is its own again.
+    EXPECT_GE(WaitFor([&] { return CountFds(getpid()) == base + 1; }), 0) << "round " << round;
+  }
+}
+
 // --- Bad input on the fd path ---------------------------------------------------
 
 // A descriptor of some kind for the table below; owns what it opened.
