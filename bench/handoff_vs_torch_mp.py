@@ -30,7 +30,7 @@ The contenders are interleaved: each round runs a batch of every one in turn
 rounds of each contender's p50, and the ratio best-torch.mp / asarrayd (above
 1 means asarrayd wins) as the median, the spread (lowest to highest) and the
 best over rounds. The server's own time for a local Convert (received to
-answered, its Stats) comes with the 1 KiB row.
+answered, and received to answer ready, its Stats) comes with the 1 KiB row.
 """
 import argparse
 import json
@@ -214,7 +214,7 @@ def main():
     # p50s[size][contender] = [one per round], for readable and round trip.
     p50s = {n: {c: {"readable": [], "round_trip": []} for c in names} for n in sizes}
     rtt = []
-    server_p50_ns = []
+    server_p50_ns, server_work_p50_ns = [], []
     try:
         for r in range(args.rounds):
             rtt.append(seqpacket_round_trip())
@@ -229,7 +229,9 @@ def main():
                     p50s[nbytes][name]["round_trip"].append(
                         statistics.median(t[1] for t in times))
                 if nbytes == sizes[0]:
-                    server_p50_ns.append(client.stats().local_convert_p50_ns)
+                    stats = client.stats()
+                    server_p50_ns.append(stats.local_convert_p50_ns)
+                    server_work_p50_ns.append(stats.local_convert_work_p50_ns)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         client.close()
@@ -240,11 +242,14 @@ def main():
         shutil.rmtree(folder, ignore_errors=True)
 
     results = {"rounds": args.rounds, "seqpacket_round_trip_us": [t * 1e6 for t in rtt],
-               "server_local_convert_p50_us": [t / 1e3 for t in server_p50_ns], "sizes": {}}
+               "server_local_convert_p50_us": [t / 1e3 for t in server_p50_ns],
+               "server_local_convert_work_p50_us": [t / 1e3 for t in server_work_p50_ns],
+               "sizes": {}}
     print(f"bare SOCK_SEQPACKET round trip, p50 per round: "
           f"{', '.join(f'{t * 1e6:.1f}' for t in rtt)} us")
     print(f"asarrayd's own time for a local Convert (Stats, p50 so far, per round): "
-          f"{', '.join(f'{t / 1e3:.1f}' for t in server_p50_ns)} us")
+          f"{', '.join(f'{t / 1e3:.1f}' for t in server_p50_ns)} us; without the send: "
+          f"{', '.join(f'{t / 1e3:.1f}' for t in server_work_p50_ns)} us")
     print()
     print("| size | way | torch.mp fd | torch.mp fs | asarrayd | ratio (median) | "
           "ratio spread | ratio best |")

@@ -317,7 +317,9 @@ absl::Status Run(int argc, char** argv) {
               {"connection_leases", s.connection_leases()},
               {"local_converts", s.local_converts()},
               {"local_convert_p50_ns", s.local_convert_p50_ns()},
-              {"local_convert_p99_ns", s.local_convert_p99_ns()}};
+              {"local_convert_p99_ns", s.local_convert_p99_ns()},
+              {"local_convert_work_p50_ns", s.local_convert_work_p50_ns()},
+              {"local_convert_work_p99_ns", s.local_convert_work_p99_ns()}};
     std::printf("%s\n", j.dump().c_str());
     return absl::OkStatus();
   }

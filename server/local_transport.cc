@@ -105,12 +105,15 @@ void LocalTransport::Serve(int fd, uid_t caller) {
     if (!datagram.ok()) break;
     const auto received = std::chrono::steady_clock::now();
     const Reply reply = Answer(*datagram, connection.get());
+    const auto ready = std::chrono::steady_clock::now();
     if (!SendLocal(fd, reply.bytes, reply.fds()).ok()) break;
     if (reply.convert) {
-      service_->local_convert_latency().Record(static_cast<uint64_t>(
-          std::chrono::duration_cast<std::chrono::nanoseconds>(
-              std::chrono::steady_clock::now() - received)
-              .count()));
+      const auto since_received = [&](std::chrono::steady_clock::time_point t) {
+        return static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(t - received).count());
+      };
+      service_->local_convert_latency().Record(since_received(std::chrono::steady_clock::now()));
+      service_->local_convert_work_latency().Record(since_received(ready));
     }
   }
   CloseConnection(connection.get());

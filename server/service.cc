@@ -724,6 +724,8 @@ void AsArrayService::StatsNow(v1::StatsResponse* response) const {
   response->set_local_converts(local_convert_latency_.count());
   response->set_local_convert_p50_ns(local_convert_latency_.Quantile(0.5));
   response->set_local_convert_p99_ns(local_convert_latency_.Quantile(0.99));
+  response->set_local_convert_work_p50_ns(local_convert_work_latency_.Quantile(0.5));
+  response->set_local_convert_work_p99_ns(local_convert_work_latency_.Quantile(0.99));
 }
 
 }  // namespace asarray::server

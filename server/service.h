@@ -124,6 +124,7 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   void LocalConnectionClosed() { --local_connections_; }
   // The local transport's Convert calls, received to answered.
   LatencyHistogram& local_convert_latency() { return local_convert_latency_; }
+  LatencyHistogram& local_convert_work_latency() { return local_convert_work_latency_; }
 
   // For the reactors: counts a finished call.
   void Count(const absl::Status& status);
@@ -158,6 +159,7 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   std::atomic<uint64_t> errors_{0};
   std::atomic<uint64_t> local_connections_{0};
   LatencyHistogram local_convert_latency_;
+  LatencyHistogram local_convert_work_latency_;  // the same without the send
 
   absl::Mutex calls_mu_;
   int calls_in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;
