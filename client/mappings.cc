@@ -45,8 +45,8 @@ absl::StatusOr<std::shared_ptr<FileMapping>> MappingCache::Map(int fd, uint64_t 
   void* p = mmap(nullptr, length, writable ? PROT_READ | PROT_WRITE : PROT_READ,
                  MAP_SHARED | populate, fd, static_cast<off_t>(start));
   if (p == MAP_FAILED) return ErrnoStatus(errno, "mapping " + what);
-  auto mapping = std::make_shared<FileMapping>(static_cast<unsigned char*>(p), length, start,
-                                               whole, key);
+  auto mapping =
+      std::make_shared<FileMapping>(static_cast<unsigned char*>(p), length, start, whole);
   std::vector<FileKey> expired;
   absl::MutexLock lock(&mu_);
   ++mapped_;

@@ -45,24 +45,21 @@ struct FileKey {
 // Unmapped when the last holder lets go.
 class FileMapping {
  public:
-  FileMapping(unsigned char* data, size_t length, uint64_t file_offset, bool whole, FileKey key)
-      : data_(data), length_(length), file_offset_(file_offset), whole_(whole), key_(key) {}
+  FileMapping(unsigned char* data, size_t length, uint64_t file_offset, bool whole)
+      : data_(data), length_(length), file_offset_(file_offset), whole_(whole) {}
   ~FileMapping();
   FileMapping(const FileMapping&) = delete;
   FileMapping& operator=(const FileMapping&) = delete;
 
   // Where byte `offset` of the file is; it must lie in the mapping.
   unsigned char* at(uint64_t offset) const { return data_ + (offset - file_offset_); }
-  size_t length() const { return length_; }
   bool whole() const { return whole_; }
-  const FileKey& key() const { return key_; }
 
  private:
   unsigned char* const data_;
   const size_t length_;
   const uint64_t file_offset_;  // of data_[0]
   const bool whole_;
-  const FileKey key_;
 };
 
 // Thread-safe. Shared by a Client and the MappedTensors it made, which may

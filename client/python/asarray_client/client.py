@@ -137,18 +137,6 @@ class TensorRef:
         return f"TensorRef({self.id!r}, dtype={self.dtype}, shape={self.shape})"
 
 
-class _Held:
-    """The server's handle of a whole allocation in a region, as a ref."""
-
-    def __init__(self, ref, start):
-        self.ref, self.start = ref, start
-
-    def matches(self, start, shape, strides, dtype):
-        ref = self.ref
-        return (start == self.start and tuple(shape) == ref.shape and
-                tuple(strides) == ref.strides and dtype == ref.dtype)
-
-
 class SharedArrayRef:
     """Where an array in a named client region lives, to hand to another
     process: its asarray() then converts it (copy=False aliases it) without
@@ -199,7 +187,7 @@ class _Region:
         self.fd, self.size = fd, nbytes
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
         self.owner = None  # a weak reference to the array of the allocation in it
-        self.held = None  # the server's handle of that allocation, if it has one
+        self.held = None  # the TensorRef of that allocation, if the server holds it
         weakref.finalize(self, _discard, self._name, fd)
 
     @property
@@ -250,10 +238,8 @@ class _RegionPool:
         """A recycled region that holds `nbytes`, or None. The lock is held
         across the attempts (each a non-blocking flock, and a rename for a
         named one), so that two threads never recycle the same region."""
-        capacity = _capacity(nbytes)
         with self._lock:
-            fits = [r for r in self._free if len(r.map) == capacity and r.memfd == memfd]
-            for region in fits:  # oldest first: the likeliest to be free by now
+            for region in self._fitting(nbytes, memfd):  # oldest first: likeliest free by now
                 if region.recycle(nbytes):
                     self._free.remove(region)
                     return region
@@ -261,9 +247,13 @@ class _RegionPool:
 
     def has(self, nbytes, memfd):
         """Whether a free region would hold `nbytes`, locked or not."""
-        capacity = _capacity(nbytes)
         with self._lock:
-            return any(len(r.map) == capacity and r.memfd == memfd for r in self._free)
+            return bool(self._fitting(nbytes, memfd))
+
+    def _fitting(self, nbytes, memfd):
+        """The free regions of the right capacity and kind, oldest first."""
+        capacity = _capacity(nbytes)
+        return [r for r in self._free if len(r.map) == capacity and r.memfd == memfd]
 
     def give(self, region):
         """The last array of `region` was collected."""
@@ -748,26 +738,18 @@ class Client:
         if region is None or strides is None:
             raise ValueError("the array does not live in a region of this client")
         held = region.held
-        if held is not None and held.matches(start, shape, strides, name):
-            return held.ref  # the whole allocation: the server holds it already
+        if (held is not None and start == region.address and tuple(shape) == held.shape and
+                tuple(strides) == held.strides and name == held.dtype):
+            return held  # the whole allocation: the server holds it already
         offset = min(lo - region.address, region.size)
         if not region.memfd:
             return SharedArrayRef(region.name, offset, hi - lo, name, shape, strides,
                                   (start - lo) // item)
-        request = pb.ConvertRequest()
-        request.options.copy = False
-        self._fill_fd_source(request, region, offset, hi - lo, name,
-                             pb.Layout(shape=shape, strides=strides, offset=(start - lo) // item))
-        try:
-            response, received = self._convert(request, [region.fd])
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        _close_all(received)
         # The lease lasts as long as the allocation `array` views (a slice
         # handed over may be a temporary).
         owner = region.owner() if region.owner is not None else None
-        _on_collect(owner if owner is not None else array, self._releaser, response.handle.id)
-        return TensorRef(response.handle.id, name, shape, strides)
+        return self._alias_on_server(region, offset, hi - lo, name, shape, strides,
+                                     (start - lo) // item, owner if owner is not None else array)
 
     def share(self, array, like="numpy"):
         """A copy of `array` in a shared region of this process, which asarray()
@@ -1027,27 +1009,30 @@ class Client:
         # goes back to the pool when it is collected.
         _on_collect(arr, self._pool.give, region)
         if hold and region.memfd and nbytes:
-            region.held = self._hold(region, arr, name)
+            # Held by the server from the start, so that ref() of it needs no
+            # call: the one call is made here, where torch.mp's
+            # share_memory_() makes its file.
+            region.held = self._alias_on_server(
+                region, 0, region.size, name, shape,
+                tuple(s // storage.itemsize for s in arr.strides), 0, arr)
         return arr
 
-    def _hold(self, region, arr, name):
-        """Has the server hold a new allocation (aliasing it, on this
-        client's connection), so that ref() of it needs no call: the one
-        call is made here, where torch.mp's share_memory_() makes its file.
-        The handle ends when `arr` is collected or this client closes."""
-        shape = arr.shape
-        strides = tuple(s // arr.itemsize for s in arr.strides)
+    def _alias_on_server(self, region, offset, size, name, shape, strides, element_offset,
+                         owner):
+        """A TensorRef of the server's handle aliasing a view of memfd
+        `region` (on this client's connection); its lease ends when `owner`
+        is collected, or when this client closes."""
         request = pb.ConvertRequest()
         request.options.copy = False
-        self._fill_fd_source(request, region, 0, region.size, name,
-                             pb.Layout(shape=shape, strides=strides))
+        self._fill_fd_source(request, region, offset, size, name,
+                             pb.Layout(shape=shape, strides=strides, offset=element_offset))
         try:
             response, received = self._convert(request, [region.fd])
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         _close_all(received)
-        _on_collect(arr, self._releaser, response.handle.id)
-        return _Held(TensorRef(response.handle.id, name, shape, strides), region.address)
+        _on_collect(owner, self._releaser, response.handle.id)
+        return TensorRef(response.handle.id, name, shape, strides)
 
     def _allocated(self, arr, name, like):
         """The array or tensor that empty(), zeros() or share() return; one
@@ -1058,8 +1043,7 @@ class Client:
         if held is not None:
             key, allocations = id(result), self._allocations
             # The entry goes with `result` (before its id can be reused).
-            allocations[key] = (weakref.ref(result, lambda _: allocations.pop(key, None)),
-                                held.ref)
+            allocations[key] = (weakref.ref(result, lambda _: allocations.pop(key, None)), held)
         return result
 
     def _wrap(self, arr, name, like):
