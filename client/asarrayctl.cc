@@ -7,8 +7,13 @@
 //   asarrayctl [--server ADDR] read ID --save OUT.npy
 //   asarrayctl [--server ADDR] release ID | list | stats | health
 //
-// Calls go over gRPC, except those of `convert --via fd` and `take`, which
-// use the local transport: the file goes to the server in a memfd (--via
+// On a TCP address, --tls_ca CA.pem connects with TLS (and --tls_cert with
+// --tls_key presents a client certificate, for a server that requires one);
+// ASARRAY_SERVER, ASARRAY_TLS_CA, ASARRAY_TLS_CERT and ASARRAY_TLS_KEY set
+// them from the environment.
+//
+// Calls go over gRPC, except those of `convert --via fd` and `take` on a
+// Unix address, which use the local transport: the file goes to the server in a memfd (--via
 // fd), and a result's memory comes back as a descriptor; nothing is named in
 // /dev/shm. Every handle holds a TTL lease, so that it outlives the command.
 // Handles print as one JSON object per line. On failure it prints the gRPC
@@ -19,6 +24,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -59,13 +65,16 @@ absl::Status Usage(absl::string_view why) {
       "       asarrayctl [--server ADDR] take ID [--dtype D] [--device DEV] [--copy ...]"
       " [--save OUT.npy]\n"
       "       asarrayctl [--server ADDR] read ID --save OUT.npy\n"
-      "       asarrayctl [--server ADDR] (release ID | list | stats | health)"));
+      "       asarrayctl [--server ADDR] (release ID | list | stats | health)\n"
+      "connection: [--tls_ca CA.pem [--tls_cert CERT.pem --tls_key KEY.pem]], or\n"
+      "            ASARRAY_SERVER, ASARRAY_TLS_CA, ASARRAY_TLS_CERT, ASARRAY_TLS_KEY"));
 }
 
 absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
   Args args;
-  static const char* kValued[] = {"--server", "--json", "--via", "--dtype",
-                                  "--device", "--copy", "--save"};
+  static const char* kValued[] = {"--server", "--json",     "--via",      "--dtype",
+                                  "--device", "--copy",     "--save",     "--tls_ca",
+                                  "--tls_cert", "--tls_key"};
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--requires-grad") {
@@ -83,6 +92,18 @@ absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
       args.command = arg;
     } else {
       args.positional.push_back(arg);
+    }
+  }
+  // Connection settings: a flag, else the environment.
+  static const std::pair<const char*, const char*> kFromEnvironment[] = {
+      {"--server", "ASARRAY_SERVER"},
+      {"--tls_ca", "ASARRAY_TLS_CA"},
+      {"--tls_cert", "ASARRAY_TLS_CERT"},
+      {"--tls_key", "ASARRAY_TLS_KEY"}};
+  for (const auto& [flag, variable] : kFromEnvironment) {
+    const char* value = std::getenv(variable);
+    if (!args.options.count(flag) && value != nullptr && *value != '\0') {
+      args.options[flag] = value;
     }
   }
   if (args.options.count("--server")) args.server = args.options["--server"];
@@ -209,12 +230,11 @@ absl::Status Print(Client& client, const Args& args, MappedTensor result) {
   result.DetachLease();
   std::printf("%s\n", HandleJson(result.handle()).dump().c_str());
   if (args.options.count("--save")) {
-    // A CUDA result is read through its IPC handle when this build can open
-    // one, and over gRPC otherwise.
-    absl::StatusOr<std::string> bytes = result.handle().cuda_ipc_handle.empty() ||
-                                                result.on_device()
-                                            ? result.RowMajorBytes()
-                                            : client.ReadBytes(result.id());
+    // Read through the mapping or the CUDA IPC handle when this process has
+    // one, and over gRPC otherwise (a remote server, or a CUDA result this
+    // build cannot open).
+    absl::StatusOr<std::string> bytes =
+        result.has_elements() ? result.RowMajorBytes() : client.ReadBytes(result.id());
     RETURN_IF_ERROR(bytes.status());
     RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result.dtype(), result.shape(), *bytes));
   }
@@ -238,7 +258,10 @@ absl::Status Convert(Client& client, const Args& args) {
                                                      npy.data_bytes, " data bytes its header declares"));
     }
     const char* data = file.view().data() + npy.data_offset;
-    const std::string via = args.options.count("--via") ? args.options.at("--via") : "shm";
+    // A remote client sends the bytes: it shares no memory with the server.
+    const std::string via = args.options.count("--via") ? args.options.at("--via")
+                            : client.remote()           ? "inline"
+                                                        : "shm";
     if (via == "inline") {
       ASSIGN_OR_RETURN(result, client.ConvertInline(data, npy.data_bytes, npy.dtype, npy.layout, options));
     } else if (via == "shm" || via == "fd") {
@@ -270,8 +293,15 @@ absl::Status Run(int argc, char** argv) {
                         args.options.at("--via") == "fd");
   ClientOptions client_options;
   client_options.local_transport = local;
+  auto option = [&](const char* name) {
+    auto it = args.options.find(name);
+    return it == args.options.end() ? std::string() : it->second;
+  };
+  client_options.tls_ca_file = option("--tls_ca");
+  client_options.tls_cert_file = option("--tls_cert");
+  client_options.tls_key_file = option("--tls_key");
   ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(args.server, client_options));
-  if (local && !client->has_local_transport()) {
+  if (local && !client->remote() && !client->has_local_transport()) {
     return absl::UnavailableError(absl::StrCat(
         "the server has no local transport beside its socket, which ", cmd,
         " needs here; it listens on a Unix socket unless --local_transport=false"));

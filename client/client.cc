@@ -17,6 +17,7 @@
 #include "core/cast.h"
 #include "core/status_macros.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/posix_util.h"
 #include "server/socket_path.h"
@@ -102,6 +103,7 @@ MappedTensor& MappedTensor::operator=(MappedTensor&& other) noexcept {
     sizes_ = std::exchange(other.sizes_, ViewSizes{});
     storage_ = std::exchange(other.storage_, nullptr);
     cuda_ = std::move(other.cuda_);
+    bytes_ = std::move(other.bytes_);
     link_ = std::move(other.link_);
   }
   return *this;
@@ -115,6 +117,7 @@ void MappedTensor::Reset() {
   mapping_.reset();
   mappings_.reset();
   cuda_.reset();
+  bytes_.reset();
   storage_ = nullptr;
   if (link_ != nullptr) Release().IgnoreError();  // best effort: the lease ends anyway
 }
@@ -150,9 +153,49 @@ absl::StatusOr<std::string> MappedTensor::RowMajorBytes() const {
 
 class ClientLink {
  public:
-  explicit ClientLink(std::shared_ptr<v1::AsArray::Stub> stub) : stub_(std::move(stub)) {}
+  ClientLink(std::shared_ptr<v1::AsArray::Stub> stub, const ClientOptions& options,
+             std::string target)
+      : stub_(std::move(stub)), options_(options), target_(std::move(target)) {}
 
   v1::AsArray::Stub* stub() const { return stub_.get(); }
+
+  enum class Call { kUnary, kStream, kData, kDataStream };
+  // Sets a call's deadline (and compression, for one that carries data).
+  void Prepare(grpc::ClientContext* context, Call call) const {
+    const bool stream = call == Call::kStream || call == Call::kDataStream;
+    const absl::Duration timeout = stream ? options_.stream_timeout : options_.call_timeout;
+    if (timeout != absl::InfiniteDuration()) {
+      context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    }
+    if (options_.compress && (call == Call::kData || call == Call::kDataStream)) {
+      context->set_compression_algorithm(GRPC_COMPRESS_GZIP);
+    }
+  }
+
+  // A call's status, where UNAVAILABLE also says what this client expected
+  // of the connection: the usual cause on TCP is a TLS mismatch.
+  absl::Status Done(const grpc::Status& status) const {
+    absl::Status out = FromGrpcStatus(status);
+    if (out.code() != absl::StatusCode::kUnavailable || absl::StartsWith(target_, "unix:")) {
+      return out;
+    }
+    std::string hint;
+    if (options_.tls()) {
+      hint = absl::StrCat(
+          " (TLS to ", target_, ": the server must speak TLS with a certificate that ",
+          options_.tls_ca_file.empty() ? "the system's roots" : options_.tls_ca_file,
+          " trusts, for this host name",
+          options_.tls_cert_file.empty()
+              ? "; a server that requires client certificates needs a certificate and key"
+              : absl::StrCat(", and accept this client's certificate ", options_.tls_cert_file),
+          ")");
+    } else {
+      hint = absl::StrCat(" (plaintext TCP to ", target_,
+                          ": a server that serves TLS there closes the connection; give a "
+                          "TLS CA bundle to connect with TLS)");
+    }
+    return absl::Status(out.code(), absl::StrCat(out.message(), hint));
+  }
   bool local() const { return local_.valid(); }
   void set_local(UniqueFd socket) { local_ = std::move(socket); }
 
@@ -195,12 +238,15 @@ class ClientLink {
       return CallLocal(local, {}, nullptr).status();
     }
     grpc::ClientContext context;
+    Prepare(&context, Call::kUnary);
     v1::ReleaseResponse response;
-    return FromGrpcStatus(stub_->Release(&context, request, &response));
+    return Done(stub_->Release(&context, request, &response));
   }
 
  private:
   const std::shared_ptr<v1::AsArray::Stub> stub_;
+  const ClientOptions options_;
+  const std::string target_;
   absl::Mutex mu_;
   UniqueFd local_;  // set once, before any call
 };
@@ -214,25 +260,85 @@ absl::Status MappedTensor::Release() {
 
 // --- Client -----------------------------------------------------------------
 
-Client::Client(std::shared_ptr<grpc::Channel> channel)
+Client::Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options,
+               std::string target, bool remote)
     : channel_(std::move(channel)),
       stub_(v1::AsArray::NewStub(channel_)),
-      link_(std::make_shared<ClientLink>(stub_)) {}
+      link_(std::make_shared<ClientLink>(stub_, options, std::move(target))),
+      remote_(remote) {}
+
+namespace {
+
+// Retries on UNAVAILABLE, with backoff, of the calls that change nothing on
+// the server or can be repeated safely.
+constexpr char kRetryServiceConfig[] = R"json({
+  "methodConfig": [{
+    "name": [
+      {"service": "asarray.v1.AsArray", "method": "Read"},
+      {"service": "asarray.v1.AsArray", "method": "ConvertToData"},
+      {"service": "asarray.v1.AsArray", "method": "Renew"},
+      {"service": "asarray.v1.AsArray", "method": "List"},
+      {"service": "asarray.v1.AsArray", "method": "Stats"},
+      {"service": "grpc.health.v1.Health", "method": "Check"}
+    ],
+    "retryPolicy": {
+      "maxAttempts": 4,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "2s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+})json";
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const ClientOptions& options, bool unix_socket) {
+  if (!options.tls()) return grpc::InsecureChannelCredentials();
+  if (unix_socket) {
+    return absl::InvalidArgumentError("TLS is for TCP addresses; a Unix socket needs none");
+  }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a TLS client certificate needs its key, and a key its certificate");
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!options.tls_ca_file.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadSmallFile(options.tls_ca_file, "TLS CA bundle"));
+  }
+  if (!options.tls_cert_file.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadSmallFile(options.tls_cert_file, "TLS certificate"));
+    ASSIGN_OR_RETURN(ssl.pem_private_key, ReadSmallFile(options.tls_key_file, "TLS key"));
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace
 
 Client::~Client() = default;
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                         const ClientOptions& options) {
   const std::string target = address.empty() ? DefaultAddress() : address;
+  absl::string_view path = target;
+  const bool unix_socket = absl::ConsumePrefix(&path, "unix:");
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   ChannelCredentials(options, unix_socket));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  if (options.retry_idempotent) args.SetServiceConfigJSON(kRetryServiceConfig);
+  if (options.keepalive_time > absl::ZeroDuration()) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
+                static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
+  auto channel = grpc::CreateCustomChannel(target, credentials, args);
   if (channel == nullptr) return absl::InvalidArgumentError("cannot create a channel to " + address);
-  std::unique_ptr<Client> client(new Client(std::move(channel)));
-  absl::string_view path = target;
-  if (options.local_transport && absl::ConsumePrefix(&path, "unix:") &&
-      !absl::StartsWith(path, "@")) {
+  std::unique_ptr<Client> client(
+      new Client(std::move(channel), options, target, /*remote=*/!unix_socket));
+  if (options.local_transport && unix_socket && !absl::StartsWith(path, "@")) {
     // A server without one (or an older one) is served over gRPC alone.
     absl::StatusOr<UniqueFd> socket = ConnectLocal(LocalSocketPath(std::string(path)));
     if (socket.ok()) client->link_->set_local(*std::move(socket));
@@ -265,14 +371,16 @@ absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& or
         "descriptors travel only over the local transport, which this client has not");
   }
   grpc::ClientContext context;
+  link_->Prepare(&context, ClientLink::Call::kData);
   v1::ConvertResponse response;
-  RETURN_IF_ERROR(FromGrpcStatus(stub_->Convert(&context, request, &response)));
+  RETURN_IF_ERROR(link_->Done(stub_->Convert(&context, request, &response)));
   return response;
 }
 
 absl::StatusOr<v1::ConvertResponse> Client::Upload(const v1::ConvertUploadHeader& header,
                                                    const void* storage) {
   grpc::ClientContext context;
+  link_->Prepare(&context, ClientLink::Call::kDataStream);
   v1::ConvertResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::ConvertUploadRequest>> writer =
       stub_->ConvertUpload(&context, &response);
@@ -288,7 +396,7 @@ absl::StatusOr<v1::ConvertResponse> Client::Upload(const v1::ConvertUploadHeader
     if (progress_) progress_(sent, header.storage_size());
   }
   writer->WritesDone();
-  RETURN_IF_ERROR(FromGrpcStatus(writer->Finish()));
+  RETURN_IF_ERROR(link_->Done(writer->Finish()));
   return response;
 }
 
@@ -310,7 +418,57 @@ absl::Status MapRange(const std::shared_ptr<MappingCache>& mappings, int fd, uin
 
 }  // namespace
 
+absl::Status Client::RefuseRemote(absl::string_view what) const {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "this client is remote (TCP): ", what,
+      " needs memory shared with the server, on its host; send the bytes instead"));
+}
+
+absl::StatusOr<MappedTensor> Client::FromBytes(const HandleInfo& handle, std::string bytes) {
+  MappedTensor tensor;
+  tensor.handle_ = handle;
+  tensor.handle_.layout = Layout{handle.layout.shape, ContiguousStrides(handle.layout.shape), 0};
+  ASSIGN_OR_RETURN(tensor.sizes_,
+                   ComputeViewSizes(tensor.handle_.layout, ItemSize(handle.dtype)));
+  if (bytes.size() != static_cast<uint64_t>(tensor.sizes_.nbytes)) {
+    return absl::InternalError(absl::StrCat("the server sent ", bytes.size(),
+                                            " bytes for a result of ", tensor.sizes_.nbytes));
+  }
+  tensor.bytes_ = std::make_unique<std::string>(std::move(bytes));
+  tensor.storage_ = reinterpret_cast<unsigned char*>(tensor.bytes_->data());
+  return tensor;
+}
+
+absl::StatusOr<MappedTensor> Client::HeldRemotely(const HandleInfo& handle) {
+  MappedTensor tensor;
+  tensor.handle_ = handle;
+  ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(handle.layout, ItemSize(handle.dtype)));
+  tensor.link_ = link_;
+  return tensor;
+}
+
+absl::StatusOr<MappedTensor> Client::ConvertRemote(const v1::ConvertRequest& request) {
+  if (lease_ttl_.has_value()) {
+    ASSIGN_OR_RETURN(const v1::ConvertResponse held, Convert(request));
+    ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(held.handle()));
+    return HeldRemotely(handle);
+  }
+  v1::ConvertRequest with_data = request;
+  with_data.set_return_data(true);
+  absl::StatusOr<v1::ConvertResponse> response = Convert(with_data);
+  if (response.ok()) {
+    ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response->handle()));
+    return FromBytes(handle, std::move(*response->mutable_data()));
+  }
+  // Past one message: streamed instead.
+  if (response.status().code() != absl::StatusCode::kResourceExhausted) return response.status();
+  HandleInfo handle;
+  ASSIGN_OR_RETURN(std::string bytes, ConvertToData(request, &handle));
+  return FromBytes(handle, std::move(bytes));
+}
+
 absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lease, int fd) {
+  if (remote_) return RefuseRemote("mapping a handle");
   MappedTensor tensor;
   tensor.handle_ = handle;
   ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(handle.layout, ItemSize(handle.dtype)));
@@ -353,6 +511,7 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
 
 absl::StatusOr<MappedTensor> Client::ConvertAndMap(const v1::ConvertRequest& request,
                                                    absl::Span<const int> fds) {
+  if (remote_) return ConvertRemote(request);
   std::vector<UniqueFd> received;
   ASSIGN_OR_RETURN(const v1::ConvertResponse response, Convert(request, fds, &received));
   ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response.handle()));
@@ -395,7 +554,14 @@ absl::StatusOr<MappedTensor> Client::ConvertInline(const void* storage, size_t s
     OptionsToProto(options, header.mutable_options());
     ASSIGN_OR_RETURN(const v1::ConvertResponse response, Upload(header, begin));
     ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response.handle()));
-    return Map(handle, /*owns_lease=*/true);
+    if (!remote_) return Map(handle, /*owns_lease=*/true);
+    if (lease_ttl_.has_value()) return HeldRemotely(handle);
+    // Read back, and let the server's copy go.
+    absl::StatusOr<std::string> result = ReadBytes(handle.id);
+    const absl::Status released = Release(handle.id);
+    if (!result.ok()) return result.status();
+    RETURN_IF_ERROR(released);
+    return FromBytes(handle, *std::move(result));
   }
   v1::ConvertRequest request;
   v1::InlineArray* array = request.mutable_source()->mutable_inline_array();
@@ -432,6 +598,7 @@ absl::StatusOr<MappedTensor> Client::ConvertRegion(const std::string& region_nam
                                                    uint64_t offset, uint64_t size, DType dtype,
                                                    const Layout& layout,
                                                    const ConvertOptions& options) {
+  if (remote_) return RefuseRemote("a shared-memory region");
   v1::ConvertRequest request;
   v1::SharedMemoryArray* array = request.mutable_source()->mutable_shared_memory();
   array->set_name(region_name);
@@ -445,6 +612,7 @@ absl::StatusOr<MappedTensor> Client::ConvertRegion(const SharedRegion& region, u
                                                    const Layout& layout,
                                                    const ConvertOptions& options) {
   if (!region.is_memfd()) return ConvertRegion(region.name(), offset, size, dtype, layout, options);
+  if (remote_) return RefuseRemote("a memfd");
   if (!link_->local()) {
     return absl::FailedPreconditionError(
         "a memfd reaches the server only over the local transport, which this client has not");
@@ -462,6 +630,7 @@ absl::StatusOr<MappedTensor> Client::ConvertCudaIpc(const std::string& ipc_handl
                                                     uint64_t offset, uint64_t size, DType dtype,
                                                     const Layout& layout,
                                                     const ConvertOptions& options) {
+  if (remote_) return RefuseRemote("a CUDA IPC handle");
   v1::ConvertRequest request;
   v1::CudaIpcArray* array = request.mutable_source()->mutable_cuda_ipc();
   array->set_ipc_handle(ipc_handle);
@@ -482,26 +651,37 @@ absl::StatusOr<MappedTensor> Client::ConvertTensor(const std::string& id,
 namespace {
 
 // Collects a ReadResponse stream: the handle from the first message, then data.
-absl::StatusOr<std::string> DrainStream(grpc::ClientReader<v1::ReadResponse>* reader,
-                                        HandleInfo* handle, const Client::Progress& progress) {
+// A handle that does not parse cancels the stream.
+absl::StatusOr<std::string> DrainStream(grpc::ClientContext* context,
+                                        grpc::ClientReader<v1::ReadResponse>* reader,
+                                        const ClientLink& link, HandleInfo* handle,
+                                        const Client::Progress& progress) {
   v1::ReadResponse message;
   std::string data;
   uint64_t total = 0;
   bool first = true;
-  while (reader->Read(&message)) {
+  absl::Status parsed;
+  while (parsed.ok() && reader->Read(&message)) {
     if (first) {
       first = false;
-      ASSIGN_OR_RETURN(HandleInfo info, HandleFromProto(message.handle()));
-      ASSIGN_OR_RETURN(const ViewSizes sizes,
-                       ComputeViewSizes(info.layout, ItemSize(info.dtype)));
-      total = static_cast<uint64_t>(sizes.nbytes);
+      absl::StatusOr<HandleInfo> info = HandleFromProto(message.handle());
+      absl::StatusOr<ViewSizes> sizes =
+          info.ok() ? ComputeViewSizes(info->layout, ItemSize(info->dtype)) : info.status();
+      if (!sizes.ok()) {
+        parsed = sizes.status();
+        context->TryCancel();
+        break;
+      }
+      total = static_cast<uint64_t>(sizes->nbytes);
       data.reserve(total);
-      if (handle != nullptr) *handle = std::move(info);
+      if (handle != nullptr) *handle = *std::move(info);
     }
     data.append(message.data());
     if (progress) progress(data.size(), total);
   }
-  RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  const absl::Status finished = link.Done(reader->Finish());
+  RETURN_IF_ERROR(parsed);
+  RETURN_IF_ERROR(finished);
   return data;
 }
 
@@ -509,17 +689,19 @@ absl::StatusOr<std::string> DrainStream(grpc::ClientReader<v1::ReadResponse>* re
 
 absl::StatusOr<std::string> Client::ReadBytes(const std::string& id, HandleInfo* handle) {
   grpc::ClientContext context;
+  link_->Prepare(&context, ClientLink::Call::kDataStream);
   v1::ReadRequest request;
   request.set_id(id);
   auto reader = stub_->Read(&context, request);
-  return DrainStream(reader.get(), handle, progress_);
+  return DrainStream(&context, reader.get(), *link_, handle, progress_);
 }
 
 absl::StatusOr<std::string> Client::ConvertToData(const v1::ConvertRequest& request,
                                                   HandleInfo* handle) {
   grpc::ClientContext context;
+  link_->Prepare(&context, ClientLink::Call::kDataStream);
   auto reader = stub_->ConvertToData(&context, request);
-  return DrainStream(reader.get(), handle, progress_);
+  return DrainStream(&context, reader.get(), *link_, handle, progress_);
 }
 
 absl::StatusOr<absl::Time> Client::Renew(const std::string& id, absl::Duration ttl) {
@@ -534,7 +716,8 @@ absl::StatusOr<absl::Time> Client::Renew(const std::string& id, absl::Duration t
     response = answer.renew();
   } else {
     grpc::ClientContext context;
-    RETURN_IF_ERROR(FromGrpcStatus(stub_->Renew(&context, request, &response)));
+    link_->Prepare(&context, ClientLink::Call::kUnary);
+    RETURN_IF_ERROR(link_->Done(stub_->Renew(&context, request, &response)));
   }
   return absl::FromUnixMillis(response.lease_expires_unix_ms());
 }
@@ -543,8 +726,9 @@ absl::Status Client::Release(const std::string& id) { return link_->Release(id);
 
 absl::StatusOr<std::vector<HandleInfo>> Client::List() {
   grpc::ClientContext context;
+  link_->Prepare(&context, ClientLink::Call::kUnary);
   v1::ListResponse response;
-  RETURN_IF_ERROR(FromGrpcStatus(stub_->List(&context, v1::ListRequest(), &response)));
+  RETURN_IF_ERROR(link_->Done(stub_->List(&context, v1::ListRequest(), &response)));
   std::vector<HandleInfo> out;
   for (const v1::TensorHandle& h : response.tensors()) {
     ASSIGN_OR_RETURN(HandleInfo info, HandleFromProto(h));
@@ -561,8 +745,9 @@ absl::StatusOr<v1::StatsResponse> Client::Stats() {
     return std::move(*answer.mutable_stats());
   }
   grpc::ClientContext context;
+  link_->Prepare(&context, ClientLink::Call::kUnary);
   v1::StatsResponse response;
-  RETURN_IF_ERROR(FromGrpcStatus(stub_->Stats(&context, v1::StatsRequest(), &response)));
+  RETURN_IF_ERROR(link_->Done(stub_->Stats(&context, v1::StatsRequest(), &response)));
   return response;
 }
 
@@ -571,7 +756,7 @@ absl::Status Client::Health() {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   grpc::health::v1::HealthCheckResponse response;
   auto stub = grpc::health::v1::Health::NewStub(channel_);
-  RETURN_IF_ERROR(FromGrpcStatus(
+  RETURN_IF_ERROR(link_->Done(
       stub->Check(&context, grpc::health::v1::HealthCheckRequest(), &response)));
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
     return absl::UnavailableError(absl::StrCat(

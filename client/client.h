@@ -27,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "client/cuda_ipc.h"
@@ -79,7 +80,8 @@ class SharedRegion {
 };
 
 // A tensor handle mapped into this process: a shared-memory handle mmapped,
-// or a CUDA handle opened by IPC (then data() is a device pointer).
+// or a CUDA handle opened by IPC (then data() is a device pointer). A remote
+// client's result holds its bytes instead, with no handle behind it.
 class MappedTensor {
  public:
   MappedTensor(MappedTensor&& other) noexcept;
@@ -103,6 +105,10 @@ class MappedTensor {
   const std::string& id() const { return handle_.id; }
   int64_t numel() const;
   bool on_device() const { return cuda_ != nullptr; }
+  // Whether the elements are in this process: mapped, opened on a device,
+  // or (remote) read back. False for a handle this client cannot open, and
+  // for a remote handle kept on the server: read those with ReadBytes.
+  bool has_elements() const { return storage_ != nullptr || sizes_.nbytes == 0; }
 
   // The elements, row-major and contiguous, in host memory (a copy, for
   // checks and saving; from the device when the tensor is on one).
@@ -124,14 +130,51 @@ class MappedTensor {
   unsigned char* storage_ = nullptr;  // the handle's bytes within mapping_, or
                                       // the device storage of cuda_
   std::unique_ptr<CudaIpcMapping> cuda_;
+  // A remote result's elements, which storage_ points into (held by
+  // pointer: a moved string may move its bytes).
+  std::unique_ptr<std::string> bytes_;
   std::shared_ptr<ClientLink> link_;  // set while this object holds the lease
 };
 
 struct ClientOptions {
   // On a Unix address, use the server's local transport when it has one.
   bool local_transport = true;
+
+  // TLS on a TCP address, from PEM files. Any of them turns TLS on; without
+  // tls_ca_file the server's certificate must chain to the system's roots.
+  // tls_cert_file with tls_key_file is this client's certificate, for a
+  // server that requires one (mutual TLS): its subject owns our handles.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+
+  // The deadline of each unary call, and of each stream (uploads, reads);
+  // an infinite one sets none.
+  absl::Duration call_timeout = absl::Seconds(60);
+  absl::Duration stream_timeout = absl::InfiniteDuration();
+  // Retries with backoff on UNAVAILABLE, through the channel's service
+  // config, of the calls that are safe to repeat: Read, ConvertToData,
+  // Renew, List, Stats and the health check.
+  bool retry_idempotent = true;
+  // Pings the server after this long without traffic (zero: never), so that
+  // an idle connection survives load balancers and NAT.
+  absl::Duration keepalive_time = absl::Seconds(30);
+  // gzip the messages that carry data: inline sources, uploads and reads.
+  bool compress = false;
+
+  bool tls() const {
+    return !tls_ca_file.empty() || !tls_cert_file.empty() || !tls_key_file.empty();
+  }
 };
 
+// On a TCP address the client is remote: it cannot map the server's memory,
+// so each Convert* returns a MappedTensor that holds the result's bytes,
+// read back over gRPC (return_data, or ConvertToData past the message
+// limit), and no handle outlives the call. With set_lease_ttl the handle is
+// kept instead, and the MappedTensor holds its lease but no bytes
+// (ReadBytes reads them). Inline sources past the upload threshold stream
+// from the caller's memory. Memory references (regions, memfds, CUDA IPC)
+// and Map() answer FAILED_PRECONDITION.
 class Client {
  public:
   // `address`: "unix:/path" or "host:port"; empty means the default socket.
@@ -173,6 +216,10 @@ class Client {
                                               std::vector<UniqueFd>* received = nullptr);
   // Whether calls go over the local transport.
   bool has_local_transport() const;
+  // Whether the address is TCP: results come back as bytes.
+  bool remote() const { return remote_; }
+  // The gRPC channel, for stubs of other services on the same server.
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   // This client's mappings of handle memory.
   const MappingCache& mappings() const { return *mappings_; }
   // Streams `storage` (exactly header.storage_size bytes) in chunks.
@@ -215,14 +262,24 @@ class Client {
   size_t chunk_size() const { return chunk_size_; }
 
  private:
-  explicit Client(std::shared_ptr<grpc::Channel> channel);
-  // Converts, and maps the answer; `fds` go beside the request.
+  Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options,
+         std::string target, bool remote);
+  // Converts, and maps the answer; `fds` go beside the request. Remote:
+  // the result's bytes instead.
   absl::StatusOr<MappedTensor> ConvertAndMap(const v1::ConvertRequest& request,
                                              absl::Span<const int> fds = {});
+  absl::StatusOr<MappedTensor> ConvertRemote(const v1::ConvertRequest& request);
+  // A remote handle kept on the server (a TTL lease was asked for), whose
+  // lease the result holds; its bytes are read with ReadBytes.
+  absl::StatusOr<MappedTensor> HeldRemotely(const HandleInfo& handle);
+  // A tensor of `bytes`, the row-major elements `handle` describes.
+  static absl::StatusOr<MappedTensor> FromBytes(const HandleInfo& handle, std::string bytes);
+  absl::Status RefuseRemote(absl::string_view what) const;
 
   std::shared_ptr<grpc::Channel> channel_;
   std::shared_ptr<v1::AsArray::Stub> stub_;
   std::shared_ptr<ClientLink> link_;
+  const bool remote_;
   std::shared_ptr<MappingCache> mappings_ = std::make_shared<MappingCache>();
   std::optional<absl::Duration> lease_ttl_;
   size_t upload_threshold_ = 32 << 20;

@@ -164,8 +164,8 @@ Fixture& F() {
   return *fixture;
 }
 
-uid_t Me() {
-  static const uid_t me = getuid();
+server::Caller Me() {
+  static const server::Caller me = server::Caller::Local(getuid());
   return me;
 }
 
@@ -280,7 +280,7 @@ class Reader {
 // A tensor id this input made, and the caller it belongs to.
 struct Held {
   std::string id;
-  uid_t owner;
+  server::Caller owner;
 };
 
 struct Input {
@@ -289,15 +289,15 @@ struct Input {
   // The input's local connections, one a caller, closed at its end.
   std::vector<std::unique_ptr<server::LocalTransport::Connection>> connections;
 
-  void Keep(const std::string& id, uid_t owner) {
+  void Keep(const std::string& id, server::Caller owner) {
     Require(!id.empty(), "a handle without an id");
     ids.push_back({id, owner});
   }
-  server::LocalTransport::Connection* Connection(uid_t caller);
+  server::LocalTransport::Connection* Connection(server::Caller caller);
   void CloseConnections();
 };
 
-server::LocalTransport::Connection* Input::Connection(uid_t caller) {
+server::LocalTransport::Connection* Input::Connection(server::Caller caller) {
   for (const auto& c : connections) {
     if (c->caller == caller) return c.get();
   }
@@ -360,7 +360,7 @@ ViewSizes HandleSizes(const v1::TensorHandle& handle, DType* dtype_out = nullptr
 }
 
 // A held tensor: it lies inside its memory, its handle says so, and it reads back.
-void CheckHeld(const v1::TensorHandle& handle, uid_t owner) {
+void CheckHeld(const v1::TensorHandle& handle, server::Caller owner) {
   const ViewSizes sizes = HandleSizes(handle);
   absl::StatusOr<server::TensorStore::Lease> lease = F().store.Get(handle.id(), owner);
   Require(lease.ok(), "a returned handle is not held");
@@ -431,7 +431,7 @@ void Drain(absl::StatusOr<server::RowMajorStream> opened, const std::string& exp
 }
 
 // ConvertNow's result: held (and kept for release), or returned as data.
-void CheckConverted(const v1::ConvertRequest& request, uid_t caller, const absl::Status& status,
+void CheckConverted(const v1::ConvertRequest& request, server::Caller caller, const absl::Status& status,
                     const v1::ConvertResponse& response, Input* in) {
   if (Trace() && status.ok()) {
     fprintf(stderr, "  converted: %s\n", response.handle().ShortDebugString().c_str());
@@ -458,7 +458,7 @@ void CheckConverted(const v1::ConvertRequest& request, uid_t caller, const absl:
 
 // A local answer: a LocalResponse, descriptors only when OK (one for each
 // FdLocation that is not the request's own).
-void CheckAnswer(const server::LocalTransport::Reply& reply, uid_t caller, Input* in) {
+void CheckAnswer(const server::LocalTransport::Reply& reply, server::Caller caller, Input* in) {
   v1::LocalResponse response;
   Require(response.ParseFromString(reply.bytes), "a local answer that does not parse");
   if (response.code() != 0) {
@@ -704,7 +704,7 @@ std::string AbsentSegmentName(Reader& r) {
 // A ConvertRequest and who sends it.
 struct Built {
   v1::ConvertRequest request;
-  uid_t caller;
+  server::Caller caller;
 };
 
 Built FuzzRequest(Reader& r, const Input& in) {
@@ -735,7 +735,7 @@ Built FuzzRequest(Reader& r, const Input& in) {
     if (naming & 1) {
       // Any name, from a caller whose segments cannot exist.
       array->set_name(r.Bytes(r.Byte()));
-      b.caller = server::kNoLocalUid;
+      b.caller = server::Caller{};
     } else {
       array->set_name(AbsentSegmentName(r));
     }
@@ -772,14 +772,14 @@ void ConvertToData(const Built& b, Input* in) {
   Drain(F().service.ConvertToDataNow(b.request, b.caller), "", in);
 }
 
-void Read(const std::string& id, uint64_t chunk_size, uid_t caller, Input* in) {
+void Read(const std::string& id, uint64_t chunk_size, server::Caller caller, Input* in) {
   v1::ReadRequest request;
   request.set_id(id);
   request.set_chunk_size(chunk_size);
   Drain(F().service.ReadNow(request, caller), id, in);
 }
 
-void Renew(const std::string& id, uint64_t ttl_ms, uid_t caller) {
+void Renew(const std::string& id, uint64_t ttl_ms, server::Caller caller) {
   v1::RenewRequest request;
   request.set_id(id);
   request.set_ttl_ms(ttl_ms);
@@ -806,7 +806,7 @@ void Release(Reader& r, Input* in) {
 // with descriptors from Fixture::attachable chosen by `attach`: bits 0-2 how
 // many (0-7, the last one meaning "cut short": MSG_CTRUNC), then one byte
 // each for which.
-void LocalCall(std::string bytes, uid_t caller, Reader* attach, Input* in) {
+void LocalCall(std::string bytes, server::Caller caller, Reader* attach, Input* in) {
   LocalDatagram datagram;
   datagram.bytes = std::move(bytes);
   const int n = attach != nullptr ? attach->Byte() % 8 : 0;
@@ -836,11 +836,11 @@ std::string WithMethod(char method, const std::string& message) {
 
 // Who may send a raw ConvertRequest: one with a shared_memory source comes
 // from a caller with no local uid, so no fuzzed name is ever mapped.
-uid_t RawCaller(absl::string_view message) {
+server::Caller RawCaller(absl::string_view message) {
   v1::ConvertRequest request;
   if (request.ParseFromArray(message.data(), static_cast<int>(message.size())) &&
       request.source().has_shared_memory()) {
-    return server::kNoLocalUid;
+    return server::Caller{};
   }
   return Me();
 }
@@ -859,7 +859,7 @@ void RawRequest(absl::string_view bytes, Input* in) {
 // An upload: BeginUpload, the storage written, FinishUpload, the result held.
 void Upload(const v1::ConvertUploadHeader& header, Reader* pattern, Input* in) {
   server::Converter* converter = F().service.converter();
-  absl::StatusOr<std::shared_ptr<server::ShmSegment>> storage = converter->BeginUpload(header);
+  absl::StatusOr<std::shared_ptr<server::ShmSegment>> storage = converter->BeginUpload(header, Me());
   if (!storage.ok()) {
     CheckFailure(storage.status());
     return;
@@ -962,10 +962,10 @@ void Program(Reader& r, Input* in) {
         const size_t n = r.Byte() | (static_cast<size_t>(r.Byte()) << 8);
         const std::string datagram = r.Bytes(n);
         v1::LocalRequest request;
-        uid_t caller = Me();
+        server::Caller caller = Me();
         if (request.ParseFromString(datagram) && request.has_convert() &&
             request.convert().source().has_shared_memory()) {
-          caller = server::kNoLocalUid;
+          caller = server::Caller{};
         }
         LocalCall(datagram, caller, &r, in);
         break;

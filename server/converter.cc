@@ -18,7 +18,15 @@ namespace {
 // copies to a device read it directly.
 constexpr uint64_t kPinMinBytes = uint64_t{16} << 20;
 
-Tensor NewTensor(const Plan& plan, uid_t caller) {
+// Memory the server makes: named for gRPC callers on the Unix socket, who
+// map it by name; a memfd, whose descriptor goes with the answer, for local
+// ones; unnamed for TCP callers, who map nothing and read the bytes.
+ShmSegment::Kind ResultKind(const Caller& caller, bool local, bool named_memory) {
+  const bool unnamed = local || caller.uid == kNoLocalUid;
+  return unnamed && !named_memory ? ShmSegment::Kind::kMemfd : ShmSegment::Kind::kNamed;
+}
+
+Tensor NewTensor(const Plan& plan, const Caller& caller) {
   Tensor t;
   t.dtype = plan.dtype;
   t.layout = plan.layout;
@@ -67,15 +75,11 @@ absl::StatusOr<uint64_t> RequiredStorageBytes(const Layout& layout, DType dtype)
   return static_cast<uint64_t>(range.end);
 }
 
-absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid_t caller,
+absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, const Caller& caller,
                                           const LocalCall* local) {
   ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromProto(request.options()));
   const v1::Source& source = request.source();
-  // Memory the server makes: named for gRPC callers, who map it by name; a
-  // memfd, whose descriptor goes with the answer, for local ones.
-  const ShmSegment::Kind kind = local != nullptr && !request.named_memory()
-                                    ? ShmSegment::Kind::kMemfd
-                                    : ShmSegment::Kind::kNamed;
+  const ShmSegment::Kind kind = ResultKind(caller, local != nullptr, request.named_memory());
   switch (source.kind_case()) {
     case v1::Source::kInlineArray: {
       const v1::InlineArray& array = source.inline_array();
@@ -103,7 +107,7 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, uid
       const Layout& layout = in_range.layout;
       ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region,
                        store_->OpenClientRegion(array.name(), array.offset(), array.size(),
-                                                 caller));
+                                                 caller.uid));
       // Not mapped yet: ConvertArray maps it if it copies.
       return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
                           Storage::Host(nullptr, array.size(), std::move(region)), caller, kind);
@@ -169,7 +173,7 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> Converter::OpenFdSource(const v1::
 }
 
 Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& request,
-                                                uid_t caller) const {
+                                                const Caller& caller) const {
   const v1::Source& source = request.source();
   WorkEstimate work;
   work.uses_device =
@@ -244,7 +248,7 @@ bool Converter::PinForDevice(const HostMemory* memory) {
 
 absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,
                                                const ConvertOptions& options, Storage storage,
-                                               uid_t caller, ShmSegment::Kind kind) {
+                                               const Caller& caller, ShmSegment::Kind kind) {
   ASSIGN_OR_RETURN(const Plan plan, PlanConversion(source, options));
   RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
   Tensor tensor = NewTensor(plan, caller);
@@ -297,7 +301,7 @@ absl::Status Converter::CopyInto(const Source& source, const Storage& storage, c
 }
 
 absl::StatusOr<Tensor> Converter::ConvertLiteral(const v1::Literal& proto,
-                                                 const ConvertOptions& options, uid_t caller,
+                                                 const ConvertOptions& options, const Caller& caller,
                                                  ShmSegment::Kind kind) {
   ASSIGN_OR_RETURN(const Literal literal, LiteralFromProto(proto));
   LiteralInfo info;
@@ -320,7 +324,7 @@ absl::StatusOr<Tensor> Converter::ConvertLiteral(const v1::Literal& proto,
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> Converter::BeginUpload(
-    const v1::ConvertUploadHeader& header) {
+    const v1::ConvertUploadHeader& header, const Caller& caller) {
   ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(header.dtype()));
   ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(header.layout()));
   RETURN_IF_ERROR(OptionsFromProto(header.options()).status());
@@ -331,12 +335,12 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> Converter::BeginUpload(
         " view with shape ", DimsToString(layout.shape), ", strides ",
         DimsToString(layout.strides), " and offset ", layout.offset, " needs exactly ", needed));
   }
-  return store_->NewSegment(needed);
+  return store_->NewSegment(needed, ResultKind(caller, /*local=*/false, /*named_memory=*/false));
 }
 
 absl::StatusOr<Tensor> Converter::FinishUpload(const v1::ConvertUploadHeader& header,
                                                std::shared_ptr<ShmSegment> storage,
-                                               uid_t caller) {
+                                               const Caller& caller) {
   ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(header.dtype()));
   ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(header.layout()));
   ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromProto(header.options()));
@@ -346,7 +350,7 @@ absl::StatusOr<Tensor> Converter::FinishUpload(const v1::ConvertUploadHeader& he
   // the result itself and no second copy is made.
   return ConvertArray({SourceKind::kInline, dtype, layout, Device{}}, options,
                       Storage::Host(data, size, std::move(storage)), caller,
-                      ShmSegment::Kind::kNamed);
+                      ResultKind(caller, /*local=*/false, /*named_memory=*/false));
 }
 
 }  // namespace asarray::server

@@ -39,7 +39,7 @@ class Converter {
   // A unary request: any source kind. `local`: the call came over the local
   // transport (null over gRPC); an fd source needs it, and results it makes
   // are then memfds unless the request asks for named memory.
-  absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, uid_t caller,
+  absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, const Caller& caller,
                                  const LocalCall* local = nullptr);
 
   // What Convert(request) would do, found cheaply (no memory is mapped), so
@@ -49,7 +49,7 @@ class Converter {
     uint64_t copy_bytes = 0;   // about how many bytes it copies; 0 to alias or fail
     bool uses_device = false;  // whether it touches a CUDA device (which can block)
   };
-  WorkEstimate EstimateWork(const v1::ConvertRequest& request, uid_t caller) const;
+  WorkEstimate EstimateWork(const v1::ConvertRequest& request, const Caller& caller) const;
 
   // Elements [begin, begin + count) of a tensor, row-major, into `dst`
   // (count * item size bytes), from host or device memory.
@@ -57,11 +57,12 @@ class Converter {
 
   // Checks an upload's header before any byte is received, and returns the
   // segment its storage is written into (exactly header.storage_size bytes).
-  absl::StatusOr<std::shared_ptr<ShmSegment>> BeginUpload(const v1::ConvertUploadHeader& header);
+  absl::StatusOr<std::shared_ptr<ShmSegment>> BeginUpload(const v1::ConvertUploadHeader& header,
+                                                           const Caller& caller);
 
   // Converts a completely received upload.
   absl::StatusOr<Tensor> FinishUpload(const v1::ConvertUploadHeader& header,
-                                      std::shared_ptr<ShmSegment> storage, uid_t caller);
+                                      std::shared_ptr<ShmSegment> storage, const Caller& caller);
 
  private:
   // Where a source's storage is: host bytes the server can read (owned by
@@ -83,7 +84,7 @@ class Converter {
     std::shared_ptr<DeviceMemory> device;
   };
   absl::StatusOr<Tensor> ConvertArray(const Source& source, const ConvertOptions& options,
-                                      Storage storage, uid_t caller, ShmSegment::Kind kind);
+                                      Storage storage, const Caller& caller, ShmSegment::Kind kind);
   // Page-locks the segment of a client region that is big and used again,
   // once (see ClientSegment); returns whether `memory` is pinned.
   bool PinForDevice(const HostMemory* memory);
@@ -91,7 +92,7 @@ class Converter {
   absl::Status CopyInto(const Source& source, const Storage& storage, const Plan& plan,
                         ShmSegment::Kind kind, Tensor* tensor);
   absl::StatusOr<Tensor> ConvertLiteral(const v1::Literal& proto, const ConvertOptions& options,
-                                        uid_t caller, ShmSegment::Kind kind);
+                                        const Caller& caller, ShmSegment::Kind kind);
   // The region of a local request's attached memfd that an fd source names.
   absl::StatusOr<std::shared_ptr<ClientRegion>> OpenFdSource(const v1::FdArray& array,
                                                              const LocalCall* local);

@@ -39,7 +39,7 @@ std::vector<int> LocalTransport::Reply::fds() const {
 }
 
 void LocalTransport::Adopt(int fd) {
-  const uid_t caller = SocketPeerUid(fd);
+  const Caller caller = Caller::Local(SocketPeerUid(fd));
   std::vector<std::thread> finished;
   {
     absl::MutexLock lock(&mu_);
@@ -82,7 +82,7 @@ void LocalTransport::Stop() {
   for (std::thread& thread : finished) thread.join();
 }
 
-std::unique_ptr<LocalTransport::Connection> LocalTransport::OpenConnection(uid_t caller) {
+std::unique_ptr<LocalTransport::Connection> LocalTransport::OpenConnection(const Caller& caller) {
   auto connection = std::make_unique<Connection>();
   connection->id = next_connection++;
   connection->caller = caller;
@@ -97,7 +97,7 @@ void LocalTransport::CloseConnection(Connection* connection) {
   service_->LocalConnectionClosed();
 }
 
-void LocalTransport::Serve(int fd, uid_t caller) {
+void LocalTransport::Serve(int fd, const Caller& caller) {
   std::unique_ptr<Connection> connection = OpenConnection(caller);
   for (;;) {
     // The peer closed, or Stop() shut the socket: the connection is over.
@@ -160,7 +160,7 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
         "the datagram does not parse as an asarray.v1.LocalRequest");
   }
   const size_t attached = datagram.fds.size();
-  const uid_t caller = connection->caller;
+  const Caller& caller = connection->caller;
   switch (request.method_case()) {
     case v1::LocalRequest::kConvert:
       reply->convert = true;
@@ -200,7 +200,7 @@ absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
     return absl::InvalidArgumentError(
         "return_data conversions answer with the data: send them over gRPC");
   }
-  const uid_t caller = connection->caller;
+  const Caller& caller = connection->caller;
   service_->ReleaseCarried(request, caller);
   LocalCall local;
   local.connection = connection->id;

@@ -44,7 +44,7 @@ class LocalTransport {
   // One connection's state: who it is, and the memfds it sent (mapped).
   struct Connection {
     uint64_t id = 0;  // > 0; leases tied to it carry it
-    uid_t caller = 0;
+    Caller caller;
     ClientFdCache cache;
   };
 
@@ -72,7 +72,7 @@ class LocalTransport {
 
   // A new connection of `caller` for Answer (its leases end with
   // CloseConnection); for tests and fuzzing, which call Answer directly.
-  std::unique_ptr<Connection> OpenConnection(uid_t caller);
+  std::unique_ptr<Connection> OpenConnection(const Caller& caller);
   void CloseConnection(Connection* connection);
 
   // The answer to `datagram`, received on `connection` with its descriptors
@@ -80,7 +80,7 @@ class LocalTransport {
   Reply Answer(const LocalDatagram& datagram, Connection* connection);
 
  private:
-  void Serve(int fd, uid_t caller);
+  void Serve(int fd, const Caller& caller);
   void Finished(uint64_t thread_id, int fd);
   absl::Status Dispatch(const LocalDatagram& datagram, Connection* connection,
                         v1::LocalResponse* response, Reply* reply);

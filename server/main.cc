@@ -23,6 +23,9 @@ ABSL_FLAG(std::vector<std::string>, listen, {"default"},
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain: with --tls_key, TCP listeners serve TLS.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: TCP callers must present a client certificate it verifies (mutual "
+          "TLS), and each certificate subject owns its own handles. Needs --tls_cert.");
 ABSL_FLAG(bool, allow_insecure_tcp, false,
           "Serve plaintext TCP on non-loopback addresses (without TLS, TCP listeners must "
           "otherwise be on 127.0.0.0/8, ::1 or localhost).");
@@ -59,6 +62,7 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.allow_insecure_tcp = absl::GetFlag(FLAGS_allow_insecure_tcp);
   options.store.prefix = absl::GetFlag(FLAGS_shm_prefix);
   options.store.default_ttl = absl::GetFlag(FLAGS_lease_ttl);

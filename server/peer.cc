@@ -2,9 +2,14 @@
 
 #include <sys/socket.h>
 
+#include <memory>
+#include <vector>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "grpc/grpc_security_constants.h"
+#include "grpcpp/security/auth_context.h"
 #include "grpcpp/server_context.h"
 
 namespace asarray::server {
@@ -34,6 +39,14 @@ uid_t SocketPeerUid(int fd) {
   return cred.uid;
 }
 
-uid_t CallerUid(const grpc::ServerContextBase* context) { return PeerUid(context->peer()); }
+Caller CallerOf(const grpc::ServerContextBase* context) {
+  const uid_t uid = PeerUid(context->peer());
+  if (uid != kNoLocalUid) return Caller::Local(uid);
+  const std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (auth == nullptr) return Caller{};
+  std::vector<grpc::string_ref> subject = auth->FindPropertyValues(GRPC_X509_SUBJECT_PROPERTY_NAME);
+  if (subject.empty()) return Caller{};
+  return Caller::Remote(std::string(subject.front().data(), subject.front().size()));
+}
 
 }  // namespace asarray::server

@@ -7,6 +7,8 @@
 #include <sys/random.h>
 
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -100,6 +102,15 @@ std::string RandomHex128() {
     out[2 * i + 1] = kHex[bytes[i] & 15];
   }
   return out;
+}
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  if (!(text << in.rdbuf()) || text.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read the ", what, " file '", path, "'"));
+  }
+  return text.str();
 }
 
 }  // namespace asarray

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace asarray {
@@ -39,6 +40,10 @@ uint64_t RaiseFdLimit();
 
 // 128 random bits from getrandom(2), as 32 hex digits.
 std::string RandomHex128();
+
+// The whole of a small text file (a PEM certificate, say); INVALID_ARGUMENT
+// naming `what` and the path when it cannot be read or is empty.
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view what);
 
 }  // namespace asarray
 

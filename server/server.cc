@@ -22,6 +22,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "core/status_macros.h"
+#include "server/posix_util.h"
 #include "server/unparsable_request.h"
 
 namespace asarray::server {
@@ -81,15 +82,6 @@ absl::Status PrepareSocketDirectory(const std::string& socket_path) {
 
 namespace {
 
-absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view flag) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  if (!(text << in.rdbuf()) || text.str().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot read ", flag, " file '", path, "'"));
-  }
-  return text.str();
-}
-
 // Whether the host part of "host:port" can only be reached from this machine.
 bool IsLoopback(const std::string& address) {
   std::string host = address.substr(0, address.rfind(':'));
@@ -113,10 +105,19 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
   if (!options.tls_cert_file.empty()) {
     grpc::SslServerCredentialsOptions ssl;
     grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-    ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(options.tls_key_file, "TLS key"));
-    ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.tls_cert_file, "TLS certificate"));
+    ASSIGN_OR_RETURN(pair.private_key, ReadSmallFile(options.tls_key_file, "TLS key"));
+    ASSIGN_OR_RETURN(pair.cert_chain, ReadSmallFile(options.tls_cert_file, "TLS certificate"));
     ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    if (!options.tls_client_ca_file.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                       ReadSmallFile(options.tls_client_ca_file, "TLS client CA"));
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
     return grpc::SslServerCredentials(ssl);
+  }
+  if (!options.tls_client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a TLS client CA verifies callers only under TLS: give a certificate and key too");
   }
   if (!IsLoopback(address) && !options.allow_insecure_tcp) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -145,6 +146,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::ServerBuilder builder;
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  // Remote clients ping an idle connection every 30 s (so that load
+  // balancers and NAT keep it); accept pings that often, with or without
+  // calls, rather than answer them with GOAWAY "too_many_pings".
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.RegisterService(server->service_.get());
   for (grpc::Service* extra : options.extra_services) builder.RegisterService(extra);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;

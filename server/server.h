@@ -32,6 +32,9 @@ struct ServerOptions {
   // listener must be on a loopback address, unless allow_insecure_tcp.
   std::string tls_cert_file;
   std::string tls_key_file;
+  // PEM CA bundle: with TLS, TCP callers must present a certificate it
+  // verifies, and each certificate subject is an identity of its own.
+  std::string tls_client_ca_file;
   bool allow_insecure_tcp = false;
   StoreOptions store;
   int workers = 4;

@@ -188,7 +188,7 @@ grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
 // exactly once, when no read is outstanding and the worker is idle.
 class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  UploadReceiver(AsArrayService* service, uid_t caller, grpc::ByteBuffer* response)
+  UploadReceiver(AsArrayService* service, const Caller& caller, grpc::ByteBuffer* response)
       : service_(service), caller_(caller), response_(response),
         foreground_(service->store()->MarkForeground()) {}
 
@@ -308,7 +308,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         const v1::ConvertUploadHeader header = *header_;
         mu_.Unlock();
         absl::StatusOr<std::shared_ptr<ShmSegment>> segment =
-            service_->converter()->BeginUpload(header);
+            service_->converter()->BeginUpload(header, caller_);
         mu_.Lock();
         if (!segment.ok()) {
           FailLocked(segment.status());
@@ -399,7 +399,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   }
 
   AsArrayService* const service_;
-  const uid_t caller_;
+  const Caller caller_;
   grpc::ByteBuffer* const response_;  // a serialized ConvertResponse
   grpc::ByteBuffer message_;          // owned by the outstanding read
   const SegmentPool::Foreground foreground_;
@@ -527,11 +527,11 @@ grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext*
 
 absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
 
-void AsArrayService::ReleaseCarried(const v1::ConvertRequest& request, uid_t caller) {
+void AsArrayService::ReleaseCarried(const v1::ConvertRequest& request, const Caller& caller) {
   for (const std::string& id : request.release_ids()) store_->Release(id, caller).IgnoreError();
 }
 
-absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, uid_t caller,
+absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const Caller& caller,
                                         v1::ConvertResponse* response, LocalCall* local) {
   ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller, local));
   ++converts_;
@@ -557,7 +557,7 @@ absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, uid_t
 }
 
 absl::StatusOr<RowMajorStream> AsArrayService::ConvertToDataNow(const v1::ConvertRequest& request,
-                                                                uid_t caller) {
+                                                                const Caller& caller) {
   ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller));
   ++converts_;
   auto held = std::make_shared<const Tensor>(std::move(tensor));
@@ -565,20 +565,20 @@ absl::StatusOr<RowMajorStream> AsArrayService::ConvertToDataNow(const v1::Conver
 }
 
 absl::StatusOr<RowMajorStream> AsArrayService::ReadNow(const v1::ReadRequest& request,
-                                                       uid_t caller) {
+                                                       const Caller& caller) {
   ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(request.id(), caller));
   return RowMajorStream::Open(&converter_, lease.tensor,
                               ToHandleInfo(*lease.tensor, lease.expires),
                               ChunkBytes(request.chunk_size()));
 }
 
-absl::StatusOr<int64_t> AsArrayService::RenewNow(const v1::RenewRequest& request, uid_t caller) {
+absl::StatusOr<int64_t> AsArrayService::RenewNow(const v1::RenewRequest& request, const Caller& caller) {
   ASSIGN_OR_RETURN(const absl::Time expires,
                    store_->Renew(request.id(), TtlFromProto(request.ttl_ms()), caller));
   return absl::ToUnixMillis(expires);
 }
 
-absl::Status AsArrayService::ReleaseNow(const v1::ReleaseRequest& request, uid_t caller) {
+absl::Status AsArrayService::ReleaseNow(const v1::ReleaseRequest& request, const Caller& caller) {
   absl::Status status = store_->Release(request.id(), caller);
   for (const std::string& id : request.more_ids()) {
     absl::Status s = store_->Release(id, caller);
@@ -592,7 +592,7 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
                                                   v1::ConvertResponse* response) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const uid_t caller = CallerUid(context);
+  const Caller caller = CallerOf(context);
   ReleaseCarried(*request, caller);
   auto work = [this, reactor, request, response, caller] {
     const absl::Status status = ConvertNow(*request, caller, response);
@@ -604,7 +604,7 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
   return reactor;
 }
 
-void AsArrayService::RunConvertWork(const v1::ConvertRequest& request, uid_t caller,
+void AsArrayService::RunConvertWork(const v1::ConvertRequest& request, const Caller& caller,
                                     std::function<void()> work) {
   // Aliasing and small copies finish here; big copies and device work go to
   // the workers so that gRPC's threads never wait on them.
@@ -623,7 +623,7 @@ void AsArrayService::RunConvertWork(const v1::ConvertRequest& request, uid_t cal
 grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUploadRaw(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   const bool serving = Enter();
-  auto* receiver = new UploadReceiver(this, CallerUid(context), response);
+  auto* receiver = new UploadReceiver(this, CallerOf(context), response);
   if (serving) {
     receiver->Begin();
   } else {
@@ -640,7 +640,7 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
     streamer->Fail(ShuttingDown());
     return streamer;
   }
-  const uid_t caller = CallerUid(context);
+  const Caller caller = CallerOf(context);
   streamer->PrepareOnExecutor([this, streamer, request, caller] {
     streamer->Start(ConvertToDataNow(*request, caller));
   });
@@ -655,7 +655,7 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
     streamer->Fail(ShuttingDown());
     return streamer;
   }
-  streamer->Start(ReadNow(*request, CallerUid(context)));
+  streamer->Start(ReadNow(*request, CallerOf(context)));
   return streamer;
 }
 
@@ -663,14 +663,14 @@ grpc::ServerUnaryReactor* AsArrayService::Release(grpc::CallbackServerContext* c
                                                   const v1::ReleaseRequest* request,
                                                   v1::ReleaseResponse*) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
-  return FinishNow(context, ReleaseNow(*request, CallerUid(context)));
+  return FinishNow(context, ReleaseNow(*request, CallerOf(context)));
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* context,
                                                 const v1::RenewRequest* request,
                                                 v1::RenewResponse* response) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
-  absl::StatusOr<int64_t> expires = RenewNow(*request, CallerUid(context));
+  absl::StatusOr<int64_t> expires = RenewNow(*request, CallerOf(context));
   if (expires.ok()) response->set_lease_expires_unix_ms(*expires);
   return FinishNow(context, expires.status());
 }
@@ -680,7 +680,7 @@ grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* cont
                                                v1::ListResponse* response) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
   absl::Status status;
-  for (const TensorStore::Lease& lease : store_->List(CallerUid(context))) {
+  for (const TensorStore::Lease& lease : store_->List(CallerOf(context))) {
     status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires),
                                 response->add_tensors()));
   }

@@ -101,20 +101,20 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   // The work of Convert and Release, on the calling thread, for `caller`;
   // the local transport (see local_transport.h) runs them too. Convert first releases
   // the ids the request carries (ReleaseCarried), then ConvertNow converts.
-  void ReleaseCarried(const v1::ConvertRequest& request, uid_t caller);
+  void ReleaseCarried(const v1::ConvertRequest& request, const Caller& caller);
   // `local`: the call came over the local transport (see LocalCall).
-  absl::Status ConvertNow(const v1::ConvertRequest& request, uid_t caller,
+  absl::Status ConvertNow(const v1::ConvertRequest& request, const Caller& caller,
                           v1::ConvertResponse* response, LocalCall* local = nullptr);
-  absl::Status ReleaseNow(const v1::ReleaseRequest& request, uid_t caller);
+  absl::Status ReleaseNow(const v1::ReleaseRequest& request, const Caller& caller);
   // The work of Read, Renew and ConvertToData, on the calling thread.
-  absl::StatusOr<RowMajorStream> ReadNow(const v1::ReadRequest& request, uid_t caller);
-  absl::StatusOr<int64_t> RenewNow(const v1::RenewRequest& request, uid_t caller);
+  absl::StatusOr<RowMajorStream> ReadNow(const v1::ReadRequest& request, const Caller& caller);
+  absl::StatusOr<int64_t> RenewNow(const v1::RenewRequest& request, const Caller& caller);
   absl::StatusOr<RowMajorStream> ConvertToDataNow(const v1::ConvertRequest& request,
-                                                  uid_t caller);
+                                                  const Caller& caller);
   // Runs `work`, a conversion of `request`, where it belongs: on this thread
   // when it aliases or copies little, else on the workers (device work, and
   // big copies, which hold the segment pool's foreground mark meanwhile).
-  void RunConvertWork(const v1::ConvertRequest& request, uid_t caller,
+  void RunConvertWork(const v1::ConvertRequest& request, const Caller& caller,
                       std::function<void()> work);
 
   // Stats' answer, for any transport.

@@ -229,7 +229,7 @@ int TensorStore::EndConnection(uint64_t connection) {
   return static_cast<int>(doomed.size());
 }
 
-absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id, uid_t caller) const {
+absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id, const Caller& caller) const {
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second.tensor->owner != caller ||
@@ -240,7 +240,7 @@ absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id, uid_t
   return Lease{it->second.tensor, it->second.expires};
 }
 
-absl::Status TensorStore::Release(const std::string& id, uid_t caller) {
+absl::Status TensorStore::Release(const std::string& id, const Caller& caller) {
   std::shared_ptr<const Tensor> doomed;  // destroyed outside the lock
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(id);
@@ -262,7 +262,7 @@ absl::Status TensorStore::Release(const std::string& id, uid_t caller) {
 }
 
 absl::StatusOr<absl::Time> TensorStore::Renew(const std::string& id, absl::Duration ttl,
-                                              uid_t caller) {
+                                              const Caller& caller) {
   if (ttl <= absl::ZeroDuration()) ttl = options_.default_ttl;
   ttl = std::min(ttl, options_.max_ttl);
   const absl::Time now = absl::Now();
@@ -277,7 +277,7 @@ absl::StatusOr<absl::Time> TensorStore::Renew(const std::string& id, absl::Durat
   return it->second.expires;
 }
 
-std::vector<TensorStore::Lease> TensorStore::List(uid_t caller) const {
+std::vector<TensorStore::Lease> TensorStore::List(const Caller& caller) const {
   std::vector<Lease> out;
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);

@@ -26,6 +26,7 @@
 #include "core/layout.h"
 #include "core/plan.h"
 #include "server/cuda_backend.h"
+#include "server/peer.h"
 #include "server/segment_pool.h"
 #include "server/shm.h"
 
@@ -43,7 +44,7 @@ struct Tensor {
   // Exactly one of the two: host memory for the CPU, device memory for CUDA.
   std::shared_ptr<HostMemory> memory;
   std::shared_ptr<DeviceMemory> device_memory;
-  uid_t owner = 0;
+  Caller owner;
 };
 
 // The memfds one local connection sent, checked and mapped, by file
@@ -143,11 +144,11 @@ class TensorStore {
 
   // NOT_FOUND for an id that is unknown, released or expired, or owned by
   // another uid (whose tensors this caller must not learn about).
-  absl::StatusOr<Lease> Get(const std::string& id, uid_t caller) const;
-  absl::Status Release(const std::string& id, uid_t caller);
+  absl::StatusOr<Lease> Get(const std::string& id, const Caller& caller) const;
+  absl::Status Release(const std::string& id, const Caller& caller);
   // Extends the lease to now + ttl (default TTL when zero, capped at max).
-  absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl, uid_t caller);
-  std::vector<Lease> List(uid_t caller) const;
+  absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl, const Caller& caller);
+  std::vector<Lease> List(const Caller& caller) const;
 
   // Ends every lease that expired at `now`, and forgets cached client
   // segments their owners unlinked; returns how many leases ended.

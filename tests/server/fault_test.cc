@@ -272,7 +272,7 @@ TEST(Faults, ReleaseAfterExpiryIsNotFoundEvenBeforeTheSweep) {
   server::TensorStore store(options);  // no sweeper runs
   server::Tensor tensor;
   tensor.layout = Layout{{4}, {1}, 0};
-  tensor.owner = geteuid();
+  tensor.owner = server::Caller::Local(geteuid());
   tensor.memory = *store.NewSegment(16);
   std::string id;
   absl::Time expires;
@@ -282,9 +282,9 @@ TEST(Faults, ReleaseAfterExpiryIsNotFoundEvenBeforeTheSweep) {
     expires = lease.expires;
   }
   ASSERT_TRUE(Eventually([&] { return absl::Now() > expires; }));
-  EXPECT_EQ(store.Renew(id, absl::Seconds(1), geteuid()).status().code(),
+  EXPECT_EQ(store.Renew(id, absl::Seconds(1), server::Caller::Local(geteuid())).status().code(),
             absl::StatusCode::kNotFound);
-  absl::Status released = store.Release(id, geteuid());
+  absl::Status released = store.Release(id, server::Caller::Local(geteuid()));
   EXPECT_EQ(released.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(released.message(), HasSubstr("expired"));
   EXPECT_EQ(store.Stats().expired, 1u);

@@ -124,8 +124,8 @@ TEST_F(IsolationTest, AnotherUidCannotReachThisUidsHandlesOrRegions) {
 
   // The handles the other uid made are its own, and invisible from here.
   std::vector<std::string> their_ids;
-  for (const server::TensorStore::Lease& lease : server_->server().store().List(kNobody)) {
-    EXPECT_EQ(lease.tensor->owner, kNobody);
+  for (const server::TensorStore::Lease& lease : server_->server().store().List(server::Caller::Local(kNobody))) {
+    EXPECT_EQ(lease.tensor->owner.uid, kNobody);
     their_ids.push_back(lease.tensor->id);
   }
   EXPECT_THAT(their_ids, ::testing::Contains(their_id));
@@ -220,7 +220,7 @@ TEST(Tcp, TlsServesCallersWithoutALocalUid) {
 
   absl::StatusOr<v1::ConvertResponse> converted = Call(*remote, IntLiteral(3));
   ASSERT_TRUE(converted.ok()) << converted.status();
-  EXPECT_EQ(server->server().store().List(server::kNoLocalUid).size(), 1u);
+  EXPECT_EQ(server->server().store().List(server::Caller{}).size(), 1u);
   // A local caller's handle is not a TCP caller's, and the other way round.
   std::unique_ptr<Client> local = server->NewClient();
   absl::StatusOr<MappedTensor> mine = local->ConvertLiteral(Literal::Int(4), {});
@@ -243,7 +243,7 @@ TEST(Tcp, TlsServesCallersWithoutALocalUid) {
   std::unique_ptr<v1::AsArray::Stub> untrusting =
       TcpStub(tcp, grpc::SslCredentials(grpc::SslCredentialsOptions()));
   EXPECT_EQ(Call(*untrusting, IntLiteral(1)).status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(server->server().store().List(server::kNoLocalUid).size(), 1u);
+  EXPECT_EQ(server->server().store().List(server::Caller{}).size(), 1u);
 }
 
 absl::Status StartWith(const std::function<void(server::ServerOptions&)>& adjust) {

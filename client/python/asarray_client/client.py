@@ -9,6 +9,12 @@ the client's connection closes, crashes included. Without it (a TCP address,
 an older server, or named=True) every call goes over gRPC and memory is
 named in /dev/shm, as gRPC-only callers need.
 
+Remote: on a TCP address the client cannot map the server's memory. asarray()
+returns tensors built from the result's bytes (return_data, or ConvertToData
+past one message), uploads stream from the caller's memory, and nothing asks
+for a shared-memory source. TLS: root_certificates (the CA bundle), and for a
+server that requires client certificates certificate_chain and private_key.
+
 Ownership: every result maps one handle; the handle's lease is released when
 the last numpy array or torch tensor viewing that mapping is garbage-collected.
 Regions made by share(), empty() and zeros() belong to this process. A small
@@ -22,6 +28,7 @@ import atexit
 import collections
 import ctypes
 import fcntl
+import json
 import mmap
 import os
 import secrets
@@ -76,6 +83,24 @@ _CHUNK = 1 << 20
 _POPULATE_MAX = 1 << 20
 _IDLE_MAX = 16  # idle mappings a client keeps
 _POOL_MAX = 16  # small regions a client keeps for reuse
+# Retries on UNAVAILABLE, with backoff, of the calls that are safe to repeat.
+_RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "asarray.v1.AsArray", "method": m}
+             for m in ("Read", "ConvertToData", "Renew", "List", "Stats")] +
+            [{"service": "grpc.health.v1.Health", "method": "Check"}],
+    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+
+
+def _pem(value):
+    """PEM bytes: given as bytes or str of PEM, or as a file's path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    with open(value, "rb") as f:
+        return f.read()
 
 
 def default_socket_path():
@@ -450,7 +475,7 @@ def _release_sender(local, stub):
     def send(request):
         answer = local.call(pb.LocalRequest(release=request)) if local is not None else None
         if answer is None:
-            stub.Release(request, timeout=5)
+            stub.Release(request, timeout=10)
         else:
             _close_all(answer[1])
     return send
@@ -644,15 +669,52 @@ class Client:
     """A connection to asarrayd. `address`: "unix:/path" or "host:port";
     None means the server's default socket. A context manager."""
 
-    def __init__(self, address=None, local=True, named=False):
+    def __init__(self, address=None, local=True, named=False, *, root_certificates=None,
+                 certificate_chain=None, private_key=None, timeout=60.0, stream_timeout=None,
+                 retries=True, keepalive_ms=30000, compression=False):
         """`local`: use the server's local transport when it has one (a
         same-host Unix address): memory as descriptors, nothing named in
         /dev/shm, handles that end with this client. `named`: name memory in
-        /dev/shm and make every call over gRPC, as gRPC-only callers do."""
+        /dev/shm and make every call over gRPC, as gRPC-only callers do.
+
+        On a TCP address: `root_certificates` (PEM bytes, or a file's path)
+        connects with TLS and trusts that CA bundle; `certificate_chain` and
+        `private_key` are this client's certificate, for a server that
+        requires one (mutual TLS), whose subject then owns our handles.
+        `timeout`: seconds each unary call may take; `stream_timeout`: each
+        upload or read (None: no deadline). `retries`: retry the calls that
+        are safe to repeat on UNAVAILABLE, with backoff. `keepalive_ms`: ping
+        an idle connection this often (0: never), so that it survives load
+        balancers. `compression`: gzip the messages that carry data."""
         self.address = address or "unix:" + default_socket_path()
+        self.remote = not self.address.startswith("unix:")
         options = [("grpc.max_receive_message_length", -1),
                    ("grpc.max_send_message_length", -1)]
-        self._channel = grpc.insecure_channel(self.address, options=options)
+        if retries:
+            options += [("grpc.enable_retries", 1),
+                        ("grpc.service_config", _RETRY_SERVICE_CONFIG)]
+        if keepalive_ms:
+            options += [("grpc.keepalive_time_ms", int(keepalive_ms)),
+                        ("grpc.keepalive_timeout_ms", 20000),
+                        ("grpc.keepalive_permit_without_calls", 1),
+                        ("grpc.http2.max_pings_without_data", 0)]
+        self._timeout, self._stream_timeout = timeout, stream_timeout
+        self._compression = grpc.Compression.Gzip if compression else None
+        pems = [_pem(v) for v in (root_certificates, private_key, certificate_chain)]
+        self._tls = any(v is not None for v in pems)
+        self._client_certificate = pems[2] is not None
+        if self._tls:
+            if not self.remote:
+                raise ValueError("TLS is for TCP addresses; a Unix socket needs none")
+            if (pems[1] is None) != (pems[2] is None):
+                raise ValueError("a client certificate needs its private key, and the reverse")
+            self._trust = "the system's roots" if root_certificates is None else (
+                root_certificates if isinstance(root_certificates, (str, os.PathLike))
+                else "root_certificates")
+            credentials = grpc.ssl_channel_credentials(*pems)
+            self._channel = grpc.secure_channel(self.address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options=options)
         self._stub = pb_grpc.AsArrayStub(self._channel)
         self._lock = threading.Lock()
         self._regions = weakref.WeakValueDictionary()  # address -> _Region
@@ -702,14 +764,16 @@ class Client:
         request = pb.ConvertRequest()
         self._fill_options(request.options, dtype, device, copy, requires_grad)
         upload, fds, staged = self._fill_source(request, obj)
+        if self.remote:
+            return self._convert_remote(request, upload, like)
         received = []
         try:
             if upload is not None:
-                response = self._stub.ConvertUpload(self._upload_messages(request, *upload))
+                response = self._upload(request, upload)
             else:
                 response, received = self._convert(request, fds)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
         handle = Handle(response.handle)
         if staged is not None:
             # The result may alias the staged copy, never the caller's array.
@@ -729,6 +793,9 @@ class Client:
         this client closes (renew(ref) makes it outlive the client). For a
         whole allocation from empty() or share() the server holds it since it
         was made, and ref() makes no call."""
+        if self.remote:
+            raise ValueError("a remote client shares no memory with the server; "
+                             "upload() keeps a tensor there and returns its TensorRef")
         known = self._allocations.get(id(array))
         if known is not None and known[0]() is array:
             return known[1]  # returned by empty(), zeros() or share() as it is
@@ -772,18 +839,39 @@ class Client:
     def read(self, target, like="numpy"):
         """The elements of a held tensor (a Handle, an id, or a result of
         asarray()), read back over gRPC for remote use, as a new array."""
-        handle_id = target if isinstance(target, str) else self.handle(target).id
-        chunks, handle = [], None
+        return self._from_stream(self._rpc("Read", pb.ReadRequest(id=self._id_of(target)),
+                                           stream=True), like, requires_grad=False)
+
+    def _id_of(self, target):
+        """The handle id of an id, a TensorRef, or a result of asarray()."""
+        if isinstance(target, str):
+            return target
+        if isinstance(target, TensorRef):
+            return target.id
+        return self.handle(target).id
+
+    def upload(self, obj, *, dtype=None, device=None, copy=None, requires_grad=False,
+               ttl_ms=None):
+        """Converts like asarray() but keeps the result on the server and
+        returns its TensorRef, for another process (on the server's host, or
+        any client) to take; for remote clients above all. The handle holds a
+        TTL lease (`ttl_ms`, or the server's default) until release(ref)."""
+        request = pb.ConvertRequest()
+        self._fill_options(request.options, dtype, device, copy, requires_grad)
+        upload, fds, staged = self._fill_source(request, obj)
+        request.ttl_ms = 0 if ttl_ms is None else int(ttl_ms)
         try:
-            for message in self._stub.Read(pb.ReadRequest(id=handle_id)):
-                if handle is None:
-                    handle = Handle(message.handle)
-                chunks.append(message.data)
+            if upload is not None:
+                response = self._upload(request, upload)
+            else:
+                response, received = self._convert(request, fds)
+                _close_all(received)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        storage = _DTYPES[handle.dtype][1]
-        arr = np.frombuffer(b"".join(chunks), dtype=storage).reshape(handle.shape).copy()
-        return self._wrap(arr, handle.dtype, like)
+            raise self._error(e) from None
+        finally:
+            del staged
+        handle = Handle(response.handle)
+        return TensorRef(handle.id, handle.dtype, handle.shape, handle.strides)
 
     def handle(self, result):
         """The Handle behind an array or tensor returned by asarray()."""
@@ -802,20 +890,27 @@ class Client:
 
     def release(self, target):
         """Ends a lease: of a handle id, a TensorRef, or a result of asarray()."""
-        if isinstance(target, str):
-            handle_id = target
-        elif isinstance(target, TensorRef):
-            handle_id = target.id
-        else:
-            handle_id = self.handle(target).id
         try:
-            self._send_release(pb.ReleaseRequest(id=handle_id))
+            self._send_release(pb.ReleaseRequest(id=self._id_of(target)))
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
 
     def stats(self):
         answer = self._call_local(pb.LocalRequest(stats=pb.StatsRequest()))
-        return answer.stats if answer is not None else self._stub.Stats(pb.StatsRequest())
+        if answer is not None:
+            return answer.stats
+        try:
+            return self._rpc("Stats", pb.StatsRequest())
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+
+    def list(self):
+        """The Handles this caller holds on the server (its own, or under
+        mutual TLS its certificate's)."""
+        try:
+            return [Handle(h) for h in self._rpc("List", pb.ListRequest()).tensors]
+        except grpc.RpcError as e:
+            raise self._error(e) from None
 
     def renew(self, target, ttl_ms=0):
         """Extends a lease (0: the server's default TTL); a handle that would
@@ -826,12 +921,90 @@ class Client:
         request = pb.RenewRequest(id=handle_id, ttl_ms=ttl_ms)
         try:
             answer = self._call_local(pb.LocalRequest(renew=request))
-            response = answer.renew if answer is not None else self._stub.Renew(request)
+            response = answer.renew if answer is not None else self._rpc("Renew", request)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
         return response.lease_expires_unix_ms
 
     # --- internals -------------------------------------------------------------
+
+    def _rpc(self, method, request, *, stream=False, data=False):
+        """A gRPC call with this client's deadline, and compression when it
+        carries data."""
+        kwargs = {"timeout": self._stream_timeout if stream else self._timeout}
+        if data and self._compression is not None:
+            kwargs["compression"] = self._compression
+        return getattr(self._stub, method)(request, **kwargs)
+
+    def _upload(self, request, upload):
+        return self._rpc("ConvertUpload", self._upload_messages(request, *upload),
+                         stream=True, data=True)
+
+    def _error(self, e):
+        """The exception for a grpc.RpcError; an UNAVAILABLE one over TCP also
+        says what this client expected of the connection."""
+        error = from_rpc_error(e)
+        if e.code() != grpc.StatusCode.UNAVAILABLE or not self.remote:
+            return error
+        if self._tls:
+            hint = (f"TLS to {self.address}: the server must speak TLS with a certificate "
+                    f"that {self._trust} trusts, for this host name")
+            hint += ("; a server that requires client certificates needs certificate_chain "
+                     "and private_key" if not self._client_certificate else
+                     ", and accept this client's certificate")
+        else:
+            hint = (f"plaintext TCP to {self.address}: a server that serves TLS there closes "
+                    "the connection; give root_certificates to connect with TLS")
+        return type(error)(e.code(), f"{error.details} ({hint})")
+
+    def _convert_remote(self, request, upload, like):
+        """A remote client's asarray(): the result's bytes, read back."""
+        try:
+            if upload is not None:
+                handle = Handle(self._upload(request, upload).handle)
+                try:
+                    return self._from_stream(
+                        self._rpc("Read", pb.ReadRequest(id=handle.id), stream=True), like,
+                        handle.requires_grad)
+                finally:
+                    self._rpc("Release", pb.ReleaseRequest(id=handle.id))
+            request.return_data = True
+            try:
+                response = self._rpc("Convert", request, data=True)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                request.return_data = False  # past one message: streamed
+                return self._from_stream(self._rpc("ConvertToData", request, stream=True), like,
+                                         request.options.requires_grad)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        handle = Handle(response.handle)
+        return self._from_bytes(response.data, handle.dtype, handle.shape, like,
+                                handle.requires_grad)
+
+    def _from_stream(self, messages, like, requires_grad):
+        """The array of a ReadResponse stream (Read, ConvertToData)."""
+        chunks, handle = [], None
+        try:
+            for message in messages:
+                if handle is None:
+                    handle = Handle(message.handle)
+                chunks.append(message.data)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        return self._from_bytes(bytearray().join(chunks), handle.dtype, handle.shape, like,
+                                requires_grad or handle.requires_grad)
+
+    def _from_bytes(self, data, name, shape, like, requires_grad):
+        storage = _DTYPES[name][1]
+        if isinstance(data, bytes):
+            data = bytearray(data)  # writable, as a tensor's memory should be
+        arr = np.frombuffer(data, dtype=storage).reshape(shape)
+        result = self._wrap(arr, name, like)
+        if requires_grad and like != "numpy":
+            result.requires_grad_(True)
+        return result
 
     def _call_local(self, request, fds=()):
         """The LocalResponse of a call over the local transport, or None when
@@ -875,7 +1048,7 @@ class Client:
         if fds:
             raise _LocalError(grpc.StatusCode.FAILED_PRECONDITION,
                               "descriptors travel only over the local transport")
-        return self._stub.Convert(request), []
+        return self._rpc("Convert", request, data=True), []
 
     @staticmethod
     def _fill_options(options, dtype, device, copy, requires_grad):
@@ -918,6 +1091,9 @@ class Client:
             request.source.tensor_id = obj.id
             return None, (), None
         if isinstance(obj, SharedArrayRef):
+            if self.remote:
+                raise ValueError("a SharedArrayRef names memory on the server's host, which a "
+                                 "remote client cannot reach")
             shm = request.source.shared_memory
             shm.name, shm.offset, shm.size = obj.name, obj.offset, obj.size
             shm.dtype = _DTYPES[obj.dtype][0]
@@ -988,6 +1164,8 @@ class Client:
 
     def _empty(self, shape, name, zero=False, hold=True):
         storage = _DTYPES[name][1]
+        if self.remote:  # nothing to share with a server on another host
+            return np.zeros(shape, dtype=storage)
         nbytes = int(np.prod(shape, dtype=np.int64)) * storage.itemsize
         memfd = self._local is not None
         region = self._pool.take(nbytes, memfd)
@@ -1029,7 +1207,7 @@ class Client:
         try:
             response, received = self._convert(request, [region.fd])
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
         _close_all(received)
         _on_collect(owner, self._releaser, response.handle.id)
         return TensorRef(response.handle.id, name, shape, strides)
