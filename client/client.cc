@@ -427,14 +427,32 @@ absl::Status Client::RefuseRemote(absl::string_view what) const {
 absl::StatusOr<MappedTensor> Client::FromBytes(const HandleInfo& handle, std::string bytes) {
   MappedTensor tensor;
   tensor.handle_ = handle;
-  tensor.handle_.layout = Layout{handle.layout.shape, ContiguousStrides(handle.layout.shape), 0};
-  ASSIGN_OR_RETURN(tensor.sizes_,
-                   ComputeViewSizes(tensor.handle_.layout, ItemSize(handle.dtype)));
+  tensor.handle_.layout.offset = 0;
+  const Layout& layout = tensor.handle_.layout;
+  const Layout row_major{layout.shape, ContiguousStrides(layout.shape), 0};
+  ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(row_major, ItemSize(handle.dtype)));
   if (bytes.size() != static_cast<uint64_t>(tensor.sizes_.nbytes)) {
     return absl::InternalError(absl::StrCat("the server sent ", bytes.size(),
                                             " bytes for a result of ", tensor.sizes_.nbytes));
   }
-  tensor.bytes_ = std::make_unique<std::string>(std::move(bytes));
+  if (tensor.sizes_.numel == 0 || IsContiguous(layout.shape, layout.strides)) {
+    tensor.bytes_ = std::make_unique<std::string>(std::move(bytes));
+  } else {
+    // The result's own strides (a transpose, a broadcast): the row-major
+    // elements placed in storage of that layout.
+    ASSIGN_OR_RETURN(const ByteRange range, ComputeByteRange(layout, ItemSize(handle.dtype)));
+    if (range.begin != 0) {
+      return absl::InternalError("the server's result has strides that reach before its start");
+    }
+    tensor.bytes_ = std::make_unique<std::string>(static_cast<size_t>(range.end), '\0');
+    // A broadcast dimension (stride 0) holds one element: its first.
+    Layout from = row_major, to = layout;
+    for (size_t d = 0; d < to.shape.size(); ++d) {
+      if (to.strides[d] == 0) from.shape[d] = to.shape[d] = 1;
+    }
+    RETURN_IF_ERROR(CastCopy({bytes.data(), handle.dtype, from},
+                             {tensor.bytes_->data(), handle.dtype, to}));
+  }
   tensor.storage_ = reinterpret_cast<unsigned char*>(tensor.bytes_->data());
   return tensor;
 }

@@ -79,7 +79,8 @@ HandleInfo DataOnlyHandle(const Tensor& t) {
   info.shm_offset = info.shm_size = 0;
   info.cuda_ipc_handle.clear();
   info.cuda_offset = info.cuda_size = 0;
-  info.layout.strides = ContiguousStrides(info.layout.shape);
+  // The tensor's own strides, which a remote client gives the copy it
+  // builds (as torch.asarray would have them); the data is row-major.
   info.layout.offset = 0;
   return info;
 }

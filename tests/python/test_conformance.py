@@ -28,9 +28,13 @@ CASES = _load()
 # Arrays go both ways; nested literals always travel inline, as themselves.
 # Each way once over the local transport (the client's default: regions are
 # memfds sent as descriptors) and once over gRPC (regions named in /dev/shm).
+# Then each case once more from a remote client, over mutual TLS on TCP: its
+# bytes go inline and the result's bytes come back.
 RUNS = [(c, t + way) for c in CASES
         for t in (("shm", "inline") if c["input"]["kind"] == "array" else ("literal",))
         for way in ("", "/grpc")]
+RUNS += [(c, ("inline" if c["input"]["kind"] == "array" else "literal") + "/remote")
+         for c in CASES]
 
 
 def _decode(value):
@@ -88,9 +92,12 @@ def _torch_reference(case, src):
 
 
 @pytest.mark.parametrize("case,transport", RUNS, ids=[f"{c['id']}-{t}" for c, t in RUNS])
-def test_case_matches_live_torch(client, grpc_client, case, transport):
+def test_case_matches_live_torch(request, client, grpc_client, case, transport):
     if transport.endswith("/grpc"):
         client, transport = grpc_client, transport[:-len("/grpc")]
+    remote = transport.endswith("/remote")
+    if remote:
+        client, transport = request.getfixturevalue("remote"), transport[:-len("/remote")]
     inp = case["input"]
     if inp["kind"] == "array":
         storage = _storage(inp)
@@ -125,6 +132,9 @@ def test_case_matches_live_torch(client, grpc_client, case, transport):
     assert got.stride() == want.stride()
     assert got.requires_grad == want.requires_grad
     assert _same_values(got, want)
-    if inp["kind"] == "array" and want.numel() > 0:
+    if remote:  # a copy of the result's bytes, with no handle behind it
+        with pytest.raises(KeyError):
+            client.handle(got)
+    elif inp["kind"] == "array" and want.numel() > 0:
         torch_aliased = torch_storage[0] <= want.data_ptr() < torch_storage[1]
         assert client.handle(got).shares_memory == (torch_aliased and transport == "shm")

@@ -1,9 +1,11 @@
 // Runs every conformance case through a real server, over one transport:
-//   conformance_server_test CASES.jsonl shm|inline|fd
+//   conformance_server_test CASES.jsonl shm|inline|fd|remote
 // "shm" places array inputs in a client shared-memory region and references
 // it by name over gRPC; "inline" sends them as bytes over gRPC; "fd" places
 // them in a memfd sent over the local transport, whose results are memfds
-// too (and then nothing may appear in /dev/shm). Each result is checked
+// too (and then nothing may appear in /dev/shm); "remote" is a client on a
+// TCP address, which sends bytes and reads each result's bytes back (small
+// inputs inline, big ones as streamed uploads), and keeps no handle. Each result is checked
 // through its handle, mapped in this process. $ASARRAY_CONFORMANCE_CASES
 // overrides the file.
 #include <cstdio>
@@ -32,8 +34,12 @@ Outcome RunCase(Client& client, const ConformanceCase& c, std::string* extra) {
   const ConvertOptions& options = c.options;
   if (!c.is_array) return OutcomeOf(client.ConvertLiteral(c.literal, options));
   if (g_inline) {
-    return OutcomeOf(
-        client.ConvertInline(c.storage.data(), c.storage.size(), c.dtype, c.layout, options));
+    absl::StatusOr<MappedTensor> result =
+        client.ConvertInline(c.storage.data(), c.storage.size(), c.dtype, c.layout, options);
+    if (g_transport == "remote" && result.ok() && !result->id().empty()) {
+      *extra = " a remote result kept a handle";
+    }
+    return OutcomeOf(result);
   }
   if (g_transport == "fd") {
     absl::StatusOr<SharedRegion> region = SharedRegion::CreateMemfd(c.storage.size());
@@ -59,10 +65,23 @@ TEST(ConformanceServer, EveryCase) {
   absl::StatusOr<std::vector<ConformanceCase>> cases = LoadCases(g_cases_path);
   ASSERT_TRUE(cases.ok()) << cases.status();
   ASSERT_FALSE(cases->empty());
-  std::unique_ptr<TestServer> server = TestServer::Start();
+  const bool remote = g_transport == "remote";
+  std::unique_ptr<TestServer> server = TestServer::Start([&](server::ServerOptions& o) {
+    if (remote) o.listen.push_back("127.0.0.1:0");
+  });
   ASSERT_NE(server, nullptr);
-  std::unique_ptr<Client> client =
-      g_transport == "fd" ? server->NewClient() : server->NewGrpcClient();
+  std::unique_ptr<Client> client;
+  if (remote) {
+    absl::StatusOr<std::unique_ptr<Client>> connected =
+        Client::Connect(server->server().addresses().back());
+    ASSERT_TRUE(connected.ok()) << connected.status();
+    client = *std::move(connected);
+    ASSERT_TRUE(client->remote());
+    // Inputs past 4 KiB stream as uploads, so both ways are exercised.
+    client->set_upload_threshold(4096);
+  } else {
+    client = g_transport == "fd" ? server->NewClient() : server->NewGrpcClient();
+  }
   ASSERT_NE(client, nullptr);
   ASSERT_EQ(client->has_local_transport(), g_transport == "fd");
   for (const ConformanceCase& c : *cases) {
@@ -75,8 +94,9 @@ TEST(ConformanceServer, EveryCase) {
       ADD_FAILURE() << c.id << " (" << g_transport << "):" << diff;
     }
   }
-  if (g_transport == "fd") {
-    EXPECT_EQ(server->SegmentsInDevShm(), 0) << "the fd path named memory in /dev/shm";
+  if (g_transport == "fd" || remote) {
+    EXPECT_EQ(server->SegmentsInDevShm(), 0) << "the " << g_transport
+                                             << " path named memory in /dev/shm";
     EXPECT_EQ(CountSegments(absl::StrCat("asarray-client-", getpid(), "-")), 0);
   }
   // Every handle was released as its MappedTensor died.
@@ -90,13 +110,13 @@ TEST(ConformanceServer, EveryCase) {
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   const std::string transport = argc >= 3 ? argv[2] : "";
-  if (transport != "shm" && transport != "inline" && transport != "fd") {
-    std::fprintf(stderr, "usage: %s CASES.jsonl shm|inline|fd\n", argv[0]);
+  if (transport != "shm" && transport != "inline" && transport != "fd" && transport != "remote") {
+    std::fprintf(stderr, "usage: %s CASES.jsonl shm|inline|fd|remote\n", argv[0]);
     return 2;
   }
   asarray::testing::g_transport = transport;
   asarray::testing::g_cases_path = asarray::testing::CasesPath(argv[1]);
-  asarray::testing::g_inline = std::strcmp(argv[2], "inline") == 0;
+  asarray::testing::g_inline = transport == "inline" || transport == "remote";
   std::printf("cases: %s (%s)\n", asarray::testing::g_cases_path.c_str(), argv[2]);
   const int rc = RUN_ALL_TESTS();
   asarray::testing::PrintSummary(asarray::testing::g_passed, asarray::testing::g_failed);

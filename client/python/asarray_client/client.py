@@ -103,6 +103,14 @@ def _pem(value):
         return f.read()
 
 
+def _contiguous_strides(shape):
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
 def default_socket_path():
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime.startswith("/"):
@@ -980,8 +988,7 @@ class Client:
         except grpc.RpcError as e:
             raise self._error(e) from None
         handle = Handle(response.handle)
-        return self._from_bytes(response.data, handle.dtype, handle.shape, like,
-                                handle.requires_grad)
+        return self._from_bytes(response.data, handle, like, handle.requires_grad)
 
     def _from_stream(self, messages, like, requires_grad):
         """The array of a ReadResponse stream (Read, ConvertToData)."""
@@ -993,15 +1000,26 @@ class Client:
                 chunks.append(message.data)
         except grpc.RpcError as e:
             raise self._error(e) from None
-        return self._from_bytes(bytearray().join(chunks), handle.dtype, handle.shape, like,
+        return self._from_bytes(bytearray().join(chunks), handle, like,
                                 requires_grad or handle.requires_grad)
 
-    def _from_bytes(self, data, name, shape, like, requires_grad):
-        storage = _DTYPES[name][1]
+    def _from_bytes(self, data, handle, like, requires_grad):
+        """A new array of a result's row-major bytes, with the result's own
+        strides (a transpose stays one, as torch.asarray would give it)."""
+        storage = _DTYPES[handle.dtype][1]
         if isinstance(data, bytes):
             data = bytearray(data)  # writable, as a tensor's memory should be
-        arr = np.frombuffer(data, dtype=storage).reshape(shape)
-        result = self._wrap(arr, name, like)
+        arr = np.frombuffer(data, dtype=storage).reshape(handle.shape)
+        strides = tuple(handle.strides)
+        if arr.ndim and strides != _contiguous_strides(handle.shape):
+            extent = 0 if arr.size == 0 else 1 + sum(
+                (n - 1) * s for n, s in zip(handle.shape, strides))
+            base = np.empty(extent, dtype=storage)
+            view = np.lib.stride_tricks.as_strided(
+                base, handle.shape, [s * storage.itemsize for s in strides])
+            view[...] = arr
+            arr = view
+        result = self._wrap(arr, handle.dtype, like)
         if requires_grad and like != "numpy":
             result.requires_grad_(True)
         return result
