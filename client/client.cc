@@ -338,6 +338,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   if (channel == nullptr) return absl::InvalidArgumentError("cannot create a channel to " + address);
   std::unique_ptr<Client> client(
       new Client(std::move(channel), options, target, /*remote=*/!unix_socket));
+  // A remote client streams past 4 MiB: a server's message limit may be
+  // small, and a message in flight over a network is best kept short.
+  if (client->remote()) client->set_upload_threshold(4 << 20);
   if (options.local_transport && unix_socket && !absl::StartsWith(path, "@")) {
     // A server without one (or an older one) is served over gRPC alone.
     absl::StatusOr<UniqueFd> socket = ConnectLocal(LocalSocketPath(std::string(path)));

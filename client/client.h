@@ -254,7 +254,8 @@ class Client {
   // for handing a tensor to another process, which takes it by id.
   void set_lease_ttl(absl::Duration ttl) { lease_ttl_ = ttl; }
 
-  // Payloads above this go through ConvertUpload (default 32 MiB).
+  // Payloads above this go through ConvertUpload (default 32 MiB; remote
+  // clients 4 MiB).
   void set_upload_threshold(size_t bytes) { upload_threshold_ = bytes; }
   // Bytes per streamed upload message (default 1 MiB); keep it below the
   // server's --max-message-bytes.

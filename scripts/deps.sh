@@ -18,7 +18,7 @@ if [ "${1:-all}" != build ]; then
   # the baselines of the benchmarks. Called as /usr/bin/python3.
   # PyYAML: the deployment manifests' structural test.
   packages+=(python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-pytest
-             python3-yaml openssl)
+             python3-yaml openssl iproute2)
 fi
 if [ "${1:-all}" = all ] || [ "${1:-all}" = sanitize ]; then
   packages+=(python3-matplotlib)

@@ -74,9 +74,21 @@ def server():
     s.stop()
 
 
+class _RemoteServer:
+    """A server on another host (ASARRAY_REMOTE_SERVER), as the two-host
+    test starts one: nothing to stop here."""
+
+    def __init__(self, address):
+        self.tcp_address = address
+
+
 @pytest.fixture(scope="session")
 def pki():
-    """A throwaway CA with a server certificate and clients alice and bob."""
+    """A throwaway CA with a server certificate and clients alice and bob
+    (the two-host test's own, from ASARRAY_REMOTE_PKI, when it runs us)."""
+    if os.environ.get("ASARRAY_REMOTE_PKI"):
+        yield os.environ["ASARRAY_REMOTE_PKI"]
+        return
     directory = tempfile.mkdtemp(prefix="asarrayd-pki-")
     subprocess.run(["bash", PKI_SCRIPT, directory], check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -87,9 +99,13 @@ def pki():
 @pytest.fixture(scope="session")
 def tls_server(pki):
     """A server with a TLS listener on loopback that requires client
-    certificates (mutual TLS)."""
+    certificates (mutual TLS), and sends at most 8 MiB in one message. The
+    two-host test points ASARRAY_REMOTE_SERVER at one across its veth pair."""
+    if os.environ.get("ASARRAY_REMOTE_SERVER"):
+        yield _RemoteServer(os.environ["ASARRAY_REMOTE_SERVER"])
+        return
     s = Server(tcp=True, args=[f"--tls_cert={pki}/server.pem", f"--tls_key={pki}/server.key",
-                               f"--tls_client_ca={pki}/ca.pem"])
+                               f"--tls_client_ca={pki}/ca.pem", "--max_message_bytes=8388608"])
     yield s
     s.stop()
 

@@ -74,6 +74,9 @@ _NAME_OF_NUMPY = {np.dtype(np.bool_): "bool", np.dtype(np.uint8): "uint8",
                   np.dtype(np.complex128): "complex128"}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _UPLOAD_THRESHOLD = 32 << 20
+# A remote client streams past 4 MiB: a server's message limit may be small,
+# and a message in flight over a network is best kept short.
+_REMOTE_UPLOAD_THRESHOLD = 4 << 20
 # Inline bytes past this go in a memfd over the local transport (a datagram
 # holds 64 KiB with the rest of the request).
 _LOCAL_INLINE_MAX = 60 << 10
@@ -1152,7 +1155,7 @@ class Client:
             self._fill_fd_source(request, region, 0, hi - lo, name, layout)
             return None, (region.fd,), staged  # kept until the answer is mapped
         storage = ctypes.string_at(lo, hi - lo) if hi > lo else b""
-        if len(storage) > _UPLOAD_THRESHOLD:
+        if len(storage) > (_REMOTE_UPLOAD_THRESHOLD if self.remote else _UPLOAD_THRESHOLD):
             return (storage, _DTYPES[name][0], layout), (), None
         inline = request.source.inline_array
         inline.dtype = _DTYPES[name][0]
