@@ -6,6 +6,13 @@
 //   bytes, and a 64 MiB read-back against a bare server stream;
 // - server memory: the asarrayd process's RSS during a 1 GiB inline upload.
 //   service_bench --asarrayd PATH [--reps N]
+// Remote (bench/remote_bench.sh runs the two halves in two network
+// namespaces joined by a veth pair): a 64 MiB upload + convert and a 64 MiB
+// read-back over mutual TLS, each against a bare gRPC stream of the same
+// bytes on the same TLS channel, interleaved in rotating order.
+//   service_bench --serve IP:PORT --pki DIR
+//   service_bench --remote IP:PORT --pki DIR [--reps N]
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -308,14 +316,149 @@ void ServerMemory(const std::string& asarrayd) {
 
 }  // namespace
 
+// A server with the echo service beside asarrayd's, on `address` with
+// mutual TLS; runs until SIGTERM.
+int Serve(const std::string& address, const std::string& pki) {
+  EchoService echo(1 << 20);
+  asarray::server::ServerOptions options;
+  options.listen = {address};
+  options.tls_cert_file = pki + "/server.pem";
+  options.tls_key_file = pki + "/server.key";
+  options.tls_client_ca_file = pki + "/ca.pem";
+  options.store.prefix = absl::StrCat("asarrayd-rbench-", getpid());
+  options.extra_services = {&echo};
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  sigaddset(&term, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &term, nullptr);
+  absl::StatusOr<std::unique_ptr<asarray::server::Server>> server =
+      asarray::server::Server::Start(options);
+  Check(server.status(), "server");
+  std::fprintf(stderr, "serving on %s\n", address.c_str());
+  int sig = 0;
+  sigwait(&term, &sig);
+  return 0;
+}
+
+struct Spread {
+  double median, low, high;
+};
+
+Spread SpreadOf(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return {v[v.size() / 2], v.front(), v.back()};
+}
+
+// The remote half: 64 MiB each way against the bare streams, interleaved.
+int Remote(const std::string& address, const std::string& pki, int reps) {
+  asarray::ClientOptions options;
+  options.tls_ca_file = pki + "/ca.pem";
+  options.tls_cert_file = pki + "/alice.pem";
+  options.tls_key_file = pki + "/alice.key";
+  absl::StatusOr<std::unique_ptr<asarray::Client>> client =
+      asarray::Client::Connect(address, options);
+  Check(client.status(), "client");
+  asarray::Client& c = **client;
+  auto echo = ab::Echo::NewStub(c.channel());  // the same TLS channel
+  const uint64_t bytes = 64 << 20;
+  const size_t chunk = c.chunk_size();
+  std::vector<float> data(bytes / 4, 1.5f);
+  asarray::v1::ConvertUploadHeader header;
+  header.set_dtype(asarray::v1::DTYPE_FLOAT32);
+  header.mutable_layout()->add_shape(static_cast<int64_t>(data.size()));
+  header.mutable_layout()->add_strides(1);
+  header.set_storage_size(bytes);
+  std::string held;  // the last upload's id, read back by "ours_read"
+  auto ours_upload = [&] {
+    absl::StatusOr<asarray::v1::ConvertResponse> r = c.Upload(header, data.data());
+    Check(r.status(), "upload");
+    if (!held.empty()) Check(c.Release(held), "release");
+    held = r->handle().id();
+  };
+  auto bare_upload = [&] {
+    grpc::ClientContext context;
+    ab::Empty out;
+    auto writer = echo->Upload(&context, &out);
+    ab::Chunk m;
+    const char* p = reinterpret_cast<const char*>(data.data());
+    for (uint64_t sent = 0; sent < bytes; sent += chunk) {
+      m.set_data(p + sent, std::min<uint64_t>(chunk, bytes - sent));
+      writer->Write(m);
+    }
+    writer->WritesDone();
+    Check(asarray::FromGrpcStatus(writer->Finish()), "bare upload");
+  };
+  auto ours_read = [&] {
+    absl::StatusOr<std::string> back = c.ReadBytes(held);
+    Check(back.status(), "read");
+    if (back->size() != bytes) Check(absl::InternalError("short read"), "read");
+  };
+  auto bare_read = [&] {
+    grpc::ClientContext context;
+    ab::DownloadRequest request;
+    request.set_bytes(bytes);
+    auto reader = echo->Download(&context, request);
+    std::string all;
+    all.reserve(bytes);
+    ab::Chunk m;
+    while (reader->Read(&m)) all.append(m.data());
+    Check(asarray::FromGrpcStatus(reader->Finish()), "bare download");
+  };
+  ours_upload();  // warm-up: connection, TLS, first pages
+  bare_upload();
+  std::vector<double> up_ratio, read_ratio, t_up, t_bare_up, t_read, t_bare_read;
+  for (int r = 0; r < reps; ++r) {
+    // Rotate who goes first, so that neither always meets a warm or a cold path.
+    double us = 0, bare = 0;
+    for (int k = 0; k < 2; ++k) {
+      const auto start = Clock::now();
+      ((r + k) % 2 == 0 ? std::function<void()>(ours_upload) : bare_upload)();
+      ((r + k) % 2 == 0 ? us : bare) = Seconds(start);
+    }
+    t_up.push_back(us);
+    t_bare_up.push_back(bare);
+    up_ratio.push_back(bare / us);
+    for (int k = 0; k < 2; ++k) {
+      const auto start = Clock::now();
+      ((r + k) % 2 == 0 ? std::function<void()>(ours_read) : bare_read)();
+      ((r + k) % 2 == 0 ? us : bare) = Seconds(start);
+    }
+    t_read.push_back(us);
+    t_bare_read.push_back(bare);
+    read_ratio.push_back(bare / us);
+  }
+  Check(c.Release(held), "release");
+  const double mib = bytes / 1048576.0;
+  const Spread up = SpreadOf(up_ratio), rd = SpreadOf(read_ratio);
+  PrintRow(absl::StrCat(
+      "{\"bench\": \"remote_mtls_64MiB\", \"reps\": ", reps,
+      ", \"upload_convert_MiBps\": ", mib / SpreadOf(t_up).median,
+      ", \"bare_client_stream_MiBps\": ", mib / SpreadOf(t_bare_up).median,
+      ", \"upload_ratio_median\": ", up.median, ", \"upload_ratio_low\": ", up.low,
+      ", \"upload_ratio_high\": ", up.high,
+      ", \"upload_ratio_best_times\": ", SpreadOf(t_bare_up).low / SpreadOf(t_up).low,
+      ", \"read_MiBps\": ", mib / SpreadOf(t_read).median,
+      ", \"bare_server_stream_MiBps\": ", mib / SpreadOf(t_bare_read).median,
+      ", \"read_ratio_median\": ", rd.median, ", \"read_ratio_low\": ", rd.low,
+      ", \"read_ratio_high\": ", rd.high,
+      ", \"read_ratio_best_times\": ", SpreadOf(t_bare_read).low / SpreadOf(t_read).low, "}"));
+  return 0;
+}
+
 int main(int argc, char** argv) {
-  std::string asarrayd;
+  std::string asarrayd, serve, remote, pki;
   int reps = 7;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--asarrayd") == 0) asarrayd = argv[i + 1];
     if (std::strcmp(argv[i], "--reps") == 0) reps = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--serve") == 0) serve = argv[i + 1];
+    if (std::strcmp(argv[i], "--remote") == 0) remote = argv[i + 1];
+    if (std::strcmp(argv[i], "--pki") == 0) pki = argv[i + 1];
   }
   signal(SIGPIPE, SIG_IGN);
+  if (!serve.empty()) return Serve(serve, pki);
+  if (!remote.empty()) return Remote(remote, pki, reps);
   EchoService echo(1 << 20);
   char dir[] = "/tmp/asarrayd-bench-XXXXXX";
   if (mkdtemp(dir) == nullptr) return 1;
