@@ -141,6 +141,34 @@ double P50Micros(int n, F&& body) {
   return Median(t);
 }
 
+// The bare baselines: `bytes` of `data` up a client stream in `chunk`s, and
+// `bytes` down a server stream into one buffer.
+void BareUpload(ab::Echo::Stub& echo, const void* data, uint64_t bytes, size_t chunk) {
+  grpc::ClientContext context;
+  ab::Empty out;
+  auto writer = echo.Upload(&context, &out);
+  ab::Chunk c;
+  const char* p = static_cast<const char*>(data);
+  for (uint64_t sent = 0; sent < bytes; sent += chunk) {
+    c.set_data(p + sent, std::min<uint64_t>(chunk, bytes - sent));
+    writer->Write(c);
+  }
+  writer->WritesDone();
+  Check(asarray::FromGrpcStatus(writer->Finish()), "bare upload");
+}
+
+void BareDownload(ab::Echo::Stub& echo, uint64_t bytes) {
+  grpc::ClientContext context;
+  ab::DownloadRequest request;
+  request.set_bytes(bytes);
+  auto reader = echo.Download(&context, request);
+  std::string all;
+  all.reserve(bytes);
+  ab::Chunk c;
+  while (reader->Read(&c)) all.append(c.data());
+  Check(asarray::FromGrpcStatus(reader->Finish()), "bare download");
+}
+
 void Handoff(asarray::Client& client, ab::Echo::Stub& echo) {
   const double ping = P50Micros(2000, [&] {
     grpc::ClientContext context;
@@ -198,19 +226,7 @@ void Inline(asarray::Client& client, ab::Echo::Stub& echo, int reps, bool warm) 
 
     if (warm) WaitPoolWarm(client, bytes);
     start = Clock::now();
-    {
-      grpc::ClientContext context;
-      ab::Empty out;
-      auto writer = echo.Upload(&context, &out);
-      ab::Chunk c;
-      const char* p = reinterpret_cast<const char*>(data.data());
-      for (uint64_t sent = 0; sent < bytes; sent += chunk) {
-        c.set_data(p + sent, std::min<uint64_t>(chunk, bytes - sent));
-        writer->Write(c);
-      }
-      writer->WritesDone();
-      Check(asarray::FromGrpcStatus(writer->Finish()), "bare upload");
-    }
+    BareUpload(echo, data.data(), bytes, chunk);
     bare.push_back(Seconds(start));
 
     start = Clock::now();
@@ -220,17 +236,7 @@ void Inline(asarray::Client& client, ab::Echo::Stub& echo, int reps, bool warm) 
     if (back->size() != bytes) Check(absl::InternalError("short read"), "read");
 
     start = Clock::now();
-    {
-      grpc::ClientContext context;
-      ab::DownloadRequest request;
-      request.set_bytes(bytes);
-      auto reader = echo.Download(&context, request);
-      std::string all;
-      all.reserve(bytes);
-      ab::Chunk c;
-      while (reader->Read(&c)) all.append(c.data());
-      Check(asarray::FromGrpcStatus(reader->Finish()), "bare download");
-    }
+    BareDownload(echo, bytes);
     bare_read.push_back(Seconds(start));
   }
   const double mib = bytes / 1048576.0;
@@ -376,35 +382,13 @@ int Remote(const std::string& address, const std::string& pki, int reps) {
     if (!held.empty()) Check(c.Release(held), "release");
     held = r->handle().id();
   };
-  auto bare_upload = [&] {
-    grpc::ClientContext context;
-    ab::Empty out;
-    auto writer = echo->Upload(&context, &out);
-    ab::Chunk m;
-    const char* p = reinterpret_cast<const char*>(data.data());
-    for (uint64_t sent = 0; sent < bytes; sent += chunk) {
-      m.set_data(p + sent, std::min<uint64_t>(chunk, bytes - sent));
-      writer->Write(m);
-    }
-    writer->WritesDone();
-    Check(asarray::FromGrpcStatus(writer->Finish()), "bare upload");
-  };
+  auto bare_upload = [&] { BareUpload(*echo, data.data(), bytes, chunk); };
   auto ours_read = [&] {
     absl::StatusOr<std::string> back = c.ReadBytes(held);
     Check(back.status(), "read");
     if (back->size() != bytes) Check(absl::InternalError("short read"), "read");
   };
-  auto bare_read = [&] {
-    grpc::ClientContext context;
-    ab::DownloadRequest request;
-    request.set_bytes(bytes);
-    auto reader = echo->Download(&context, request);
-    std::string all;
-    all.reserve(bytes);
-    ab::Chunk m;
-    while (reader->Read(&m)) all.append(m.data());
-    Check(asarray::FromGrpcStatus(reader->Finish()), "bare download");
-  };
+  auto bare_read = [&] { BareDownload(*echo, bytes); };
   ours_upload();  // warm-up: connection, TLS, first pages
   bare_upload();
   std::vector<double> up_ratio, read_ratio, t_up, t_bare_up, t_read, t_bare_read;

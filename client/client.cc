@@ -154,8 +154,8 @@ absl::StatusOr<std::string> MappedTensor::RowMajorBytes() const {
 class ClientLink {
  public:
   ClientLink(std::shared_ptr<v1::AsArray::Stub> stub, const ClientOptions& options,
-             std::string target)
-      : stub_(std::move(stub)), options_(options), target_(std::move(target)) {}
+             std::string target, bool remote)
+      : stub_(std::move(stub)), options_(options), target_(std::move(target)), remote_(remote) {}
 
   v1::AsArray::Stub* stub() const { return stub_.get(); }
 
@@ -176,7 +176,7 @@ class ClientLink {
   // of the connection: the usual cause on TCP is a TLS mismatch.
   absl::Status Done(const grpc::Status& status) const {
     absl::Status out = FromGrpcStatus(status);
-    if (out.code() != absl::StatusCode::kUnavailable || absl::StartsWith(target_, "unix:")) {
+    if (out.code() != absl::StatusCode::kUnavailable || !remote_) {
       return out;
     }
     std::string hint;
@@ -247,6 +247,7 @@ class ClientLink {
   const std::shared_ptr<v1::AsArray::Stub> stub_;
   const ClientOptions options_;
   const std::string target_;
+  const bool remote_;  // TCP
   absl::Mutex mu_;
   UniqueFd local_;  // set once, before any call
 };
@@ -264,7 +265,7 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& opti
                std::string target, bool remote)
     : channel_(std::move(channel)),
       stub_(v1::AsArray::NewStub(channel_)),
-      link_(std::make_shared<ClientLink>(stub_, options, std::move(target))),
+      link_(std::make_shared<ClientLink>(stub_, options, std::move(target), remote)),
       remote_(remote) {}
 
 namespace {

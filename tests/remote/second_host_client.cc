@@ -11,26 +11,18 @@
 #include "client/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/remote/tls_clients.h"
 
 namespace asarray {
 namespace {
-
-using ::testing::HasSubstr;
 
 std::string Env(const char* name) {
   const char* value = std::getenv(name);
   return value == nullptr ? "" : value;
 }
 
-ClientOptions As(const std::string& who, const std::string& ca = "ca.pem") {
-  const std::string pki = Env("ASARRAY_REMOTE_PKI");
-  ClientOptions options;
-  options.tls_ca_file = pki + "/" + ca;
-  if (!who.empty()) {
-    options.tls_cert_file = pki + "/" + who + ".pem";
-    options.tls_key_file = pki + "/" + who + ".key";
-  }
-  return options;
+ClientOptions As(const std::string& who) {
+  return testing::TlsAs(Env("ASARRAY_REMOTE_PKI"), who);
 }
 
 std::unique_ptr<Client> Connect(const ClientOptions& options) {
@@ -104,23 +96,7 @@ TEST(SecondHost, ConvertUploadConvertToDataReadAndRelease) {
 }
 
 TEST(SecondHost, RefusalsSayTheyAreAboutTls) {
-  struct Refused {
-    const char* what;
-    ClientOptions options;
-    const char* says;
-  };
-  const Refused cases[] = {
-      {"plaintext", ClientOptions(), "plaintext TCP"},
-      {"an untrusted server certificate", As("alice", "untrusted.pem"), "untrusted.pem"},
-      {"no client certificate", As(""), "needs a certificate and key"},
-  };
-  for (const Refused& c : cases) {
-    std::unique_ptr<Client> client = Connect(c.options);
-    ASSERT_NE(client, nullptr);
-    const absl::Status status = client->List().status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << c.what << ": " << status;
-    EXPECT_THAT(status.message(), HasSubstr(c.says)) << c.what;
-  }
+  testing::ExpectTlsRefusals(Env("ASARRAY_REMOTE_SERVER"), Env("ASARRAY_REMOTE_PKI"));
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "server/peer.h"
+#include "tests/remote/tls_clients.h"
 #include "tests/server/test_server.h"
 
 namespace asarray::testing {
@@ -43,13 +44,7 @@ const std::string& Pki() {
 std::string PkiFile(const std::string& name) { return Pki() + "/" + name; }
 
 ClientOptions TlsAs(const std::string& who, const std::string& ca = "ca.pem") {
-  ClientOptions options;
-  options.tls_ca_file = PkiFile(ca);
-  if (!who.empty()) {
-    options.tls_cert_file = PkiFile(who + ".pem");
-    options.tls_key_file = PkiFile(who + ".key");
-  }
-  return options;
+  return testing::TlsAs(Pki(), who, ca);
 }
 
 // A test server with a TLS listener on loopback; with `mutual`, it requires
@@ -126,24 +121,7 @@ TEST(MutualTls, EachCertificateSubjectOwnsItsHandles) {
 TEST(MutualTls, RefusalsSayTheyAreAboutTls) {
   std::unique_ptr<TestServer> server = StartTls(/*mutual=*/true);
   ASSERT_NE(server, nullptr);
-  struct Refused {
-    const char* what;
-    ClientOptions options;
-    const char* says;
-  };
-  const Refused cases[] = {
-      {"plaintext", ClientOptions(), "plaintext TCP"},
-      {"an untrusted server certificate", TlsAs("alice", "untrusted.pem"), "untrusted.pem"},
-      {"no client certificate", TlsAs(""), "needs a certificate and key"},
-  };
-  for (const Refused& c : cases) {
-    std::unique_ptr<Client> client = Connect(*server, c.options);
-    ASSERT_NE(client, nullptr);
-    const absl::Status status = client->ConvertLiteral(Literal::Int(1), {}).status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << c.what << ": " << status;
-    EXPECT_THAT(status.message(), HasSubstr("TLS")) << c.what;
-    EXPECT_THAT(status.message(), HasSubstr(c.says)) << c.what;
-  }
+  ExpectTlsRefusals(server->server().addresses().back(), Pki());
   EXPECT_EQ(server->server().store().Stats().tensors, 0u);
   // A certificate without its key is a usage error, before any connection.
   ClientOptions half = TlsAs("alice");
