@@ -20,10 +20,12 @@ constexpr uint64_t kPinMinBytes = uint64_t{16} << 20;
 
 // Memory the server makes: named for gRPC callers on the Unix socket, who
 // map it by name; a memfd, whose descriptor goes with the answer, for local
-// ones; unnamed for TCP callers, who map nothing and read the bytes.
+// ones; private to the server for TCP callers, who map nothing and read the
+// bytes.
 ShmSegment::Kind ResultKind(const Caller& caller, bool local, bool named_memory) {
-  const bool unnamed = local || caller.uid == kNoLocalUid;
-  return unnamed && !named_memory ? ShmSegment::Kind::kMemfd : ShmSegment::Kind::kNamed;
+  if (named_memory) return ShmSegment::Kind::kNamed;
+  if (local) return ShmSegment::Kind::kMemfd;
+  return caller.uid == kNoLocalUid ? ShmSegment::Kind::kPrivate : ShmSegment::Kind::kNamed;
 }
 
 Tensor NewTensor(const Plan& plan, const Caller& caller) {

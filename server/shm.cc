@@ -41,19 +41,24 @@ absl::Status ValidateSegmentName(absl::string_view name) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Create(const std::string& name,
-                                                               size_t size) {
-  return CreateMapped(name, size, /*reserve=*/true);
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Create(Kind kind, size_t size,
+                                                               const std::string& name) {
+  return CreateMapped(kind, size, name, /*reserve=*/true);
 }
 
-absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateUnreserved(const std::string& name,
-                                                                         size_t size) {
-  return CreateMapped(name, size, /*reserve=*/false);
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateUnreserved(
+    Kind kind, size_t size, const std::string& name) {
+  return CreateMapped(kind, size, name, /*reserve=*/false);
 }
 
-absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateMapped(const std::string& name,
-                                                                     size_t size, bool reserve) {
-  const bool named = !name.empty();
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateMapped(Kind kind, size_t size,
+                                                                     const std::string& name,
+                                                                     bool reserve) {
+  if ((kind == Kind::kNamed) == name.empty()) {
+    return absl::InternalError("a segment has a name exactly when it is of the named kind");
+  }
+  if (kind == Kind::kPrivate) return CreatePrivate(size, reserve);
+  const bool named = kind == Kind::kNamed;
   const std::string what = named ? absl::StrCat("segment ", name) : std::string("a memfd");
   const int fd = named ? shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)
                        : memfd_create("asarrayd", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -83,11 +88,63 @@ absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateMapped(const std::
     if (p == MAP_FAILED) return fail(errno, "mapping");
     data = static_cast<unsigned char*>(p);
   }
-  return std::unique_ptr<ShmSegment>(new ShmSegment(name, fd, data, size));
+  return std::unique_ptr<ShmSegment>(new ShmSegment(kind, name, fd, data, size));
+}
+
+namespace {
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older kernels answer EINVAL
+#endif
+
+// Faults in [p, p + size) for writing, every page, so that a shortage shows
+// here as ENOMEM. MADV_POPULATE_WRITE does it in one call; where the kernel
+// lacks it, each page is written once.
+int PopulateForWriting(unsigned char* p, size_t size) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + size;
+  if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) == 0) return 0;
+  if (errno != EINVAL) return errno;
+  volatile unsigned char* v = p;
+  for (size_t at = 0; at < size; at += page) v[at] = 0;
+  return 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreatePrivate(size_t size,
+                                                                      bool reserve) {
+  unsigned char* data = nullptr;
+  if (size > 0) {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return ErrnoStatus(errno, absl::StrCat("mapping ", size, " bytes of private memory"));
+    }
+    data = static_cast<unsigned char*>(p);
+    madvise(p, size, MADV_HUGEPAGE);  // a hint: without huge pages it still works
+    if (reserve) {
+      const int err = PopulateForWriting(data, size);
+      if (err != 0) {
+        munmap(p, size);
+        return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of private memory"));
+      }
+    }
+  }
+  std::unique_ptr<ShmSegment> segment(new ShmSegment(Kind::kPrivate, "", -1, data, size));
+  if (reserve) segment->set_touched();
+  return segment;
 }
 
 absl::Status ShmSegment::Prepare(size_t offset, size_t size) {
   if (size == 0) return absl::OkStatus();
+  if (kind_ == Kind::kPrivate) {
+    const int err = PopulateForWriting(data_ + offset, size);
+    if (err != 0) {
+      return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of private memory"));
+    }
+    return absl::OkStatus();
+  }
   const int err = posix_fallocate(fd_, static_cast<off_t>(offset), static_cast<off_t>(size));
   if (err != 0) {
     return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of ",
@@ -102,7 +159,7 @@ absl::Status ShmSegment::Prepare(size_t offset, size_t size) {
 ShmSegment::~ShmSegment() {
   if (data_ != nullptr) munmap(data_, size_);
   if (!name_.empty()) shm_unlink(name_.c_str());
-  close(fd_);
+  if (fd_ >= 0) close(fd_);
 }
 
 namespace {

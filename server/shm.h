@@ -49,29 +49,36 @@ class HostMemory {
 // bytes of [A-Za-z0-9._-] without "..". INVALID_ARGUMENT otherwise.
 absl::Status ValidateSegmentName(absl::string_view name);
 
-// A segment the server creates, its bytes reserved up front so that a full
+// Memory the server creates, its bytes reserved up front so that a full
 // /dev/shm or memory cgroup fails here (RESOURCE_EXHAUSTED), never later as
-// SIGBUS. Either named (shm_open with O_EXCL, mode 0600; for gRPC callers,
-// who map it by name) or a memfd with no name at all (for the local
-// transport, which sends its descriptor), sealed with F_SEAL_SHRINK,
-// F_SEAL_GROW and F_SEAL_SEAL so that its size never changes under any
-// mapping. The destructor unmaps it, closes it and unlinks a name; mappings
-// and descriptors clients still hold stay valid.
+// SIGBUS. One of three kinds:
+//   - kNamed: shm_open with O_EXCL, mode 0600; for gRPC callers on the Unix
+//     socket, who map it by name;
+//   - kMemfd: a memfd with no name at all, for the local transport, which
+//     sends its descriptor; sealed with F_SEAL_SHRINK, F_SEAL_GROW and
+//     F_SEAL_SEAL so that its size never changes under any mapping;
+//   - kPrivate: anonymous memory only the server maps, for TCP callers, who
+//     read the bytes and map nothing. It has no descriptor (fd() is -1), and
+//     asks for transparent huge pages, so filling it costs a page fault per
+//     2 MiB instead of one per 4 KiB where the kernel has them to give.
+// The destructor unmaps it, closes it and unlinks a name; mappings and
+// descriptors clients still hold stay valid.
 class ShmSegment final : public HostMemory {
  public:
-  enum class Kind { kNamed, kMemfd };
-  // A segment of `size` bytes (0 is allowed: nothing is mapped) named `name`
-  // (ALREADY_EXISTS if taken), or a memfd when `name` is empty.
-  static absl::StatusOr<std::unique_ptr<ShmSegment>> Create(const std::string& name,
-                                                            size_t size);
+  enum class Kind { kNamed, kMemfd, kPrivate };
+  // A segment of `kind` and `size` bytes (0 is allowed: nothing is mapped).
+  // `name` names a kNamed one (ALREADY_EXISTS if taken) and must be empty
+  // for the other kinds.
+  static absl::StatusOr<std::unique_ptr<ShmSegment>> Create(Kind kind, size_t size,
+                                                            const std::string& name = "");
   // The same, mapped but not yet reserved: the pages must go through
   // Prepare() before anything touches them. For the segment pool, which
   // prepares a segment in steps and hands it out only when done.
-  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateUnreserved(const std::string& name,
-                                                                      size_t size);
+  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateUnreserved(
+      Kind kind, size_t size, const std::string& name = "");
   // Reserves the pages of [offset, offset + size) and writes each once, so
   // that later writes there cost no page faults. RESOURCE_EXHAUSTED when
-  // /dev/shm is full. REQUIRES: the range lies within size().
+  // /dev/shm or memory is short. REQUIRES: the range lies within size().
   absl::Status Prepare(size_t offset, size_t size);
   ~ShmSegment() override;
   ShmSegment(const ShmSegment&) = delete;
@@ -83,7 +90,7 @@ class ShmSegment final : public HostMemory {
   int fd() const override { return fd_; }
   uint64_t offset_in_segment() const override { return 0; }
   bool server_owned() const override { return true; }
-  Kind kind() const { return name_.empty() ? Kind::kMemfd : Kind::kNamed; }
+  Kind kind() const { return kind_; }
 
   // Whether every page has been written once already (a pooled segment), so
   // that filling it costs no page faults.
@@ -91,10 +98,13 @@ class ShmSegment final : public HostMemory {
   void set_touched() { touched_ = true; }
 
  private:
-  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateMapped(const std::string& name,
-                                                                  size_t size, bool reserve);
-  ShmSegment(std::string name, int fd, unsigned char* data, size_t size)
-      : name_(std::move(name)), fd_(fd), data_(data), size_(size) {}
+  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateMapped(Kind kind, size_t size,
+                                                                  const std::string& name,
+                                                                  bool reserve);
+  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreatePrivate(size_t size, bool reserve);
+  ShmSegment(Kind kind, std::string name, int fd, unsigned char* data, size_t size)
+      : kind_(kind), name_(std::move(name)), fd_(fd), data_(data), size_(size) {}
+  Kind kind_;
   std::string name_;
   int fd_;
   unsigned char* data_;

@@ -116,7 +116,8 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t byt
 
   absl::StatusOr<std::unique_ptr<ShmSegment>> segment = pool_->Take(bytes, kind);
   if (*segment == nullptr) {
-    segment = ShmSegment::Create(kind == ShmSegment::Kind::kNamed ? NewSegmentName() : "", bytes);
+    segment =
+        ShmSegment::Create(kind, bytes, kind == ShmSegment::Kind::kNamed ? NewSegmentName() : "");
   }
   if (!segment.ok()) {
     acc.bytes_in_use -= bytes;

@@ -381,23 +381,6 @@ TEST_F(LocalTransportTest, TheCppClientUsesItByDefaultAndItsHandlesEndWithIt) {
   EXPECT_TRUE(client_->Release(big_id).ok());
 }
 
-// How many descriptors of this process are memfds: the ones the tests
-// below are about (gRPC's threads open and close others meanwhile).
-int CountMemfds() {
-  int count = 0;
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return -1;
-  while (dirent* entry = readdir(dir)) {
-    char target[256];
-    const std::string link = absl::StrCat("/proc/self/fd/", entry->d_name);
-    const ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
-    if (n > 0 && absl::StartsWith(absl::string_view(target, static_cast<size_t>(n)), "/memfd:")) {
-      ++count;
-    }
-  }
-  closedir(dir);
-  return count;
-}
 
 // How many mappings of this process show the file behind `fd`.
 int MappingsOf(int fd) {

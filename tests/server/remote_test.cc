@@ -187,6 +187,56 @@ TEST(RemoteClient, ResultsComeBackAsBytesAndNothingStays) {
   EXPECT_EQ(server->SegmentsInDevShm(), 0);
 }
 
+TEST(RemoteClient, HeldResultsArePrivateMemoryOfTheServer) {
+  std::unique_ptr<TestServer> server = StartTls(/*mutual=*/true);
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<Client> client = Connect(*server, TlsAs("alice"));
+  ASSERT_NE(client, nullptr);
+  client->set_lease_ttl(absl::Minutes(1));  // keep the results on the server
+  client->set_upload_threshold(64 << 10);
+  const int memfds = CountMemfds();  // this process is the server too
+
+  // A streamed upload the result aliases, and a cast of it.
+  std::vector<float> big(300000);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i) * 0.25f;
+  const int64_t n = static_cast<int64_t>(big.size());
+  absl::StatusOr<MappedTensor> uploaded =
+      client->ConvertInline(big.data(), big.size() * 4, DType::kFloat32, {{n}, {1}, 0}, {});
+  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
+  ConvertOptions to_double;
+  to_double.dtype = DType::kFloat64;
+  absl::StatusOr<MappedTensor> cast = client->ConvertTensor(uploaded->id(), to_double);
+  ASSERT_TRUE(cast.ok()) << cast.status();
+
+  const server::Caller alice = server::Caller::Remote("CN=alice,O=asarrayd test");
+  for (const MappedTensor* held : {&*uploaded, &*cast}) {
+    absl::StatusOr<server::TensorStore::Lease> lease = server->server().store().Get(held->id(), alice);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    const auto* memory = dynamic_cast<const server::ShmSegment*>(lease->tensor->memory.get());
+    ASSERT_NE(memory, nullptr);
+    EXPECT_EQ(memory->kind(), server::ShmSegment::Kind::kPrivate);
+    EXPECT_EQ(memory->fd(), -1);
+    EXPECT_EQ(memory->name(), "");
+  }
+  EXPECT_EQ(CountMemfds(), memfds);  // no descriptor was made for them
+  EXPECT_EQ(server->SegmentsInDevShm(), 0);
+
+  // Their bytes are what was sent, and what torch's cast gives.
+  absl::StatusOr<std::string> raw = client->ReadBytes(uploaded->id());
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  EXPECT_EQ(*raw, std::string(reinterpret_cast<const char*>(big.data()), big.size() * 4));
+  absl::StatusOr<std::string> wide = client->ReadBytes(cast->id());
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  ASSERT_EQ(wide->size(), big.size() * 8);
+  double last = 0;
+  std::memcpy(&last, wide->data() + wide->size() - 8, 8);
+  EXPECT_EQ(last, 299999 * 0.25);
+
+  uploaded = absl::CancelledError("released");  // each releases its lease
+  cast = absl::CancelledError("released");
+  EXPECT_EQ(server->server().store().Stats().tensors, 0u);
+}
+
 // Answers List with UNAVAILABLE twice, then OK; Convert always with
 // UNAVAILABLE; Stats after 3 s. Counts the calls.
 class FlakyService final : public v1::AsArray::CallbackService {

@@ -50,6 +50,42 @@ TEST_F(SegmentPoolTest, TakeMissesFirstThenGetsAWarmSegmentOfThatSize) {
   EXPECT_EQ(pool.Take(size + 1), nullptr);  // sizes must match exactly
 }
 
+TEST_F(SegmentPoolTest, PrivateSegmentsArePooledApartAndHaveNoDescriptor) {
+  SegmentPool pool(8 << 20, Names());
+  const uint64_t size = 2 << 20;
+  EXPECT_EQ(pool.Take(size, ShmSegment::Kind::kPrivate), nullptr);
+  ASSERT_TRUE(HoldsEventually(pool, size));
+  EXPECT_EQ(pool.Take(size, ShmSegment::Kind::kMemfd), nullptr);  // kinds never mix
+  std::unique_ptr<ShmSegment> warm = pool.Take(size, ShmSegment::Kind::kPrivate);
+  ASSERT_NE(warm, nullptr);
+  EXPECT_EQ(warm->kind(), ShmSegment::Kind::kPrivate);
+  EXPECT_EQ(warm->fd(), -1);
+  EXPECT_EQ(warm->name(), "");
+  EXPECT_TRUE(warm->touched());
+  std::memset(warm->data(), 0x5a, size);
+  EXPECT_EQ(warm->data()[size - 1], 0x5a);
+}
+
+TEST(ShmSegmentKinds, EachKindIsMadeAsItSaysAndANameGoesOnlyWithTheNamedKind) {
+  absl::StatusOr<std::unique_ptr<ShmSegment>> reserved =
+      ShmSegment::Create(ShmSegment::Kind::kPrivate, 3 << 20);
+  ASSERT_TRUE(reserved.ok()) << reserved.status();
+  EXPECT_TRUE((*reserved)->touched());  // its pages are in already
+  EXPECT_EQ((*reserved)->data()[(3 << 20) - 1], 0);
+  absl::StatusOr<std::unique_ptr<ShmSegment>> memfd =
+      ShmSegment::Create(ShmSegment::Kind::kMemfd, 4096);
+  ASSERT_TRUE(memfd.ok()) << memfd.status();
+  EXPECT_GE((*memfd)->fd(), 0);
+  EXPECT_EQ(ShmSegment::Create(ShmSegment::Kind::kPrivate, 4096, "/a-name").status().code(),
+            absl::StatusCode::kInternal);
+  EXPECT_EQ(ShmSegment::Create(ShmSegment::Kind::kNamed, 4096).status().code(),
+            absl::StatusCode::kInternal);
+  absl::StatusOr<std::unique_ptr<ShmSegment>> empty =
+      ShmSegment::Create(ShmSegment::Kind::kPrivate, 0);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ((*empty)->data(), nullptr);
+}
+
 TEST_F(SegmentPoolTest, EverySegmentHasAFreshName) {
   SegmentPool pool(8 << 20, Names());
   std::set<std::string> names;

@@ -93,6 +93,22 @@ int CountFds(pid_t pid) {
   return pid == getpid() ? n - 1 : n;  // not the directory's own
 }
 
+int CountMemfds() {
+  int count = 0;
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  while (dirent* entry = readdir(dir)) {
+    char target[256];
+    const std::string link = absl::StrCat("/proc/self/fd/", entry->d_name);
+    const ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+    if (n > 0 && absl::StartsWith(absl::string_view(target, static_cast<size_t>(n)), "/memfd:")) {
+      ++count;
+    }
+  }
+  closedir(dir);
+  return count;
+}
+
 int CountSegments(const std::string& prefix) {
   DIR* dir = opendir("/dev/shm");
   if (dir == nullptr) return 0;

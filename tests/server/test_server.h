@@ -58,6 +58,9 @@ UniqueFd SealedMemfd(size_t size, const std::string& bytes = "",
 
 // The descriptors open in process `pid` (its /proc/PID/fd entries).
 int CountFds(pid_t pid);
+// How many descriptors of this process are memfds (gRPC's threads open and
+// close others meanwhile).
+int CountMemfds();
 
 class TestServer {
  public:
