@@ -337,7 +337,9 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> Converter::BeginUpload(
         " view with shape ", DimsToString(layout.shape), ", strides ",
         DimsToString(layout.strides), " and offset ", layout.offset, " needs exactly ", needed));
   }
-  return store_->NewSegment(needed, ResultKind(caller, /*local=*/false, /*named_memory=*/false));
+  // Unreserved: the receiver writes every byte in and checks each write.
+  return store_->NewSegment(needed, ResultKind(caller, /*local=*/false, /*named_memory=*/false),
+                            /*reserve=*/false);
 }
 
 absl::StatusOr<Tensor> Converter::FinishUpload(const v1::ConvertUploadHeader& header,

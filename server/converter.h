@@ -57,6 +57,8 @@ class Converter {
 
   // Checks an upload's header before any byte is received, and returns the
   // segment its storage is written into (exactly header.storage_size bytes).
+  // Unless it came warm from the pool, the segment is not reserved: the
+  // receiver must write every byte of it, checking each write (WriteChunk).
   absl::StatusOr<std::shared_ptr<ShmSegment>> BeginUpload(const v1::ConvertUploadHeader& header,
                                                            const Caller& caller);
 

@@ -68,6 +68,12 @@ uint64_t SegmentPool::bytes() const {
   return bytes_;
 }
 
+bool SegmentPool::Holds(uint64_t bytes, ShmSegment::Kind kind) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = ready_.find(Key{bytes, kind});
+  return it != ready_.end() && !it->second.empty();
+}
+
 uint64_t SegmentPool::hits() const {
   std::lock_guard<std::mutex> lock(mu_);
   return hits_;

@@ -7,12 +7,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/parallel.h"
 #include "core/quote.h"
 #include "server/peer.h"
 #include "server/posix_util.h"
@@ -51,108 +54,119 @@ absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateUnreserved(
   return CreateMapped(kind, size, name, /*reserve=*/false);
 }
 
-absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateMapped(Kind kind, size_t size,
-                                                                     const std::string& name,
-                                                                     bool reserve) {
-  if ((kind == Kind::kNamed) == name.empty()) {
-    return absl::InternalError("a segment has a name exactly when it is of the named kind");
-  }
-  if (kind == Kind::kPrivate) return CreatePrivate(size, reserve);
-  const bool named = kind == Kind::kNamed;
-  const std::string what = named ? absl::StrCat("segment ", name) : std::string("a memfd");
-  const int fd = named ? shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)
-                       : memfd_create("asarrayd", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("creating ", what));
-  auto fail = [&](int err, absl::string_view step) {
-    close(fd);
-    if (named) shm_unlink(name.c_str());
-    return ErrnoStatus(err, absl::StrCat(step, " ", size, " bytes for ", what));
-  };
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) return fail(errno, "sizing");
-  // Its size is final: no client can shrink it under a mapping (SIGBUS) or
-  // grow it into the server's memory.
-  if (!named && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-    return fail(errno, "sealing");
-  }
-  unsigned char* data = nullptr;
-  if (size > 0) {
-    // posix_fallocate reserves the pages now: ENOSPC or ENOMEM here instead
-    // of SIGBUS when a client first touches a page. Unreserved, the segment
-    // is only sized, and Prepare() reserves it piece by piece.
-    if (reserve) {
-      const int err = posix_fallocate(fd, 0, static_cast<off_t>(size));
-      if (err != 0) return fail(err, "reserving");
-    }
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | (reserve ? MAP_POPULATE : 0), fd, 0);
-    if (p == MAP_FAILED) return fail(errno, "mapping");
-    data = static_cast<unsigned char*>(p);
-  }
-  return std::unique_ptr<ShmSegment>(new ShmSegment(kind, name, fd, data, size));
-}
-
 namespace {
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23  // Linux 5.14; older kernels answer EINVAL
 #endif
 
-// Faults in [p, p + size) for writing, every page, so that a shortage shows
-// here as ENOMEM. MADV_POPULATE_WRITE does it in one call; where the kernel
-// lacks it, each page is written once.
-int PopulateForWriting(unsigned char* p, size_t size) {
+// Puts every page of [data + offset, data + offset + size) in place, ready
+// for writing, so that a shortage shows here as an errno (ENOSPC, ENOMEM)
+// and never later as SIGBUS. `fd` is the file behind a shared mapping, -1
+// for anonymous memory. MADV_POPULATE_WRITE does it in one call; where the
+// kernel lacks it, posix_fallocate reserves a file's pages and each page is
+// written once.
+int Populate(int fd, unsigned char* data, size_t offset, size_t size) {
+  if (size == 0) return 0;
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(p) / page * page;
-  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + size;
-  if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) == 0) return 0;
+  const size_t begin = offset / page * page;
+  if (madvise(data + begin, offset + size - begin, MADV_POPULATE_WRITE) == 0) return 0;
+  // EFAULT is a page that would SIGBUS: the file system has no room for it.
+  if (errno == EFAULT) return ENOSPC;
   if (errno != EINVAL) return errno;
-  volatile unsigned char* v = p;
-  for (size_t at = 0; at < size; at += page) v[at] = 0;
+  if (fd >= 0) {
+    const int err = posix_fallocate(fd, static_cast<off_t>(offset), static_cast<off_t>(size));
+    if (err != 0) return err;
+  }
+  volatile unsigned char* p = data;
+  for (size_t at = begin; at < offset + size; at += page) p[at] = 0;
   return 0;
+}
+
+// Populate() over the whole of [data, data + size), split across the cores:
+// the kernel's cost is per page (allocating, zeroing, mapping), and pages of
+// different pieces take no common lock for long. 0 or the first errno.
+int PopulateAll(int fd, unsigned char* data, size_t size) {
+  constexpr size_t kPiece = size_t{2} << 20;  // a huge page, where there are any
+  const int64_t pieces = static_cast<int64_t>(size / kPiece + (size % kPiece != 0 ? 1 : 0));
+  std::atomic<int> first_error{0};
+  ParallelFor(pieces, /*min_grain=*/8, [&](int64_t begin, int64_t end) {
+    const size_t from = static_cast<size_t>(begin) * kPiece;
+    const size_t to = std::min(size, static_cast<size_t>(end) * kPiece);
+    const int err = Populate(fd, data, from, to - from);
+    int none = 0;
+    if (err != 0) first_error.compare_exchange_strong(none, err);
+  });
+  return first_error.load();
+}
+
+// How messages name a segment of `kind`.
+std::string Describe(ShmSegment::Kind kind, const std::string& name) {
+  switch (kind) {
+    case ShmSegment::Kind::kNamed: return absl::StrCat("segment ", name);
+    case ShmSegment::Kind::kMemfd: return "a memfd";
+    case ShmSegment::Kind::kPrivate: break;
+  }
+  return "private memory";
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreatePrivate(size_t size,
-                                                                      bool reserve) {
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateMapped(Kind kind, size_t size,
+                                                                     const std::string& name,
+                                                                     bool reserve) {
+  if ((kind == Kind::kNamed) == name.empty()) {
+    return absl::InternalError("a segment has a name exactly when it is of the named kind");
+  }
+  const bool named = kind == Kind::kNamed;
+  const bool shared = kind != Kind::kPrivate;
+  const std::string what = Describe(kind, name);
+  int fd = -1;
+  if (shared) {
+    fd = named ? shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)
+               : memfd_create("asarrayd", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("creating ", what));
+  }
   unsigned char* data = nullptr;
-  if (size > 0) {
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      return ErrnoStatus(errno, absl::StrCat("mapping ", size, " bytes of private memory"));
-    }
-    data = static_cast<unsigned char*>(p);
-    madvise(p, size, MADV_HUGEPAGE);  // a hint: without huge pages it still works
-    if (reserve) {
-      const int err = PopulateForWriting(data, size);
-      if (err != 0) {
-        munmap(p, size);
-        return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of private memory"));
-      }
+  auto fail = [&](int err, absl::string_view step) {
+    if (data != nullptr) munmap(data, size);
+    if (fd >= 0) close(fd);
+    if (named) shm_unlink(name.c_str());
+    return ErrnoStatus(err, absl::StrCat(step, " ", size, " bytes for ", what));
+  };
+  if (shared) {
+    if (ftruncate(fd, static_cast<off_t>(size)) != 0) return fail(errno, "sizing");
+    // Its size is final: no client can shrink it under a mapping (SIGBUS) or
+    // grow it into the server's memory.
+    if (!named && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+      return fail(errno, "sealing");
     }
   }
-  std::unique_ptr<ShmSegment> segment(new ShmSegment(Kind::kPrivate, "", -1, data, size));
+  if (size > 0) {
+    void* p = shared ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                     : mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return fail(errno, "mapping");
+    data = static_cast<unsigned char*>(p);
+    if (!shared) madvise(p, size, MADV_HUGEPAGE);  // a hint: without huge pages it still works
+    // Reserved, every page is in now: ENOSPC or ENOMEM here instead of
+    // SIGBUS when a client first touches a page. Unreserved, the segment is
+    // only sized, and Prepare() reserves it piece by piece.
+    if (reserve) {
+      const int err = PopulateAll(fd, data, size);
+      if (err != 0) return fail(err, "reserving");
+    }
+  }
+  std::unique_ptr<ShmSegment> segment(new ShmSegment(kind, name, fd, data, size));
   if (reserve) segment->set_touched();
   return segment;
 }
 
 absl::Status ShmSegment::Prepare(size_t offset, size_t size) {
-  if (size == 0) return absl::OkStatus();
-  if (kind_ == Kind::kPrivate) {
-    const int err = PopulateForWriting(data_ + offset, size);
-    if (err != 0) {
-      return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of private memory"));
-    }
-    return absl::OkStatus();
-  }
-  const int err = posix_fallocate(fd_, static_cast<off_t>(offset), static_cast<off_t>(size));
+  const int err = Populate(fd_, data_, offset, size);
   if (err != 0) {
-    return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of ",
-                                         name_.empty() ? "a memfd" : name_));
+    return ErrnoStatus(err, absl::StrCat("reserving ", size, " bytes of ", Describe(kind_, name_)));
   }
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  volatile unsigned char* p = data_;
-  for (size_t at = offset / page * page; at < offset + size; at += page) p[at] = 0;
   return absl::OkStatus();
 }
 

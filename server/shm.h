@@ -101,7 +101,6 @@ class ShmSegment final : public HostMemory {
   static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateMapped(Kind kind, size_t size,
                                                                   const std::string& name,
                                                                   bool reserve);
-  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreatePrivate(size_t size, bool reserve);
   ShmSegment(Kind kind, std::string name, int fd, unsigned char* data, size_t size)
       : kind_(kind), name_(std::move(name)), fd_(fd), data_(data), size_(size) {}
   Kind kind_;

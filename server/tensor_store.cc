@@ -101,7 +101,8 @@ void ClientFdCache::Insert(const struct stat& st, std::shared_ptr<ClientSegment>
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t bytes,
-                                                                    ShmSegment::Kind kind) {
+                                                                    ShmSegment::Kind kind,
+                                                                    bool reserve) {
   Accounting& acc = *accounting_;
   // Reserve the quota first, so concurrent requests cannot overshoot it.
   uint64_t in_use = acc.bytes_in_use.load();
@@ -116,8 +117,9 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t byt
 
   absl::StatusOr<std::unique_ptr<ShmSegment>> segment = pool_->Take(bytes, kind);
   if (*segment == nullptr) {
-    segment =
-        ShmSegment::Create(kind, bytes, kind == ShmSegment::Kind::kNamed ? NewSegmentName() : "");
+    const std::string name = kind == ShmSegment::Kind::kNamed ? NewSegmentName() : "";
+    segment = reserve ? ShmSegment::Create(kind, bytes, name)
+                      : ShmSegment::CreateUnreserved(kind, bytes, name);
   }
   if (!segment.ok()) {
     acc.bytes_in_use -= bytes;

@@ -105,11 +105,13 @@ class TensorStore {
   TensorStore(const TensorStore&) = delete;
   TensorStore& operator=(const TensorStore&) = delete;
 
-  // A new segment of `bytes`, counted against the quota until destroyed:
-  // named, or a memfd. RESOURCE_EXHAUSTED when the quota, /dev/shm or the
-  // memory cgroup cannot take it.
+  // A new segment of `bytes` and `kind`, counted against the quota until
+  // destroyed. RESOURCE_EXHAUSTED when the quota, /dev/shm or the memory
+  // cgroup cannot take it. A warm one from the pool when it has one; else a
+  // fresh one, reserved, or with `reserve` false only sized and mapped (for
+  // a writer that puts every byte in itself, checking each write).
   absl::StatusOr<std::shared_ptr<ShmSegment>> NewSegment(
-      uint64_t bytes, ShmSegment::Kind kind = ShmSegment::Kind::kNamed);
+      uint64_t bytes, ShmSegment::Kind kind = ShmSegment::Kind::kNamed, bool reserve = true);
   // Held by a large transfer (an upload, a big copy) while it runs: the
   // segment pool does not refill meanwhile.
   SegmentPool::Foreground MarkForeground() { return pool_->EnterForeground(); }

@@ -165,9 +165,8 @@ absl::StatusOr<UploadMessage> ParseUploadMessage(absl::Span<const absl::string_v
   return message;
 }
 
-void CopyFromPieces(absl::Span<const absl::string_view> pieces, uint64_t offset, uint64_t size,
-                    void* out) {
-  auto* dest = static_cast<unsigned char*>(out);
+void ForEachPieceRange(absl::Span<const absl::string_view> pieces, uint64_t offset, uint64_t size,
+                       absl::FunctionRef<void(const char* data, size_t n)> fn) {
   for (const absl::string_view piece : pieces) {
     if (size == 0) return;
     if (offset >= piece.size()) {
@@ -175,11 +174,19 @@ void CopyFromPieces(absl::Span<const absl::string_view> pieces, uint64_t offset,
       continue;
     }
     const uint64_t n = std::min<uint64_t>(piece.size() - offset, size);
-    std::memcpy(dest, piece.data() + offset, n);
-    dest += n;
+    fn(piece.data() + offset, n);
     size -= n;
     offset = 0;
   }
+}
+
+void CopyFromPieces(absl::Span<const absl::string_view> pieces, uint64_t offset, uint64_t size,
+                    void* out) {
+  auto* dest = static_cast<unsigned char*>(out);
+  ForEachPieceRange(pieces, offset, size, [&](const char* data, size_t n) {
+    std::memcpy(dest, data, n);
+    dest += n;
+  });
 }
 
 }  // namespace asarray::server

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -33,8 +34,13 @@ struct UploadMessage {
 // not parse is INVALID_ARGUMENT.
 absl::StatusOr<UploadMessage> ParseUploadMessage(absl::Span<const absl::string_view> pieces);
 
-// Copies `size` bytes starting `offset` bytes into the concatenation of
-// `pieces` to `out`. REQUIRES: the range lies within the pieces.
+// Calls fn(data, n), in order, for each part of the `size` bytes starting
+// `offset` bytes into the concatenation of `pieces`. REQUIRES: the range lies
+// within the pieces.
+void ForEachPieceRange(absl::Span<const absl::string_view> pieces, uint64_t offset, uint64_t size,
+                       absl::FunctionRef<void(const char* data, size_t n)> fn);
+
+// Copies those bytes to `out`.
 void CopyFromPieces(absl::Span<const absl::string_view> pieces, uint64_t offset, uint64_t size,
                     void* out);
 
