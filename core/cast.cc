@@ -13,6 +13,7 @@
 #include "core/status_macros.h"
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -79,9 +80,18 @@ __attribute__((target("avx,f16c,sse4.1"))) int64_t FloatToHalfF16C(const float* 
   return i;
 }
 
+// Whether the CPU has F16C, AVX and SSE4.1, and the OS saves the AVX
+// registers (XCR0's SSE and AVX state bits).
 bool HasF16C() {
-  static const bool has = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx") &&
-                          __builtin_cpu_supports("sse4.1");
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return false;
+    const unsigned needed = bit_F16C | bit_AVX | bit_SSE4_1 | bit_OSXSAVE;
+    if ((ecx & needed) != needed) return false;
+    unsigned xcr0_low = 0, xcr0_high = 0;
+    __asm__("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    return (xcr0_low & 6u) == 6u;
+  }();
   return has;
 }
 #endif

@@ -58,10 +58,11 @@ absl::Status ValidateSegmentName(absl::string_view name);
 //     sends its descriptor; sealed with F_SEAL_SHRINK, F_SEAL_GROW and
 //     F_SEAL_SEAL so that its size never changes under any mapping;
 //   - kPrivate: anonymous memory only the server maps, for TCP callers, who
-//     read the bytes and map nothing. It has no descriptor (fd() is -1), and
-//     asks for transparent huge pages, so filling it costs a page fault per
-//     2 MiB instead of one per 4 KiB where the kernel has them to give.
-// The destructor unmaps it, closes it and unlinks a name; mappings and
+//     read the bytes and map nothing. It has no descriptor (fd() is -1).
+// Every kind asks for transparent huge pages, so that filling it costs a page
+// fault per 2 MiB instead of one per 4 KiB where the kernel gives them (for
+// shared memory, only where /sys/kernel/mm/transparent_hugepage/shmem_enabled
+// says advise or within_size). The destructor unmaps it, closes it and unlinks a name; mappings and
 // descriptors clients still hold stay valid.
 class ShmSegment final : public HostMemory {
  public:
