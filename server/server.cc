@@ -1,6 +1,8 @@
 #include "server/server.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -16,6 +18,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -42,6 +45,24 @@ bool SocketAnswers(const std::string& path) {
   return answers;
 }
 
+// Whether `dir` holds anything but sockets (those an earlier server left).
+bool HoldsMoreThanSockets(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return true;
+  bool more = false;
+  while (const dirent* entry = readdir(d)) {
+    const std::string name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    struct stat st;
+    if (fstatat(dirfd(d), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISSOCK(st.st_mode)) {
+      more = true;
+      break;
+    }
+  }
+  closedir(d);
+  return more;
+}
+
 }  // namespace
 
 absl::Status PrepareSocketDirectory(const std::string& socket_path) {
@@ -63,6 +84,17 @@ absl::Status PrepareSocketDirectory(const std::string& socket_path) {
     return absl::FailedPreconditionError(
         absl::StrCat("socket directory ", dir, " belongs to uid ", st.st_uid, ", not to ",
                      geteuid()));
+  }
+  // A directory that admits others is narrowed to 0700 only when it is the
+  // server's own: never one others share (/tmp, /run, a home), which the
+  // chmod would break for everyone else.
+  if ((st.st_mode & 077) != 0 && ((st.st_mode & S_ISVTX) != 0 || HoldsMoreThanSockets(dir))) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "socket directory %s admits others (mode %04o) and is not asarrayd's own (it is "
+        "sticky, or holds files other than sockets), so asarrayd will not restrict it to "
+        "mode 0700; name a socket in a directory of its own, such as "
+        "unix:%s/asarrayd/asarrayd.sock",
+        dir, st.st_mode & 07777, dir));
   }
   if ((st.st_mode & 077) != 0 && chmod(dir.c_str(), 0700) != 0) {
     return absl::FailedPreconditionError(

@@ -48,7 +48,10 @@ struct ServerOptions {
 };
 
 // Creates the socket's directory with mode 0700 or checks that an existing
-// one belongs to this uid and admits nobody else (FAILED_PRECONDITION).
+// one belongs to this uid (FAILED_PRECONDITION otherwise). One that admits
+// others is restricted to 0700 when it is the server's own; one that others
+// share (sticky, like /tmp, or holding files other than sockets, like /run)
+// is FAILED_PRECONDITION and left as it is.
 // Removes a socket an earlier instance left; FAILED_PRECONDITION when a
 // running server still accepts on it.
 absl::Status PrepareSocketDirectory(const std::string& socket_path);

@@ -324,6 +324,40 @@ TEST(UnixSocket, DefaultListensOnAPrivateUnixSocketOnly) {
   rmdir(dir);
 }
 
+TEST(UnixSocket, ASharedDirectoryIsRefusedAndLeftAsItIs) {
+  TempDir dir;
+  // Sticky and open to all, like /tmp; and open to all holding a file, like
+  // a directory others use. Neither may be narrowed to 0700 under them.
+  const std::string sticky = dir.path() + "/sticky";
+  const std::string busy = dir.path() + "/busy";
+  ASSERT_EQ(mkdir(sticky.c_str(), 0700), 0);
+  ASSERT_EQ(chmod(sticky.c_str(), 01777), 0);
+  ASSERT_EQ(mkdir(busy.c_str(), 0700), 0);
+  ASSERT_EQ(chmod(busy.c_str(), 0755), 0);
+  { std::ofstream(busy + "/notes.txt") << "someone else's"; }
+  for (const auto& [path, mode] : {std::pair<std::string, mode_t>{sticky, 01777}, {busy, 0755}}) {
+    absl::Status s = StartWith([&](server::ServerOptions& o) {
+      o.listen = {absl::StrCat("unix:", path, "/asarrayd.sock")};
+    });
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << path;
+    EXPECT_THAT(s.message(), HasSubstr("admits others")) << s;
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat(path, "/asarrayd/asarrayd.sock"))) << s;
+    struct stat st;
+    ASSERT_EQ(stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, mode) << path;
+  }
+  // The server's own directory, left open by whoever made it, is narrowed.
+  const std::string own = dir.path() + "/own";
+  ASSERT_EQ(mkdir(own.c_str(), 0700), 0);
+  ASSERT_EQ(chmod(own.c_str(), 0755), 0);
+  EXPECT_TRUE(StartWith([&](server::ServerOptions& o) {
+                o.listen = {absl::StrCat("unix:", own, "/asarrayd.sock")};
+              }).ok());
+  struct stat st;
+  ASSERT_EQ(stat(own.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+}
+
 TEST(UnixSocket, ALiveServersSocketIsNotTakenOver) {
   std::unique_ptr<TestServer> first = TestServer::Start();
   ASSERT_NE(first, nullptr);
