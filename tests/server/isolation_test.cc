@@ -335,10 +335,12 @@ TEST(UnixSocket, ASharedDirectoryIsRefusedAndLeftAsItIs) {
   ASSERT_EQ(mkdir(busy.c_str(), 0700), 0);
   ASSERT_EQ(chmod(busy.c_str(), 0755), 0);
   { std::ofstream(busy + "/notes.txt") << "someone else's"; }
-  for (const auto& [path, mode] : {std::pair<std::string, mode_t>{sticky, 01777}, {busy, 0755}}) {
-    absl::Status s = StartWith([&](server::ServerOptions& o) {
-      o.listen = {absl::StrCat("unix:", path, "/asarrayd.sock")};
-    });
+  for (const std::pair<std::string, mode_t>& shared : {std::pair<std::string, mode_t>{sticky, 01777},
+                                                       {busy, 0755}}) {
+    const std::string& path = shared.first;
+    const mode_t mode = shared.second;
+    const std::string listen = absl::StrCat("unix:", path, "/asarrayd.sock");
+    absl::Status s = StartWith([&](server::ServerOptions& o) { o.listen = {listen}; });
     EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << path;
     EXPECT_THAT(s.message(), HasSubstr("admits others")) << s;
     EXPECT_THAT(s.message(), HasSubstr(absl::StrCat(path, "/asarrayd/asarrayd.sock"))) << s;
