@@ -61,30 +61,24 @@ int ab_threads() { return asarray::MaxParallelism(); }
 // Fresh memory of `bytes` for a destination kind; null on failure. Pass the
 // result to ab_data and ab_free.
 void* ab_alloc(int kind, uint64_t bytes) {
-  std::unique_ptr<ShmSegment> segment;
+  absl::StatusOr<std::unique_ptr<ShmSegment>> segment = nullptr;
   switch (kind) {
     case kFreshAnonymous:
-      segment = *ShmSegment::CreateUnreserved(ShmSegment::Kind::kPrivate, bytes);
+      segment = ShmSegment::CreateUnreserved(ShmSegment::Kind::kPrivate, bytes);
       break;
-    case kPrefaulted: {
-      absl::StatusOr<std::unique_ptr<ShmSegment>> s =
-          ShmSegment::Create(ShmSegment::Kind::kPrivate, bytes);
-      if (s.ok()) segment = *std::move(s);
+    case kPrefaulted:
+      segment = ShmSegment::Create(ShmSegment::Kind::kPrivate, bytes);
       break;
-    }
-    case kSegmentCold: {
-      absl::StatusOr<std::unique_ptr<ShmSegment>> s =
-          ShmSegment::Create(ShmSegment::Kind::kMemfd, bytes);
-      if (s.ok()) segment = *std::move(s);
+    case kSegmentCold:
+      segment = ShmSegment::Create(ShmSegment::Kind::kMemfd, bytes);
       break;
-    }
     case kSegmentPooled:
       segment = ThePool().pool.Take(bytes, ShmSegment::Kind::kMemfd);
       break;
     default:
       break;
   }
-  return segment.release();
+  return segment.ok() ? segment->release() : nullptr;
 }
 
 void* ab_data(void* memory) { return static_cast<ShmSegment*>(memory)->data(); }
@@ -97,8 +91,8 @@ int ab_pool_fill(uint64_t bytes) {
   Pool& p = ThePool();
   const ShmSegment::Kind kind = ShmSegment::Kind::kMemfd;
   if (p.pool.Holds(bytes, kind)) return 0;
-  // A miss tells the pool which size is wanted.
-  delete p.pool.Take(bytes, kind).release();
+  // A miss tells the pool which size is wanted (a hit is dropped at once).
+  p.pool.Take(bytes, kind);
   p.paused.reset();
   int rc = -1;
   for (int i = 0; i < 60000 && rc != 0; ++i) {

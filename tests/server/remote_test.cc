@@ -67,6 +67,13 @@ std::unique_ptr<Client> Connect(TestServer& server, const ClientOptions& options
   return client.ok() ? *std::move(client) : nullptr;
 }
 
+// 0, step, 2 * step, ...: n float32 values, every one exact.
+std::vector<float> Ramp(size_t n, float step) {
+  std::vector<float> values(n);
+  for (size_t i = 0; i < n; ++i) values[i] = static_cast<float>(i) * step;
+  return values;
+}
+
 TEST(MutualTls, EachCertificateSubjectOwnsItsHandles) {
   std::unique_ptr<TestServer> server = StartTls(/*mutual=*/true);
   ASSERT_NE(server, nullptr);
@@ -159,8 +166,7 @@ TEST(RemoteClient, ResultsComeBackAsBytesAndNothingStays) {
   // Past the upload threshold: streamed, read back, and let go.
   client->set_upload_threshold(64 << 10);
   client->set_chunk_size(32 << 10);
-  std::vector<float> big(300000);
-  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i) * 0.5f;
+  const std::vector<float> big = Ramp(300000, 0.5f);
   const int64_t n = static_cast<int64_t>(big.size());
   absl::StatusOr<MappedTensor> uploaded =
       client->ConvertInline(big.data(), big.size() * 4, DType::kFloat32, {{n}, {1}, 0}, {});
@@ -197,8 +203,7 @@ TEST(RemoteClient, HeldResultsArePrivateMemoryOfTheServer) {
   const int memfds = CountMemfds();  // this process is the server too
 
   // A streamed upload the result aliases, and a cast of it.
-  std::vector<float> big(300000);
-  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i) * 0.25f;
+  const std::vector<float> big = Ramp(300000, 0.25f);
   const int64_t n = static_cast<int64_t>(big.size());
   absl::StatusOr<MappedTensor> uploaded =
       client->ConvertInline(big.data(), big.size() * 4, DType::kFloat32, {{n}, {1}, 0}, {});
