@@ -229,9 +229,12 @@ class ClientLink {
     return response;
   }
 
-  absl::Status Release(const std::string& id) {
+  absl::Status Release(const std::string& id) { return Release(absl::MakeConstSpan(&id, 1)); }
+  // Every one of `ids` (at least one) in one call.
+  absl::Status Release(absl::Span<const std::string> ids) {
     v1::ReleaseRequest request;
-    request.set_id(id);
+    request.set_id(ids.front());
+    for (size_t i = 1; i < ids.size(); ++i) request.add_more_ids(ids[i]);
     if (local()) {
       v1::LocalRequest local;
       *local.mutable_release() = request;
@@ -352,16 +355,39 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
 
 bool Client::has_local_transport() const { return link_->local(); }
 
+namespace {
+
+// `original`, or a copy in *copy that asks for a TTL lease of `ttl` when it
+// asks for none.
+template <typename Request>
+const Request& WithLeaseTtl(const Request& original, const std::optional<absl::Duration>& ttl,
+                            std::optional<Request>* copy) {
+  if (!ttl.has_value() || original.has_ttl_ms()) return original;
+  copy->emplace(original);
+  (*copy)->set_ttl_ms(static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(*ttl))));
+  return **copy;
+}
+
+// The descriptor a handle's memory is in: one of the request's `fds` for an
+// alias, else one of the answer's; -1 for memory that has none.
+absl::StatusOr<int> HandleFd(const HandleInfo& handle, absl::Span<const int> fds,
+                             const std::vector<UniqueFd>& received) {
+  if (!handle.has_fd) return -1;
+  const size_t count = handle.fd_from_request ? fds.size() : received.size();
+  if (handle.fd_index >= count) {
+    return absl::InternalError(absl::StrCat("the handle names descriptor ", handle.fd_index,
+                                            " of ", count));
+  }
+  return handle.fd_from_request ? fds[handle.fd_index] : received[handle.fd_index].get();
+}
+
+}  // namespace
+
 absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& original,
                                                     absl::Span<const int> fds,
                                                     std::vector<UniqueFd>* received) {
   std::optional<v1::ConvertRequest> with_ttl;
-  if (lease_ttl_.has_value() && !original.has_ttl_ms()) {
-    with_ttl = original;
-    with_ttl->set_ttl_ms(
-        static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(*lease_ttl_))));
-  }
-  const v1::ConvertRequest& request = with_ttl.has_value() ? *with_ttl : original;
+  const v1::ConvertRequest& request = WithLeaseTtl(original, lease_ttl_, &with_ttl);
   // A request past one datagram goes over gRPC, unless descriptors go with it.
   const bool fits = request.ByteSizeLong() + 64 <= kMaxLocalMessageBytes;
   if (link_->local() && !request.return_data() && (fits || !fds.empty())) {
@@ -379,6 +405,82 @@ absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& or
   v1::ConvertResponse response;
   RETURN_IF_ERROR(link_->Done(stub_->Convert(&context, request, &response)));
   return response;
+}
+
+absl::StatusOr<v1::ConvertBatchResponse> Client::ConvertBatch(
+    const v1::ConvertBatchRequest& original, absl::Span<const int> fds,
+    std::vector<UniqueFd>* received) {
+  std::optional<v1::ConvertBatchRequest> with_ttl;
+  const v1::ConvertBatchRequest& request = WithLeaseTtl(original, lease_ttl_, &with_ttl);
+  const bool fits = request.ByteSizeLong() + 64 <= kMaxLocalMessageBytes;
+  if (link_->local() && (fits || !fds.empty())) {
+    v1::LocalRequest local;
+    *local.mutable_convert_batch() = request;
+    ASSIGN_OR_RETURN(v1::LocalResponse response, link_->CallLocal(local, fds, received));
+    return std::move(*response.mutable_convert_batch());
+  }
+  if (!fds.empty()) {
+    return absl::FailedPreconditionError(
+        "descriptors travel only over the local transport, which this client has not");
+  }
+  grpc::ClientContext context;
+  link_->Prepare(&context, ClientLink::Call::kData);
+  v1::ConvertBatchResponse response;
+  RETURN_IF_ERROR(link_->Done(stub_->ConvertBatch(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<std::vector<MappedTensor>> Client::ConvertAndMapBatch(
+    const v1::ConvertBatchRequest& request, absl::Span<const int> fds) {
+  if (remote_ && !lease_ttl_.has_value()) {
+    // Kept on the server just long enough to read each back.
+    v1::ConvertBatchRequest held = request;
+    if (!held.has_ttl_ms()) held.set_ttl_ms(60000);
+    ASSIGN_OR_RETURN(const v1::ConvertBatchResponse response, ConvertBatch(held));
+    std::vector<std::string> ids;
+    for (const v1::TensorHandle& h : response.handles()) ids.push_back(h.id());
+    std::vector<MappedTensor> out;
+    absl::Status status;
+    const auto read = [&](const v1::TensorHandle& h) -> absl::StatusOr<MappedTensor> {
+      ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(h));
+      ASSIGN_OR_RETURN(std::string bytes, ReadBytes(h.id()));
+      return FromBytes(handle, std::move(bytes));
+    };
+    for (const v1::TensorHandle& h : response.handles()) {
+      absl::StatusOr<MappedTensor> tensor = read(h);
+      if (!tensor.ok()) {
+        status = tensor.status();
+        break;
+      }
+      out.push_back(*std::move(tensor));
+    }
+    if (!ids.empty()) status.Update(link_->Release(ids));
+    if (!status.ok()) return status;
+    return out;
+  }
+  std::vector<UniqueFd> received;
+  ASSIGN_OR_RETURN(const v1::ConvertBatchResponse response, ConvertBatch(request, fds, &received));
+  std::vector<MappedTensor> out;
+  out.reserve(static_cast<size_t>(response.handles_size()));
+  // Mapped in order; a failure releases the leases of the rest too.
+  absl::Status status;
+  const auto map = [&](const v1::TensorHandle& h) -> absl::StatusOr<MappedTensor> {
+    ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(h));
+    if (remote_) return HeldRemotely(handle);
+    ASSIGN_OR_RETURN(const int fd, HandleFd(handle, fds, received));
+    return Map(handle, /*owns_lease=*/true, fd);
+  };
+  for (const v1::TensorHandle& h : response.handles()) {
+    absl::StatusOr<MappedTensor> tensor = map(h);
+    if (!tensor.ok() && status.ok()) status = tensor.status();
+    if (tensor.ok() && status.ok()) {
+      out.push_back(*std::move(tensor));
+    } else if (!tensor.ok()) {
+      link_->Release(h.id()).IgnoreError();
+    }
+  }
+  if (!status.ok()) return status;
+  return out;
 }
 
 absl::StatusOr<v1::ConvertResponse> Client::Upload(const v1::ConvertUploadHeader& header,
@@ -537,20 +639,7 @@ absl::StatusOr<MappedTensor> Client::ConvertAndMap(const v1::ConvertRequest& req
   std::vector<UniqueFd> received;
   ASSIGN_OR_RETURN(const v1::ConvertResponse response, Convert(request, fds, &received));
   ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response.handle()));
-  int fd = -1;
-  if (handle.has_fd) {
-    const std::vector<int> held =
-        handle.fd_from_request ? std::vector<int>(fds.begin(), fds.end()) : [&] {
-          std::vector<int> out;
-          for (const UniqueFd& f : received) out.push_back(f.get());
-          return out;
-        }();
-    if (handle.fd_index >= held.size()) {
-      return absl::InternalError(absl::StrCat("the handle names descriptor ", handle.fd_index,
-                                              " of ", held.size()));
-    }
-    fd = held[handle.fd_index];
-  }
+  ASSIGN_OR_RETURN(const int fd, HandleFd(handle, fds, received));
   // The received descriptors close on return: the mapping keeps the memory.
   return Map(handle, /*owns_lease=*/true, fd);
 }
@@ -727,8 +816,17 @@ absl::StatusOr<std::string> Client::ConvertToData(const v1::ConvertRequest& requ
 }
 
 absl::StatusOr<absl::Time> Client::Renew(const std::string& id, absl::Duration ttl) {
+  ASSIGN_OR_RETURN(const std::vector<absl::Time> expires,
+                   Renew(absl::MakeConstSpan(&id, 1), ttl));
+  return expires.front();
+}
+
+absl::StatusOr<std::vector<absl::Time>> Client::Renew(absl::Span<const std::string> ids,
+                                                      absl::Duration ttl) {
+  if (ids.empty()) return std::vector<absl::Time>();
   v1::RenewRequest request;
-  request.set_id(id);
+  request.set_id(ids.front());
+  for (size_t i = 1; i < ids.size(); ++i) request.add_more_ids(ids[i]);
   request.set_ttl_ms(static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(ttl))));
   v1::RenewResponse response;
   if (link_->local()) {
@@ -741,10 +839,17 @@ absl::StatusOr<absl::Time> Client::Renew(const std::string& id, absl::Duration t
     link_->Prepare(&context, ClientLink::Call::kUnary);
     RETURN_IF_ERROR(link_->Done(stub_->Renew(&context, request, &response)));
   }
-  return absl::FromUnixMillis(response.lease_expires_unix_ms());
+  std::vector<absl::Time> expires = {absl::FromUnixMillis(response.lease_expires_unix_ms())};
+  for (int64_t ms : response.more_lease_expires_unix_ms()) expires.push_back(absl::FromUnixMillis(ms));
+  return expires;
 }
 
 absl::Status Client::Release(const std::string& id) { return link_->Release(id); }
+
+absl::Status Client::Release(absl::Span<const std::string> ids) {
+  if (ids.empty()) return absl::OkStatus();
+  return link_->Release(ids);
+}
 
 absl::StatusOr<std::vector<HandleInfo>> Client::List() {
   grpc::ClientContext context;

@@ -214,6 +214,17 @@ class Client {
   absl::StatusOr<v1::ConvertResponse> Convert(const v1::ConvertRequest& request,
                                               absl::Span<const int> fds = {},
                                               std::vector<UniqueFd>* received = nullptr);
+  // Many conversions in one call, all or nothing (see ConvertBatchRequest),
+  // over the local transport as Convert goes, `fds` beside it for the fd
+  // sources of every item (FdArray.fd_index counts in `fds`).
+  absl::StatusOr<v1::ConvertBatchResponse> ConvertBatch(const v1::ConvertBatchRequest& request,
+                                                        absl::Span<const int> fds = {},
+                                                        std::vector<UniqueFd>* received = nullptr);
+  // ConvertBatch, and every handle mapped, in the items' order; each result
+  // holds its lease. Remote: each result's bytes, read back, and nothing
+  // kept on the server (unless set_lease_ttl asks to keep them).
+  absl::StatusOr<std::vector<MappedTensor>> ConvertAndMapBatch(
+      const v1::ConvertBatchRequest& request, absl::Span<const int> fds = {});
   // Whether calls go over the local transport.
   bool has_local_transport() const;
   // Whether the address is TCP: results come back as bytes.
@@ -239,7 +250,13 @@ class Client {
                                             HandleInfo* handle = nullptr);
 
   absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl = absl::ZeroDuration());
+  // Every one of `ids` to the same TTL in one call: their new expiries, in
+  // order (NOT_FOUND after the rest for an unknown one).
+  absl::StatusOr<std::vector<absl::Time>> Renew(absl::Span<const std::string> ids,
+                                                absl::Duration ttl = absl::ZeroDuration());
   absl::Status Release(const std::string& id);
+  // Every one of `ids` in one call (NOT_FOUND after the rest for an unknown one).
+  absl::Status Release(absl::Span<const std::string> ids);
   absl::StatusOr<std::vector<HandleInfo>> List();
   absl::StatusOr<v1::StatsResponse> Stats();
   // SERVING, or the reason it is not.

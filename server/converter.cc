@@ -1,6 +1,7 @@
 #include "server/converter.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -8,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/cast.h"
+#include "core/quote.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
 
@@ -17,16 +19,6 @@ namespace {
 // A client region this big, used a second time, is page-locked so that
 // copies to a device read it directly.
 constexpr uint64_t kPinMinBytes = uint64_t{16} << 20;
-
-// Memory the server makes: named for gRPC callers on the Unix socket, who
-// map it by name; a memfd, whose descriptor goes with the answer, for local
-// ones; private to the server for TCP callers, who map nothing and read the
-// bytes.
-ShmSegment::Kind ResultKind(const Caller& caller, bool local, bool named_memory) {
-  if (named_memory) return ShmSegment::Kind::kNamed;
-  if (local) return ShmSegment::Kind::kMemfd;
-  return caller.uid == kNoLocalUid ? ShmSegment::Kind::kPrivate : ShmSegment::Kind::kNamed;
-}
 
 Tensor NewTensor(const Plan& plan, const Caller& caller) {
   Tensor t;
@@ -67,6 +59,16 @@ absl::StatusOr<RangeArray> ArrayInRange(const Array& array, absl::string_view ra
 
 }  // namespace
 
+// Memory the server makes: named for gRPC callers on the Unix socket, who
+// map it by name; a memfd, whose descriptor goes with the answer, for local
+// ones; private to the server for TCP callers, who map nothing and read the
+// bytes.
+ShmSegment::Kind Converter::ResultKind(const Caller& caller, bool local, bool named_memory) {
+  if (named_memory) return ShmSegment::Kind::kNamed;
+  if (local) return ShmSegment::Kind::kMemfd;
+  return caller.uid == kNoLocalUid ? ShmSegment::Kind::kPrivate : ShmSegment::Kind::kNamed;
+}
+
 absl::StatusOr<uint64_t> RequiredStorageBytes(const Layout& layout, DType dtype) {
   ASSIGN_OR_RETURN(const ByteRange range, ComputeByteRange(layout, ItemSize(dtype)));
   if (range.begin < 0) {
@@ -77,11 +79,11 @@ absl::StatusOr<uint64_t> RequiredStorageBytes(const Layout& layout, DType dtype)
   return static_cast<uint64_t>(range.end);
 }
 
-absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, const Caller& caller,
-                                          const LocalCall* local) {
+absl::StatusOr<Converter::Prepared> Converter::Prepare(const v1::ConvertRequest& request,
+                                                       const Caller& caller,
+                                                       const LocalCall* local) {
   ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromProto(request.options()));
   const v1::Source& source = request.source();
-  const ShmSegment::Kind kind = ResultKind(caller, local != nullptr, request.named_memory());
   switch (source.kind_case()) {
     case v1::Source::kInlineArray: {
       const v1::InlineArray& array = source.inline_array();
@@ -95,13 +97,12 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, con
             DimsToString(layout.strides), " and offset ", layout.offset, " needs exactly ",
             needed));
       }
-      return ConvertArray({SourceKind::kInline, dtype, layout, Device{}}, options,
+      return PrepareArray({SourceKind::kInline, dtype, layout, Device{}}, options,
                           Storage::Host(reinterpret_cast<const unsigned char*>(array.storage().data()),
-                                        needed),
-                          caller, kind);
+                                        needed));
     }
     case v1::Source::kLiteral:
-      return ConvertLiteral(source.literal(), options, caller, kind);
+      return PrepareLiteral(source.literal(), options);
     case v1::Source::kSharedMemory: {
       const v1::SharedMemoryArray& array = source.shared_memory();
       ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "region"));
@@ -110,9 +111,9 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, con
       ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region,
                        store_->OpenClientRegion(array.name(), array.offset(), array.size(),
                                                  caller.uid));
-      // Not mapped yet: ConvertArray maps it if it copies.
-      return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
-                          Storage::Host(nullptr, array.size(), std::move(region)), caller, kind);
+      // Not mapped yet: Run maps it if it copies.
+      return PrepareArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
+                          Storage::Host(nullptr, array.size(), std::move(region)));
     }
     case v1::Source::kFd: {
       const v1::FdArray& array = source.fd();
@@ -120,8 +121,8 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, con
       const DType dtype = in_range.dtype;
       const Layout& layout = in_range.layout;
       ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region, OpenFdSource(array, local));
-      return ConvertArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
-                          Storage::Host(nullptr, array.size(), std::move(region)), caller, kind);
+      return PrepareArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
+                          Storage::Host(nullptr, array.size(), std::move(region)));
     }
     case v1::Source::kCudaIpc: {
       const v1::CudaIpcArray& array = source.cuda_ipc();
@@ -137,20 +138,19 @@ absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, con
       ASSIGN_OR_RETURN(std::shared_ptr<DeviceMemory> memory,
                        cuda_->OpenIpc(array.ipc_handle(), array.device(), array.offset(),
                                       array.size()));
-      return ConvertArray({SourceKind::kDeviceMemory, dtype, layout, device}, options,
-                          Storage::OnDevice(std::move(memory)), caller, kind);
+      return PrepareArray({SourceKind::kDeviceMemory, dtype, layout, device}, options,
+                          Storage::OnDevice(std::move(memory)));
     }
     case v1::Source::kTensorId: {
       ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(source.tensor_id(), caller));
       const Tensor& held = *lease.tensor;
       if (held.device_memory != nullptr) {
-        return ConvertArray({SourceKind::kDeviceMemory, held.dtype, held.layout, held.device},
-                            options, Storage::OnDevice(held.device_memory), caller, kind);
+        return PrepareArray({SourceKind::kDeviceMemory, held.dtype, held.layout, held.device},
+                            options, Storage::OnDevice(held.device_memory));
       }
-      return ConvertArray({SourceKind::kHostMemory, held.dtype, held.layout, held.device},
+      return PrepareArray({SourceKind::kHostMemory, held.dtype, held.layout, held.device},
                           options,
-                          Storage::Host(held.memory->data(), held.memory->size(), held.memory),
-                          caller, kind);
+                          Storage::Host(held.memory->data(), held.memory->size(), held.memory));
     }
     case v1::Source::KIND_NOT_SET:
       break;
@@ -248,47 +248,208 @@ bool Converter::PinForDevice(const HostMemory* memory) {
       .ok();
 }
 
-absl::StatusOr<Tensor> Converter::ConvertArray(const Source& source,
-                                               const ConvertOptions& options, Storage storage,
-                                               const Caller& caller, ShmSegment::Kind kind) {
-  ASSIGN_OR_RETURN(const Plan plan, PlanConversion(source, options));
+absl::StatusOr<Converter::Prepared> Converter::PrepareArray(const Source& source,
+                                                            const ConvertOptions& options,
+                                                            Storage storage) {
+  Prepared prepared(source, std::move(storage));
+  ASSIGN_OR_RETURN(prepared.plan_, PlanConversion(source, options));
+  const Plan& plan = prepared.plan_;
   RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
+  if (plan.action == Plan::Action::kCopy) {
+    if (plan.device.type == Device::Type::kCPU) {
+      prepared.needs_host_memory_ = true;
+      ASSIGN_OR_RETURN(prepared.host_bytes_, RequiredStorageBytes(plan.layout, plan.dtype));
+    }
+  } else if (prepared.storage_.host == nullptr && prepared.storage_.device == nullptr) {
+    // Request bytes die with the call: the result keeps a copy of the
+    // storage as it arrived, with the source's layout.
+    prepared.needs_host_memory_ = true;
+    prepared.host_bytes_ = prepared.storage_.size;
+  }
+  return prepared;
+}
+
+absl::StatusOr<Converter::Prepared> Converter::PrepareLiteral(const v1::Literal& proto,
+                                                              const ConvertOptions& options) {
+  ASSIGN_OR_RETURN(Literal literal, LiteralFromProto(proto));
+  Prepared prepared({SourceKind::kLiteral, DType::kFloat32, Layout{}, Device{}},
+                    Storage::Host(nullptr, 0));
+  prepared.literal_ = std::make_shared<const Literal>(std::move(literal));
+  ASSIGN_OR_RETURN(prepared.plan_,
+                   PlanLiteral(*prepared.literal_, options, &prepared.literal_info_));
+  const Plan& plan = prepared.plan_;
+  RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
+  ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
+  prepared.needs_host_memory_ = plan.device.type == Device::Type::kCPU;
+  prepared.host_bytes_ = bytes;
+  return prepared;
+}
+
+absl::StatusOr<Tensor> Converter::Run(Prepared prepared, std::shared_ptr<HostMemory> host,
+                                      const Caller& caller, ShmSegment::Kind kind) {
+  if (prepared.needs_host_memory_ && host == nullptr) {
+    ASSIGN_OR_RETURN(host, store_->NewSegment(prepared.host_bytes_, kind));
+  }
+  const Plan& plan = prepared.plan_;
+  Storage& storage = prepared.storage_;
   Tensor tensor = NewTensor(plan, caller);
+  if (prepared.literal_ != nullptr) {
+    if (plan.device.type == Device::Type::kCPU) {
+      RETURN_IF_ERROR(StoreLiteral(*prepared.literal_, prepared.literal_info_, host->data()));
+      tensor.memory = std::move(host);
+      return tensor;
+    }
+    // Built on the host in its final dtype and layout, then copied over.
+    std::vector<unsigned char> staged(prepared.host_bytes_);
+    RETURN_IF_ERROR(StoreLiteral(*prepared.literal_, prepared.literal_info_, staged.data()));
+    RETURN_IF_ERROR(CopyInto({SourceKind::kInline, plan.dtype, plan.layout, Device{}},
+                             Storage::Host(staged.data(), staged.size()), plan, nullptr,
+                             &tensor));
+    return tensor;
+  }
   if (plan.action == Plan::Action::kCopy) {
     if (storage.host != nullptr) {  // a client's segment is mapped on first need
       RETURN_IF_ERROR(storage.host->Map());
       storage.data = storage.host->data();
     }
-    RETURN_IF_ERROR(CopyInto(source, storage, plan, kind, &tensor));
+    RETURN_IF_ERROR(CopyInto(prepared.source_, storage, plan, std::move(host), &tensor));
     return tensor;
   }
   if (storage.device != nullptr) {
     tensor.device_memory = std::move(storage.device);
     return tensor;
   }
-  if (storage.host == nullptr) {
-    // Request bytes die with the call: the result keeps a copy of the
-    // storage as it arrived, with the source's layout.
-    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment,
-                     store_->NewSegment(storage.size, kind));
-    if (storage.size > 0) std::memcpy(segment->data(), storage.data, storage.size);
-    storage.host = std::move(segment);
+  if (storage.host == nullptr) {  // inline bytes, kept (see PrepareArray)
+    if (storage.size > 0) std::memcpy(host->data(), storage.data, storage.size);
+    storage.host = std::move(host);
   }
   tensor.memory = std::move(storage.host);
   return tensor;
 }
 
+absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, const Caller& caller,
+                                          const LocalCall* local) {
+  ASSIGN_OR_RETURN(Prepared prepared, Prepare(request, caller, local));
+  return Run(std::move(prepared), nullptr, caller,
+             ResultKind(caller, local != nullptr, request.named_memory()));
+}
+
+namespace {
+
+// Each result in an arena starts at a multiple of this.
+constexpr uint64_t kArenaAlignment = 64;
+
+// Fields an item of a batch leaves to the batch.
+absl::Status CheckBatchItem(const v1::ConvertRequest& item) {
+  if (item.return_data()) {
+    return absl::InvalidArgumentError(
+        "return_data is not for a batch item: take the handles and Read them");
+  }
+  if (item.release_ids_size() > 0) {
+    return absl::InvalidArgumentError(
+        "release_ids belong to the batch (ConvertBatchRequest.release_ids), not to an item");
+  }
+  if (item.has_ttl_ms()) {
+    return absl::InvalidArgumentError(
+        "ttl_ms belongs to the batch (ConvertBatchRequest.ttl_ms), not to an item");
+  }
+  if (item.named_memory()) {
+    return absl::InvalidArgumentError(
+        "named_memory belongs to the batch (ConvertBatchRequest.named_memory), not to an item");
+  }
+  return absl::OkStatus();
+}
+
+// `status` of item `index`, its code kept and the item named.
+absl::Status ItemError(const v1::ConvertBatchRequest& batch, int index,
+                       const absl::Status& status) {
+  std::string item = absl::StrCat("item ", index);
+  if (index < batch.keys_size()) absl::StrAppend(&item, " (", Cut(batch.keys(index)), ")");
+  return absl::Status(status.code(), absl::StrCat(item, ": ", status.message()));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Tensor>> Converter::ConvertBatch(const v1::ConvertBatchRequest& batch,
+                                                            const Caller& caller,
+                                                            const LocalCall* local) {
+  const int n = batch.items_size();
+  if (n == 0) return absl::InvalidArgumentError("the batch has no items");
+  if (n > kMaxBatchItems) {
+    return absl::InvalidArgumentError(absl::StrCat("the batch has ", n,
+                                                   " items; one takes at most ", kMaxBatchItems));
+  }
+  if (batch.keys_size() != 0 && batch.keys_size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the batch names ", batch.keys_size(), " keys for ", n, " items: give one each, or none"));
+  }
+  // Every check first, and the arena's layout: nothing is made before all
+  // items are known to be good.
+  std::vector<Prepared> prepared;
+  prepared.reserve(static_cast<size_t>(n));
+  std::vector<uint64_t> offsets(static_cast<size_t>(n), 0);
+  uint64_t arena_bytes = 0;
+  bool has_arena = false;
+  for (int i = 0; i < n; ++i) {
+    const v1::ConvertRequest& item = batch.items(i);
+    absl::Status checked = CheckBatchItem(item);
+    if (!checked.ok()) return ItemError(batch, i, checked);
+    absl::StatusOr<Prepared> p = Prepare(item, caller, local);
+    if (!p.ok()) return ItemError(batch, i, p.status());
+    if (p->needs_host_memory()) {
+      has_arena = true;
+      const uint64_t at = (arena_bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
+      if (at < arena_bytes || p->host_bytes() > UINT64_MAX - at) {
+        return ItemError(batch, i,
+                         absl::ResourceExhaustedError("the batch's results take more bytes "
+                                                      "than 64 bits count"));
+      }
+      offsets[static_cast<size_t>(i)] = at;
+      arena_bytes = at + p->host_bytes();
+    }
+    prepared.push_back(*std::move(p));
+  }
+  const ShmSegment::Kind kind = ResultKind(caller, local != nullptr, batch.named_memory());
+  std::shared_ptr<ShmSegment> arena;
+  if (has_arena) {
+    absl::StatusOr<std::shared_ptr<ShmSegment>> made = store_->NewSegment(arena_bytes, kind);
+    if (!made.ok()) {
+      return absl::Status(made.status().code(),
+                          absl::StrCat("the batch's arena of ", arena_bytes, " bytes for ", n,
+                                       " items: ", made.status().message()));
+    }
+    arena = *std::move(made);
+  }
+  std::vector<Tensor> results;
+  results.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    Prepared& p = prepared[static_cast<size_t>(i)];
+    std::shared_ptr<HostMemory> slice;
+    if (p.needs_host_memory()) {
+      slice = std::make_shared<SegmentSlice>(arena, offsets[static_cast<size_t>(i)],
+                                             p.host_bytes());
+    }
+    // A failure here drops the results so far, and with them the arena.
+    if (batch_fault_) {
+      if (absl::Status fault = batch_fault_(i); !fault.ok()) return ItemError(batch, i, fault);
+    }
+    absl::StatusOr<Tensor> tensor = Run(std::move(p), std::move(slice), caller, kind);
+    if (!tensor.ok()) return ItemError(batch, i, tensor.status());
+    results.push_back(*std::move(tensor));
+  }
+  return results;
+}
+
 absl::Status Converter::CopyInto(const Source& source, const Storage& storage, const Plan& plan,
-                                 ShmSegment::Kind kind, Tensor* tensor) {
+                                 std::shared_ptr<HostMemory> host, Tensor* tensor) {
   ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
   const ConstStridedView src{storage.data, source.dtype, source.layout};
   if (plan.device.type == Device::Type::kCPU) {
-    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes, kind));
-    const StridedView dst{segment->data(), plan.dtype, plan.layout};
+    const StridedView dst{host->data(), plan.dtype, plan.layout};
     RETURN_IF_ERROR(storage.device != nullptr
                         ? cuda_->CastDeviceToHost(storage.device->device(), src, dst)
                         : CastCopy(src, dst));
-    tensor->memory = std::move(segment);
+    tensor->memory = std::move(host);
     return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(std::shared_ptr<DeviceMemory> memory, cuda_->Allocate(plan.device.index, bytes));
@@ -300,29 +461,6 @@ absl::Status Converter::CopyInto(const Source& source, const Storage& storage, c
                                                 PinForDevice(storage.host.get())));
   tensor->device_memory = std::move(memory);
   return absl::OkStatus();
-}
-
-absl::StatusOr<Tensor> Converter::ConvertLiteral(const v1::Literal& proto,
-                                                 const ConvertOptions& options, const Caller& caller,
-                                                 ShmSegment::Kind kind) {
-  ASSIGN_OR_RETURN(const Literal literal, LiteralFromProto(proto));
-  LiteralInfo info;
-  ASSIGN_OR_RETURN(const Plan plan, PlanLiteral(literal, options, &info));
-  RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
-  ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
-  Tensor tensor = NewTensor(plan, caller);
-  if (plan.device.type == Device::Type::kCPU) {
-    ASSIGN_OR_RETURN(std::shared_ptr<ShmSegment> segment, store_->NewSegment(bytes, kind));
-    RETURN_IF_ERROR(StoreLiteral(literal, info, segment->data()));
-    tensor.memory = std::move(segment);
-    return tensor;
-  }
-  // Built on the host in its final dtype and layout, then copied over.
-  std::vector<unsigned char> host(bytes);
-  RETURN_IF_ERROR(StoreLiteral(literal, info, host.data()));
-  RETURN_IF_ERROR(CopyInto({SourceKind::kInline, plan.dtype, plan.layout, Device{}},
-                           Storage::Host(host.data(), bytes), plan, kind, &tensor));
-  return tensor;
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> Converter::BeginUpload(
@@ -352,9 +490,11 @@ absl::StatusOr<Tensor> Converter::FinishUpload(const v1::ConvertUploadHeader& he
   const uint64_t size = storage->size();
   // The received segment is the inline source; when the plan aliases, it is
   // the result itself and no second copy is made.
-  return ConvertArray({SourceKind::kInline, dtype, layout, Device{}}, options,
-                      Storage::Host(data, size, std::move(storage)), caller,
-                      ResultKind(caller, /*local=*/false, /*named_memory=*/false));
+  ASSIGN_OR_RETURN(Prepared prepared,
+                   PrepareArray({SourceKind::kInline, dtype, layout, Device{}}, options,
+                                Storage::Host(data, size, std::move(storage))));
+  return Run(std::move(prepared), nullptr, caller,
+             ResultKind(caller, /*local=*/false, /*named_memory=*/false));
 }
 
 }  // namespace asarray::server

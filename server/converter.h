@@ -9,11 +9,14 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "asarray/v1/asarray.pb.h"
+#include "core/literal.h"
 #include "core/plan.h"
 #include "server/cuda_backend.h"
 #include "server/local_socket.h"
@@ -32,15 +35,89 @@ struct LocalCall {
   std::vector<std::shared_ptr<const HostMemory>> reply_memory;
 };
 
+// The most items one ConvertBatch takes.
+inline constexpr int kMaxBatchItems = 4096;
+
 class Converter {
+ private:
+  // Where a source's storage is: host bytes the server can read (owned by
+  // `host`, or request bytes that die with the call when `host` is null), or
+  // device memory. The layout's element 0 sits at storage + offset * item size.
+  struct Storage {
+    static Storage Host(const unsigned char* data, uint64_t size,
+                        std::shared_ptr<HostMemory> owner = nullptr) {
+      return Storage{data, size, std::move(owner), nullptr};
+    }
+    static Storage OnDevice(std::shared_ptr<DeviceMemory> memory) {
+      const auto* data = static_cast<const unsigned char*>(memory->data());
+      const uint64_t size = memory->size();
+      return Storage{data, size, nullptr, std::move(memory)};
+    }
+    const unsigned char* data;
+    uint64_t size;
+    std::shared_ptr<HostMemory> host;
+    std::shared_ptr<DeviceMemory> device;
+  };
+
  public:
   Converter(TensorStore* store, CudaBackend* cuda) : store_(store), cuda_(cuda) {}
+
+  // The kind of memory the server makes for `caller`'s results: over the
+  // local transport (`local`) or gRPC, in named memory if asked.
+  static ShmSegment::Kind ResultKind(const Caller& caller, bool local, bool named_memory);
+
+  // A conversion checked, resolved and planned, but not run: every check on
+  // the request is behind it, and it knows the new host memory its result
+  // needs, so that a batch makes one arena for all of its items before it
+  // runs any. It holds what its source needs (a client's region, a held
+  // tensor); the request must outlive it.
+  class Prepared {
+   public:
+    // Whether Run() needs new host memory, and how many bytes of it.
+    bool needs_host_memory() const { return needs_host_memory_; }
+    uint64_t host_bytes() const { return host_bytes_; }
+
+   private:
+    friend class Converter;
+    Prepared(Source source, Storage storage)
+        : source_(std::move(source)), storage_(std::move(storage)) {}
+    Source source_;
+    Storage storage_;
+    Plan plan_;
+    std::shared_ptr<const Literal> literal_;  // for a literal source
+    LiteralInfo literal_info_;
+    bool needs_host_memory_ = false;
+    uint64_t host_bytes_ = 0;
+  };
+  // Checks and plans `request` (its source and options) for `caller`;
+  // `local` as for Convert.
+  absl::StatusOr<Prepared> Prepare(const v1::ConvertRequest& request, const Caller& caller,
+                                   const LocalCall* local = nullptr);
+  // Runs a prepared conversion. `host`: host_bytes() of new memory when it
+  // needs some, or null to have a new segment of `kind` made for it.
+  absl::StatusOr<Tensor> Run(Prepared prepared, std::shared_ptr<HostMemory> host,
+                             const Caller& caller, ShmSegment::Kind kind);
 
   // A unary request: any source kind. `local`: the call came over the local
   // transport (null over gRPC); an fd source needs it, and results it makes
   // are then memfds unless the request asks for named memory.
   absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, const Caller& caller,
                                  const LocalCall* local = nullptr);
+
+  // Every item of a batch, all or nothing (see ConvertBatchRequest): the
+  // results in the items' order, their host copies in one arena. A failing
+  // item's status keeps its code, and its message names the item.
+  absl::StatusOr<std::vector<Tensor>> ConvertBatch(const v1::ConvertBatchRequest& batch,
+                                                   const Caller& caller,
+                                                   const LocalCall* local = nullptr);
+
+  // For tests: called with a batch item's index before it runs, once the
+  // arena is made and the items before it have been written into it; a
+  // status it returns fails that item there (as a device out of memory
+  // would). Set it before any call.
+  void set_batch_fault_for_testing(std::function<absl::Status(int item)> fault) {
+    batch_fault_ = std::move(fault);
+  }
 
   // What Convert(request) would do, found cheaply (no memory is mapped), so
   // that the service runs small requests on the calling thread and hands the
@@ -67,40 +144,25 @@ class Converter {
                                       std::shared_ptr<ShmSegment> storage, const Caller& caller);
 
  private:
-  // Where a source's storage is: host bytes the server can read (owned by
-  // `host`, or request bytes that die with the call when `host` is null), or
-  // device memory. The layout's element 0 sits at storage + offset * item size.
-  struct Storage {
-    static Storage Host(const unsigned char* data, uint64_t size,
-                        std::shared_ptr<HostMemory> owner = nullptr) {
-      return Storage{data, size, std::move(owner), nullptr};
-    }
-    static Storage OnDevice(std::shared_ptr<DeviceMemory> memory) {
-      const auto* data = static_cast<const unsigned char*>(memory->data());
-      const uint64_t size = memory->size();
-      return Storage{data, size, nullptr, std::move(memory)};
-    }
-    const unsigned char* data;
-    uint64_t size;
-    std::shared_ptr<HostMemory> host;
-    std::shared_ptr<DeviceMemory> device;
-  };
-  absl::StatusOr<Tensor> ConvertArray(const Source& source, const ConvertOptions& options,
-                                      Storage storage, const Caller& caller, ShmSegment::Kind kind);
+  // Plans a source whose storage is resolved.
+  absl::StatusOr<Prepared> PrepareArray(const Source& source, const ConvertOptions& options,
+                                        Storage storage);
+  absl::StatusOr<Prepared> PrepareLiteral(const v1::Literal& proto,
+                                          const ConvertOptions& options);
   // Page-locks the segment of a client region that is big and used again,
   // once (see ClientSegment); returns whether `memory` is pinned.
   bool PinForDevice(const HostMemory* memory);
-  // Fills new memory on `plan.device` with the cast of `source`.
+  // Fills new memory with the cast of `source`: `host` on the CPU, a new
+  // allocation on a device.
   absl::Status CopyInto(const Source& source, const Storage& storage, const Plan& plan,
-                        ShmSegment::Kind kind, Tensor* tensor);
-  absl::StatusOr<Tensor> ConvertLiteral(const v1::Literal& proto, const ConvertOptions& options,
-                                        const Caller& caller, ShmSegment::Kind kind);
+                        std::shared_ptr<HostMemory> host, Tensor* tensor);
   // The region of a local request's attached memfd that an fd source names.
   absl::StatusOr<std::shared_ptr<ClientRegion>> OpenFdSource(const v1::FdArray& array,
                                                              const LocalCall* local);
 
   TensorStore* const store_;
   CudaBackend* const cuda_;
+  std::function<absl::Status(int)> batch_fault_;
 };
 
 // The bytes an array's storage must hold for `layout`: through the last byte

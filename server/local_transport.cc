@@ -107,13 +107,16 @@ void LocalTransport::Serve(int fd, const Caller& caller) {
     const Reply reply = Answer(*datagram, connection.get());
     const auto ready = std::chrono::steady_clock::now();
     if (!SendLocal(fd, reply.bytes, reply.fds()).ok()) break;
+    const auto since_received = [&](std::chrono::steady_clock::time_point t) {
+      return static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(t - received).count());
+    };
     if (reply.convert) {
-      const auto since_received = [&](std::chrono::steady_clock::time_point t) {
-        return static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(t - received).count());
-      };
       service_->local_convert_latency().Record(since_received(std::chrono::steady_clock::now()));
       service_->local_convert_work_latency().Record(since_received(ready));
+      service_->CountLocalConvert(since_received(ready));
+    } else if (reply.batch_items > 0) {
+      service_->CountLocalBatch(static_cast<uint64_t>(reply.batch_items), since_received(ready));
     }
   }
   CloseConnection(connection.get());
@@ -169,12 +172,13 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
       RETURN_IF_ERROR(CheckAttached(attached, 0, "Release"));
       response->mutable_release();
       return service_->ReleaseNow(request.release(), caller);
-    case v1::LocalRequest::kRenew: {
+    case v1::LocalRequest::kConvertBatch:
+      reply->batch_items = request.convert_batch().items_size();
+      return ConvertBatch(request.convert_batch(), datagram, connection,
+                          response->mutable_convert_batch(), reply);
+    case v1::LocalRequest::kRenew:
       RETURN_IF_ERROR(CheckAttached(attached, 0, "Renew"));
-      ASSIGN_OR_RETURN(const int64_t expires, service_->RenewNow(request.renew(), caller));
-      response->mutable_renew()->set_lease_expires_unix_ms(expires);
-      return absl::OkStatus();
-    }
+      return service_->RenewNow(request.renew(), caller, response->mutable_renew());
     case v1::LocalRequest::kStats:
       RETURN_IF_ERROR(CheckAttached(attached, 0, "Stats"));
       service_->StatsNow(response->mutable_stats());
@@ -183,7 +187,7 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
       break;
   }
   return absl::InvalidArgumentError(
-      "the local request names no method (convert, release, renew or stats)");
+      "the local request names no method (convert, convert_batch, release, renew or stats)");
 }
 
 absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
@@ -201,7 +205,60 @@ absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
         "return_data conversions answer with the data: send them over gRPC");
   }
   const Caller& caller = connection->caller;
-  service_->ReleaseCarried(request, caller);
+  service_->ReleaseCarried(request.release_ids(), caller);
+  return RunLocal(
+      datagram, connection, reply,
+      [&](std::function<void()> work) {
+        service_->RunConvertWork(request, caller, std::move(work));
+      },
+      [&](LocalCall* local) { return service_->ConvertNow(request, caller, response, local); });
+}
+
+absl::Status LocalTransport::ConvertBatch(const v1::ConvertBatchRequest& request,
+                                          const LocalDatagram& datagram, Connection* connection,
+                                          v1::ConvertBatchResponse* response, Reply* reply) {
+  // Every attached descriptor must be named by an item; an index past them
+  // is the converter's to report, with the item's number.
+  std::vector<bool> named(datagram.fds.size(), false);
+  for (const v1::ConvertRequest& item : request.items()) {
+    if (item.source().has_fd() && item.source().fd().fd_index() < named.size()) {
+      named[item.source().fd().fd_index()] = true;
+    }
+  }
+  for (size_t i = 0; i < named.size(); ++i) {
+    if (!named[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "descriptor ", i, " came with the ConvertBatch request, but no item names it"));
+    }
+  }
+  const Caller& caller = connection->caller;
+  service_->ReleaseCarried(request.release_ids(), caller);
+  return RunLocal(
+      datagram, connection, reply,
+      [&](std::function<void()> work) {
+        service_->RunBatchWork(request, caller, std::move(work));
+      },
+      [&](LocalCall* local) -> absl::Status {
+        RETURN_IF_ERROR(service_->ConvertBatchNow(request, caller, response, local));
+        // The answer must fit one datagram, with its descriptors.
+        const size_t bytes = response->ByteSizeLong() + 16;
+        if (local->reply_memory.size() > static_cast<size_t>(kMaxLocalFds) ||
+            bytes > kMaxLocalMessageBytes) {
+          const size_t fds = local->reply_memory.size();
+          service_->UndoBatch(*response, caller, local);
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "the batch's answer takes ", bytes, " bytes and ", fds,
+              " descriptors, more than a local datagram carries (", kMaxLocalMessageBytes,
+              " bytes, ", kMaxLocalFds, " descriptors): send fewer items a call, or use gRPC"));
+        }
+        return absl::OkStatus();
+      });
+}
+
+absl::Status LocalTransport::RunLocal(
+    const LocalDatagram& datagram, Connection* connection, Reply* reply,
+    const std::function<void(std::function<void()>)>& schedule,
+    const std::function<absl::Status(LocalCall*)>& convert) {
   LocalCall local;
   local.connection = connection->id;
   local.fds = &datagram.fds;
@@ -210,8 +267,8 @@ absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
   // workers, the rest on this thread.
   absl::Status status;
   absl::Notification done;
-  service_->RunConvertWork(request, caller, [&] {
-    status = service_->ConvertNow(request, caller, response, &local);
+  schedule([&] {
+    status = convert(&local);
     done.Notify();
   });
   done.WaitForNotification();

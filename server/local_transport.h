@@ -1,5 +1,5 @@
-// The local transport (see LocalRequest in the proto): Convert, Release,
-// Renew and Stats for clients on this host, over a SOCK_SEQPACKET Unix
+// The local transport (see LocalRequest in the proto): Convert,
+// ConvertBatch, Release, Renew and Stats for clients on this host, over a SOCK_SEQPACKET Unix
 // socket beside each gRPC one (its path plus ".local"), one datagram each
 // way, file descriptors beside it. On a small conversion a gRPC round trip
 // costs several times the work (HTTP/2 framing, and hand-offs between
@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -54,6 +55,7 @@ class LocalTransport {
     std::string bytes;
     std::vector<std::shared_ptr<const HostMemory>> memory;
     bool convert = false;  // the request was a Convert
+    int batch_items = 0;   // the items of a ConvertBatch request
     std::vector<int> fds() const;
   };
 
@@ -86,6 +88,14 @@ class LocalTransport {
                         v1::LocalResponse* response, Reply* reply);
   absl::Status Convert(const v1::ConvertRequest& request, const LocalDatagram& datagram,
                        Connection* connection, v1::ConvertResponse* response, Reply* reply);
+  absl::Status ConvertBatch(const v1::ConvertBatchRequest& request,
+                            const LocalDatagram& datagram, Connection* connection,
+                            v1::ConvertBatchResponse* response, Reply* reply);
+  // Runs `convert` where gRPC would (see AsArrayService::RunConvertWork), and
+  // waits for it; the call's descriptors go in `reply`.
+  absl::Status RunLocal(const LocalDatagram& datagram, Connection* connection, Reply* reply,
+                        const std::function<void(std::function<void()>)>& schedule,
+                        const std::function<absl::Status(LocalCall*)>& convert);
 
   AsArrayService* const service_;
   absl::Mutex mu_;

@@ -66,6 +66,7 @@ class Server {
   // The addresses it listens on, TCP ports resolved ("unix:/..." or "host:port").
   const std::vector<std::string>& addresses() const { return addresses_; }
   TensorStore& store() { return *store_; }
+  AsArrayService& service() { return *service_; }
   const CudaBackend& cuda() const { return *cuda_; }
   int orphans_swept() const { return orphans_swept_; }
 

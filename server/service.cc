@@ -14,12 +14,14 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/impl/codegen/server_callback_handlers.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 #include "core/cast.h"
+#include "core/quote.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
 #include "server/peer.h"
@@ -65,8 +67,13 @@ HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires,
       info.fd_from_request = true;
       info.fd_index = request->source().fd().fd_index();
     } else {
-      info.fd_index = static_cast<uint32_t>(local->reply_memory.size());
-      local->reply_memory.push_back(t.memory);
+      // The results of a batch share one arena: its descriptor goes once.
+      auto& sent = local->reply_memory;
+      const auto same_file = std::find_if(sent.begin(), sent.end(), [&](const auto& m) {
+        return m->fd() == t.memory->fd();
+      });
+      info.fd_index = static_cast<uint32_t>(same_file - sent.begin());
+      if (same_file == sent.end()) sent.push_back(t.memory);
     }
   }
   // A lease that ends with its connection has no time.
@@ -572,8 +579,9 @@ grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext*
 
 absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
 
-void AsArrayService::ReleaseCarried(const v1::ConvertRequest& request, const Caller& caller) {
-  for (const std::string& id : request.release_ids()) store_->Release(id, caller).IgnoreError();
+void AsArrayService::ReleaseCarried(const google::protobuf::RepeatedPtrField<std::string>& ids,
+                                    const Caller& caller) {
+  for (const std::string& id : ids) store_->Release(id, caller).IgnoreError();
 }
 
 absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const Caller& caller,
@@ -601,6 +609,37 @@ absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const
   return converter_.ReadElements(tensor, 0, sizes.numel, data->data());
 }
 
+absl::Status AsArrayService::ConvertBatchNow(const v1::ConvertBatchRequest& request,
+                                             const Caller& caller,
+                                             v1::ConvertBatchResponse* response,
+                                             LocalCall* local) {
+  ASSIGN_OR_RETURN(std::vector<Tensor> tensors, converter_.ConvertBatch(request, caller, local));
+  converts_ += tensors.size();
+  const bool for_connection = local != nullptr && !request.has_ttl_ms();
+  const absl::Duration ttl = TtlFromProto(request.ttl_ms());
+  absl::Status status;
+  for (int i = 0; i < static_cast<int>(tensors.size()); ++i) {
+    Tensor& tensor = tensors[static_cast<size_t>(i)];
+    const TensorStore::Lease lease = for_connection
+                                         ? store_->AddForConnection(std::move(tensor),
+                                                                    local->connection)
+                                         : store_->Add(std::move(tensor), ttl);
+    status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires, &request.items(i),
+                                             local),
+                                response->add_handles()));
+  }
+  if (!status.ok()) UndoBatch(*response, caller, local);
+  return status;
+}
+
+void AsArrayService::UndoBatch(const v1::ConvertBatchResponse& response, const Caller& caller,
+                               LocalCall* local) {
+  for (const v1::TensorHandle& handle : response.handles()) {
+    store_->Release(handle.id(), caller).IgnoreError();
+  }
+  if (local != nullptr) local->reply_memory.clear();
+}
+
 absl::StatusOr<RowMajorStream> AsArrayService::ConvertToDataNow(const v1::ConvertRequest& request,
                                                                 const Caller& caller) {
   ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller));
@@ -617,13 +656,44 @@ absl::StatusOr<RowMajorStream> AsArrayService::ReadNow(const v1::ReadRequest& re
                               ChunkBytes(request.chunk_size()));
 }
 
-absl::StatusOr<int64_t> AsArrayService::RenewNow(const v1::RenewRequest& request, const Caller& caller) {
-  ASSIGN_OR_RETURN(const absl::Time expires,
-                   store_->Renew(request.id(), TtlFromProto(request.ttl_ms()), caller));
-  return absl::ToUnixMillis(expires);
+namespace {
+
+// A call that names handles `first` and `more`: an id twice is refused.
+absl::Status CheckDistinctIds(const std::string& first,
+                              const google::protobuf::RepeatedPtrField<std::string>& more,
+                              absl::string_view method) {
+  if (more.empty()) return absl::OkStatus();
+  absl::flat_hash_set<absl::string_view> seen;
+  seen.reserve(static_cast<size_t>(more.size()) + 1);
+  seen.insert(first);
+  for (const std::string& id : more) {
+    if (!seen.insert(id).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", method, " names handle ", Quote(id), " twice; nothing was done"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status AsArrayService::RenewNow(const v1::RenewRequest& request, const Caller& caller,
+                                      v1::RenewResponse* response) {
+  RETURN_IF_ERROR(CheckDistinctIds(request.id(), request.more_ids(), "Renew"));
+  const absl::Duration ttl = TtlFromProto(request.ttl_ms());
+  absl::StatusOr<absl::Time> expires = store_->Renew(request.id(), ttl, caller);
+  absl::Status status = expires.status();
+  if (expires.ok()) response->set_lease_expires_unix_ms(absl::ToUnixMillis(*expires));
+  for (const std::string& id : request.more_ids()) {
+    absl::StatusOr<absl::Time> more = store_->Renew(id, ttl, caller);
+    response->add_more_lease_expires_unix_ms(more.ok() ? absl::ToUnixMillis(*more) : 0);
+    if (status.ok()) status = more.status();
+  }
+  return status;
 }
 
 absl::Status AsArrayService::ReleaseNow(const v1::ReleaseRequest& request, const Caller& caller) {
+  RETURN_IF_ERROR(CheckDistinctIds(request.id(), request.more_ids(), "Release"));
   absl::Status status = store_->Release(request.id(), caller);
   for (const std::string& id : request.more_ids()) {
     absl::Status s = store_->Release(id, caller);
@@ -632,30 +702,74 @@ absl::Status AsArrayService::ReleaseNow(const v1::ReleaseRequest& request, const
   return status;
 }
 
-grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* context,
-                                                  const v1::ConvertRequest* request,
-                                                  v1::ConvertResponse* response) {
+grpc::ServerUnaryReactor* AsArrayService::ServeConversion(
+    grpc::CallbackServerContext* context,
+    const google::protobuf::RepeatedPtrField<std::string>& release_ids,
+    std::function<absl::Status(const Caller&)> convert,
+    const std::function<void(const Caller&, std::function<void()>)>& schedule) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Caller caller = CallerOf(context);
-  ReleaseCarried(*request, caller);
-  auto work = [this, reactor, request, response, caller] {
-    const absl::Status status = ConvertNow(*request, caller, response);
+  ReleaseCarried(release_ids, caller);
+  schedule(caller, [this, reactor, caller, convert = std::move(convert)] {
+    const absl::Status status = convert(caller);
     Count(status);
     reactor->Finish(ToGrpcStatus(status));
     Exit();
-  };
-  RunConvertWork(*request, caller, std::move(work));
+  });
   return reactor;
+}
+
+grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* context,
+                                                  const v1::ConvertRequest* request,
+                                                  v1::ConvertResponse* response) {
+  return ServeConversion(
+      context, request->release_ids(),
+      [this, request, response](const Caller& caller) {
+        return ConvertNow(*request, caller, response);
+      },
+      [this, request](const Caller& caller, std::function<void()> work) {
+        RunConvertWork(*request, caller, std::move(work));
+      });
+}
+
+grpc::ServerUnaryReactor* AsArrayService::ConvertBatch(grpc::CallbackServerContext* context,
+                                                       const v1::ConvertBatchRequest* request,
+                                                       v1::ConvertBatchResponse* response) {
+  return ServeConversion(
+      context, request->release_ids(),
+      [this, request, response](const Caller& caller) {
+        return ConvertBatchNow(*request, caller, response);
+      },
+      [this, request](const Caller& caller, std::function<void()> work) {
+        RunBatchWork(*request, caller, std::move(work));
+      });
+}
+
+void AsArrayService::RunBatchWork(const v1::ConvertBatchRequest& request, const Caller& caller,
+                                  std::function<void()> work) {
+  Converter::WorkEstimate all;
+  // A batch past the limit fails at once; it is not estimated.
+  if (request.items_size() <= kMaxBatchItems) {
+    for (const v1::ConvertRequest& item : request.items()) {
+      const Converter::WorkEstimate one = converter_.EstimateWork(item, caller);
+      all.copy_bytes += one.copy_bytes;
+      all.uses_device |= one.uses_device;
+    }
+  }
+  RunWork(all, /*return_data=*/false, std::move(work));
 }
 
 void AsArrayService::RunConvertWork(const v1::ConvertRequest& request, const Caller& caller,
                                     std::function<void()> work) {
+  RunWork(converter_.EstimateWork(request, caller), request.return_data(), std::move(work));
+}
+
+void AsArrayService::RunWork(const Converter::WorkEstimate& estimate, bool return_data,
+                             std::function<void()> work) {
   // Aliasing and small copies finish here; big copies and device work go to
   // the workers so that gRPC's threads never wait on them.
-  const Converter::WorkEstimate estimate = converter_.EstimateWork(request, caller);
-  if (estimate.copy_bytes < kInlineWorkBytes && !estimate.uses_device &&
-      !request.return_data()) {
+  if (estimate.copy_bytes < kInlineWorkBytes && !estimate.uses_device && !return_data) {
     work();
   } else if (estimate.copy_bytes >= SegmentPool::kMinBytes) {
     auto busy = std::make_shared<SegmentPool::Foreground>(store_->MarkForeground());
@@ -715,9 +829,7 @@ grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* con
                                                 const v1::RenewRequest* request,
                                                 v1::RenewResponse* response) {
   if (!Enter()) return FinishNow(context, ShuttingDown());
-  absl::StatusOr<int64_t> expires = RenewNow(*request, CallerOf(context));
-  if (expires.ok()) response->set_lease_expires_unix_ms(*expires);
-  return FinishNow(context, expires.status());
+  return FinishNow(context, RenewNow(*request, CallerOf(context), response));
 }
 
 grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* context,
@@ -771,6 +883,10 @@ void AsArrayService::StatsNow(v1::StatsResponse* response) const {
   response->set_local_convert_p99_ns(local_convert_latency_.Quantile(0.99));
   response->set_local_convert_work_p50_ns(local_convert_work_latency_.Quantile(0.5));
   response->set_local_convert_work_p99_ns(local_convert_work_latency_.Quantile(0.99));
+  response->set_local_convert_work_ns(local_convert_work_ns_.load());
+  response->set_local_batches(local_batches_.load());
+  response->set_local_batch_items(local_batch_items_.load());
+  response->set_local_batch_work_ns(local_batch_work_ns_.load());
 }
 
 }  // namespace asarray::server

@@ -79,6 +79,9 @@ class AsArrayService final : public v1::AsArray::CallbackService {
                                     const v1::ConvertRequest* request,
                                     v1::ConvertResponse* response) override;
   // ConvertUpload's handler; `response` receives a serialized ConvertResponse.
+  grpc::ServerUnaryReactor* ConvertBatch(grpc::CallbackServerContext* context,
+                                         const v1::ConvertBatchRequest* request,
+                                         v1::ConvertBatchResponse* response) override;
   grpc::ServerReadReactor<grpc::ByteBuffer>* ConvertUploadRaw(grpc::CallbackServerContext* context,
                                                               grpc::ByteBuffer* response);
   grpc::ServerWriteReactor<v1::ReadResponse>* ConvertToData(
@@ -101,14 +104,24 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   // The work of Convert and Release, on the calling thread, for `caller`;
   // the local transport (see local_transport.h) runs them too. Convert first releases
   // the ids the request carries (ReleaseCarried), then ConvertNow converts.
-  void ReleaseCarried(const v1::ConvertRequest& request, const Caller& caller);
+  void ReleaseCarried(const google::protobuf::RepeatedPtrField<std::string>& ids,
+                      const Caller& caller);
   // `local`: the call came over the local transport (see LocalCall).
   absl::Status ConvertNow(const v1::ConvertRequest& request, const Caller& caller,
                           v1::ConvertResponse* response, LocalCall* local = nullptr);
+  // A batch, all or nothing: its results registered, or none (the batch's
+  // release_ids are the caller's to release first).
+  absl::Status ConvertBatchNow(const v1::ConvertBatchRequest& request, const Caller& caller,
+                               v1::ConvertBatchResponse* response, LocalCall* local = nullptr);
+  // Ends the leases of a batch's handles in `response`, which is then not
+  // sent: a batch that failed after its results were registered.
+  void UndoBatch(const v1::ConvertBatchResponse& response, const Caller& caller,
+                 LocalCall* local);
   absl::Status ReleaseNow(const v1::ReleaseRequest& request, const Caller& caller);
   // The work of Read, Renew and ConvertToData, on the calling thread.
   absl::StatusOr<RowMajorStream> ReadNow(const v1::ReadRequest& request, const Caller& caller);
-  absl::StatusOr<int64_t> RenewNow(const v1::RenewRequest& request, const Caller& caller);
+  absl::Status RenewNow(const v1::RenewRequest& request, const Caller& caller,
+                        v1::RenewResponse* response);
   absl::StatusOr<RowMajorStream> ConvertToDataNow(const v1::ConvertRequest& request,
                                                   const Caller& caller);
   // Runs `work`, a conversion of `request`, where it belongs: on this thread
@@ -116,6 +129,8 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   // big copies, which hold the segment pool's foreground mark meanwhile).
   void RunConvertWork(const v1::ConvertRequest& request, const Caller& caller,
                       std::function<void()> work);
+  void RunBatchWork(const v1::ConvertBatchRequest& request, const Caller& caller,
+                    std::function<void()> work);
 
   // Stats' answer, for any transport.
   void StatsNow(v1::StatsResponse* response) const;
@@ -125,6 +140,14 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   // The local transport's Convert calls, received to answered.
   LatencyHistogram& local_convert_latency() { return local_convert_latency_; }
   LatencyHistogram& local_convert_work_latency() { return local_convert_work_latency_; }
+  // The local transport's work totals (StatsResponse.local_convert_work_ns
+  // and the batch counts after it).
+  void CountLocalConvert(uint64_t work_ns) { local_convert_work_ns_ += work_ns; }
+  void CountLocalBatch(uint64_t items, uint64_t work_ns) {
+    ++local_batches_;
+    local_batch_items_ += items;
+    local_batch_work_ns_ += work_ns;
+  }
 
   // For the reactors: counts a finished call.
   void Count(const absl::Status& status);
@@ -148,6 +171,15 @@ class AsArrayService final : public v1::AsArray::CallbackService {
  private:
   grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
                                       const absl::Status& status);
+  void RunWork(const Converter::WorkEstimate& estimate, bool return_data,
+               std::function<void()> work);
+  // A unary conversion over gRPC: the carried releases, then `convert` for
+  // the caller, run where `schedule` puts it.
+  grpc::ServerUnaryReactor* ServeConversion(
+      grpc::CallbackServerContext* context,
+      const google::protobuf::RepeatedPtrField<std::string>& release_ids,
+      std::function<absl::Status(const Caller&)> convert,
+      const std::function<void(const Caller&, std::function<void()>)>& schedule);
 
   TensorStore* const store_;
   CudaBackend* const cuda_;
@@ -160,6 +192,10 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   std::atomic<uint64_t> local_connections_{0};
   LatencyHistogram local_convert_latency_;
   LatencyHistogram local_convert_work_latency_;  // the same without the send
+  std::atomic<uint64_t> local_convert_work_ns_{0};
+  std::atomic<uint64_t> local_batches_{0};
+  std::atomic<uint64_t> local_batch_items_{0};
+  std::atomic<uint64_t> local_batch_work_ns_{0};
 
   absl::Mutex calls_mu_;
   int calls_in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;

@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -110,6 +111,30 @@ class ShmSegment final : public HostMemory {
   unsigned char* data_;
   size_t size_;
   bool touched_ = false;
+};
+
+// The bytes [offset, offset + size) of a segment the server made, which
+// several tensors share (a batch's arena): the segment lives until its last
+// slice goes. Clients find it as the segment at that offset.
+class SegmentSlice final : public HostMemory {
+ public:
+  // REQUIRES: the range lies within the segment.
+  SegmentSlice(std::shared_ptr<ShmSegment> segment, uint64_t offset, size_t size)
+      : segment_(std::move(segment)), offset_(offset), size_(size) {}
+
+  unsigned char* data() const override {
+    return size_ == 0 ? nullptr : segment_->data() + offset_;
+  }
+  size_t size() const override { return size_; }
+  const std::string& name() const override { return segment_->name(); }
+  int fd() const override { return segment_->fd(); }
+  uint64_t offset_in_segment() const override { return offset_; }
+  bool server_owned() const override { return true; }
+
+ private:
+  const std::shared_ptr<ShmSegment> segment_;
+  const uint64_t offset_;
+  const size_t size_;
 };
 
 // A segment a client owns: one file descriptor, and from the first Map()

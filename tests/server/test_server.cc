@@ -131,17 +131,24 @@ absl::StatusOr<MappedTensor> ConvertCaseInRegion(Client& client, const Conforman
 }
 
 Outcome OutcomeOf(const absl::StatusOr<MappedTensor>& mapped) {
+  if (!mapped.ok()) {
+    Outcome out;
+    out.status = mapped.status();
+    return out;
+  }
+  return OutcomeOf(*mapped);
+}
+
+Outcome OutcomeOf(const MappedTensor& mapped) {
   Outcome out;
-  out.status = mapped.status();
-  if (!mapped.ok()) return out;
-  const HandleInfo& h = mapped->handle();
+  const HandleInfo& h = mapped.handle();
   out.dtype = h.dtype;
   out.shape = h.layout.shape;
   out.strides = h.layout.strides;
   out.requires_grad = h.requires_grad;
   out.shares_memory = h.shares_memory;
   out.warnings = h.warnings;
-  absl::StatusOr<std::string> data = mapped->RowMajorBytes();
+  absl::StatusOr<std::string> data = mapped.RowMajorBytes();
   if (!data.ok()) {
     out.status = data.status();
     return out;

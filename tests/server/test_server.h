@@ -109,6 +109,7 @@ absl::StatusOr<MappedTensor> ConvertCaseInRegion(Client& client, const Conforman
 // What a conversion produced, read through its mapped handle (shared memory,
 // or a CUDA allocation opened by IPC).
 Outcome OutcomeOf(const absl::StatusOr<MappedTensor>& mapped);
+Outcome OutcomeOf(const MappedTensor& mapped);
 
 // A fresh directory under /tmp, removed with everything in it on destruction.
 class TempDir {
