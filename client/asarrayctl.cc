@@ -3,6 +3,8 @@
 //   asarrayctl [--server ADDR] convert FILE.npy | --json LITERAL
 //              [--via shm|inline|fd] [--dtype D] [--device DEV] [--copy true|false|none]
 //              [--requires-grad] [--save OUT.npy]
+//   asarrayctl [--server ADDR] convert (FILE.npy | FILE.npz)... [options as above]
+//              [--save OUT.npz]
 //   asarrayctl [--server ADDR] take ID [--dtype D] [--device DEV] [--copy ...] [--save OUT.npy]
 //   asarrayctl [--server ADDR] read ID --save OUT.npy
 //   asarrayctl [--server ADDR] release ID | list | stats | health
@@ -18,6 +20,12 @@
 // /dev/shm. Every handle holds a TTL lease, so that it outlives the command.
 // Handles print as one JSON object per line. On failure it prints the gRPC
 // code name and message on stderr and exits 1 (2 for a usage error).
+//
+// Several files, any .npz, or --save OUT.npz convert in one ConvertBatch
+// call, all or nothing: the arrays of every .npz and each .npy, in the order
+// given. Each result's line has a "key": its .npz key, or its .npy file's
+// name less ".npy"; two arrays of the same key are refused. --save writes
+// all the results as one .npz, under those keys.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -26,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -38,8 +47,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "client/client.h"
 #include "client/npy.h"
+#include "client/npz.h"
+#include "core/checked_math.h"
 #include "core/literal_json.h"
 #include "core/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -62,6 +74,8 @@ absl::Status Usage(absl::string_view why) {
       why,
       "\nusage: asarrayctl [--server ADDR] convert (FILE.npy | --json LITERAL) [--via shm|inline|fd]"
       " [--dtype D] [--device DEV] [--copy true|false|none] [--requires-grad] [--save OUT.npy]\n"
+      "       asarrayctl [--server ADDR] convert (FILE.npy | FILE.npz)... [the same options]"
+      " [--save OUT.npz]\n"
       "       asarrayctl [--server ADDR] take ID [--dtype D] [--device DEV] [--copy ...]"
       " [--save OUT.npy]\n"
       "       asarrayctl [--server ADDR] read ID --save OUT.npy\n"
@@ -224,21 +238,179 @@ absl::StatusOr<ConvertOptions> OptionsFromArgs(const Args& args) {
   return options;
 }
 
+// A result's elements, row-major: read through the mapping or the CUDA IPC
+// handle when this process has one, and over gRPC otherwise (a remote
+// server, or a CUDA result this build cannot open).
+absl::StatusOr<std::string> ResultBytes(Client& client, const MappedTensor& result) {
+  return result.has_elements() ? result.RowMajorBytes() : client.ReadBytes(result.id());
+}
+
+// Prints a result's handle (with its key, for one of a batch). The handle
+// outlives this command: whoever uses it releases it.
+void PrintHandle(MappedTensor& result, const std::string* key = nullptr) {
+  result.DetachLease();
+  Json j = HandleJson(result.handle());
+  if (key != nullptr) j["key"] = *key;
+  std::printf("%s\n", j.dump().c_str());
+}
+
 // Prints a result's handle, and saves its elements with --save.
 absl::Status Print(Client& client, const Args& args, MappedTensor result) {
-  // The handle outlives this command: whoever uses it releases it.
-  result.DetachLease();
-  std::printf("%s\n", HandleJson(result.handle()).dump().c_str());
+  PrintHandle(result);
   if (args.options.count("--save")) {
-    // Read through the mapping or the CUDA IPC handle when this process has
-    // one, and over gRPC otherwise (a remote server, or a CUDA result this
-    // build cannot open).
-    absl::StatusOr<std::string> bytes =
-        result.has_elements() ? result.RowMajorBytes() : client.ReadBytes(result.id());
-    RETURN_IF_ERROR(bytes.status());
-    RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result.dtype(), result.shape(), *bytes));
+    ASSIGN_OR_RETURN(const std::string bytes, ResultBytes(client, result));
+    RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result.dtype(), result.shape(), bytes));
   }
   return absl::OkStatus();
+}
+
+// One array to convert: a .npy file, or a member of an .npz.
+struct Input {
+  std::string key;   // the .npz key, or the .npy file's name less ".npy"
+  std::string path;  // the file it is in
+  NpyHeader npy;
+  const char* data;  // npy.data_bytes of them
+};
+
+// The array of a mapped .npy file. ParseNpyHeader's message as it is.
+absl::StatusOr<Input> NpyInput(const std::string& path, const MappedFile& file) {
+  ASSIGN_OR_RETURN(const NpyHeader npy, ParseNpyHeader(file.view()));
+  if (file.view().size() - npy.data_offset < npy.data_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " holds fewer than the ", npy.data_bytes,
+                                                   " data bytes its header declares"));
+  }
+  absl::string_view key = path;
+  const size_t slash = key.rfind('/');
+  if (slash != absl::string_view::npos) key.remove_prefix(slash + 1);
+  absl::ConsumeSuffix(&key, ".npy");
+  return Input{std::string(key), path, npy, file.view().data() + npy.data_offset};
+}
+
+// The transport of the elements: --via, else what the client can use.
+std::string Via(const Client& client, const Args& args) {
+  // A remote client sends the bytes: it shares no memory with the server.
+  return args.options.count("--via") ? args.options.at("--via")
+         : client.remote()           ? "inline"
+                                     : "shm";
+}
+
+// The fields a region's and a memfd's source have in common.
+template <typename ArrayProto>
+void DescribeInput(const Input& input, uint64_t offset, ArrayProto* array) {
+  array->set_offset(offset);
+  array->set_size(input.npy.data_bytes);
+  array->set_dtype(DTypeToProto(input.npy.dtype));
+  LayoutToProto(input.npy.layout, array->mutable_layout());
+}
+
+// Several arrays (the files', and the members of each .npz) in one
+// ConvertBatch call: one line per result, and --save as one .npz.
+absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions& options) {
+  const bool save = args.options.count("--save") > 0;
+  if (save && !absl::EndsWith(args.options.at("--save"), ".npz")) {
+    return Usage("converting several arrays, or an .npz, saves them with --save OUT.npz");
+  }
+  // The files stay open, and the archives read, until the call is done.
+  std::deque<MappedFile> files;
+  std::deque<std::vector<NpzMember>> archives;
+  std::vector<Input> inputs;
+  std::map<std::string, const std::string*> paths;  // key -> the file it came from
+  for (const std::string& path : args.positional) {
+    if (absl::EndsWith(path, ".npz")) {
+      ASSIGN_OR_RETURN(std::vector<NpzMember> members, ReadNpz(path));
+      archives.push_back(std::move(members));
+      for (const NpzMember& m : archives.back()) {
+        inputs.push_back({m.name, path, m.header, m.npy.data() + m.header.data_offset});
+      }
+    } else {
+      ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path));
+      files.push_back(std::move(file));
+      absl::StatusOr<Input> input = NpyInput(path, files.back());
+      if (!input.ok()) {
+        return absl::Status(input.status().code(),
+                            absl::StrCat(path, ": ", input.status().message()));
+      }
+      inputs.push_back(*std::move(input));
+    }
+  }
+  for (const Input& input : inputs) {
+    const auto [it, fresh] = paths.emplace(input.key, &input.path);
+    if (!fresh) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("two arrays have the key '", input.key, "' (from ", *it->second, " and ",
+                       input.path, "); each result needs a key of its own"));
+    }
+  }
+  if (inputs.empty()) return absl::InvalidArgumentError("the .npz files hold no arrays");
+
+  const std::string via = Via(client, args);
+  if (via != "inline" && via != "shm" && via != "fd") return Usage("--via takes shm, inline or fd");
+  if (via != "inline" && client.remote()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this client is remote (TCP): --via ", via,
+        " needs memory shared with the server, on its host; send the bytes with --via inline"));
+  }
+  // shm and fd: every array in one region, each at a 64-byte aligned offset.
+  std::vector<uint64_t> offsets;
+  std::optional<SharedRegion> region;  // must outlive the conversion
+  if (via != "inline") {
+    int64_t total = 0;
+    for (const Input& input : inputs) {
+      int64_t start, end;
+      if (!CheckedAdd(total, 63, &start) ||
+          !CheckedAdd(start & ~int64_t{63}, static_cast<int64_t>(input.npy.data_bytes), &end)) {
+        return absl::InvalidArgumentError("the arrays together are too large for one region");
+      }
+      offsets.push_back(static_cast<uint64_t>(start & ~int64_t{63}));
+      total = end;
+    }
+    ASSIGN_OR_RETURN(region, via == "fd" ? SharedRegion::CreateMemfd(static_cast<size_t>(total))
+                                         : SharedRegion::Create(static_cast<size_t>(total)));
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (inputs[i].npy.data_bytes == 0) continue;
+      std::memcpy(static_cast<char*>(region->data()) + offsets[i], inputs[i].data,
+                  inputs[i].npy.data_bytes);
+    }
+  }
+  v1::ConvertBatchRequest request;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Input& input = inputs[i];
+    request.add_keys(input.key);
+    v1::ConvertRequest* item = request.add_items();
+    OptionsToProto(options, item->mutable_options());
+    if (via == "inline") {
+      v1::InlineArray* array = item->mutable_source()->mutable_inline_array();
+      array->set_dtype(DTypeToProto(input.npy.dtype));
+      LayoutToProto(input.npy.layout, array->mutable_layout());
+      array->set_storage(input.data, input.npy.data_bytes);
+    } else if (via == "fd") {
+      v1::FdArray* array = item->mutable_source()->mutable_fd();
+      array->set_fd_index(0);
+      DescribeInput(input, offsets[i], array);
+    } else {
+      v1::SharedMemoryArray* array = item->mutable_source()->mutable_shared_memory();
+      array->set_name(region->name());
+      DescribeInput(input, offsets[i], array);
+    }
+  }
+  const int fd = region.has_value() && region->is_memfd() ? region->fd() : -1;
+  ASSIGN_OR_RETURN(std::vector<MappedTensor> results,
+                   client.ConvertAndMapBatch(request, fd >= 0 ? absl::MakeConstSpan(&fd, 1)
+                                                              : absl::Span<const int>()));
+  if (results.size() != inputs.size()) {
+    return absl::InternalError(absl::StrCat("the server answered ", results.size(),
+                                            " results for ", inputs.size(), " arrays"));
+  }
+  for (size_t i = 0; i < results.size(); ++i) PrintHandle(results[i], &inputs[i].key);
+  if (!save) return absl::OkStatus();
+  std::deque<std::string> bytes;  // what `arrays` view
+  std::vector<NpzArray> arrays;
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSIGN_OR_RETURN(std::string elements, ResultBytes(client, results[i]));
+    bytes.push_back(std::move(elements));
+    arrays.push_back({inputs[i].key, results[i].dtype(), results[i].shape(), bytes.back()});
+  }
+  return WriteNpz(args.options.at("--save"), arrays);
 }
 
 absl::Status Convert(Client& client, const Args& args) {
@@ -246,22 +418,21 @@ absl::Status Convert(Client& client, const Args& args) {
   std::optional<MappedTensor> result;
   std::optional<SharedRegion> region;  // must outlive the conversion
   if (args.options.count("--json")) {
-    if (!args.positional.empty()) return Usage("give either FILE.npy or --json, not both");
+    if (!args.positional.empty()) return Usage("give either files or --json, not both");
     ASSIGN_OR_RETURN(const Literal literal, ParseLiteralJson(args.options.at("--json")));
     ASSIGN_OR_RETURN(result, client.ConvertLiteral(literal, options));
+  } else if (args.positional.empty()) {
+    return Usage("convert needs FILE.npy, FILE.npz or --json");
+  } else if (args.positional.size() > 1 ||
+             absl::EndsWith(args.positional[0], ".npz") ||
+             (args.options.count("--save") && absl::EndsWith(args.options.at("--save"), ".npz"))) {
+    return ConvertMany(client, args, options);
   } else {
-    if (args.positional.size() != 1) return Usage("convert needs one FILE.npy or --json");
     ASSIGN_OR_RETURN(const MappedFile file, MappedFile::Open(args.positional[0]));
-    ASSIGN_OR_RETURN(const NpyHeader npy, ParseNpyHeader(file.view()));
-    if (file.view().size() - npy.data_offset < npy.data_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(args.positional[0], " holds fewer than the ",
-                                                     npy.data_bytes, " data bytes its header declares"));
-    }
-    const char* data = file.view().data() + npy.data_offset;
-    // A remote client sends the bytes: it shares no memory with the server.
-    const std::string via = args.options.count("--via") ? args.options.at("--via")
-                            : client.remote()           ? "inline"
-                                                        : "shm";
+    ASSIGN_OR_RETURN(const Input input, NpyInput(args.positional[0], file));
+    const NpyHeader& npy = input.npy;
+    const char* data = input.data;
+    const std::string via = Via(client, args);
     if (via == "inline") {
       ASSIGN_OR_RETURN(result, client.ConvertInline(data, npy.data_bytes, npy.dtype, npy.layout, options));
     } else if (via == "shm" || via == "fd") {

@@ -243,6 +243,102 @@ for f in fd.json take.json take64.json; do
 done
 ctl_fails "take of an unknown id is NOT_FOUND" 1 NOT_FOUND take 0123456789abcdef
 
+# Batches: several files, or an .npz, convert in one ConvertBatch call.
+py '
+rng = np.random.default_rng(3)
+a = {"m32": rng.standard_normal((4, 5)).astype("<f4"), "scalar": np.array(7.25),
+     "empty": np.zeros((0, 2), "<i4"),
+     "mfort": np.asfortranarray(np.arange(12, dtype="<i2").reshape(3, 4) - 6),
+     "mask": np.array([True, False, True])}
+np.savez("plain.npz", **a)
+np.savez("batch.npz", **a, z=(np.arange(3) - 1j).astype("<c16"))
+np.savez_compressed("batch_z.npz", **a, z=(np.arange(3) - 1j).astype("<c16"))
+np.save("one.npy", np.arange(5, dtype="<i8"))
+np.savez("clash.npz", f32=np.zeros(2, "<f4"))
+np.savez("nothing.npz")
+import zipfile
+with zipfile.ZipFile("notes.npz", "w") as z:
+    z.writestr("m32.npy", open("f32.npy", "rb").read())
+    z.writestr("notes.txt", "not an array")
+' || fail "numpy writes the batch inputs"
+# lines FILE KEY...: one JSON line per KEY, in order, each with its key.
+lines() {
+  py 'got = [json.loads(l)["key"] for l in open(sys.argv[1]) if l.strip()]
+if got != sys.argv[2:]: print("  keys", got, file=sys.stderr)
+sys.exit(0 if got == sys.argv[2:] else 1)' "$@"
+}
+# same_npz SAVED.npz [INPUTS...]: SAVED holds the arrays of INPUTS (.npz
+# members and .npy files, by stem), the same dtype, shape and values.
+same_npz() {
+  py '
+import os
+want = {}
+for f in sys.argv[2:]:
+    if f.endswith(".npz"):
+        want.update(dict(np.load(f)))
+    else:
+        want[os.path.basename(f)[:-4]] = np.load(f)
+got = dict(np.load(sys.argv[1]))
+ok = sorted(got) == sorted(want) and all(
+    got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+    and got[k].tobytes("C") == want[k].tobytes("C") for k in want)
+if not ok: print("  ", got, "vs", want, file=sys.stderr)
+sys.exit(0 if ok else 1)' "$@"
+}
+"$CTL" convert f32.npy fort.npy cast.npy --save many.npz >many.json 2>err.txt
+check "convert of three .npy exits 0" test $? -eq 0
+check "three .npy give three lines keyed by their stems" lines many.json f32 fort cast
+check "the batch over shm aliases each file, Fortran order kept" py '
+j = [json.loads(l) for l in open("many.json")]
+sys.exit(0 if all(h["shares_memory"] for h in j) and j[1]["strides"] == [1, 2] else 1)'
+check "--save OUT.npz of three .npy holds each of them" same_npz many.npz f32.npy fort.npy cast.npy
+"$CTL" list >list3.txt 2>err.txt
+ctl_fails "a batch fails as a whole, naming the item" 1 "item 1 (fort)" \
+  convert f32.npy fort.npy --dtype float32 --copy false
+"$CTL" list >list4.txt 2>err.txt
+check "a failed batch keeps none of its results" test "$(wc -l <list3.txt)" -eq "$(wc -l <list4.txt)"
+for npz in batch.npz batch_z.npz; do
+  "$CTL" convert "$npz" --save "saved_$npz" >"$npz.json" 2>err.txt
+  check "convert $npz exits 0" test $? -eq 0
+  check "$npz gives a line per member, keyed as np.load keys them" \
+    lines "$npz.json" m32 scalar empty mfort mask z
+  check "--save of $npz holds the same arrays" same_npz "saved_$npz" "$npz"
+done
+"$CTL" convert batch_z.npz one.npy --via inline --save mix.npz >mix.json 2>err.txt
+check "convert of an .npz and a .npy --via inline exits 0" test $? -eq 0
+check "an .npz and a .npy give the members, then the file's stem" \
+  lines mix.json m32 scalar empty mfort mask z one
+check "--save of an .npz and a .npy holds them all" same_npz mix.npz batch_z.npz one.npy
+"$CTL" convert plain.npz one.npy --via fd --dtype float16 --save cast_batch.npz >fdb.json 2>err.txt
+check "convert of an .npz and a .npy --via fd --dtype float16 exits 0" test $? -eq 0
+check "the batch's results over fd are memfds of the server's" py '
+j = [json.loads(l) for l in open("fdb.json")]
+sys.exit(0 if len(j) == 6 and all(h["memory"]["kind"] == "fd" and h["dtype"] == "float16"
+                                   for h in j if h["shape"] != [0, 2]) else 1)'
+check "--dtype float16 --save OUT.npz matches torch.asarray of each" py '
+import torch
+want = dict(np.load("plain.npz"))
+want["one"] = np.load("one.npy")
+got = dict(np.load("cast_batch.npz"))
+ok = sorted(got) == sorted(want)
+for k, v in want.items():
+    t = torch.asarray(v, dtype=torch.float16).numpy()
+    ok = ok and got[k].dtype == np.float16 and got[k].shape == t.shape and got[k].tobytes() == t.tobytes()
+sys.exit(0 if ok else 1)'
+"$CTL" convert one.npy --save one.npz >one.json 2>err.txt
+check "convert of one .npy --save OUT.npz exits 0" test $? -eq 0
+check "one .npy --save OUT.npz gives its keyed line" lines one.json one
+check "one .npy --save OUT.npz saves an .npz of it" same_npz one.npz one.npy
+ctl_fails "two arrays of one key are INVALID_ARGUMENT" 1 "INVALID_ARGUMENT.*key 'f32'" \
+  convert f32.npy clash.npz
+ctl_fails "--save OUT.npy of several arrays is a usage error" 2 "OUT.npz" \
+  convert f32.npy cast.npy --save out.npy
+ctl_fails "an .npz with no arrays is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert nothing.npz
+ctl_fails "an .npz member that is not .npy is INVALID_ARGUMENT, named" 1 \
+  "INVALID_ARGUMENT.*member 'notes.txt'" convert notes.npz
+ctl_fails "a bad .npy among several is INVALID_ARGUMENT, named" 1 "INVALID_ARGUMENT: big.npy" \
+  convert f32.npy big.npy
+
 # Bad inputs and usage.
 ctl_fails "big-endian .npy is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert big.npy
 ctl_fails "object .npy is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert obj.npy

@@ -646,6 +646,36 @@ TEST(BatchLimits, ALocalAnswerPastADatagramKeepsNothing) {
   EXPECT_EQ(response->handles_size(), server::kMaxBatchItems);
 }
 
+// A TCP caller's batch: one arena of memory private to the server, read
+// back item by item, and nothing kept once the results are in.
+TEST(BatchRemote, ARemoteBatchComesBackAsBytesAndKeepsNothing) {
+  std::unique_ptr<TestServer> server =
+      TestServer::Start([](server::ServerOptions& o) { o.listen.push_back("127.0.0.1:0"); });
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(server->server().addresses().back());
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->remote());
+  v1::ConvertBatchRequest batch;
+  *batch.add_items() = InlineItem(DType::kInt32, Vector(3), Int32s({1, -2, 3}),
+                                  ToDType(DType::kFloat64));
+  Literal literal = Literal::List({Literal::Int(4), Literal::Int(5)});
+  *batch.add_items() = LiteralItem(literal, ToDType(DType::kInt8));
+  const int memfds = CountMemfds();
+  absl::StatusOr<std::vector<MappedTensor>> results = (*client)->ConvertAndMapBatch(batch);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 2u);
+  const MappedTensor& first = (*results)[0];
+  ASSERT_EQ(first.dtype(), DType::kFloat64);
+  EXPECT_EQ(static_cast<const double*>(first.data())[1], -2.0);
+  const MappedTensor& second = (*results)[1];
+  ASSERT_EQ(second.dtype(), DType::kInt8);
+  EXPECT_EQ(static_cast<const int8_t*>(second.data())[1], 5);
+  EXPECT_EQ(server->server().store().Stats().tensors, 0u);
+  EXPECT_EQ(server->SegmentsInDevShm(), 0);
+  EXPECT_EQ(CountMemfds(), memfds) << "a TCP caller's arena is private memory";
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, BatchTest, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& p) {
                            return p.param ? "Local" : "Grpc";
