@@ -88,21 +88,26 @@ absl::Status CallerErrnoStatus(int err, absl::string_view what) {
   }
 }
 
-std::string RandomHex128() {
-  unsigned char bytes[16];
+std::vector<std::string> RandomHex128s(size_t count) {
+  std::vector<unsigned char> bytes(16 * count);
   size_t got = 0;
-  while (got < sizeof bytes) {
-    const ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+  while (got < bytes.size()) {
+    const ssize_t n = getrandom(bytes.data() + got, bytes.size() - got, 0);
     if (n > 0) got += static_cast<size_t>(n);
   }
   static const char kHex[] = "0123456789abcdef";
-  std::string out(32, '0');
-  for (int i = 0; i < 16; ++i) {
-    out[2 * i] = kHex[bytes[i] >> 4];
-    out[2 * i + 1] = kHex[bytes[i] & 15];
+  std::vector<std::string> out(count, std::string(32, '0'));
+  for (size_t k = 0; k < count; ++k) {
+    for (size_t i = 0; i < 16; ++i) {
+      const unsigned char b = bytes[16 * k + i];
+      out[k][2 * i] = kHex[b >> 4];
+      out[k][2 * i + 1] = kHex[b & 15];
+    }
   }
   return out;
 }
+
+std::string RandomHex128() { return std::move(RandomHex128s(1).front()); }
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view what) {
   std::ifstream in(path, std::ios::binary);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -40,6 +41,8 @@ uint64_t RaiseFdLimit();
 
 // 128 random bits from getrandom(2), as 32 hex digits.
 std::string RandomHex128();
+// `count` of them, from one draw of the kernel's generator.
+std::vector<std::string> RandomHex128s(size_t count);
 
 // The whole of a small text file (a PEM certificate, say); INVALID_ARGUMENT
 // naming `what` and the path when it cannot be read or is empty.

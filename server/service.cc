@@ -616,14 +616,12 @@ absl::Status AsArrayService::ConvertBatchNow(const v1::ConvertBatchRequest& requ
   ASSIGN_OR_RETURN(std::vector<Tensor> tensors, converter_.ConvertBatch(request, caller, local));
   converts_ += tensors.size();
   const bool for_connection = local != nullptr && !request.has_ttl_ms();
-  const absl::Duration ttl = TtlFromProto(request.ttl_ms());
+  const std::vector<TensorStore::Lease> leases =
+      store_->AddAll(std::move(tensors), TtlFromProto(request.ttl_ms()),
+                     for_connection ? local->connection : 0);
   absl::Status status;
-  for (int i = 0; i < static_cast<int>(tensors.size()); ++i) {
-    Tensor& tensor = tensors[static_cast<size_t>(i)];
-    const TensorStore::Lease lease = for_connection
-                                         ? store_->AddForConnection(std::move(tensor),
-                                                                    local->connection)
-                                         : store_->Add(std::move(tensor), ttl);
+  for (int i = 0; i < static_cast<int>(leases.size()); ++i) {
+    const TensorStore::Lease& lease = leases[static_cast<size_t>(i)];
     status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires, &request.items(i),
                                              local),
                                 response->add_handles()));

@@ -185,25 +185,39 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::CountedRegion(
   });
 }
 
-TensorStore::Lease TensorStore::Insert(Tensor tensor, absl::Time expires, uint64_t connection) {
-  tensor.id = RandomHex128();
-  auto shared = std::make_shared<const Tensor>(std::move(tensor));
-  absl::MutexLock lock(&mu_);
-  entries_[shared->id] = Entry{shared, expires, connection};
-  if (connection != 0) {
-    by_connection_[connection].insert(shared->id);
-    ++connection_leases_;
+std::vector<TensorStore::Lease> TensorStore::AddAll(std::vector<Tensor> tensors,
+                                                   absl::Duration ttl, uint64_t connection) {
+  if (ttl <= absl::ZeroDuration()) ttl = options_.default_ttl;
+  const absl::Time expires =
+      connection != 0 ? absl::InfiniteFuture() : absl::Now() + std::min(ttl, options_.max_ttl);
+  std::vector<std::string> ids = RandomHex128s(tensors.size());
+  std::vector<Lease> leases;
+  leases.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    tensors[i].id = std::move(ids[i]);
+    leases.push_back(Lease{std::make_shared<const Tensor>(std::move(tensors[i])), expires});
   }
-  return Lease{shared, expires};
+  absl::MutexLock lock(&mu_);
+  absl::flat_hash_set<std::string>* tied =
+      connection != 0 ? &by_connection_[connection] : nullptr;
+  for (const Lease& lease : leases) {
+    entries_[lease.tensor->id] = Entry{lease.tensor, expires, connection};
+    if (tied != nullptr) tied->insert(lease.tensor->id);
+  }
+  if (tied != nullptr) connection_leases_ += leases.size();
+  return leases;
 }
 
 TensorStore::Lease TensorStore::Add(Tensor tensor, absl::Duration ttl) {
-  if (ttl <= absl::ZeroDuration()) ttl = options_.default_ttl;
-  return Insert(std::move(tensor), absl::Now() + std::min(ttl, options_.max_ttl), 0);
+  std::vector<Tensor> one;
+  one.push_back(std::move(tensor));
+  return std::move(AddAll(std::move(one), ttl).front());
 }
 
 TensorStore::Lease TensorStore::AddForConnection(Tensor tensor, uint64_t connection) {
-  return Insert(std::move(tensor), absl::InfiniteFuture(), connection);
+  std::vector<Tensor> one;
+  one.push_back(std::move(tensor));
+  return std::move(AddAll(std::move(one), absl::ZeroDuration(), connection).front());
 }
 
 void TensorStore::UntieLocked(const std::string& id, Entry& entry) {

@@ -141,6 +141,11 @@ class TensorStore {
   // Registers a tensor whose lease ends with local connection `connection`
   // (EndConnection), or earlier by Release; Renew turns it into a TTL lease.
   Lease AddForConnection(Tensor tensor, uint64_t connection);
+  // Registers every tensor of a batch at once (one lock, one draw of ids),
+  // in order: each as Add(tensor, ttl) would, or with `connection` nonzero
+  // as AddForConnection(tensor, connection) would.
+  std::vector<Lease> AddAll(std::vector<Tensor> tensors, absl::Duration ttl,
+                            uint64_t connection = 0);
   // Ends every lease of `connection` still tied to it; returns how many.
   int EndConnection(uint64_t connection);
 
@@ -173,7 +178,6 @@ class TensorStore {
     absl::Time expires;
     uint64_t connection = 0;  // a connection's lease; 0 for a TTL lease
   };
-  Lease Insert(Tensor tensor, absl::Time expires, uint64_t connection);
   // Forgets the connection tie of an entry that is going, or turning TTL.
   void UntieLocked(const std::string& id, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
