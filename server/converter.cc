@@ -170,8 +170,13 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> Converter::OpenFdSource(const v1::
         "the fd source names descriptor ", array.fd_index(), " but the request has ",
         local->fds->size(), " attached"));
   }
-  return store_->OpenClientFdRegion((*local->fds)[array.fd_index()].get(), array.offset(),
-                                    array.size(), local->cache);
+  local->opened.resize(local->fds->size());
+  std::shared_ptr<ClientSegment>& segment = local->opened[array.fd_index()];
+  if (segment == nullptr) {
+    ASSIGN_OR_RETURN(segment,
+                     store_->OpenClientFd((*local->fds)[array.fd_index()].get(), local->cache));
+  }
+  return store_->ClientFdRegion(segment, array.offset(), array.size());
 }
 
 Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& request,
@@ -370,9 +375,8 @@ absl::Status ItemError(const v1::ConvertBatchRequest& batch, int index,
 
 }  // namespace
 
-absl::StatusOr<std::vector<Tensor>> Converter::ConvertBatch(const v1::ConvertBatchRequest& batch,
-                                                            const Caller& caller,
-                                                            const LocalCall* local) {
+absl::StatusOr<Converter::PreparedBatch> Converter::PrepareBatch(
+    const v1::ConvertBatchRequest& batch, const Caller& caller, const LocalCall* local) {
   const int n = batch.items_size();
   if (n == 0) return absl::InvalidArgumentError("the batch has no items");
   if (n > kMaxBatchItems) {
@@ -383,50 +387,59 @@ absl::StatusOr<std::vector<Tensor>> Converter::ConvertBatch(const v1::ConvertBat
     return absl::InvalidArgumentError(absl::StrCat(
         "the batch names ", batch.keys_size(), " keys for ", n, " items: give one each, or none"));
   }
-  // Every check first, and the arena's layout: nothing is made before all
-  // items are known to be good.
-  std::vector<Prepared> prepared;
-  prepared.reserve(static_cast<size_t>(n));
-  std::vector<uint64_t> offsets(static_cast<size_t>(n), 0);
-  uint64_t arena_bytes = 0;
-  bool has_arena = false;
+  PreparedBatch out;
+  out.items.reserve(static_cast<size_t>(n));
+  out.offsets.assign(static_cast<size_t>(n), 0);
   for (int i = 0; i < n; ++i) {
     const v1::ConvertRequest& item = batch.items(i);
     absl::Status checked = CheckBatchItem(item);
     if (!checked.ok()) return ItemError(batch, i, checked);
     absl::StatusOr<Prepared> p = Prepare(item, caller, local);
     if (!p.ok()) return ItemError(batch, i, p.status());
+    const Plan& plan = p->plan_;
+    out.work.uses_device |= plan.device.type != Device::Type::kCPU ||
+                            p->storage_.device != nullptr;
+    if (plan.action == Plan::Action::kCopy) out.work.copy_bytes += p->host_bytes_;
     if (p->needs_host_memory()) {
-      has_arena = true;
-      const uint64_t at = (arena_bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
-      if (at < arena_bytes || p->host_bytes() > UINT64_MAX - at) {
+      out.has_arena = true;
+      const uint64_t at = (out.arena_bytes + kArenaAlignment - 1) / kArenaAlignment *
+                          kArenaAlignment;
+      if (at < out.arena_bytes || p->host_bytes() > UINT64_MAX - at) {
         return ItemError(batch, i,
                          absl::ResourceExhaustedError("the batch's results take more bytes "
                                                       "than 64 bits count"));
       }
-      offsets[static_cast<size_t>(i)] = at;
-      arena_bytes = at + p->host_bytes();
+      out.offsets[static_cast<size_t>(i)] = at;
+      out.arena_bytes = at + p->host_bytes();
     }
-    prepared.push_back(*std::move(p));
+    out.items.push_back(*std::move(p));
   }
-  const ShmSegment::Kind kind = ResultKind(caller, local != nullptr, batch.named_memory());
+  return out;
+}
+
+absl::StatusOr<std::vector<Tensor>> Converter::RunBatch(PreparedBatch prepared,
+                                                        const v1::ConvertBatchRequest& batch,
+                                                        const Caller& caller, bool local) {
+  const int n = static_cast<int>(prepared.items.size());
+  const ShmSegment::Kind kind = ResultKind(caller, local, batch.named_memory());
   std::shared_ptr<ShmSegment> arena;
-  if (has_arena) {
-    absl::StatusOr<std::shared_ptr<ShmSegment>> made = store_->NewSegment(arena_bytes, kind);
+  if (prepared.has_arena) {
+    absl::StatusOr<std::shared_ptr<ShmSegment>> made =
+        store_->NewSegment(prepared.arena_bytes, kind);
     if (!made.ok()) {
       return absl::Status(made.status().code(),
-                          absl::StrCat("the batch's arena of ", arena_bytes, " bytes for ", n,
-                                       " items: ", made.status().message()));
+                          absl::StrCat("the batch's arena of ", prepared.arena_bytes,
+                                       " bytes for ", n, " items: ", made.status().message()));
     }
     arena = *std::move(made);
   }
   std::vector<Tensor> results;
   results.reserve(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
-    Prepared& p = prepared[static_cast<size_t>(i)];
+    Prepared& p = prepared.items[static_cast<size_t>(i)];
     std::shared_ptr<HostMemory> slice;
     if (p.needs_host_memory()) {
-      slice = std::make_shared<SegmentSlice>(arena, offsets[static_cast<size_t>(i)],
+      slice = std::make_shared<SegmentSlice>(arena, prepared.offsets[static_cast<size_t>(i)],
                                              p.host_bytes());
     }
     // A failure here drops the results so far, and with them the arena.

@@ -33,6 +33,9 @@ struct LocalCall {
   // Filled by the service: the memory whose descriptors go with the
   // response, in FdLocation.fd_index order; held until sent.
   std::vector<std::shared_ptr<const HostMemory>> reply_memory;
+  // The attached descriptors checked and opened so far, by index: the items
+  // of a batch that name one descriptor check it once.
+  mutable std::vector<std::shared_ptr<ClientSegment>> opened;
 };
 
 // The most items one ConvertBatch takes.
@@ -104,12 +107,34 @@ class Converter {
   absl::StatusOr<Tensor> Convert(const v1::ConvertRequest& request, const Caller& caller,
                                  const LocalCall* local = nullptr);
 
-  // Every item of a batch, all or nothing (see ConvertBatchRequest): the
-  // results in the items' order, their host copies in one arena. A failing
-  // item's status keeps its code, and its message names the item.
-  absl::StatusOr<std::vector<Tensor>> ConvertBatch(const v1::ConvertBatchRequest& batch,
-                                                   const Caller& caller,
-                                                   const LocalCall* local = nullptr);
+  // What Convert(request) would do, found cheaply (no memory is mapped), so
+  // that the service runs small requests on the calling thread and hands the
+  // rest to workers.
+  struct WorkEstimate {
+    uint64_t copy_bytes = 0;   // about how many bytes it copies; 0 to alias or fail
+    bool uses_device = false;  // whether it touches a CUDA device (which can block)
+  };
+
+  // A batch checked and planned (see Prepare), and where each result's host
+  // copy goes in the arena its run makes.
+  struct PreparedBatch {
+    std::vector<Prepared> items;
+    std::vector<uint64_t> offsets;  // into the arena, for the items that need memory
+    uint64_t arena_bytes = 0;
+    bool has_arena = false;
+    WorkEstimate work;  // what running it costs
+  };
+  // Every item of a batch, all or nothing (see ConvertBatchRequest): checks
+  // and plans them all, and finds the arena's layout; nothing is made yet. A
+  // failing item's status keeps its code, and its message names the item.
+  absl::StatusOr<PreparedBatch> PrepareBatch(const v1::ConvertBatchRequest& batch,
+                                             const Caller& caller,
+                                             const LocalCall* local = nullptr);
+  // Makes the arena and runs every item of a prepared batch: the results in
+  // the items' order, or nothing.
+  absl::StatusOr<std::vector<Tensor>> RunBatch(PreparedBatch prepared,
+                                               const v1::ConvertBatchRequest& batch,
+                                               const Caller& caller, bool local);
 
   // For tests: called with a batch item's index before it runs, once the
   // arena is made and the items before it have been written into it; a
@@ -119,13 +144,6 @@ class Converter {
     batch_fault_ = std::move(fault);
   }
 
-  // What Convert(request) would do, found cheaply (no memory is mapped), so
-  // that the service runs small requests on the calling thread and hands the
-  // rest to workers.
-  struct WorkEstimate {
-    uint64_t copy_bytes = 0;   // about how many bytes it copies; 0 to alias or fail
-    bool uses_device = false;  // whether it touches a CUDA device (which can block)
-  };
   WorkEstimate EstimateWork(const v1::ConvertRequest& request, const Caller& caller) const;
 
   // Elements [begin, begin + count) of a tensor, row-major, into `dst`

@@ -125,27 +125,32 @@ void LocalTransport::Serve(int fd, const Caller& caller) {
 LocalTransport::Reply LocalTransport::Answer(const LocalDatagram& datagram,
                                              Connection* connection) {
   Reply reply;
-  v1::LocalResponse response;
+  google::protobuf::ArenaOptions arena_options;
+  arena_options.initial_block = connection->arena_block.get();
+  arena_options.initial_block_size = Connection::kArenaBlockBytes;
+  google::protobuf::Arena arena(arena_options);
+  auto* response = google::protobuf::Arena::CreateMessage<v1::LocalResponse>(&arena);
   absl::Status status;
   if (!service_->Enter()) {
     status = ShuttingDown();
   } else {
-    status = Dispatch(datagram, connection, &response, &reply);
+    status = Dispatch(datagram, connection, &arena, response, &reply);
     service_->Count(status);
   }
   service_->Exit();
   if (!status.ok()) {
-    response.Clear();
+    response->Clear();
     reply.memory.clear();
     // absl's codes are gRPC's, number for number.
-    response.set_code(static_cast<int>(status.code()));
-    response.set_message(std::string(status.message()));
+    response->set_code(static_cast<int>(status.code()));
+    response->set_message(std::string(status.message()));
   }
-  response.SerializeToString(&reply.bytes);
+  response->SerializeToString(&reply.bytes);
   return reply;
 }
 
 absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection* connection,
+                                      google::protobuf::Arena* arena,
                                       v1::LocalResponse* response, Reply* reply) {
   if (datagram.control_truncated) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -157,7 +162,7 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
                                                    kMaxLocalMessageBytes,
                                                    " bytes; send it over gRPC"));
   }
-  v1::LocalRequest request;
+  v1::LocalRequest& request = *google::protobuf::Arena::CreateMessage<v1::LocalRequest>(arena);
   if (!request.ParseFromString(datagram.bytes)) {
     return absl::InvalidArgumentError(
         "the datagram does not parse as an asarray.v1.LocalRequest");
@@ -208,7 +213,7 @@ absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
   service_->ReleaseCarried(request.release_ids(), caller);
   return RunLocal(
       datagram, connection, reply,
-      [&](std::function<void()> work) {
+      [&](LocalCall*, std::function<void()> work) {
         service_->RunConvertWork(request, caller, std::move(work));
       },
       [&](LocalCall* local) { return service_->ConvertNow(request, caller, response, local); });
@@ -233,13 +238,16 @@ absl::Status LocalTransport::ConvertBatch(const v1::ConvertBatchRequest& request
   }
   const Caller& caller = connection->caller;
   service_->ReleaseCarried(request.release_ids(), caller);
+  absl::StatusOr<Converter::PreparedBatch> prepared;
   return RunLocal(
       datagram, connection, reply,
-      [&](std::function<void()> work) {
-        service_->RunBatchWork(request, caller, std::move(work));
+      [&](LocalCall* local, std::function<void()> work) {
+        prepared = service_->converter()->PrepareBatch(request, caller, local);
+        service_->RunBatchWork(prepared, std::move(work));
       },
       [&](LocalCall* local) -> absl::Status {
-        RETURN_IF_ERROR(service_->ConvertBatchNow(request, caller, response, local));
+        RETURN_IF_ERROR(
+            service_->ConvertBatchNow(std::move(prepared), request, caller, response, local));
         // The answer must fit one datagram, with its descriptors.
         const size_t bytes = response->ByteSizeLong() + 16;
         if (local->reply_memory.size() > static_cast<size_t>(kMaxLocalFds) ||
@@ -257,7 +265,7 @@ absl::Status LocalTransport::ConvertBatch(const v1::ConvertBatchRequest& request
 
 absl::Status LocalTransport::RunLocal(
     const LocalDatagram& datagram, Connection* connection, Reply* reply,
-    const std::function<void(std::function<void()>)>& schedule,
+    const std::function<void(LocalCall*, std::function<void()>)>& schedule,
     const std::function<absl::Status(LocalCall*)>& convert) {
   LocalCall local;
   local.connection = connection->id;
@@ -267,7 +275,7 @@ absl::Status LocalTransport::RunLocal(
   // workers, the rest on this thread.
   absl::Status status;
   absl::Notification done;
-  schedule([&] {
+  schedule(&local, [&] {
     status = convert(&local);
     done.Notify();
   });

@@ -33,6 +33,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
+#include "google/protobuf/arena.h"
 #include "server/local_socket.h"
 #include "server/service.h"
 
@@ -47,6 +48,11 @@ class LocalTransport {
     uint64_t id = 0;  // > 0; leases tied to it carry it
     Caller caller;
     ClientFdCache cache;
+    // The first block of each call's protobuf arena, which the call's
+    // request and response live in: a call of any size allocates its
+    // messages without malloc, up to this much.
+    std::unique_ptr<char[]> arena_block = std::make_unique<char[]>(kArenaBlockBytes);
+    static constexpr size_t kArenaBlockBytes = 256 << 10;
   };
 
   // An answer: the serialized LocalResponse, the memory whose descriptors go
@@ -84,17 +90,20 @@ class LocalTransport {
  private:
   void Serve(int fd, const Caller& caller);
   void Finished(uint64_t thread_id, int fd);
+  // `request` and `response` live on `arena`.
   absl::Status Dispatch(const LocalDatagram& datagram, Connection* connection,
-                        v1::LocalResponse* response, Reply* reply);
+                        google::protobuf::Arena* arena, v1::LocalResponse* response,
+                        Reply* reply);
   absl::Status Convert(const v1::ConvertRequest& request, const LocalDatagram& datagram,
                        Connection* connection, v1::ConvertResponse* response, Reply* reply);
   absl::Status ConvertBatch(const v1::ConvertBatchRequest& request,
                             const LocalDatagram& datagram, Connection* connection,
                             v1::ConvertBatchResponse* response, Reply* reply);
-  // Runs `convert` where gRPC would (see AsArrayService::RunConvertWork), and
-  // waits for it; the call's descriptors go in `reply`.
+  // Runs `convert` where `schedule` (given the call, on this thread) puts it,
+  // as gRPC would (see AsArrayService::RunConvertWork), and waits for it; the
+  // call's descriptors go in `reply`.
   absl::Status RunLocal(const LocalDatagram& datagram, Connection* connection, Reply* reply,
-                        const std::function<void(std::function<void()>)>& schedule,
+                        const std::function<void(LocalCall*, std::function<void()>)>& schedule,
                         const std::function<absl::Status(LocalCall*)>& convert);
 
   AsArrayService* const service_;

@@ -609,11 +609,14 @@ absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const
   return converter_.ReadElements(tensor, 0, sizes.numel, data->data());
 }
 
-absl::Status AsArrayService::ConvertBatchNow(const v1::ConvertBatchRequest& request,
+absl::Status AsArrayService::ConvertBatchNow(absl::StatusOr<Converter::PreparedBatch> prepared,
+                                             const v1::ConvertBatchRequest& request,
                                              const Caller& caller,
                                              v1::ConvertBatchResponse* response,
                                              LocalCall* local) {
-  ASSIGN_OR_RETURN(std::vector<Tensor> tensors, converter_.ConvertBatch(request, caller, local));
+  RETURN_IF_ERROR(prepared.status());
+  ASSIGN_OR_RETURN(std::vector<Tensor> tensors,
+                   converter_.RunBatch(*std::move(prepared), request, caller, local != nullptr));
   converts_ += tensors.size();
   const bool for_connection = local != nullptr && !request.has_ttl_ms();
   const std::vector<TensorStore::Lease> leases =
@@ -734,28 +737,24 @@ grpc::ServerUnaryReactor* AsArrayService::Convert(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* AsArrayService::ConvertBatch(grpc::CallbackServerContext* context,
                                                        const v1::ConvertBatchRequest* request,
                                                        v1::ConvertBatchResponse* response) {
+  // Prepared on this thread (checks and plans, no copy), run where its size
+  // says.
+  auto prepared = std::make_shared<absl::StatusOr<Converter::PreparedBatch>>();
   return ServeConversion(
       context, request->release_ids(),
-      [this, request, response](const Caller& caller) {
-        return ConvertBatchNow(*request, caller, response);
+      [this, request, response, prepared](const Caller& caller) {
+        return ConvertBatchNow(std::move(*prepared), *request, caller, response);
       },
-      [this, request](const Caller& caller, std::function<void()> work) {
-        RunBatchWork(*request, caller, std::move(work));
+      [this, request, prepared](const Caller& caller, std::function<void()> work) {
+        *prepared = converter_.PrepareBatch(*request, caller);
+        RunBatchWork(*prepared, std::move(work));
       });
 }
 
-void AsArrayService::RunBatchWork(const v1::ConvertBatchRequest& request, const Caller& caller,
+void AsArrayService::RunBatchWork(const absl::StatusOr<Converter::PreparedBatch>& prepared,
                                   std::function<void()> work) {
-  Converter::WorkEstimate all;
-  // A batch past the limit fails at once; it is not estimated.
-  if (request.items_size() <= kMaxBatchItems) {
-    for (const v1::ConvertRequest& item : request.items()) {
-      const Converter::WorkEstimate one = converter_.EstimateWork(item, caller);
-      all.copy_bytes += one.copy_bytes;
-      all.uses_device |= one.uses_device;
-    }
-  }
-  RunWork(all, /*return_data=*/false, std::move(work));
+  RunWork(prepared.ok() ? prepared->work : Converter::WorkEstimate{}, /*return_data=*/false,
+          std::move(work));
 }
 
 void AsArrayService::RunConvertWork(const v1::ConvertRequest& request, const Caller& caller,

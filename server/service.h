@@ -111,7 +111,9 @@ class AsArrayService final : public v1::AsArray::CallbackService {
                           v1::ConvertResponse* response, LocalCall* local = nullptr);
   // A batch, all or nothing: its results registered, or none (the batch's
   // release_ids are the caller's to release first).
-  absl::Status ConvertBatchNow(const v1::ConvertBatchRequest& request, const Caller& caller,
+  // `prepared` is PrepareBatch's answer for it.
+  absl::Status ConvertBatchNow(absl::StatusOr<Converter::PreparedBatch> prepared,
+                               const v1::ConvertBatchRequest& request, const Caller& caller,
                                v1::ConvertBatchResponse* response, LocalCall* local = nullptr);
   // Ends the leases of a batch's handles in `response`, which is then not
   // sent: a batch that failed after its results were registered.
@@ -129,7 +131,9 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   // big copies, which hold the segment pool's foreground mark meanwhile).
   void RunConvertWork(const v1::ConvertRequest& request, const Caller& caller,
                       std::function<void()> work);
-  void RunBatchWork(const v1::ConvertBatchRequest& request, const Caller& caller,
+  // Runs `work` (the rest of a batch prepared as `prepared`) where
+  // RunConvertWork would run a conversion of its size.
+  void RunBatchWork(const absl::StatusOr<Converter::PreparedBatch>& prepared,
                     std::function<void()> work);
 
   // Stats' answer, for any transport.

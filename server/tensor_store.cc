@@ -158,8 +158,8 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
   return CountedRegion(std::move(segment), offset, size);
 }
 
-absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientFdRegion(
-    int fd, uint64_t offset, uint64_t size, ClientFdCache* cache) {
+absl::StatusOr<std::shared_ptr<ClientSegment>> TensorStore::OpenClientFd(int fd,
+                                                                         ClientFdCache* cache) {
   struct stat st;
   RETURN_IF_ERROR(CheckClientFd(fd, &st));
   std::shared_ptr<ClientSegment> segment = cache->Find(st);
@@ -168,7 +168,7 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientFdRegion(
     segment = std::make_shared<ClientSegment>("", own, st);
     cache->Insert(st, segment);
   }
-  return CountedRegion(std::move(segment), offset, size);
+  return segment;
 }
 
 absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::CountedRegion(

@@ -124,12 +124,15 @@ class TensorStore {
                                                                  uint64_t offset, uint64_t size,
                                                                  uid_t owner);
 
-  // A region of a memfd a local client sent (`fd`, still the transport's),
-  // checked as CheckClientFd says; it counts as a client region while
-  // referenced. `cache` keeps the connection's mapped memfds.
-  absl::StatusOr<std::shared_ptr<ClientRegion>> OpenClientFdRegion(int fd, uint64_t offset,
-                                                                   uint64_t size,
-                                                                   ClientFdCache* cache);
+  // A memfd a local client sent (`fd`, still the transport's), checked as
+  // CheckClientFd says, and opened as the server's own, or found in `cache`
+  // (the connection's mapped memfds).
+  absl::StatusOr<std::shared_ptr<ClientSegment>> OpenClientFd(int fd, ClientFdCache* cache);
+  // A region of such a memfd; it counts as a client region while referenced.
+  absl::StatusOr<std::shared_ptr<ClientRegion>> ClientFdRegion(
+      std::shared_ptr<ClientSegment> segment, uint64_t offset, uint64_t size) {
+    return CountedRegion(std::move(segment), offset, size);
+  }
 
   // Registers a tensor under a fresh id with a lease of `ttl` (zero: the
   // default TTL; capped at the maximum).
