@@ -141,6 +141,26 @@ absl::StatusOr<Converter::Prepared> Converter::Prepare(const v1::ConvertRequest&
       return PrepareArray({SourceKind::kDeviceMemory, dtype, layout, device}, options,
                           Storage::OnDevice(std::move(memory)));
     }
+    case v1::Source::kTensorView: {
+      const v1::TensorView& view = source.tensor_view();
+      ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(view, "tensor view"));
+      ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(view.tensor_id(), caller));
+      const Tensor& held = *lease.tensor;
+      if (held.memory == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "a tensor view takes a tensor in host memory, and ", Quote(view.tensor_id()),
+            " is on ", DeviceName(held.device)));
+      }
+      const uint64_t held_bytes = held.memory->size();
+      if (view.offset() > held_bytes || view.size() > held_bytes - view.offset()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor view of bytes [", view.offset(), ", +", view.size(), ") lies outside the ",
+            held_bytes, " bytes of tensor ", Quote(view.tensor_id()), "'s memory"));
+      }
+      auto slice = std::make_shared<MemorySlice>(held.memory, view.offset(), view.size());
+      return PrepareArray({SourceKind::kHostMemory, in_range.dtype, in_range.layout, Device{}},
+                          options, Storage::Host(nullptr, view.size(), std::move(slice)));
+    }
     case v1::Source::kTensorId: {
       ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(source.tensor_id(), caller));
       const Tensor& held = *lease.tensor;
@@ -203,6 +223,13 @@ Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& reques
     case v1::Source::kFd: {
       absl::StatusOr<DType> dtype = DTypeFromProto(source.fd().dtype());
       absl::StatusOr<Layout> layout = LayoutFromProto(source.fd().layout());
+      if (!dtype.ok() || !layout.ok()) return work;
+      array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
+      break;
+    }
+    case v1::Source::kTensorView: {
+      absl::StatusOr<DType> dtype = DTypeFromProto(source.tensor_view().dtype());
+      absl::StatusOr<Layout> layout = LayoutFromProto(source.tensor_view().layout());
       if (!dtype.ok() || !layout.ok()) return work;
       array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
       break;
@@ -439,7 +466,7 @@ absl::StatusOr<std::vector<Tensor>> Converter::RunBatch(PreparedBatch prepared,
     Prepared& p = prepared.items[static_cast<size_t>(i)];
     std::shared_ptr<HostMemory> slice;
     if (p.needs_host_memory()) {
-      slice = std::make_shared<SegmentSlice>(arena, prepared.offsets[static_cast<size_t>(i)],
+      slice = std::make_shared<MemorySlice>(arena, prepared.offsets[static_cast<size_t>(i)],
                                              p.host_bytes());
     }
     // A failure here drops the results so far, and with them the arena.

@@ -113,26 +113,29 @@ class ShmSegment final : public HostMemory {
   bool touched_ = false;
 };
 
-// The bytes [offset, offset + size) of a segment the server made, which
-// several tensors share (a batch's arena): the segment lives until its last
-// slice goes. Clients find it as the segment at that offset.
-class SegmentSlice final : public HostMemory {
+// The bytes [offset, offset + size) of other host memory, which it keeps:
+// the tensors of a batch's arena (slices of one segment), or a view into a
+// held tensor's memory (TensorView). Clients find it where they find its
+// parent, at the offset within.
+class MemorySlice final : public HostMemory {
  public:
-  // REQUIRES: the range lies within the segment.
-  SegmentSlice(std::shared_ptr<ShmSegment> segment, uint64_t offset, size_t size)
-      : segment_(std::move(segment)), offset_(offset), size_(size) {}
+  // REQUIRES: the range lies within `parent`.
+  MemorySlice(std::shared_ptr<HostMemory> parent, uint64_t offset, size_t size)
+      : parent_(std::move(parent)), offset_(offset), size_(size) {}
 
   unsigned char* data() const override {
-    return size_ == 0 ? nullptr : segment_->data() + offset_;
+    unsigned char* const base = parent_->data();
+    return size_ == 0 || base == nullptr ? nullptr : base + offset_;
   }
+  absl::Status Map() const override { return parent_->Map(); }
   size_t size() const override { return size_; }
-  const std::string& name() const override { return segment_->name(); }
-  int fd() const override { return segment_->fd(); }
-  uint64_t offset_in_segment() const override { return offset_; }
-  bool server_owned() const override { return true; }
+  const std::string& name() const override { return parent_->name(); }
+  int fd() const override { return parent_->fd(); }
+  uint64_t offset_in_segment() const override { return parent_->offset_in_segment() + offset_; }
+  bool server_owned() const override { return parent_->server_owned(); }
 
  private:
-  const std::shared_ptr<ShmSegment> segment_;
+  const std::shared_ptr<HostMemory> parent_;
   const uint64_t offset_;
   const size_t size_;
 };

@@ -410,6 +410,77 @@ TEST_P(BatchTest, AliasesStayAliases) {
   }
 }
 
+v1::ConvertRequest ViewItem(const std::string& id, uint64_t offset, uint64_t size, DType dtype,
+                            const Layout& layout, const ConvertOptions& options = {}) {
+  v1::ConvertRequest item;
+  v1::TensorView* view = item.mutable_source()->mutable_tensor_view();
+  view->set_tensor_id(id);
+  view->set_offset(offset);
+  view->set_size(size);
+  view->set_dtype(DTypeToProto(dtype));
+  LayoutToProto(layout, view->mutable_layout());
+  OptionsToProto(options, item.mutable_options());
+  return item;
+}
+
+// Views of one held allocation, taken in one batch: aliases of its very
+// memory at their offsets, or casts of it; a view past it is refused.
+TEST_P(BatchTest, ViewsOfAHeldTensorAliasItsMemory) {
+  std::vector<int32_t> values(64);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<int32_t>(i * 3);
+  v1::ConvertBatchRequest hold;
+  *hold.add_items() = InlineItem(DType::kUInt8, Vector(256), Int32s(values));
+  absl::StatusOr<v1::ConvertBatchResponse> held = client_->ConvertBatch(hold);
+  ASSERT_TRUE(held.ok()) << held.status();
+  const std::string id = held->handles(0).id();
+  absl::StatusOr<HandleInfo> whole = HandleFromProto(held->handles(0));
+  ASSERT_TRUE(whole.ok());
+
+  v1::ConvertBatchRequest views;
+  *views.add_items() = ViewItem(id, 0, 64, DType::kInt32, Vector(16));
+  *views.add_items() = ViewItem(id, 128, 128, DType::kInt32, Layout{{4, 4}, {1, 8}, 0});
+  ConvertOptions no_copy;
+  no_copy.copy = false;
+  *views.add_items() = ViewItem(id, 64, 64, DType::kInt32, Vector(16), no_copy);
+  *views.add_items() = ViewItem(id, 64, 64, DType::kInt32, Vector(16), ToDType(DType::kFloat64));
+  const uint64_t segments = Stats().segments;
+  absl::StatusOr<std::vector<MappedTensor>> mapped = client_->ConvertAndMapBatch(views);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  EXPECT_EQ(Stats().segments, segments + 1) << "only the cast made memory";
+  for (int i = 0; i < 3; ++i) {
+    const HandleInfo& h = (*mapped)[static_cast<size_t>(i)].handle();
+    EXPECT_TRUE(h.shares_memory) << i;
+    const uint64_t want = (local() ? whole->fd_offset : whole->shm_offset) +
+                          (i == 0 ? 0 : i == 1 ? 128 : 64);
+    EXPECT_EQ(local() ? h.fd_offset : h.shm_offset, want) << i;
+    if (!local()) {
+      EXPECT_EQ(h.shm_name, whole->shm_name);
+    }
+  }
+  const auto* first = static_cast<const int32_t*>((*mapped)[0].data());
+  EXPECT_EQ(first[5], 15);
+  // (4, 4) with strides (1, 8) from element 32: element [1, 2] is 32 + 1 + 16.
+  const auto* strided = static_cast<const int32_t*>((*mapped)[1].data());
+  EXPECT_EQ(strided[1 + 2 * 8], (32 + 1 + 16) * 3);
+  const MappedTensor& cast = (*mapped)[3];
+  ASSERT_EQ(cast.dtype(), DType::kFloat64);
+  EXPECT_FALSE(cast.handle().shares_memory);
+  EXPECT_EQ(static_cast<const double*>(cast.data())[2], 18 * 3);
+
+  v1::ConvertBatchRequest past;
+  *past.add_items() = ViewItem(id, 200, 64, DType::kInt32, Vector(16));
+  absl::StatusOr<v1::ConvertBatchResponse> refused = client_->ConvertBatch(past);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("lies outside the 256 bytes"));
+  *past.mutable_items(0) = ViewItem(id, 0, 16, DType::kInt32, Vector(16));
+  refused = client_->ConvertBatch(past);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("too small"));
+  *past.mutable_items(0) = ViewItem("no-such-id", 0, 16, DType::kInt32, Vector(4));
+  refused = client_->ConvertBatch(past);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kNotFound) << refused.status();
+}
+
 // Many ids released and renewed in one call; an id twice is refused first.
 TEST_P(BatchTest, ReleaseAndRenewTakeManyIdsAndRefuseDuplicates) {
   v1::ConvertBatchRequest batch;
