@@ -58,28 +58,31 @@ def runs_for(nbytes):
 
 # --- consumers (process B) -----------------------------------------------------------
 
-def _torch_consumer(conn):
+def serve(conn, take):
+    """B's loop: for each payload until None, `take` it (make it readable and
+    read it) and answer with B's clock."""
     while True:
-        tensor = conn.recv()
-        if tensor is None:
+        payload = conn.recv()
+        if payload is None:
             return
-        _ = float(tensor[-1])  # B can read it
+        held = take(payload)
         conn.send(time.perf_counter())
-        del tensor
+        del held
+
+
+def _read_last(tensor):
+    _ = float(tensor[-1])  # B can read it
+    return tensor
+
+
+def _torch_consumer(conn):
+    serve(conn, _read_last)
 
 
 def _asarray_consumer(address, conn):
     from asarray_client import Client
-    client = Client(address)
-    while True:
-        ref = conn.recv()
-        if ref is None:
-            client.close()
-            return
-        view = client.asarray(ref, copy=False)
-        _ = float(view[-1])  # B can read it
-        conn.send(time.perf_counter())
-        del view
+    with Client(address) as client:
+        serve(conn, lambda ref: _read_last(client.asarray(ref, copy=False)))
 
 
 def _echo(sock):

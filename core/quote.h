@@ -23,6 +23,30 @@ inline std::string Cut(absl::string_view value) {
                       value.size(), " bytes)");
 }
 
+// The value as it reads, printable ASCII kept (quotes too), a backslash
+// doubled and any other byte as \xNN; cut as Cut() cuts. For names that a
+// message gives in parentheses, such as a batch item's key path.
+inline std::string Printable(absl::string_view value) {
+  const absl::string_view head = value.substr(0, kMaxQuotedBytes);
+  std::string out;
+  out.reserve(head.size());
+  for (const char c : head) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (byte >= 0x20 && byte < 0x7f) {
+      out += c;
+    } else {
+      static const char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[byte >> 4];
+      out += kHex[byte & 15];
+    }
+  }
+  if (value.size() > kMaxQuotedBytes) absl::StrAppend(&out, "... (", value.size(), " bytes)");
+  return out;
+}
+
 // 'value' with C escapes, or 'first 128 bytes...' (N bytes) when longer.
 inline std::string Quote(absl::string_view value) {
   if (value.size() <= kMaxQuotedBytes) return absl::StrCat("'", absl::CHexEscape(value), "'");

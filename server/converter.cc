@@ -396,7 +396,7 @@ absl::Status CheckBatchItem(const v1::ConvertRequest& item) {
 absl::Status ItemError(const v1::ConvertBatchRequest& batch, int index,
                        const absl::Status& status) {
   std::string item = absl::StrCat("item ", index);
-  if (index < batch.keys_size()) absl::StrAppend(&item, " (", Cut(batch.keys(index)), ")");
+  if (index < batch.keys_size()) absl::StrAppend(&item, " (", Printable(batch.keys(index)), ")");
   return absl::Status(status.code(), absl::StrCat(item, ": ", status.message()));
 }
 

@@ -581,7 +581,9 @@ absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutt
 
 void AsArrayService::ReleaseCarried(const google::protobuf::RepeatedPtrField<std::string>& ids,
                                     const Caller& caller) {
-  for (const std::string& id : ids) store_->Release(id, caller).IgnoreError();
+  if (ids.empty()) return;
+  std::vector<absl::string_view> all(ids.begin(), ids.end());
+  store_->ReleaseAll(all, caller).IgnoreError();
 }
 
 absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const Caller& caller,
@@ -635,9 +637,10 @@ absl::Status AsArrayService::ConvertBatchNow(absl::StatusOr<Converter::PreparedB
 
 void AsArrayService::UndoBatch(const v1::ConvertBatchResponse& response, const Caller& caller,
                                LocalCall* local) {
-  for (const v1::TensorHandle& handle : response.handles()) {
-    store_->Release(handle.id(), caller).IgnoreError();
-  }
+  std::vector<absl::string_view> ids;
+  ids.reserve(static_cast<size_t>(response.handles_size()));
+  for (const v1::TensorHandle& handle : response.handles()) ids.push_back(handle.id());
+  store_->ReleaseAll(ids, caller).IgnoreError();
   if (local != nullptr) local->reply_memory.clear();
 }
 
@@ -695,12 +698,9 @@ absl::Status AsArrayService::RenewNow(const v1::RenewRequest& request, const Cal
 
 absl::Status AsArrayService::ReleaseNow(const v1::ReleaseRequest& request, const Caller& caller) {
   RETURN_IF_ERROR(CheckDistinctIds(request.id(), request.more_ids(), "Release"));
-  absl::Status status = store_->Release(request.id(), caller);
-  for (const std::string& id : request.more_ids()) {
-    absl::Status s = store_->Release(id, caller);
-    if (status.ok()) status = s;
-  }
-  return status;
+  std::vector<absl::string_view> ids = {request.id()};
+  ids.insert(ids.end(), request.more_ids().begin(), request.more_ids().end());
+  return store_->ReleaseAll(ids, caller);
 }
 
 grpc::ServerUnaryReactor* AsArrayService::ServeConversion(

@@ -220,7 +220,7 @@ TensorStore::Lease TensorStore::AddForConnection(Tensor tensor, uint64_t connect
   return std::move(AddAll(std::move(one), absl::ZeroDuration(), connection).front());
 }
 
-void TensorStore::UntieLocked(const std::string& id, Entry& entry) {
+void TensorStore::UntieLocked(absl::string_view id, Entry& entry) {
   if (entry.connection == 0) return;
   auto it = by_connection_.find(entry.connection);
   if (it != by_connection_.end()) {
@@ -258,24 +258,36 @@ absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id, const
 }
 
 absl::Status TensorStore::Release(const std::string& id, const Caller& caller) {
-  std::shared_ptr<const Tensor> doomed;  // destroyed outside the lock
+  const absl::string_view one = id;
+  return ReleaseAll(absl::MakeConstSpan(&one, 1), caller);
+}
+
+absl::Status TensorStore::ReleaseAll(absl::Span<const absl::string_view> ids,
+                                     const Caller& caller) {
+  std::vector<std::shared_ptr<const Tensor>> doomed;  // destroyed outside the lock
+  doomed.reserve(ids.size());
+  absl::Status status;
+  const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
-  auto it = entries_.find(id);
-  if (it == entries_.end() || it->second.tensor->owner != caller) {
-    return absl::NotFoundError(
-        absl::StrCat("no tensor ", Quote(id), ": unknown, released or its lease expired"));
+  for (const absl::string_view id : ids) {
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second.tensor->owner != caller) {
+      status.Update(absl::NotFoundError(
+          absl::StrCat("no tensor ", Quote(id), ": unknown, released or its lease expired")));
+      continue;
+    }
+    // A lease that ran out before the sweeper saw it ended by expiring, as
+    // Get and Renew already answer; its memory goes now either way.
+    const bool expired = it->second.expires <= now;
+    UntieLocked(id, it->second);
+    doomed.push_back(std::move(it->second.tensor));
+    entries_.erase(it);
+    if (expired) {
+      ++expired_;
+      status.Update(absl::NotFoundError(absl::StrCat("no tensor ", Quote(id), ": its lease expired")));
+    }
   }
-  // A lease that ran out before the sweeper saw it ended by expiring, as
-  // Get and Renew already answer; its memory goes now either way.
-  const bool expired = it->second.expires <= absl::Now();
-  UntieLocked(id, it->second);
-  doomed = std::move(it->second.tensor);
-  entries_.erase(it);
-  if (expired) {
-    ++expired_;
-    return absl::NotFoundError(absl::StrCat("no tensor ", Quote(id), ": its lease expired"));
-  }
-  return absl::OkStatus();
+  return status;
 }
 
 absl::StatusOr<absl::Time> TensorStore::Renew(const std::string& id, absl::Duration ttl,

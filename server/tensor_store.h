@@ -20,8 +20,10 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "core/dtype.h"
 #include "core/layout.h"
 #include "core/plan.h"
@@ -156,6 +158,9 @@ class TensorStore {
   // another uid (whose tensors this caller must not learn about).
   absl::StatusOr<Lease> Get(const std::string& id, const Caller& caller) const;
   absl::Status Release(const std::string& id, const Caller& caller);
+  // Every one of `ids` under one lock: each released as Release would; the
+  // first failure is the answer, after the rest are done.
+  absl::Status ReleaseAll(absl::Span<const absl::string_view> ids, const Caller& caller);
   // Extends the lease to now + ttl (default TTL when zero, capped at max).
   absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl, const Caller& caller);
   std::vector<Lease> List(const Caller& caller) const;
@@ -182,7 +187,7 @@ class TensorStore {
     uint64_t connection = 0;  // a connection's lease; 0 for a TTL lease
   };
   // Forgets the connection tie of an entry that is going, or turning TTL.
-  void UntieLocked(const std::string& id, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UntieLocked(absl::string_view id, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // A region of `segment`, counted in the stats while it lives.
   absl::StatusOr<std::shared_ptr<ClientRegion>> CountedRegion(

@@ -664,6 +664,22 @@ TEST_P(BatchTest, BadBatchesGetPreciseCodes) {
   }
 }
 
+// A key is given as it reads: quotes kept, a backslash doubled, other
+// bytes escaped, at most 128 bytes of it.
+TEST_P(BatchTest, KeysReadAsTheyAreInMessages) {
+  v1::ConvertBatchRequest batch;
+  *batch.add_items() = IdItem("none-such");
+  batch.add_keys("['a\"b'][0]\\\n");
+  absl::StatusOr<v1::ConvertBatchResponse> response = client_->ConvertBatch(batch);
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(response.status().message()),
+              StartsWith("item 0 (['a\"b'][0]\\\\\\x0a): "));
+  batch.set_keys(0, std::string(300, 'k'));
+  response = client_->ConvertBatch(batch);
+  EXPECT_THAT(std::string(response.status().message()),
+              StartsWith(absl::StrCat("item 0 (", std::string(128, 'k'), "... (300 bytes)): ")));
+}
+
 // Over gRPC: 100,000 items, and a batch past the message limit.
 TEST(BatchLimits, TooManyItemsAndTooManyBytes) {
   std::unique_ptr<TestServer> server = TestServer::Start();

@@ -23,6 +23,14 @@ of its size, which takes it only when no handle in any process still aliases
 it (see _Region.recycle); a big one, or one the pool drops, is closed (and a
 named one unlinked). Named ones are unlinked at exit (not after a crash);
 memfds go with the last process that holds them, whatever ends it.
+
+Batches: asarray_batch() and asarray_tree() convert many array-likes in one
+ConvertBatch call, all or nothing. Their sources attach each descriptor once;
+heap arrays too big for the datagram go together into one staging memfd; the
+copies the server makes come back in one arena (one file), which the client
+maps once for all of its handles. share_tree() copies a tree's arrays into
+one region, and ref() of a tree gives a picklable TreeRef of tensors the
+server holds under TTL leases, which another process takes in one call.
 """
 import atexit
 import collections
@@ -187,6 +195,26 @@ class SharedArrayRef:
     def __repr__(self):
         return (f"SharedArrayRef({self.name!r}, offset={self.offset}, size={self.size}, "
                 f"dtype={self.dtype}, shape={self.shape}, strides={self.strides})")
+
+
+class TreeRef:
+    """A tree (dicts, lists, tuples, namedtuples) of tensors the server holds,
+    made by ref(tree): `tree` is its structure with a TensorRef at each array
+    leaf (other leaves as they were), `refs` those TensorRefs in order.
+    Picklable; another process's asarray_tree(ref, copy=False) takes every
+    tensor in one call. The leases are TTL leases that outlive the producer's
+    client: they end at release(ref), or when the TTL runs out unless
+    renew(ref) extends it."""
+
+    def __init__(self, tree, refs):
+        self.tree, self.refs = tree, list(refs)
+
+    @property
+    def ids(self):
+        return [r.id for r in self.refs]
+
+    def __repr__(self):
+        return f"TreeRef({len(self.refs)} tensors)"
 
 
 class _Region:
@@ -432,10 +460,14 @@ class _Local:
 
     def call(self, request, fds=()):
         """(LocalResponse, received descriptors) of an OK answer, or None."""
+        if len(fds) > self.MAX_FDS:
+            raise _LocalError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"a request with {len(fds)} descriptors is past the local "
+                              f"transport's {self.MAX_FDS}")
         data = request.SerializeToString()
         if len(data) > self.MAX_MESSAGE:
             if fds:
-                raise _LocalError(grpc.StatusCode.INVALID_ARGUMENT,
+                raise _LocalError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   f"a request of {len(data)} bytes with descriptors is past "
                                   f"the local transport's {self.MAX_MESSAGE}")
             return None
@@ -490,6 +522,11 @@ def _release_sender(local, stub):
         else:
             _close_all(answer[1])
     return send
+
+
+def _unique(ids):
+    """`ids` without repeats, in order."""
+    return list(dict.fromkeys(ids))
 
 
 def _pack_fds(fds):
@@ -589,6 +626,7 @@ class _Releaser:
         self._send(batch)
 
     def _send(self, batch):
+        batch = _unique(batch)  # the server refuses a Release that names an id twice
         if batch:
             try:
                 self.send_now(pb.ReleaseRequest(id=batch[0], more_ids=batch[1:]))
@@ -674,6 +712,171 @@ def _view_bounds(arr):
     """(lowest, highest + 1) byte address a numpy view touches."""
     strides = tuple(s // arr.itemsize for s in arr.strides)
     return _bounds(arr.__array_interface__["data"][0], arr.shape, strides, arr.itemsize)
+
+
+_ALIGN = 64  # byte alignment of each array in a staging memfd or a share_tree() region
+
+
+def _aligned(offset):
+    return -(-offset // _ALIGN) * _ALIGN
+
+
+class _Sources:
+    """What the sources of one request (a Convert, or every item of a
+    ConvertBatch) bring beside the message: the descriptors it attaches,
+    each once (`fds`, in index order), and, over the local transport, the
+    heap bytes past what a datagram holds, staged together in one memfd of
+    this client's (each at a 64-byte aligned offset). `uploads`: whether a
+    big inline payload may stream through ConvertUpload instead (a single
+    Convert only). After the sources are filled, finish() makes the memfd;
+    `staged` keeps it until the answer is mapped."""
+
+    def __init__(self, local, uploads):
+        self.local, self.uploads = local, uploads
+        self.fds = []
+        self._index = {}  # descriptor -> its index
+        self.regions = 0  # descriptors of this client's regions among fds
+        self.item = 0  # the item being filled
+        self.staged_items = set()  # items whose bytes go in the staging memfd
+        self.staged = None
+        self._inline = 0  # heap bytes sent inline so far
+        self._staging = None  # (index of the staging memfd, bytes so far, [(offset, lo, n, keep)])
+
+    def attach(self, fd):
+        """The index of descriptor `fd` (a region's) in the request."""
+        index = self._index.get(fd)
+        if index is None:
+            index = self._index[fd] = len(self.fds)
+            self.fds.append(fd)
+            self.regions += 1
+        return index
+
+    def stages(self, nbytes):
+        """Whether heap bytes of this size go in the staging memfd: those
+        that would take the request's inline bytes past _LOCAL_INLINE_MAX."""
+        if not self.local:
+            return False
+        if self._inline + nbytes <= _LOCAL_INLINE_MAX:
+            self._inline += nbytes
+            return False
+        return True
+
+    def stage(self, lo, nbytes, keep):
+        """(descriptor index, offset) of a slot in the staging memfd for the
+        bytes [lo, lo + nbytes) of this process, which finish() copies there;
+        `keep` holds them meanwhile."""
+        if self._staging is None:
+            self._staging = [len(self.fds), 0, []]
+            self.fds.append(-1)  # its descriptor, once finish() makes it
+        offset = _aligned(self._staging[1])
+        self._staging[1] = offset + nbytes
+        self._staging[2].append((offset, lo, nbytes, keep))
+        self.staged_items.add(self.item)
+        return self._staging[0], offset
+
+    def finish(self, client):
+        """Copies the staged bytes into a memfd of `client`'s."""
+        if self._staging is None:
+            return
+        index, total, parts = self._staging
+        staged = client._empty((total,), "uint8", hold=False)
+        base = staged.ctypes.data
+        for offset, lo, nbytes, _ in parts:
+            ctypes.memmove(base + offset, lo, nbytes)
+        self.fds[index] = client._regions[base].fd
+        self.staged, self._staging = staged, None
+
+
+# --- trees -------------------------------------------------------------------
+# asarray_tree() and its kin take dicts, lists, tuples and namedtuples nested
+# in any way. A leaf is array-like (an array, a tensor, a number, a reference
+# this client made, or a list literal: a list of numbers and of such lists,
+# as torch.asarray takes it), or anything else, which passes through as it is.
+
+
+def _is_number(value):
+    return isinstance(value, (bool, int, float, complex, np.number, np.bool_))
+
+
+def _is_literal(value, depth=0):
+    """Whether list `value` is a nested literal: numbers, and lists (or plain
+    tuples) of them, all the way down. [] is one (torch makes it an empty
+    tensor); a list that holds an array, a dict or a string is a container."""
+    if depth > 64:
+        return True  # past torch's rank; the encoder says so
+    for item in value:
+        if _is_number(item):
+            continue
+        if not (isinstance(item, list) or type(item) is tuple) or not _is_literal(item, depth + 1):
+            return False
+    return True
+
+
+def _is_array_leaf(value):
+    """An array-like leaf of a tree (see above)."""
+    if isinstance(value, (np.ndarray, TensorRef, SharedArrayRef)) or _is_number(value):
+        return True
+    if torch is not None and isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, list) and _is_literal(value)
+
+
+def _tree_leaves(node, path=""):
+    """(key path, leaf) of every array-like leaf of a tree, in order. The key
+    path is what indexes the leaf from the root: "['images'][0].labels"."""
+    if isinstance(node, TreeRef):
+        yield from _tree_leaves(node.tree, path)
+    elif _is_array_leaf(node):
+        yield path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _tree_leaves(value, f"{path}[{key!r}]")
+    elif isinstance(node, tuple) and hasattr(node, "_fields"):
+        for field, value in zip(node._fields, node):
+            yield from _tree_leaves(value, f"{path}.{field}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _tree_leaves(value, f"{path}[{i}]")
+
+
+def _tree_rebuild(node, values):
+    """The tree `node` with its array-like leaves, in _tree_leaves' order,
+    replaced by the next of `values`; containers are new ones of the same
+    types (a TreeRef becomes its tree), other leaves stay."""
+    if isinstance(node, TreeRef):
+        return _tree_rebuild(node.tree, values)
+    if _is_array_leaf(node):
+        return next(values)
+    if isinstance(node, dict):
+        items = [(key, _tree_rebuild(value, values)) for key, value in node.items()]
+        if type(node) is dict:
+            return dict(items)
+        if isinstance(node, collections.defaultdict):
+            return collections.defaultdict(node.default_factory, items)
+        try:
+            return type(node)(items)
+        except TypeError:
+            return dict(items)
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return type(node)(*[_tree_rebuild(value, values) for value in node])
+    if isinstance(node, (list, tuple)):
+        items = [_tree_rebuild(value, values) for value in node]
+        if type(node) in (list, tuple):
+            return type(node)(items)
+        try:
+            return type(node)(items)
+        except TypeError:
+            return list(items) if isinstance(node, list) else tuple(items)
+    return node
+
+
+def _per_item(value, n, what):
+    """A batch option: one value for every item, or a list of one per item."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ValueError(f"{what}: {len(value)} values for {n} items")
+        return value
+    return [value] * n
 
 
 class Client:
@@ -774,28 +977,95 @@ class Client:
         comes as its uint16 bits) mapped onto the result's memory."""
         request = pb.ConvertRequest()
         self._fill_options(request.options, dtype, device, copy, requires_grad)
-        upload, fds, staged = self._fill_source(request, obj)
+        sources = _Sources(self._local is not None, uploads=True)
+        upload = self._fill_source(request, obj, sources)
         if self.remote:
             return self._convert_remote(request, upload, like)
+        sources.finish(self)
         received = []
         try:
             if upload is not None:
                 response = self._upload(request, upload)
             else:
-                response, received = self._convert(request, fds)
+                response, received = self._call("convert", request, sources.fds)
         except grpc.RpcError as e:
             raise self._error(e) from None
-        handle = Handle(response.handle)
-        if staged is not None:
-            # The result may alias the staged copy, never the caller's array.
-            handle.shares_memory = handle.proto.shares_memory = False
         try:
-            return self._map(handle, like, fds, received)
+            return self._results([response.handle], like, sources, received)[0]
         finally:
             _close_all(received)  # mapped now, or never
-            del staged  # back to the pool; reused only once no handle aliases it
+            # The staged copy goes back to the pool when `sources` goes; it is
+            # reused only once no handle aliases it.
 
-    def ref(self, array):
+    def asarray_batch(self, objs, *, dtype=None, device=None, copy=None, requires_grad=False,
+                      like="torch", keys=None):
+        """asarray() of every item of `objs` in one ConvertBatch call, all or
+        nothing: the list of results, in order. Each option is one value for
+        every item, or a list of one per item. `keys`: a name for each item,
+        which the error of a failing one quotes, as in "item 3 (['labels']):
+        ...". Over the local transport the sources attach each descriptor
+        once, and the copies the server makes come back in one memfd, mapped
+        once; a batch whose answer would not fit in a datagram (some thousand
+        handles) or carry more than 16 descriptors is RESOURCE_EXHAUSTED, as
+        is one whose request names this client's regions and would not fit.
+        A batch holds at most 4096 items; over gRPC (and from a remote
+        client) its heap arrays travel inline, within one message."""
+        objs = list(objs)
+        if not objs:
+            return []
+        handles, sources, received = self._batch(objs, dtype, device, copy, requires_grad, keys)
+        try:
+            return self._results(handles, like, sources, received)
+        finally:
+            _close_all(received)
+
+    def asarray_tree(self, tree, *, dtype=None, device=None, copy=None, requires_grad=False,
+                     like="torch"):
+        """asarray() of every array-like leaf of a tree (dicts, lists, tuples
+        and namedtuples, nested in any way; a TreeRef) in one batch call: the
+        same structure, namedtuples of the same types, with a tensor (or a
+        numpy array with like="numpy") at each of those leaves. Array-like
+        leaves: numpy arrays and scalars, tensors, Python numbers, this
+        client's references, and lists that hold only numbers and such lists
+        (a literal, as torch.asarray takes it; a list that holds anything else
+        is a container). Other leaves (strings, None, other objects) pass
+        through as they are. An error names the failing leaf by its key path,
+        as in "item 2 (['images'][1]): ..."."""
+        leaves = list(_tree_leaves(tree))
+        n = len(leaves)
+        results = self.asarray_batch(
+            [leaf for _, leaf in leaves], dtype=[dtype] * n, device=[device] * n,
+            copy=[copy] * n, requires_grad=[requires_grad] * n, like=like,
+            keys=[path for path, _ in leaves])
+        return _tree_rebuild(tree, iter(results))
+
+    def share_tree(self, tree, like=None):
+        """share() of every numpy array and tensor in a tree, all into ONE
+        region of this process (each C-contiguous, at a 64-byte aligned
+        offset): the same structure with those arrays in the region, which
+        asarray_tree(..., copy=False) then aliases with a single descriptor.
+        Other leaves (numbers, list literals, references, the rest) stay as
+        they are. `like`: "numpy" or "torch" for every array, or None to keep
+        each leaf's kind (a tensor stays a tensor). The region goes back to
+        the pool once all of its arrays are collected."""
+        leaves = [leaf for _, leaf in _tree_leaves(tree)]
+        picked = [(i, self._as_numpy(leaf)) for i, leaf in enumerate(leaves)
+                  if self._is_array(leaf) or isinstance(leaf, (np.number, np.bool_))]
+        if picked:
+            offsets, total = [], 0
+            for _, (arr, _) in picked:
+                offsets.append(_aligned(total))
+                total = offsets[-1] + arr.nbytes
+            block = self._empty((total,), "uint8", hold=False)
+            for (i, (arr, name)), offset in zip(picked, offsets):
+                out = np.ndarray(arr.shape, dtype=arr.dtype, buffer=block, offset=offset)
+                _copy_into(out, arr)
+                kind = like or ("torch" if torch is not None and isinstance(leaves[i], torch.Tensor)
+                                else "numpy")
+                leaves[i] = self._wrap(out, name, kind)
+        return _tree_rebuild(tree, iter(leaves))
+
+    def ref(self, array, *, ttl_ms=None):
         """A picklable reference to an array or tensor in one of this
         client's regions, for another process's asarray(): a TensorRef over
         the local transport, else a SharedArrayRef that names the region.
@@ -803,7 +1073,19 @@ class Client:
         until the allocation `array` views is collected, release(ref), or
         this client closes (renew(ref) makes it outlive the client). For a
         whole allocation from empty() or share() the server holds it since it
-        was made, and ref() makes no call."""
+        was made, and ref() makes no call.
+
+        Of a tree (anything but one array or tensor, see asarray_tree()): a
+        TreeRef, for another process's asarray_tree(ref, copy=False). Its
+        tensors are taken in one batch call, each under a TTL lease (`ttl_ms`,
+        or the server's default) that outlives this client: leaves in this
+        client's regions are aliased, other arrays and literals copied into
+        one arena of the server's. release(ref) ends them all."""
+        if not self._is_array(array):
+            return self._ref_tree(array, ttl_ms)
+        if ttl_ms is not None:
+            raise TypeError("ttl_ms is for a tree; renew(ref, ttl_ms) gives an array's "
+                            "reference a TTL lease")
         if self.remote:
             raise ValueError("a remote client shares no memory with the server; "
                              "upload() keeps a tensor there and returns its TensorRef")
@@ -854,12 +1136,26 @@ class Client:
                                            stream=True), like, requires_grad=False)
 
     def _id_of(self, target):
-        """The handle id of an id, a TensorRef, or a result of asarray()."""
+        """The handle id of an id, a Handle, a TensorRef, or a result of asarray()."""
         if isinstance(target, str):
             return target
-        if isinstance(target, TensorRef):
+        if isinstance(target, (TensorRef, Handle)):
             return target.id
         return self.handle(target).id
+
+    def _ids_of(self, target):
+        """(ids, whether `target` is a single one): of what _id_of takes, a
+        TreeRef, or lists, tuples and dicts of those (a result of
+        asarray_tree(), whose string leaves would be taken as ids)."""
+        if isinstance(target, TreeRef):
+            return target.ids, False
+        if isinstance(target, (list, tuple, dict)):
+            ids = []
+            for value in (target.values() if isinstance(target, dict) else target):
+                if value is not None and not _is_number(value):
+                    ids += self._ids_of(value)[0]
+            return ids, False
+        return [self._id_of(target)], True
 
     def upload(self, obj, *, dtype=None, device=None, copy=None, requires_grad=False,
                ttl_ms=None):
@@ -869,18 +1165,18 @@ class Client:
         TTL lease (`ttl_ms`, or the server's default) until release(ref)."""
         request = pb.ConvertRequest()
         self._fill_options(request.options, dtype, device, copy, requires_grad)
-        upload, fds, staged = self._fill_source(request, obj)
+        sources = _Sources(self._local is not None, uploads=True)
+        upload = self._fill_source(request, obj, sources)
+        sources.finish(self)
         request.ttl_ms = 0 if ttl_ms is None else int(ttl_ms)
         try:
             if upload is not None:
                 response = self._upload(request, upload)
             else:
-                response, received = self._convert(request, fds)
+                response, received = self._call("convert", request, sources.fds)
                 _close_all(received)
         except grpc.RpcError as e:
             raise self._error(e) from None
-        finally:
-            del staged
         handle = Handle(response.handle)
         return TensorRef(handle.id, handle.dtype, handle.shape, handle.strides)
 
@@ -894,15 +1190,23 @@ class Client:
             raise KeyError("not a result of this client")
         lo, _ = _view_bounds(self._as_numpy(result)[0])
         for mapping in list(self._handles.values()):
-            if (mapping.handle is not None and
-                    mapping.address <= lo < mapping.address + max(mapping.length, 1)):
-                return mapping.handle
+            at = lo - mapping.address
+            if 0 <= at < max(mapping.length, 1):
+                for handle, start, end in list(mapping.live.values()):
+                    if start <= at < max(end, start + 1):
+                        return handle
         raise KeyError("not a result of this client")
 
     def release(self, target):
-        """Ends a lease: of a handle id, a TensorRef, or a result of asarray()."""
+        """Ends leases: of a handle id, a Handle, a TensorRef, a result of
+        asarray(), a TreeRef, or a list, tuple or dict of those, all in one
+        call (each id once). Any unknown id raises AsArrayNotFoundError once
+        the others are released."""
+        ids = _unique(self._ids_of(target)[0])
+        if not ids:
+            return
         try:
-            self._send_release(pb.ReleaseRequest(id=self._id_of(target)))
+            self._send_release(pb.ReleaseRequest(id=ids[0], more_ids=ids[1:]))
         except grpc.RpcError as e:
             raise self._error(e) from None
 
@@ -924,18 +1228,26 @@ class Client:
             raise self._error(e) from None
 
     def renew(self, target, ttl_ms=0):
-        """Extends a lease (0: the server's default TTL); a handle that would
-        end with this client's connection then outlives it."""
-        handle_id = target if isinstance(target, str) else getattr(target, "id", None)
-        if handle_id is None:
-            handle_id = self.handle(target).id
-        request = pb.RenewRequest(id=handle_id, ttl_ms=ttl_ms)
+        """Extends leases (0: the server's default TTL); a handle that would
+        end with this client's connection then outlives it. `target`: as
+        release() takes it, all in one call. Returns when the lease ends (ms
+        since the Unix epoch), or for a TreeRef or a list, tuple or dict, a
+        list of those, one for each id in order."""
+        ids, single = self._ids_of(target)
+        unique = _unique(ids)  # the server refuses a Renew that names an id twice
+        if not unique:
+            return []
+        request = pb.RenewRequest(id=unique[0], ttl_ms=ttl_ms, more_ids=unique[1:])
         try:
             answer = self._call_local(pb.LocalRequest(renew=request))
             response = answer.renew if answer is not None else self._rpc("Renew", request)
         except grpc.RpcError as e:
             raise self._error(e) from None
-        return response.lease_expires_unix_ms
+        if single:
+            return response.lease_expires_unix_ms
+        ends = dict(zip(unique, [response.lease_expires_unix_ms,
+                                 *response.more_lease_expires_unix_ms]))
+        return [ends[i] for i in ids]
 
     # --- internals -------------------------------------------------------------
 
@@ -1041,16 +1353,17 @@ class Client:
     def _send_release(self, request):
         self._releaser.send_now(request)
 
-    def _convert(self, request, fds=()):
-        """(ConvertResponse, received descriptors) of a Convert, carrying the
-        releases of collected views along."""
+    def _call(self, method, request, fds=()):
+        """(response, received descriptors) of a "convert" (ConvertRequest) or
+        a "convert_batch" (ConvertBatchRequest), carrying the releases of
+        collected views along."""
         carried = self._releaser.take()
         if not carried:
-            return self._convert_once(request, fds)
-        request.release_ids.extend(carried)
+            return self._call_once(method, request, fds)
+        request.release_ids.extend(_unique(carried))
         delivered = False
         try:
-            response = self._convert_once(request, fds)
+            response = self._call_once(method, request, fds)
             delivered = True
             return response
         except grpc.RpcError as e:
@@ -1061,15 +1374,116 @@ class Client:
         finally:
             self._releaser.settle(carried, delivered)
 
-    def _convert_once(self, request, fds):
-        if self._local is not None and not request.return_data:
-            answer = self._local.call(pb.LocalRequest(convert=request), fds)
+    def _call_once(self, method, request, fds):
+        if self._local is not None and not (method == "convert" and request.return_data):
+            answer = self._local.call(pb.LocalRequest(**{method: request}), fds)
             if answer is not None:
-                return answer[0].convert, answer[1]
+                return getattr(answer[0], method), answer[1]
         if fds:
             raise _LocalError(grpc.StatusCode.FAILED_PRECONDITION,
                               "descriptors travel only over the local transport")
-        return self._rpc("Convert", request, data=True), []
+        rpc = "Convert" if method == "convert" else "ConvertBatch"
+        return self._rpc(rpc, request, data=True), []
+
+    def _batch(self, objs, dtype, device, copy, requires_grad, keys, ttl_ms=None):
+        """(handles, _Sources, received descriptors) of a ConvertBatch of
+        `objs` with the options of asarray_batch()."""
+        n = len(objs)
+        options = list(zip(_per_item(dtype, n, "dtype"), _per_item(device, n, "device"),
+                           _per_item(copy, n, "copy"),
+                           _per_item(requires_grad, n, "requires_grad")))
+        keys = [""] * n if keys is None else [str(k) for k in keys]
+        if len(keys) != n:
+            raise ValueError(f"keys: {len(keys)} for {n} items")
+        sources = _Sources(self._local is not None, uploads=False)
+        request = self._batch_request(objs, options, keys, sources)
+        if sources.local and sources.fds and request.ByteSize() + 8 > _Local.MAX_MESSAGE:
+            if sources.regions:
+                raise self._error(_LocalError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"a batch of {n} items that names this client's regions takes "
+                    f"{request.ByteSize()} bytes, past the local transport's "
+                    f"{_Local.MAX_MESSAGE}: convert fewer at a time"))
+            # Nothing of ours to name: every item inline, over gRPC.
+            sources = _Sources(False, uploads=False)
+            request = self._batch_request(objs, options, keys, sources)
+        if ttl_ms is not None:
+            request.ttl_ms = int(ttl_ms)
+        sources.finish(self)
+        try:
+            response, received = self._call("convert_batch", request, sources.fds)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        return list(response.handles), sources, received
+
+    def _batch_request(self, objs, options, keys, sources):
+        """The ConvertBatchRequest of `objs`; an item this client cannot send
+        raises its error with the item's index and key in front."""
+        request = pb.ConvertBatchRequest()
+        for i, (obj, item_options, key) in enumerate(zip(objs, options, keys)):
+            item = request.items.add()
+            sources.item = i
+            try:
+                self._fill_options(item.options, *item_options)
+                self._fill_source(item, obj, sources)
+            except (TypeError, ValueError, NotImplementedError) as e:
+                if type(e) not in (TypeError, ValueError, NotImplementedError):
+                    raise  # a subclass may not take a message alone
+                raise type(e)(f"item {i} ({key}): {e}" if key else f"item {i}: {e}") from None
+        if any(keys):
+            request.keys.extend(keys)
+        return request
+
+    def _results(self, protos, like, sources, received):
+        """The arrays of an answer's TensorHandles: mapped, or for a remote
+        client read back (and then released)."""
+        handles = [Handle(proto) for proto in protos]
+        for i in sources.staged_items:
+            # The result may alias the staged copy, never the caller's array.
+            handles[i].shares_memory = handles[i].proto.shares_memory = False
+        if not self.remote:
+            return self._map_all(handles, like, sources.fds, received)
+        try:
+            return [self._from_stream(self._rpc("Read", pb.ReadRequest(id=h.id), stream=True),
+                                      like, h.requires_grad) for h in handles]
+        finally:
+            try:
+                self._send_release(pb.ReleaseRequest(id=handles[0].id,
+                                                     more_ids=[h.id for h in handles[1:]]))
+            except grpc.RpcError:
+                pass  # the TTL ends them
+
+    def _ref_tree(self, tree, ttl_ms):
+        """ref() of a tree: a TreeRef of tensors held under TTL leases."""
+        leaves = list(_tree_leaves(tree))
+        refs = []
+        if leaves:
+            objs = [leaf for _, leaf in leaves]
+            # Arrays in our regions are aliased; other arrays are copied into
+            # the server's arena (a staged copy would stay aliased, keeping
+            # a staging memfd of ours from the pool for the lease's life).
+            copies = [True if self._is_array(o) and not self._in_region(o) else None
+                      for o in objs]
+            handles, _, received = self._batch(objs, None, None, copies, False,
+                                               [path for path, _ in leaves],
+                                               ttl_ms=0 if ttl_ms is None else ttl_ms)
+            _close_all(received)
+            refs = [TensorRef(h.id, _NAME_OF_ENUM[h.dtype], h.layout.shape, h.layout.strides)
+                    for h in handles]
+        return TreeRef(_tree_rebuild(tree, iter(refs)), refs)
+
+    @staticmethod
+    def _is_array(obj):
+        return isinstance(obj, np.ndarray) or (torch is not None and isinstance(obj, torch.Tensor))
+
+    def _in_region(self, obj):
+        """Whether an array or tensor lives in one of this client's regions."""
+        try:
+            start, shape, strides, item, _ = _describe(self._as_numpy, obj)
+        except (TypeError, NotImplementedError):
+            return False
+        return strides is not None and self._region_holding(
+            *_bounds(start, shape, strides, item)) is not None
 
     @staticmethod
     def _fill_options(options, dtype, device, copy, requires_grad):
@@ -1097,20 +1511,22 @@ class Client:
         return arr, _dtype_name(arr.dtype)
 
     @staticmethod
-    def _fill_fd_source(request, region, offset, size, name, layout):
-        fd = request.source.fd
-        fd.fd_index, fd.offset, fd.size = 0, offset, size
+    def _fill_fd_source(fd, index, offset, size, name, layout):
+        fd.fd_index, fd.offset, fd.size = index, offset, size
         fd.dtype = _DTYPES[name][0]
         fd.layout.CopyFrom(layout)
 
-    def _fill_source(self, request, obj):
-        """Fills request.source; returns (upload, fds, staged): (storage bytes,
-        dtype, layout) when the payload is large enough to stream instead; the
-        descriptors that go with the request; and the array the bytes were
-        staged in, when they had to be (or None)."""
+    def _fill_source(self, request, obj, sources):
+        """Fills request.source, the descriptors it attaches going in
+        `sources` (a _Sources), and heap bytes there too when they are
+        staged in a memfd; returns (storage bytes, dtype, layout) when the
+        payload is large enough to stream instead (where `sources` allows
+        uploads), else None."""
         if isinstance(obj, TensorRef):
             request.source.tensor_id = obj.id
-            return None, (), None
+            return None
+        if isinstance(obj, TreeRef):
+            raise TypeError("a TreeRef is a tree: asarray_tree() takes it")
         if isinstance(obj, SharedArrayRef):
             if self.remote:
                 raise ValueError("a SharedArrayRef names memory on the server's host, which a "
@@ -1120,48 +1536,46 @@ class Client:
             shm.dtype = _DTYPES[obj.dtype][0]
             shm.layout.CopyFrom(pb.Layout(shape=obj.shape, strides=obj.strides,
                                           offset=obj.element_offset))
-            return None, (), None
-        is_array = isinstance(obj, (np.ndarray, np.generic)) or (
-            torch is not None and isinstance(obj, torch.Tensor))
-        if not is_array:
+            return None
+        if not (self._is_array(obj) or isinstance(obj, np.generic)):
             _encode_literal(obj, request.source.literal.nodes)
-            return None, (), None
+            return None
+        keep = obj  # what holds the bytes until they are sent or staged
         start, shape, strides, item, name = _describe(self._as_numpy, obj)
         if strides is None:  # byte strides that are not whole elements
-            arr = np.ascontiguousarray(self._as_numpy(obj)[0])
-            start, shape, strides, item, name = _describe(self._as_numpy, arr)
+            keep = np.ascontiguousarray(self._as_numpy(obj)[0])
+            start, shape, strides, item, name = _describe(self._as_numpy, keep)
         lo, hi = _bounds(start, shape, strides, item)
         layout = pb.Layout(shape=shape, strides=strides, offset=(start - lo) // item)
         region = self._region_holding(lo, hi)
         if region is not None and region.memfd:
-            self._fill_fd_source(request, region, min(lo - region.address, region.size),
-                                 hi - lo, name, layout)
-            return None, (region.fd,), None
+            self._fill_fd_source(request.source.fd, sources.attach(region.fd),
+                                 min(lo - region.address, region.size), hi - lo, name, layout)
+            return None
         if region is not None:
             shm = request.source.shared_memory
             shm.name, shm.size = region.name, hi - lo
             shm.offset = min(lo - region.address, region.size)
             shm.dtype = _DTYPES[name][0]
             shm.layout.CopyFrom(layout)
-            return None, (), None
+            return None
         copy_false = request.options.HasField("copy") and not request.options.copy
-        if (self._local is not None and hi - lo > _LOCAL_INLINE_MAX and not copy_false):
-            # Too big for a datagram: the bytes go in a memfd of this
+        if not copy_false and sources.stages(hi - lo):
+            # Too big for the datagram: the bytes go in a memfd of this
             # client's (one copy, as into a message) instead of over gRPC,
             # which would name the result in /dev/shm and give it a TTL lease.
-            staged = self._empty((hi - lo,), "uint8", hold=False)
-            ctypes.memmove(staged.ctypes.data, lo, hi - lo)
-            region = self._regions[staged.ctypes.data]
-            self._fill_fd_source(request, region, 0, hi - lo, name, layout)
-            return None, (region.fd,), staged  # kept until the answer is mapped
+            index, offset = sources.stage(lo, hi - lo, keep)
+            self._fill_fd_source(request.source.fd, index, offset, hi - lo, name, layout)
+            return None
         storage = ctypes.string_at(lo, hi - lo) if hi > lo else b""
-        if len(storage) > (_REMOTE_UPLOAD_THRESHOLD if self.remote else _UPLOAD_THRESHOLD):
-            return (storage, _DTYPES[name][0], layout), (), None
+        if sources.uploads and len(storage) > (
+                _REMOTE_UPLOAD_THRESHOLD if self.remote else _UPLOAD_THRESHOLD):
+            return storage, _DTYPES[name][0], layout
         inline = request.source.inline_array
         inline.dtype = _DTYPES[name][0]
         inline.layout.CopyFrom(layout)
         inline.storage = storage
-        return None, (), None
+        return None
 
     @staticmethod
     def _upload_messages(request, storage, dtype, layout):
@@ -1223,10 +1637,10 @@ class Client:
         is collected, or when this client closes."""
         request = pb.ConvertRequest()
         request.options.copy = False
-        self._fill_fd_source(request, region, offset, size, name,
+        self._fill_fd_source(request.source.fd, 0, offset, size, name,
                              pb.Layout(shape=shape, strides=strides, offset=element_offset))
         try:
-            response, received = self._convert(request, [region.fd])
+            response, received = self._call("convert", request, [region.fd])
         except grpc.RpcError as e:
             raise self._error(e) from None
         _close_all(received)
@@ -1254,42 +1668,84 @@ class Client:
             return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(arr)
 
-    def _map(self, handle, like, request_fds=(), received=()):
-        """Maps a handle: its memory is CUDA, a descriptor (the request's
-        own, or one the answer brought) or a named segment."""
-        if handle.proto.HasField("cuda"):
-            return self._map_cuda(handle, like)
-        fd = None
+    def _map_all(self, handles, like, request_fds=(), received=()):
+        """The arrays of the handles of one answer. A CUDA handle opens on its
+        own; host memory (a descriptor, the request's own or one the answer
+        brought, or a named segment) is mapped once a file for all of its
+        handles, such as a batch's arena: handles whose bytes overlap (aliases
+        of one region) get mappings of their own, so that handle() tells them
+        apart. Whatever fails releases the handles not mapped yet."""
+        results = [None] * len(handles)
+        files = {}  # (st_dev, st_ino) or name -> [(index, location, descriptor)]
+        file_of = {}  # descriptor -> its (st_dev, st_ino)
+        unsettled = set(range(len(handles)))
+        try:
+            for i, handle in enumerate(handles):
+                if handle.proto.HasField("cuda"):
+                    unsettled.discard(i)  # _map_cuda releases it if it fails
+                    results[i] = self._map_cuda(handle, like)
+                    continue
+                location, fd = self._location(handle, request_fds, received)
+                if location.size == 0:  # nothing to map; the array alone holds the lease
+                    results[i] = self._view(handle, like)
+                    unsettled.discard(i)
+                    continue
+                key = location.name if fd is None else file_of.get(fd)
+                if key is None:
+                    st = os.fstat(fd)
+                    key = file_of[fd] = (st.st_dev, st.st_ino)
+                files.setdefault(key, []).append((i, location, fd))
+            for members in files.values():
+                for group in _disjoint(members):
+                    lo = min(location.offset for _, location, _ in group)
+                    hi = max(location.offset + location.size for _, location, _ in group)
+                    _, location, fd = group[0]
+                    mapping, start = self._mappings.open(location.name if fd is None else None,
+                                                         lo, hi - lo, fd)
+                    self._handles[mapping.address] = mapping
+                    for i, location, _ in group:
+                        results[i] = self._view(handles[i], like, mapping,
+                                                start + location.offset - lo, location.size)
+                        unsettled.discard(i)
+        except BaseException:
+            for i in unsettled:
+                self._releaser(handles[i].id)
+            raise
+        return results
+
+    @staticmethod
+    def _location(handle, request_fds, received):
+        """(location, descriptor or None) of a host handle's memory."""
         if handle.proto.HasField("fd"):
             location = handle.proto.fd
             held = request_fds if location.request_fd else received
             if location.fd_index >= len(held):
-                self._releaser(handle.id)
                 raise RuntimeError(f"the handle names descriptor {location.fd_index} of "
                                    f"{len(held)}")
-            fd = held[location.fd_index]
-        else:
-            location = handle.proto.shared_memory
-            if not location.name:
-                raise RuntimeError("the handle names no memory this process can map")
+            return location, held[location.fd_index]
+        location = handle.proto.shared_memory
+        if not location.name:
+            raise RuntimeError("the handle names no memory this process can map")
+        return location, None
+
+    def _view(self, handle, like, mapping=None, start=0, size=0):
+        """The array of a handle: its `size` bytes at `start` in `mapping`,
+        or none (an empty one) without a mapping."""
         storage = _DTYPES[handle.dtype][1]
-        if location.size == 0:  # nothing to map; the array alone holds the lease
-            arr = np.ndarray(handle.shape, dtype=storage, buffer=bytearray(0),
-                             strides=[s * storage.itemsize for s in handle.strides])
+        strides = [s * storage.itemsize for s in handle.strides]
+        if mapping is None:
+            arr = np.ndarray(handle.shape, dtype=storage, buffer=bytearray(0), strides=strides)
             _on_collect(arr, self._releaser, handle.id)
-            return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
-        mapping, start = self._mappings.open(location.name if fd is None else None,
-                                             location.offset, location.size, fd)
-        mapping.handle = handle
-        self._handles[mapping.address] = mapping
-        arr = np.ndarray(handle.shape, dtype=storage, buffer=mapping.buffer,
-                         offset=start + handle.offset * storage.itemsize,
-                         strides=[s * storage.itemsize for s in handle.strides])
-        if not mapping.writable:
-            arr.setflags(write=False)
-        # `arr` is this handle's own: every view of it, numpy's or torch's,
-        # keeps it (numpy stops collapsing bases at the mapping, another type).
-        _on_collect(arr, self._mappings.done, mapping, handle.id)
+        else:
+            arr = np.ndarray(handle.shape, dtype=storage, buffer=mapping.buffer,
+                             offset=start + handle.offset * storage.itemsize, strides=strides)
+            if not mapping.writable:
+                arr.setflags(write=False)
+            mapping.live[handle.id] = (handle, start, start + size)
+            # `arr` is this handle's own: every view of it, numpy's or
+            # torch's, keeps it (numpy stops collapsing bases at the mapping,
+            # another type).
+            _on_collect(arr, self._mappings.done, mapping, handle.id)
         return self._finish(self._wrap(arr, handle.dtype, like), handle, like)
 
     def _map_cuda(self, handle, like):
@@ -1381,12 +1837,29 @@ class _Mapping:
         self.name, self.length, self.start, self.reusable = name, length, offset - base, whole
         self.writable = writable
         self.file = (st.st_dev, st.st_ino, st.st_size)
-        self.handle = None  # the live handle that maps it
+        self.live = {}  # the live handles that view it: id -> (Handle, start, end)
         self.address = address if writable else 0
 
     def serves(self, offset, size):
         """Whether a handle of `size` bytes at `offset` can use this mapping."""
         return self.reusable and offset + size <= self.length
+
+
+def _disjoint(members):
+    """Handles of one file, (index, location, descriptor), in groups whose
+    bytes do not overlap (first fit by offset: the fewest groups)."""
+    groups, ends = [], []
+    for member in sorted(members, key=lambda m: m[1].offset):
+        begin, end = member[1].offset, member[1].offset + member[1].size
+        for g, last in enumerate(ends):
+            if last <= begin:
+                groups[g].append(member)
+                ends[g] = end
+                break
+        else:
+            groups.append([member])
+            ends.append(end)
+    return groups
 
 
 class _Mappings:
@@ -1425,19 +1898,21 @@ class _Mappings:
         return mapping, mapping.start
 
     def done(self, mapping, handle_id):
-        """The handle's last view was collected: ends its lease and keeps
-        its mapping idle."""
-        mapping.handle = None
+        """The handle's last view was collected: ends its lease, and keeps
+        its mapping idle once no other live handle views it."""
+        with self._lock:
+            mapping.live.pop(handle_id, None)
+            last = not mapping.live
         self._releaser(handle_id)
-        if not mapping.reusable:
-            return  # unmapped with its last reference, now
+        if not last or not mapping.reusable:
+            return  # others view it, or it is unmapped with its last reference
         with self._lock:
             evicted = [self._idle.pop(mapping.file, None)]
             self._idle[mapping.file] = mapping
             if len(self._idle) > _IDLE_MAX:
                 evicted.append(self._idle.popitem(last=False)[1])
         for old in evicted:
-            if old is not None:
+            if old is not None and old is not mapping:
                 self._releaser.unmap_later(old)
 
 
