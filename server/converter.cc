@@ -143,7 +143,7 @@ absl::StatusOr<Converter::Prepared> Converter::Prepare(const v1::ConvertRequest&
     }
     case v1::Source::kTensorView: {
       const v1::TensorView& view = source.tensor_view();
-      ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(view, "tensor view"));
+      ASSIGN_OR_RETURN(RangeArray in_range, ArrayInRange(view, "tensor view"));
       ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(view.tensor_id(), caller));
       const Tensor& held = *lease.tensor;
       if (held.memory == nullptr) {
@@ -158,7 +158,8 @@ absl::StatusOr<Converter::Prepared> Converter::Prepare(const v1::ConvertRequest&
             held_bytes, " bytes of tensor ", Quote(view.tensor_id()), "'s memory"));
       }
       auto slice = std::make_shared<MemorySlice>(held.memory, view.offset(), view.size());
-      return PrepareArray({SourceKind::kHostMemory, in_range.dtype, in_range.layout, Device{}},
+      return PrepareArray({SourceKind::kHostMemory, in_range.dtype, std::move(in_range.layout),
+                           Device{}},
                           options, Storage::Host(nullptr, view.size(), std::move(slice)));
     }
     case v1::Source::kTensorId: {
@@ -280,11 +281,11 @@ bool Converter::PinForDevice(const HostMemory* memory) {
       .ok();
 }
 
-absl::StatusOr<Converter::Prepared> Converter::PrepareArray(const Source& source,
+absl::StatusOr<Converter::Prepared> Converter::PrepareArray(Source source,
                                                             const ConvertOptions& options,
                                                             Storage storage) {
-  Prepared prepared(source, std::move(storage));
-  ASSIGN_OR_RETURN(prepared.plan_, PlanConversion(source, options));
+  Prepared prepared(std::move(source), std::move(storage));
+  ASSIGN_OR_RETURN(prepared.plan_, PlanConversion(prepared.source_, options));
   const Plan& plan = prepared.plan_;
   RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
   if (plan.action == Plan::Action::kCopy) {

@@ -163,7 +163,7 @@ class Converter {
 
  private:
   // Plans a source whose storage is resolved.
-  absl::StatusOr<Prepared> PrepareArray(const Source& source, const ConvertOptions& options,
+  absl::StatusOr<Prepared> PrepareArray(Source source, const ConvertOptions& options,
                                         Storage storage);
   absl::StatusOr<Prepared> PrepareLiteral(const v1::Literal& proto,
                                           const ConvertOptions& options);

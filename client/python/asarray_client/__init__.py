@@ -6,9 +6,9 @@ over gRPC).
     with Client() as client:
         t = client.asarray(numpy_array, dtype=torch.bfloat16)
 """
-from .client import Client, Handle, SharedArrayRef, TensorRef, TreeRef
+from .client import Client, Handle, SharedArrayRef, TensorRef, TreeRef, ViewRef
 from .errors import (AsArrayError, AsArrayNotFoundError, AsArrayRuntimeError,
                      AsArrayTypeError, AsArrayValueError)
 
-__all__ = ["Client", "Handle", "SharedArrayRef", "TensorRef", "TreeRef", "AsArrayError",
+__all__ = ["Client", "Handle", "SharedArrayRef", "TensorRef", "TreeRef", "ViewRef", "AsArrayError",
            "AsArrayValueError", "AsArrayTypeError", "AsArrayRuntimeError", "AsArrayNotFoundError"]

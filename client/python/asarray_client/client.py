@@ -129,10 +129,26 @@ def default_socket_path():
     return f"/tmp/asarrayd-{os.geteuid()}/asarrayd.sock"
 
 
+_DTYPE_NAMES = {}  # what _dtype_name found, by the dtype it was given
+
+
 def _dtype_name(dtype):
     """'float32' for torch.float32, np.float32, 'float32', 'torch.float32', ..."""
     if dtype is None:
         return None
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):  # new, or unhashable
+        pass
+    name = _find_dtype_name(dtype)
+    try:
+        _DTYPE_NAMES[dtype] = name
+    except TypeError:
+        pass
+    return name
+
+
+def _find_dtype_name(dtype):
     if torch is not None and isinstance(dtype, torch.dtype):
         name = str(dtype).replace("torch.", "")
         aliases = {"float": "float32", "double": "float64", "half": "float16",
@@ -215,6 +231,24 @@ class TreeRef:
 
     def __repr__(self):
         return f"TreeRef({len(self.refs)} tensors)"
+
+
+class ViewRef:
+    """Part of a tensor the server holds: `size` bytes at `offset` of its
+    memory, read as `dtype` with `shape` and `strides` (in elements) from
+    element `element_offset`. What a TreeRef holds for the leaves that share
+    one region: the server holds the region's span once, and another
+    process's asarray_tree() takes every leaf as a view of it, in one call.
+    Picklable."""
+
+    def __init__(self, id, offset, size, dtype, shape, strides, element_offset=0):
+        self.id, self.offset, self.size = id, offset, size
+        self.dtype, self.shape, self.strides = dtype, tuple(shape), tuple(strides)
+        self.element_offset = element_offset
+
+    def __repr__(self):
+        return (f"ViewRef({self.id!r}, offset={self.offset}, size={self.size}, "
+                f"dtype={self.dtype}, shape={self.shape}, strides={self.strides})")
 
 
 class _Region:
@@ -684,10 +718,15 @@ def _describe(as_numpy, obj):
     dtype name) of a tensor or array. Tensors report their own strides, which
     survive even when empty (numpy zeroes an empty view's strides)."""
     if torch is not None and isinstance(obj, torch.Tensor):
-        _, name = as_numpy(obj)
-        # data_ptr() is 0 for an empty tensor; the storage still says where it is.
-        storage = obj.untyped_storage() if hasattr(obj, "untyped_storage") else obj.storage()
-        start = storage.data_ptr() + obj.storage_offset() * obj.element_size()
+        if obj.device.type != "cpu":
+            raise NotImplementedError("CUDA tensors need the CUDA backend")
+        name = _dtype_name(obj.dtype)
+        if obj.numel() > 0:
+            start = obj.data_ptr()
+        else:
+            # data_ptr() is 0 for an empty tensor; the storage still says where it is.
+            storage = obj.untyped_storage() if hasattr(obj, "untyped_storage") else obj.storage()
+            start = storage.data_ptr() + obj.storage_offset() * obj.element_size()
         return start, tuple(obj.shape), tuple(obj.stride()), obj.element_size(), name
     arr, name = as_numpy(obj)
     item = arr.itemsize
@@ -814,7 +853,7 @@ def _is_literal(value, depth=0):
 
 def _is_array_leaf(value):
     """An array-like leaf of a tree (see above)."""
-    if isinstance(value, (np.ndarray, TensorRef, SharedArrayRef)) or _is_number(value):
+    if isinstance(value, (np.ndarray, TensorRef, ViewRef, SharedArrayRef)) or _is_number(value):
         return True
     if torch is not None and isinstance(value, torch.Tensor):
         return True
@@ -932,6 +971,7 @@ class Client:
         self._stub = pb_grpc.AsArrayStub(self._channel)
         self._lock = threading.Lock()
         self._regions = weakref.WeakValueDictionary()  # address -> _Region
+        self._last_region = None  # a weak reference to the region found last
         self._pool = _RegionPool()
         self._allocations = {}  # id(result of empty()) -> (weak reference, TensorRef)
         self._handles = weakref.WeakValueDictionary()  # mapping address -> mapping
@@ -972,7 +1012,7 @@ class Client:
     def asarray(self, obj, *, dtype=None, device=None, copy=None, requires_grad=False,
                 like="torch"):
         """torch.asarray through the server. `obj`: a numpy array, a CPU tensor,
-        a nested list, a scalar, a TensorRef or a SharedArrayRef. Returns a
+        a nested list, a scalar, a TensorRef, a ViewRef or a SharedArrayRef. Returns a
         torch tensor (or, with like="numpy", a numpy array; bfloat16 then
         comes as its uint16 bits) mapped onto the result's memory."""
         request = pb.ConvertRequest()
@@ -1139,7 +1179,7 @@ class Client:
         """The handle id of an id, a Handle, a TensorRef, or a result of asarray()."""
         if isinstance(target, str):
             return target
-        if isinstance(target, (TensorRef, Handle)):
+        if isinstance(target, (TensorRef, ViewRef, Handle)):
             return target.id
         return self.handle(target).id
 
@@ -1454,27 +1494,71 @@ class Client:
                 pass  # the TTL ends them
 
     def _ref_tree(self, tree, ttl_ms):
-        """ref() of a tree: a TreeRef of tensors held under TTL leases."""
+        """ref() of a tree: a TreeRef of tensors held under TTL leases. The
+        leaves that lie in one region of this client's are held once, as the
+        span of the region they cover, and referenced as views of it
+        (ViewRef); other arrays and literals are copied into the server's
+        arena (a staged copy would stay aliased, keeping a staging memfd of
+        ours from the pool for the lease's life). One call in all."""
         leaves = list(_tree_leaves(tree))
         refs = []
         if leaves:
-            objs = [leaf for _, leaf in leaves]
-            # Arrays in our regions are aliased; other arrays are copied into
-            # the server's arena (a staged copy would stay aliased, keeping
-            # a staging memfd of ours from the pool for the lease's life).
-            copies = [True if self._is_array(o) and not self._in_region(o) else None
-                      for o in objs]
-            handles, _, received = self._batch(objs, None, None, copies, False,
-                                               [path for path, _ in leaves],
+            objs, copies, keys = [], [], []
+            spans = {}  # region -> [item, lo, hi]
+            placed = []  # per leaf: (item, None) or (region, (lo, hi, start, shape, strides, name))
+            for path, leaf in leaves:
+                where = self._place_in_region(leaf) if self._is_array(leaf) else None
+                if where is None:
+                    placed.append((len(objs), None))
+                    objs.append(leaf)
+                    copies.append(True if self._is_array(leaf) else None)
+                    keys.append(path)
+                    continue
+                region, view = where
+                span = spans.get(region)
+                if span is None:
+                    span = spans[region] = [len(objs), view[0], view[1]]
+                    objs.append(None)  # the span, once known
+                    copies.append(None)
+                    keys.append(path)
+                span[1], span[2] = min(span[1], view[0]), max(span[2], view[1])
+                placed.append((region, view))
+            for region, (item, lo, hi) in spans.items():
+                objs[item] = np.frombuffer(region.map, dtype=np.uint8, count=hi - lo,
+                                           offset=lo - region.address)
+            handles, _, received = self._batch(objs, None, None, copies, False, keys,
                                                ttl_ms=0 if ttl_ms is None else ttl_ms)
             _close_all(received)
-            refs = [TensorRef(h.id, _NAME_OF_ENUM[h.dtype], h.layout.shape, h.layout.strides)
-                    for h in handles]
+            for where, view in placed:
+                if view is None:
+                    h = handles[where]
+                    refs.append(TensorRef(h.id, _NAME_OF_ENUM[h.dtype], h.layout.shape,
+                                          h.layout.strides))
+                    continue
+                item, span_lo, _ = spans[where]
+                lo, hi, start, shape, strides, name, item_size = view
+                refs.append(ViewRef(handles[item].id, lo - span_lo, hi - lo, name, shape, strides,
+                                    (start - lo) // item_size))
         return TreeRef(_tree_rebuild(tree, iter(refs)), refs)
 
     @staticmethod
     def _is_array(obj):
         return isinstance(obj, np.ndarray) or (torch is not None and isinstance(obj, torch.Tensor))
+
+    def _place_in_region(self, obj):
+        """(region, (lo, hi, start, shape, strides, dtype name, item size)) of
+        an array or tensor in a memfd region of this client's, else None."""
+        try:
+            start, shape, strides, item, name = _describe(self._as_numpy, obj)
+        except (TypeError, NotImplementedError):
+            return None
+        if strides is None:
+            return None
+        lo, hi = _bounds(start, shape, strides, item)
+        region = self._region_holding(lo, hi)
+        if region is None or not region.memfd:
+            return None
+        return region, (lo, hi, start, shape, strides, name, item)
 
     def _in_region(self, obj):
         """Whether an array or tensor lives in one of this client's regions."""
@@ -1524,6 +1608,14 @@ class Client:
         uploads), else None."""
         if isinstance(obj, TensorRef):
             request.source.tensor_id = obj.id
+            return None
+        if isinstance(obj, ViewRef):
+            view = request.source.tensor_view
+            view.tensor_id, view.offset, view.size = obj.id, obj.offset, obj.size
+            view.dtype = _DTYPES[obj.dtype][0]
+            view.layout.shape.extend(obj.shape)
+            view.layout.strides.extend(obj.strides)
+            view.layout.offset = obj.element_offset
             return None
         if isinstance(obj, TreeRef):
             raise TypeError("a TreeRef is a tree: asarray_tree() takes it")
@@ -1590,10 +1682,14 @@ class Client:
         region = self._regions.get(lo)  # an array that starts its region, as empty() makes
         if region is not None and hi <= region.address + region.size:
             return region
+        region = self._last_region() if self._last_region is not None else None
+        if region is not None and region.address <= lo and hi <= region.address + region.size:
+            return region  # the leaves of one tree share a region
         for region in list(self._regions.values()):
             end = region.address + region.size
             # An empty view holds nothing: its start may sit anywhere in the mapping.
             if region.address <= lo and (hi <= end if hi > lo else lo <= region.address + len(region.map)):
+                self._last_region = weakref.ref(region)
                 return region
         return None
 
