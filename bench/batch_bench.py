@@ -33,11 +33,13 @@ contenders are interleaved: each round runs a batch of runs of each in turn,
 in a rotating order. Reported: the median over rounds of each contender's
 p50, and ratios as median (lowest-highest) and best over rounds.
 
-The server's own cost, from its Stats totals in the same rounds (request
-received to answer ready, summed): B's calls alone, as one Convert of a held
-tensor, a ConvertBatch of 1 and a ConvertBatch of 16 such items, each
-repeated; each extra item's cost is (batch of 16 - batch of 1) / 15, against
-the single Convert.
+B's asarray_tree() of a TreeRef takes the span the leaves of one region share
+once and makes each leaf a view of it in this process. The server's own cost
+per item is measured apart, from its Stats totals in the same rounds (request
+received to answer ready, summed): one Convert of a view of the held span, a
+ConvertBatch of 1 and a ConvertBatch of 16 such views (asarray_batch, an item
+each), each repeated; each extra item's cost is (batch of 16 - batch of 1) /
+15, against the single Convert.
 """
 import argparse
 import json
@@ -169,9 +171,11 @@ def server_cost(client, repeats=60):
         return ((after.local_batch_work_ns - before.local_batch_work_ns) /
                 max(1, after.local_batches - before.local_batches))
 
+    # asarray_batch sends an item per leaf (asarray_tree would take the
+    # leaves' one span once): the server's cost per item.
     single = per_convert(*measure(lambda: client.asarray(one, copy=False)))
-    batch_1 = per_batch(*measure(lambda: client.asarray_tree([one], copy=False)))
-    batch_16 = per_batch(*measure(lambda: client.asarray_tree(tree_ref, copy=False)))
+    batch_1 = per_batch(*measure(lambda: client.asarray_batch([one], copy=False)))
+    batch_16 = per_batch(*measure(lambda: client.asarray_batch(tree_ref.refs, copy=False)))
     client.release(tree_ref)
     return {"single_convert_ns": single, "batch_of_1_ns": batch_1, "batch_of_16_ns": batch_16,
             "extra_item_ns": (batch_16 - batch_1) / 15}

@@ -804,3 +804,48 @@ def test_a_remote_client_gets_trees_as_bytes(remote):
         remote.asarray_tree({"ok": [1], "bad": [[1], [2, 3]]})
     assert error.value.details.startswith("item 1 (" + _key("['bad']") + "): ")
     assert remote.list() == []
+
+
+def test_the_leaves_of_a_region_travel_as_views_of_one_span(server):
+    """ref(tree) holds the span the leaves of one region cover once; the
+    consumer takes it in one call of one item and makes each leaf a view of
+    it, the very memory of the producer's region; with a cast each leaf is
+    taken as a view on the server instead."""
+    from asarray_client import ViewRef
+    with Client(server.address) as producer, Client(server.address) as consumer:
+        baseline = _settled(consumer)
+        shared = producer.share_tree({
+            "images": torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).reshape(2, 3, 4, 5),
+            "labels": torch.tensor([7, 9], dtype=torch.int64),
+            "half": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
+            "t": np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]})
+        tree = dict(shared, strided=shared["images"][:, ::2, 1:])  # a view within the region
+        ref = producer.ref(tree, ttl_ms=60000)
+        assert all(isinstance(r, ViewRef) for r in ref.refs)
+        assert len(set(ref.ids)) == 1  # one span held for the five
+        before = consumer.stats()
+        got = consumer.asarray_tree(ref, copy=False)
+        after = consumer.stats()
+        assert after.local_batches == before.local_batches + 1
+        assert after.local_batch_items == before.local_batch_items + 1
+        assert after.tensors == before.tensors + 1
+        for key in ("images", "labels", "half"):
+            assert torch.equal(got[key], shared[key]), key
+            assert got[key].dtype == shared[key].dtype
+        assert torch.equal(got["t"], torch.from_numpy(shared["t"]))
+        assert torch.equal(got["strided"], tree["strided"])
+        assert got["strided"].stride() == tree["strided"].stride() == (60, 40, 5, 1)
+        got["labels"][1] = -1  # the producer's memory
+        assert int(shared["labels"][1]) == -1
+        cast = consumer.asarray_tree(ref, dtype=torch.float64)
+        assert cast["labels"].tolist() == [7.0, -1.0] and cast["images"].dtype == torch.float64
+        # The span's lease ends with the last view of it.
+        images = got["images"]
+        del got, cast
+        gc.collect()
+        consumer.flush()
+        assert consumer.stats().tensors == after.tensors
+        assert int(images[1, 2, 3, 4]) == (2 * 3 * 4 * 5 - 1) % 256
+        del images
+        producer.release(ref)
+        assert _held(_settled(consumer), fds=False)["tensors"] == baseline.tensors

@@ -1072,12 +1072,52 @@ class Client:
         through as they are. An error names the failing leaf by its key path,
         as in "item 2 (['images'][1]): ..."."""
         leaves = list(_tree_leaves(tree))
-        n = len(leaves)
-        results = self.asarray_batch(
-            [leaf for _, leaf in leaves], dtype=[dtype] * n, device=[device] * n,
-            copy=[copy] * n, requires_grad=[requires_grad] * n, like=like,
-            keys=[path for path, _ in leaves])
-        return _tree_rebuild(tree, iter(results))
+        # ViewRefs of one held span (a TreeRef's leaves in one region) that
+        # need no cast: the span is taken once, and each leaf is a view of
+        # its mapping, made here; the span's lease ends with the last view.
+        as_views = (not self.remote and dtype is None and device in (None, "cpu")
+                    and copy is not True and not requires_grad)
+        items, keys, placed, spans = [], [], [], {}
+        for path, leaf in leaves:
+            if as_views and isinstance(leaf, ViewRef):
+                at = spans.get(leaf.id)
+                if at is None:
+                    at = spans[leaf.id] = len(items)
+                    items.append(TensorRef(leaf.id, "uint8", (), ()))
+                    keys.append(path)
+                placed.append((at, leaf))
+            else:
+                placed.append((len(items), None))
+                items.append(leaf)
+                keys.append(path)
+        n = len(items)
+        results = self.asarray_batch(items, dtype=[dtype] * n, device=[device] * n,
+                                     copy=[copy] * n, requires_grad=[requires_grad] * n,
+                                     like=like, keys=keys)
+        bases = {}
+        for at in spans.values():
+            base = results[at].numpy() if like != "numpy" else results[at]
+            # A span is a whole held tensor of bytes, as ref(tree) makes one;
+            # views of anything else are the server's to take.
+            bases[at] = base if base.dtype == np.uint8 and base.ndim == 1 else None
+        out = []
+        for at, view in placed:
+            if view is None:
+                out.append(results[at])
+            elif bases[at] is not None:
+                out.append(self._view_of(bases[at], view, like))
+            else:
+                out.append(self.asarray(view, copy=copy, like=like))
+        return _tree_rebuild(tree, iter(out))
+
+    def _view_of(self, base, view, like):
+        """The array a ViewRef describes, a view of `base` (the uint8 array of
+        the span it is in), which it keeps."""
+        storage = _DTYPES[view.dtype][1]
+        arr = np.ndarray(view.shape, dtype=storage, buffer=base,
+                         offset=view.offset + view.element_offset * storage.itemsize,
+                         strides=[st * storage.itemsize for st in view.strides])
+        return self._wrap(arr, view.dtype, like)
 
     def share_tree(self, tree, like=None):
         """share() of every numpy array and tensor in a tree, all into ONE
