@@ -230,8 +230,21 @@ class ClientLink {
   }
 
   absl::Status Release(const std::string& id) { return Release(absl::MakeConstSpan(&id, 1)); }
-  // Every one of `ids` (at least one) in one call.
+  // Every one of `ids`, kIdsPerCall a call.
   absl::Status Release(absl::Span<const std::string> ids) {
+    absl::Status status;
+    for (size_t at = 0; at < ids.size(); at += kIdsPerCall) {
+      status.Update(ReleaseSome(ids.subspan(at, kIdsPerCall)));
+    }
+    return status;
+  }
+
+  // Ids a Release or Renew carries at most: a local datagram holds about
+  // 1,900 of them.
+  static constexpr size_t kIdsPerCall = 1024;
+
+ private:
+  absl::Status ReleaseSome(absl::Span<const std::string> ids) {
     v1::ReleaseRequest request;
     request.set_id(ids.front());
     for (size_t i = 1; i < ids.size(); ++i) request.add_more_ids(ids[i]);
@@ -246,7 +259,6 @@ class ClientLink {
     return Done(stub_->Release(&context, request, &response));
   }
 
- private:
   const std::shared_ptr<v1::AsArray::Stub> stub_;
   const ClientOptions options_;
   const std::string target_;
@@ -823,7 +835,17 @@ absl::StatusOr<absl::Time> Client::Renew(const std::string& id, absl::Duration t
 
 absl::StatusOr<std::vector<absl::Time>> Client::Renew(absl::Span<const std::string> ids,
                                                       absl::Duration ttl) {
-  if (ids.empty()) return std::vector<absl::Time>();
+  std::vector<absl::Time> expires;
+  for (size_t at = 0; at < ids.size(); at += ClientLink::kIdsPerCall) {
+    ASSIGN_OR_RETURN(std::vector<absl::Time> some,
+                     RenewSome(ids.subspan(at, ClientLink::kIdsPerCall), ttl));
+    expires.insert(expires.end(), some.begin(), some.end());
+  }
+  return expires;
+}
+
+absl::StatusOr<std::vector<absl::Time>> Client::RenewSome(absl::Span<const std::string> ids,
+                                                          absl::Duration ttl) {
   v1::RenewRequest request;
   request.set_id(ids.front());
   for (size_t i = 1; i < ids.size(); ++i) request.add_more_ids(ids[i]);

@@ -250,12 +250,12 @@ class Client {
                                             HandleInfo* handle = nullptr);
 
   absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl = absl::ZeroDuration());
-  // Every one of `ids` to the same TTL in one call: their new expiries, in
-  // order (NOT_FOUND after the rest for an unknown one).
+  // Every one of `ids` to the same TTL, many a call: their new expiries, in
+  // order (NOT_FOUND for an unknown one, after the rest of its call).
   absl::StatusOr<std::vector<absl::Time>> Renew(absl::Span<const std::string> ids,
                                                 absl::Duration ttl = absl::ZeroDuration());
   absl::Status Release(const std::string& id);
-  // Every one of `ids` in one call (NOT_FOUND after the rest for an unknown one).
+  // Every one of `ids`, many a call (NOT_FOUND after the rest for an unknown one).
   absl::Status Release(absl::Span<const std::string> ids);
   absl::StatusOr<std::vector<HandleInfo>> List();
   absl::StatusOr<v1::StatsResponse> Stats();
@@ -287,6 +287,9 @@ class Client {
   absl::StatusOr<MappedTensor> ConvertAndMap(const v1::ConvertRequest& request,
                                              absl::Span<const int> fds = {});
   absl::StatusOr<MappedTensor> ConvertRemote(const v1::ConvertRequest& request);
+  // One Renew call of `ids` (at least one, few enough for a datagram).
+  absl::StatusOr<std::vector<absl::Time>> RenewSome(absl::Span<const std::string> ids,
+                                                    absl::Duration ttl);
   // A remote handle kept on the server (a TTL lease was asked for), whose
   // lease the result holds; its bytes are read with ReadBytes.
   absl::StatusOr<MappedTensor> HeldRemotely(const HandleInfo& handle);

@@ -288,6 +288,10 @@ absl::StatusOr<Converter::Prepared> Converter::PrepareArray(Source source,
   ASSIGN_OR_RETURN(prepared.plan_, PlanConversion(prepared.source_, options));
   const Plan& plan = prepared.plan_;
   RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
+  // A handle says the result's nbytes: a view of a few bytes whose elements
+  // take more than int64 counts (broadcast strides) is refused here, before
+  // anything is made, not when its handle is.
+  RETURN_IF_ERROR(ComputeViewSizes(plan.layout, ItemSize(plan.dtype)).status());
   if (plan.action == Plan::Action::kCopy) {
     if (plan.device.type == Device::Type::kCPU) {
       prepared.needs_host_memory_ = true;
@@ -427,7 +431,8 @@ absl::StatusOr<Converter::PreparedBatch> Converter::PrepareBatch(
     const Plan& plan = p->plan_;
     out.work.uses_device |= plan.device.type != Device::Type::kCPU ||
                             p->storage_.device != nullptr;
-    if (plan.action == Plan::Action::kCopy) out.work.copy_bytes += p->host_bytes_;
+    // Host memory it fills: a cast, or inline bytes kept as they came.
+    if (p->needs_host_memory()) out.work.copy_bytes += p->host_bytes_;
     if (p->needs_host_memory()) {
       out.has_arena = true;
       const uint64_t at = (out.arena_bytes + kArenaAlignment - 1) / kArenaAlignment *

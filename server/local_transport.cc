@@ -198,6 +198,9 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
 absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
                                      const LocalDatagram& datagram, Connection* connection,
                                      v1::ConvertResponse* response, Reply* reply) {
+  // Carried releases come first, whatever becomes of the conversion.
+  const Caller& caller = connection->caller;
+  service_->ReleaseCarried(request.release_ids(), caller);
   const size_t attached = datagram.fds.size();
   if (request.source().has_fd()) {
     // An fd_index past the attached ones is the converter's to report.
@@ -209,8 +212,6 @@ absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
     return absl::InvalidArgumentError(
         "return_data conversions answer with the data: send them over gRPC");
   }
-  const Caller& caller = connection->caller;
-  service_->ReleaseCarried(request.release_ids(), caller);
   return RunLocal(
       datagram, connection, reply,
       [&](LocalCall*, std::function<void()> work) {
@@ -222,6 +223,18 @@ absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
 absl::Status LocalTransport::ConvertBatch(const v1::ConvertBatchRequest& request,
                                           const LocalDatagram& datagram, Connection* connection,
                                           v1::ConvertBatchResponse* response, Reply* reply) {
+  // Carried releases come first, whatever becomes of the batch.
+  const Caller& caller = connection->caller;
+  service_->ReleaseCarried(request.release_ids(), caller);
+  // An answer holds at least an id's 34 bytes and its framing a handle: a
+  // batch of more items than a datagram holds such handles cannot be
+  // answered here, and is refused before any work.
+  constexpr size_t kMinHandleBytes = 36;
+  if (static_cast<size_t>(request.items_size()) > kMaxLocalMessageBytes / kMinHandleBytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a batch of ", request.items_size(), " items has more handles than a local datagram "
+        "carries (", kMaxLocalMessageBytes, " bytes): send fewer items a call, or use gRPC"));
+  }
   // Every attached descriptor must be named by an item; an index past them
   // is the converter's to report, with the item's number.
   std::vector<bool> named(datagram.fds.size(), false);
@@ -236,8 +249,6 @@ absl::Status LocalTransport::ConvertBatch(const v1::ConvertBatchRequest& request
           "descriptor ", i, " came with the ConvertBatch request, but no item names it"));
     }
   }
-  const Caller& caller = connection->caller;
-  service_->ReleaseCarried(request.release_ids(), caller);
   absl::StatusOr<Converter::PreparedBatch> prepared;
   return RunLocal(
       datagram, connection, reply,
@@ -253,7 +264,7 @@ absl::Status LocalTransport::ConvertBatch(const v1::ConvertBatchRequest& request
         if (local->reply_memory.size() > static_cast<size_t>(kMaxLocalFds) ||
             bytes > kMaxLocalMessageBytes) {
           const size_t fds = local->reply_memory.size();
-          service_->UndoBatch(*response, caller, local);
+          service_->UndoBatch(response, caller, local);
           return absl::ResourceExhaustedError(absl::StrCat(
               "the batch's answer takes ", bytes, " bytes and ", fds,
               " descriptors, more than a local datagram carries (", kMaxLocalMessageBytes,

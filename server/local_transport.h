@@ -61,7 +61,7 @@ class LocalTransport {
     std::string bytes;
     std::vector<std::shared_ptr<const HostMemory>> memory;
     bool convert = false;  // the request was a Convert
-    int batch_items = 0;   // the items of a ConvertBatch request
+    int batch_items = 0;   // the items of a ConvertBatch request, failed or not
     std::vector<int> fds() const;
   };
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/impl/codegen/server_callback_handlers.h"
@@ -619,28 +620,37 @@ absl::Status AsArrayService::ConvertBatchNow(absl::StatusOr<Converter::PreparedB
   RETURN_IF_ERROR(prepared.status());
   ASSIGN_OR_RETURN(std::vector<Tensor> tensors,
                    converter_.RunBatch(*std::move(prepared), request, caller, local != nullptr));
-  converts_ += tensors.size();
   const bool for_connection = local != nullptr && !request.has_ttl_ms();
   const std::vector<TensorStore::Lease> leases =
       store_->AddAll(std::move(tensors), TtlFromProto(request.ttl_ms()),
                      for_connection ? local->connection : 0);
   absl::Status status;
-  for (int i = 0; i < static_cast<int>(leases.size()); ++i) {
+  for (int i = 0; i < static_cast<int>(leases.size()) && status.ok(); ++i) {
     const TensorStore::Lease& lease = leases[static_cast<size_t>(i)];
-    status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires, &request.items(i),
-                                             local),
-                                response->add_handles()));
+    status = HandleToProto(ToHandleInfo(*lease.tensor, lease.expires, &request.items(i), local),
+                           response->add_handles());
   }
-  if (!status.ok()) UndoBatch(*response, caller, local);
-  return status;
+  if (!status.ok()) {
+    // By the leases: a handle that failed to be made has no id in the answer.
+    std::vector<absl::string_view> ids;
+    ids.reserve(leases.size());
+    for (const TensorStore::Lease& lease : leases) ids.push_back(lease.tensor->id);
+    store_->ReleaseAll(ids, caller).IgnoreError();
+    response->Clear();
+    if (local != nullptr) local->reply_memory.clear();
+    return status;
+  }
+  converts_ += leases.size();
+  return absl::OkStatus();
 }
 
-void AsArrayService::UndoBatch(const v1::ConvertBatchResponse& response, const Caller& caller,
+void AsArrayService::UndoBatch(v1::ConvertBatchResponse* response, const Caller& caller,
                                LocalCall* local) {
   std::vector<absl::string_view> ids;
-  ids.reserve(static_cast<size_t>(response.handles_size()));
-  for (const v1::TensorHandle& handle : response.handles()) ids.push_back(handle.id());
+  ids.reserve(static_cast<size_t>(response->handles_size()));
+  for (const v1::TensorHandle& handle : response->handles()) ids.push_back(handle.id());
   store_->ReleaseAll(ids, caller).IgnoreError();
+  response->Clear();
   if (local != nullptr) local->reply_memory.clear();
 }
 
@@ -746,9 +756,25 @@ grpc::ServerUnaryReactor* AsArrayService::ConvertBatch(grpc::CallbackServerConte
         return ConvertBatchNow(std::move(*prepared), *request, caller, response);
       },
       [this, request, prepared](const Caller& caller, std::function<void()> work) {
+        if (MayBlock(*request)) {
+          // Opening a CUDA allocation can block: not on gRPC's thread.
+          executor_->Schedule([this, request, prepared, caller, work = std::move(work)] {
+            *prepared = converter_.PrepareBatch(*request, caller);
+            work();
+          });
+          return;
+        }
         *prepared = converter_.PrepareBatch(*request, caller);
         RunBatchWork(*prepared, std::move(work));
       });
+}
+
+bool AsArrayService::MayBlock(const v1::ConvertBatchRequest& request) {
+  return std::any_of(request.items().begin(), request.items().end(),
+                     [](const v1::ConvertRequest& item) {
+                       return item.source().has_cuda_ipc() ||
+                              absl::StartsWith(item.options().device(), "cuda");
+                     });
 }
 
 void AsArrayService::RunBatchWork(const absl::StatusOr<Converter::PreparedBatch>& prepared,

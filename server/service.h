@@ -115,10 +115,9 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   absl::Status ConvertBatchNow(absl::StatusOr<Converter::PreparedBatch> prepared,
                                const v1::ConvertBatchRequest& request, const Caller& caller,
                                v1::ConvertBatchResponse* response, LocalCall* local = nullptr);
-  // Ends the leases of a batch's handles in `response`, which is then not
-  // sent: a batch that failed after its results were registered.
-  void UndoBatch(const v1::ConvertBatchResponse& response, const Caller& caller,
-                 LocalCall* local);
+  // Ends the leases of every handle in a complete `response`, which is then
+  // cleared and not sent: a batch whose answer could not go out.
+  void UndoBatch(v1::ConvertBatchResponse* response, const Caller& caller, LocalCall* local);
   absl::Status ReleaseNow(const v1::ReleaseRequest& request, const Caller& caller);
   // The work of Read, Renew and ConvertToData, on the calling thread.
   absl::StatusOr<RowMajorStream> ReadNow(const v1::ReadRequest& request, const Caller& caller);
@@ -177,6 +176,8 @@ class AsArrayService final : public v1::AsArray::CallbackService {
                                       const absl::Status& status);
   void RunWork(const Converter::WorkEstimate& estimate, bool return_data,
                std::function<void()> work);
+  // Whether preparing `request` may block (it opens or checks a CUDA device).
+  static bool MayBlock(const v1::ConvertBatchRequest& request);
   // A unary conversion over gRPC: the carried releases, then `convert` for
   // the caller, run where `schedule` puts it.
   grpc::ServerUnaryReactor* ServeConversion(
