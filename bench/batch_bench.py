@@ -44,8 +44,6 @@ each), each repeated; each extra item's cost is (batch of 16 - batch of 1) /
 import argparse
 import json
 import os
-import shutil
-import signal
 import statistics
 import sys
 import time
@@ -55,7 +53,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from handoff_vs_torch_mp import (  # noqa: E402
-    Consumer, STRATEGIES, ratio_summary, serve, start_server)
+    Harness, STRATEGIES, ratio_summary, rotated, serve)
 
 RUNS = {"dataloader": 30, "small": 15}
 
@@ -190,11 +188,8 @@ def main():
     args = parser.parse_args()
     kinds = args.batches.split(",")
 
-    from asarray_client import Client
-    process, address, folder = start_server(args.asarrayd)
-    torch_b = Consumer(_torch_consumer)
-    asarray_b = Consumer(_asarray_consumer, address)
-    client = Client(address)
+    harness = Harness(args.asarrayd, _torch_consumer, _asarray_consumer)
+    torch_b, asarray_b, client = harness.torch_b, harness.asarray_b, harness.client
     contenders = {}
     for copy, way in [(False, "no copy"), (True, "one copy")]:
         for strategy in STRATEGIES:
@@ -207,7 +202,7 @@ def main():
     try:
         for r in range(args.rounds):
             for kind in kinds:
-                order = names[r % len(names):] + names[:r % len(names)]
+                order = rotated(names, r)
                 for name in order:
                     way = contenders[name]
                     way.run(kind)  # warm-up
@@ -216,12 +211,7 @@ def main():
             costs.append(server_cost(client))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
-        client.close()
-        torch_b.close()
-        asarray_b.close()
-        process.send_signal(signal.SIGTERM)
-        process.wait()
-        shutil.rmtree(folder, ignore_errors=True)
+        harness.close()
 
     results = {"rounds": args.rounds, "batches": {}, "server_cost": costs}
     columns = ["torch.mp file_descriptor", "torch.mp file_system", "asarrayd batch",

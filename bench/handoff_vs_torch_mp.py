@@ -183,6 +183,31 @@ def start_server(binary):
     raise RuntimeError("asarrayd did not start")
 
 
+class Harness:
+    """What a run needs: a server, B's two consumers (torch.mp's and
+    asarrayd's, processes that live across the run) and A's client."""
+
+    def __init__(self, binary, torch_consumer, asarray_consumer):
+        from asarray_client import Client
+        self.process, address, self.folder = start_server(binary)
+        self.torch_b = Consumer(torch_consumer)
+        self.asarray_b = Consumer(asarray_consumer, address)
+        self.client = Client(address)
+
+    def close(self):
+        self.client.close()
+        self.torch_b.close()
+        self.asarray_b.close()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def rotated(names, r):
+    """Round r's order: the contenders rotated by r."""
+    return names[r % len(names):] + names[:r % len(names)]
+
+
 def label(nbytes):
     return f"{nbytes >> 30} GiB" if nbytes >= 1 << 30 else (
         f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB")
@@ -203,11 +228,8 @@ def main():
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else SIZES
 
-    from asarray_client import Client
-    process, address, folder = start_server(args.asarrayd)
-    torch_b = Consumer(_torch_consumer)
-    asarray_b = Consumer(_asarray_consumer, address)
-    client = Client(address)
+    harness = Harness(args.asarrayd, _torch_consumer, _asarray_consumer)
+    torch_b, asarray_b, client = harness.torch_b, harness.asarray_b, harness.client
     contenders = {}
     for copy, way in [(False, "no copy"), (True, "one copy")]:
         for strategy in STRATEGIES:
@@ -222,7 +244,7 @@ def main():
         for r in range(args.rounds):
             rtt.append(seqpacket_round_trip())
             for nbytes in sizes:
-                order = names[r % len(names):] + names[:r % len(names)]
+                order = rotated(names, r)
                 for name in order:
                     way = contenders[name]
                     way.run(nbytes)  # warm-up
@@ -237,12 +259,7 @@ def main():
                     server_work_p50_ns.append(stats.local_convert_work_p50_ns)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
-        client.close()
-        torch_b.close()
-        asarray_b.close()
-        process.send_signal(signal.SIGTERM)
-        process.wait()
-        shutil.rmtree(folder, ignore_errors=True)
+        harness.close()
 
     results = {"rounds": args.rounds, "seqpacket_round_trip_us": [t * 1e6 for t in rtt],
                "server_local_convert_p50_us": [t / 1e3 for t in server_p50_ns],

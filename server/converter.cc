@@ -57,6 +57,17 @@ absl::StatusOr<RangeArray> ArrayInRange(const Array& array, absl::string_view ra
   return RangeArray{dtype, std::move(layout)};
 }
 
+// The source a host array of the request names, for an estimate: false when
+// its dtype or layout is bad (the conversion itself says so).
+template <typename Array>
+bool HostArray(const Array& array, Source* out) {
+  absl::StatusOr<DType> dtype = DTypeFromProto(array.dtype());
+  absl::StatusOr<Layout> layout = LayoutFromProto(array.layout());
+  if (!dtype.ok() || !layout.ok()) return false;
+  *out = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
+  return true;
+}
+
 }  // namespace
 
 // Memory the server makes: named for gRPC callers on the Unix socket, who
@@ -200,12 +211,15 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> Converter::OpenFdSource(const v1::
   return store_->ClientFdRegion(segment, array.offset(), array.size());
 }
 
+bool Converter::NamesDevice(const v1::ConvertRequest& request) {
+  return request.source().has_cuda_ipc() || absl::StartsWith(request.options().device(), "cuda");
+}
+
 Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& request,
                                                 const Caller& caller) const {
   const v1::Source& source = request.source();
   WorkEstimate work;
-  work.uses_device =
-      source.has_cuda_ipc() || absl::StartsWith(request.options().device(), "cuda");
+  work.uses_device = NamesDevice(request);
   Source array;
   switch (source.kind_case()) {
     case v1::Source::kInlineArray:
@@ -214,27 +228,15 @@ Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& reques
     case v1::Source::kLiteral:
       work.copy_bytes = static_cast<uint64_t>(source.literal().nodes_size()) * 16;
       return work;
-    case v1::Source::kSharedMemory: {
-      absl::StatusOr<DType> dtype = DTypeFromProto(source.shared_memory().dtype());
-      absl::StatusOr<Layout> layout = LayoutFromProto(source.shared_memory().layout());
-      if (!dtype.ok() || !layout.ok()) return work;
-      array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
+    case v1::Source::kSharedMemory:
+      if (!HostArray(source.shared_memory(), &array)) return work;
       break;
-    }
-    case v1::Source::kFd: {
-      absl::StatusOr<DType> dtype = DTypeFromProto(source.fd().dtype());
-      absl::StatusOr<Layout> layout = LayoutFromProto(source.fd().layout());
-      if (!dtype.ok() || !layout.ok()) return work;
-      array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
+    case v1::Source::kFd:
+      if (!HostArray(source.fd(), &array)) return work;
       break;
-    }
-    case v1::Source::kTensorView: {
-      absl::StatusOr<DType> dtype = DTypeFromProto(source.tensor_view().dtype());
-      absl::StatusOr<Layout> layout = LayoutFromProto(source.tensor_view().layout());
-      if (!dtype.ok() || !layout.ok()) return work;
-      array = {SourceKind::kHostMemory, *dtype, *std::move(layout), Device{}};
+    case v1::Source::kTensorView:
+      if (!HostArray(source.tensor_view(), &array)) return work;
       break;
-    }
     case v1::Source::kTensorId: {
       absl::StatusOr<TensorStore::Lease> held = store_->Get(source.tensor_id(), caller);
       if (!held.ok()) return work;
@@ -428,11 +430,8 @@ absl::StatusOr<Converter::PreparedBatch> Converter::PrepareBatch(
     if (!checked.ok()) return ItemError(batch, i, checked);
     absl::StatusOr<Prepared> p = Prepare(item, caller, local);
     if (!p.ok()) return ItemError(batch, i, p.status());
-    const Plan& plan = p->plan_;
-    out.work.uses_device |= plan.device.type != Device::Type::kCPU ||
+    out.work.uses_device |= p->plan_.device.type != Device::Type::kCPU ||
                             p->storage_.device != nullptr;
-    // Host memory it fills: a cast, or inline bytes kept as they came.
-    if (p->needs_host_memory()) out.work.copy_bytes += p->host_bytes_;
     if (p->needs_host_memory()) {
       out.has_arena = true;
       const uint64_t at = (out.arena_bytes + kArenaAlignment - 1) / kArenaAlignment *
@@ -447,6 +446,9 @@ absl::StatusOr<Converter::PreparedBatch> Converter::PrepareBatch(
     }
     out.items.push_back(*std::move(p));
   }
+  // What it copies is what it writes into the arena: casts, and inline
+  // bytes kept as they came.
+  out.work.copy_bytes = out.arena_bytes;
   return out;
 }
 

@@ -145,6 +145,10 @@ class Converter {
   }
 
   WorkEstimate EstimateWork(const v1::ConvertRequest& request, const Caller& caller) const;
+  // Whether `request` names a CUDA device (its source, or the device asked
+  // for), whose work can block: a held tensor's device is found only once
+  // it is looked up.
+  static bool NamesDevice(const v1::ConvertRequest& request);
 
   // Elements [begin, begin + count) of a tensor, row-major, into `dst`
   // (count * item size bytes), from host or device memory.

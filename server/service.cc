@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/impl/codegen/server_callback_handlers.h"
@@ -635,9 +634,7 @@ absl::Status AsArrayService::ConvertBatchNow(absl::StatusOr<Converter::PreparedB
     std::vector<absl::string_view> ids;
     ids.reserve(leases.size());
     for (const TensorStore::Lease& lease : leases) ids.push_back(lease.tensor->id);
-    store_->ReleaseAll(ids, caller).IgnoreError();
-    response->Clear();
-    if (local != nullptr) local->reply_memory.clear();
+    DropBatch(ids, caller, response, local);
     return status;
   }
   converts_ += leases.size();
@@ -649,6 +646,11 @@ void AsArrayService::UndoBatch(v1::ConvertBatchResponse* response, const Caller&
   std::vector<absl::string_view> ids;
   ids.reserve(static_cast<size_t>(response->handles_size()));
   for (const v1::TensorHandle& handle : response->handles()) ids.push_back(handle.id());
+  DropBatch(ids, caller, response, local);
+}
+
+void AsArrayService::DropBatch(absl::Span<const absl::string_view> ids, const Caller& caller,
+                               v1::ConvertBatchResponse* response, LocalCall* local) {
   store_->ReleaseAll(ids, caller).IgnoreError();
   response->Clear();
   if (local != nullptr) local->reply_memory.clear();
@@ -770,11 +772,7 @@ grpc::ServerUnaryReactor* AsArrayService::ConvertBatch(grpc::CallbackServerConte
 }
 
 bool AsArrayService::MayBlock(const v1::ConvertBatchRequest& request) {
-  return std::any_of(request.items().begin(), request.items().end(),
-                     [](const v1::ConvertRequest& item) {
-                       return item.source().has_cuda_ipc() ||
-                              absl::StartsWith(item.options().device(), "cuda");
-                     });
+  return std::any_of(request.items().begin(), request.items().end(), Converter::NamesDevice);
 }
 
 void AsArrayService::RunBatchWork(const absl::StatusOr<Converter::PreparedBatch>& prepared,

@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "server/convert.h"
 #include "server/converter.h"
@@ -178,6 +179,10 @@ class AsArrayService final : public v1::AsArray::CallbackService {
                std::function<void()> work);
   // Whether preparing `request` may block (it opens or checks a CUDA device).
   static bool MayBlock(const v1::ConvertBatchRequest& request);
+  // Ends the leases `ids` of a batch's results and clears its answer (and
+  // the descriptors it would carry): nothing of the batch is kept.
+  void DropBatch(absl::Span<const absl::string_view> ids, const Caller& caller,
+                 v1::ConvertBatchResponse* response, LocalCall* local);
   // A unary conversion over gRPC: the carried releases, then `convert` for
   // the caller, run where `schedule` puts it.
   grpc::ServerUnaryReactor* ServeConversion(

@@ -1600,15 +1600,6 @@ class Client:
             return None
         return region, (lo, hi, start, shape, strides, name, item)
 
-    def _in_region(self, obj):
-        """Whether an array or tensor lives in one of this client's regions."""
-        try:
-            start, shape, strides, item, _ = _describe(self._as_numpy, obj)
-        except (TypeError, NotImplementedError):
-            return False
-        return strides is not None and self._region_holding(
-            *_bounds(start, shape, strides, item)) is not None
-
     @staticmethod
     def _fill_options(options, dtype, device, copy, requires_grad):
         name = _dtype_name(dtype)
