@@ -247,3 +247,27 @@ def test_another_process_aliases_a_region_by_reference(server, client):
                          check=True, capture_output=True, text=True, env=dict(os.environ))
     assert out.stdout.strip() == "11"
     assert produced[10] == -5  # the other process wrote into this process's memory
+
+
+def test_a_region_whose_release_is_on_its_way_is_waited_for_and_reused(server):
+    """The release that frees a region may be in flight on the sender thread
+    when the next allocation asks for one: it waits for it, and reuses the
+    region, rather than making a new one."""
+    import threading
+    with Client(server.address) as client:
+        first = client.empty((256,), torch.float32)
+        address = first.data_ptr()
+        sending = threading.Event()
+        send = client._releaser.send_now
+
+        def slow_send(request):
+            sending.set()
+            time.sleep(0.05)  # a slow round trip
+            return send(request)
+
+        client._releaser.send_now = slow_send
+        del first
+        gc.collect()
+        assert sending.wait(5)  # the sender thread has the release, in flight
+        second = client.empty((256,), torch.float32)
+        assert second.data_ptr() == address

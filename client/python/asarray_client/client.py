@@ -625,11 +625,16 @@ class _Releaser:
             self._cv.notify_all()
 
     def send_pending(self):
-        """Sends the queued releases from the calling thread, and waits:
+        """Sends the queued releases from the calling thread, and waits for
+        those already on their way (the sender thread's, or a call's):
         whether there were any."""
         batch = self.take()
         if not batch:
-            return False
+            with self._cv:
+                if not self._busy:
+                    return False
+                self._cv.wait_for(lambda: not self._busy)
+            return True
         delivered = False
         try:
             self._send(batch)
