@@ -1,4 +1,5 @@
-// asarrayctl: the command line of asarrayd.
+// asarrayctl: the command line of asarrayd. `asarrayctl --help` and
+// `asarrayctl help COMMAND` print the usage.
 //
 //   asarrayctl [--server ADDR] convert FILE.npy | --json LITERAL
 //              [--via shm|inline|fd] [--dtype D] [--device DEV] [--copy true|false|none]
@@ -43,11 +44,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "CLI/CLI.hpp"
 #include "client/client.h"
 #include "client/npy.h"
 #include "client/npz.h"
@@ -61,68 +64,182 @@ namespace {
 
 using Json = nlohmann::json;
 
+// What the command line asks for. Options a command does not take stay unset.
 struct Args {
-  std::string server;
-  std::string command;
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> options;  // --name value
+  std::string command;  // the subcommand
+  std::string server, tls_ca, tls_cert, tls_key;
+  std::vector<std::string> files;  // convert's FILE.npy and FILE.npz
+  std::string id;                  // take, read and release
+  std::optional<std::string> json, via, dtype, device, copy, save;
   bool requires_grad = false;
 };
 
+// A usage error: a request this command line cannot mean. It exits 2, with
+// the command's usage, where a failed call exits 1.
+constexpr absl::string_view kUsagePayload = "asarrayctl/usage";
+
 absl::Status Usage(absl::string_view why) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      why,
-      "\nusage: asarrayctl [--server ADDR] convert (FILE.npy | --json LITERAL) [--via shm|inline|fd]"
-      " [--dtype D] [--device DEV] [--copy true|false|none] [--requires-grad] [--save OUT.npy]\n"
-      "       asarrayctl [--server ADDR] convert (FILE.npy | FILE.npz)... [the same options]"
-      " [--save OUT.npz]\n"
-      "       asarrayctl [--server ADDR] take ID [--dtype D] [--device DEV] [--copy ...]"
-      " [--save OUT.npy]\n"
-      "       asarrayctl [--server ADDR] read ID --save OUT.npy\n"
-      "       asarrayctl [--server ADDR] (release ID | list | stats | health)\n"
-      "connection: [--tls_ca CA.pem [--tls_cert CERT.pem --tls_key KEY.pem]], or\n"
-      "            ASARRAY_SERVER, ASARRAY_TLS_CA, ASARRAY_TLS_CERT, ASARRAY_TLS_KEY"));
+  absl::Status status = absl::InvalidArgumentError(why);
+  status.SetPayload(kUsagePayload, absl::Cord());
+  return status;
 }
 
-absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
-  Args args;
-  static const char* kValued[] = {"--server", "--json",     "--via",      "--dtype",
-                                  "--device", "--copy",     "--save",     "--tls_ca",
-                                  "--tls_cert", "--tls_key"};
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--requires-grad") {
-      args.requires_grad = true;
-      continue;
-    }
-    bool valued = false;
-    for (const char* name : kValued) valued |= arg == name;
-    if (valued) {
-      if (i + 1 >= argc) return Usage(absl::StrCat(arg, " needs a value"));
-      args.options[arg] = argv[++i];
-    } else if (arg.rfind("--", 0) == 0) {
-      return Usage(absl::StrCat("unknown option ", arg));
-    } else if (args.command.empty()) {
-      args.command = arg;
-    } else {
-      args.positional.push_back(arg);
-    }
+bool IsUsage(const absl::Status& status) {
+  return status.GetPayload(kUsagePayload).has_value();
+}
+
+// The grammar of the command line (CLI11), each command with its own help.
+class CommandLine {
+ public:
+  CommandLine();
+  CommandLine(const CommandLine&) = delete;
+  CommandLine& operator=(const CommandLine&) = delete;
+
+  // Parses argv into args(). True: a command to run. False: help was asked
+  // for and printed. A usage error (IsUsage) otherwise.
+  absl::StatusOr<bool> Parse(int argc, char** argv);
+  const Args& args() const { return args_; }
+  // The usage of the command that was named, or of asarrayctl.
+  std::string Help() const;
+
+ private:
+  // --dtype, --device, --copy and --save, which convert and take share.
+  void AddConversionOptions(CLI::App* command);
+  // Binds an option to an unset-unless-given value.
+  CLI::Option* AddOptional(CLI::App* command, const std::string& name,
+                           std::optional<std::string>* value, const std::string& what);
+
+  CLI::App app_;
+  Args args_;
+  std::string help_topic_;  // help CMD
+};
+
+CLI::Option* CommandLine::AddOptional(CLI::App* command, const std::string& name,
+                                      std::optional<std::string>* value,
+                                      const std::string& what) {
+  return command->add_option_function<std::string>(
+      name, [value](const std::string& v) { *value = v; }, what);
+}
+
+void CommandLine::AddConversionOptions(CLI::App* command) {
+  AddOptional(command, "--dtype", &args_.dtype,
+              "The result's dtype (float32, bfloat16, int64, bool, ...); default: the source's")
+      ->type_name("D");
+  AddOptional(command, "--device", &args_.device, "cpu, cuda or cuda:N; default: the source's")
+      ->type_name("DEV");
+  AddOptional(command, "--copy", &args_.copy,
+              "true: always copy; false: never, and fail where a copy is needed; "
+              "none (default): only when needed")
+      ->check(CLI::IsMember({"true", "false", "none"}));
+  AddOptional(command, "--save", &args_.save,
+              "Also write the result's elements to OUT.npy (OUT.npz for several)")
+      ->type_name("OUT");
+}
+
+CommandLine::CommandLine()
+    : app_("The command line of asarrayd: converts arrays as torch.asarray does and manages "
+           "the handles the server holds. Each handle prints as one JSON object per line.",
+           "asarrayctl") {
+  app_.get_formatter()->label("Usage", "usage");
+  app_.get_formatter()->column_width(34);
+  app_.require_subcommand(1);
+  app_.fallthrough();  // connection options may follow the command
+  app_.footer(
+      "A failed call prints its gRPC code and message on stderr and exits 1; a usage error "
+      "exits 2.\nRun 'asarrayctl help COMMAND' or 'asarrayctl COMMAND --help' for a command's "
+      "options.");
+  // The connection: a flag, else the environment.
+  const struct {
+    const char* flag;
+    std::string Args::*value;
+    const char* variable;
+    const char* type;
+    const char* what;
+  } kConnection[] = {
+      {"--server", &Args::server, "ASARRAY_SERVER", "ADDR",
+       "unix:/path or host:port; default: the default socket of asarrayd"},
+      {"--tls_ca", &Args::tls_ca, "ASARRAY_TLS_CA", "CA.pem",
+       "On TCP, connect with TLS, trusting CA.pem"},
+      {"--tls_cert", &Args::tls_cert, "ASARRAY_TLS_CERT", "CERT.pem",
+       "A client certificate, for a server that requires one (with --tls_key)"},
+      {"--tls_key", &Args::tls_key, "ASARRAY_TLS_KEY", "KEY.pem", "The private key of --tls_cert"},
+  };
+  for (const auto& option : kConnection) {
+    app_.add_option(option.flag, args_.*option.value, option.what)
+        ->envname(option.variable)
+        ->type_name(option.type);
   }
-  // Connection settings: a flag, else the environment.
-  static const std::pair<const char*, const char*> kFromEnvironment[] = {
-      {"--server", "ASARRAY_SERVER"},
-      {"--tls_ca", "ASARRAY_TLS_CA"},
-      {"--tls_cert", "ASARRAY_TLS_CERT"},
-      {"--tls_key", "ASARRAY_TLS_KEY"}};
-  for (const auto& [flag, variable] : kFromEnvironment) {
-    const char* value = std::getenv(variable);
-    if (!args.options.count(flag) && value != nullptr && *value != '\0') {
-      args.options[flag] = value;
-    }
+
+  CLI::App* convert = app_.add_subcommand(
+      "convert",
+      "Convert .npy files, .npz archives or a JSON literal. Several files, or any .npz, convert "
+      "in one ConvertBatch call, all or nothing; each result's line then has a \"key\".");
+  convert->add_option("files", args_.files, "FILE.npy or FILE.npz, one or more")
+      ->type_name("FILE");
+  AddOptional(convert, "--json", &args_.json, "A nested literal, such as '[[1, 2.5], [3, 4]]'")
+      ->type_name("LITERAL");
+  AddOptional(convert, "--via", &args_.via,
+              "How the elements reach the server: shm (a shared-memory region, default on "
+              "the host), fd (a memfd over the local transport) or inline (in the request, "
+              "default on TCP)")
+      ->check(CLI::IsMember({"shm", "inline", "fd"}));
+  AddConversionOptions(convert);
+  convert->add_flag("--requires-grad", args_.requires_grad, "The result requires grad");
+
+  CLI::App* take = app_.add_subcommand(
+      "take", "Convert a tensor the server holds; its memory comes as a descriptor");
+  take->add_option("ID", args_.id, "The held tensor's id")->required();
+  AddConversionOptions(take);
+  take->add_flag("--requires-grad", args_.requires_grad, "The result requires grad");
+
+  CLI::App* read =
+      app_.add_subcommand("read", "Read a held tensor's elements over gRPC (as a remote caller)");
+  read->add_option("ID", args_.id, "The held tensor's id")->required();
+  AddOptional(read, "--save", &args_.save, "The .npy file to write")
+      ->type_name("OUT.npy")
+      ->required();
+
+  app_.add_subcommand("release", "Release a handle")
+      ->add_option("ID", args_.id, "The handle's id")
+      ->required();
+  app_.add_subcommand("list", "List the live handles");
+  app_.add_subcommand("stats", "Print the server's counters as JSON");
+  app_.add_subcommand("health", "Print SERVING when the server serves");
+  app_.add_subcommand("help", "Print the usage of asarrayctl, or of COMMAND")
+      ->add_option("COMMAND", help_topic_, "A command");
+}
+
+std::string CommandLine::Help() const { return app_.help(); }
+
+absl::StatusOr<bool> CommandLine::Parse(int argc, char** argv) {
+  // CLI11 reports through exceptions; none leaves this function.
+  try {
+    app_.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::printf("%s", app_.help().c_str());
+    return false;
+  } catch (const CLI::ParseError& e) {
+    return Usage(e.what());
   }
-  if (args.options.count("--server")) args.server = args.options["--server"];
-  if (args.command.empty()) return Usage("no command");
-  return args;
+  args_.command = app_.get_subcommands().front()->get_name();
+  if (args_.command != "help") return true;
+  // The help of asarrayctl, or of the command named (not of `help` itself).
+  const CLI::App* topic = &app_;
+  std::string prefix;
+  if (!help_topic_.empty()) {
+    topic = nullptr;
+    for (const CLI::App* command : app_.get_subcommands({})) {
+      if (command->get_name() == help_topic_) topic = command;
+    }
+    prefix = app_.get_name() + " ";
+  }
+  if (topic != nullptr) {
+    std::printf("%s", app_.get_formatter()
+                          ->make_help(topic, prefix + topic->get_name(), CLI::AppFormatMode::Normal)
+                          .c_str());
+    return false;
+  }
+  return Usage(absl::StrCat("unknown command '", help_topic_, "'"));
 }
 
 Json HandleJson(const HandleInfo& h) {
@@ -217,24 +334,15 @@ class MappedFile {
 absl::StatusOr<ConvertOptions> OptionsFromArgs(const Args& args) {
   ConvertOptions options;
   options.requires_grad = args.requires_grad;
-  auto it = args.options.find("--dtype");
-  if (it != args.options.end()) {
-    ASSIGN_OR_RETURN(options.dtype, ParseDType(it->second));
+  if (args.dtype) {
+    ASSIGN_OR_RETURN(options.dtype, ParseDType(*args.dtype));
   }
-  it = args.options.find("--device");
-  if (it != args.options.end()) {
-    ASSIGN_OR_RETURN(options.device, ParseDevice(it->second));
+  if (args.device) {
+    ASSIGN_OR_RETURN(options.device, ParseDevice(*args.device));
   }
-  it = args.options.find("--copy");
-  if (it != args.options.end()) {
-    if (it->second == "true") {
-      options.copy = true;
-    } else if (it->second == "false") {
-      options.copy = false;
-    } else if (it->second != "none") {
-      return Usage("--copy takes true, false or none");
-    }
-  }
+  // The command line allows only true, false and none.
+  if (args.copy == "true") options.copy = true;
+  if (args.copy == "false") options.copy = false;
   return options;
 }
 
@@ -257,9 +365,9 @@ void PrintHandle(MappedTensor& result, const std::string* key = nullptr) {
 // Prints a result's handle, and saves its elements with --save.
 absl::Status Print(Client& client, const Args& args, MappedTensor result) {
   PrintHandle(result);
-  if (args.options.count("--save")) {
+  if (args.save) {
     ASSIGN_OR_RETURN(const std::string bytes, ResultBytes(client, result));
-    RETURN_IF_ERROR(SaveNpy(args.options.at("--save"), result.dtype(), result.shape(), bytes));
+    RETURN_IF_ERROR(SaveNpy(*args.save, result.dtype(), result.shape(), bytes));
   }
   return absl::OkStatus();
 }
@@ -289,9 +397,7 @@ absl::StatusOr<Input> NpyInput(const std::string& path, const MappedFile& file) 
 // The transport of the elements: --via, else what the client can use.
 std::string Via(const Client& client, const Args& args) {
   // A remote client sends the bytes: it shares no memory with the server.
-  return args.options.count("--via") ? args.options.at("--via")
-         : client.remote()           ? "inline"
-                                     : "shm";
+  return args.via ? *args.via : client.remote() ? "inline" : "shm";
 }
 
 // The fields a region's and a memfd's source have in common.
@@ -306,8 +412,8 @@ void DescribeInput(const Input& input, uint64_t offset, ArrayProto* array) {
 // Several arrays (the files', and the members of each .npz) in one
 // ConvertBatch call: one line per result, and --save as one .npz.
 absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions& options) {
-  const bool save = args.options.count("--save") > 0;
-  if (save && !absl::EndsWith(args.options.at("--save"), ".npz")) {
+  const bool save = args.save.has_value();
+  if (save && !absl::EndsWith(*args.save, ".npz")) {
     return Usage("converting several arrays, or an .npz, saves them with --save OUT.npz");
   }
   // The files stay open, and the archives read, until the call is done.
@@ -315,7 +421,7 @@ absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions&
   std::deque<std::vector<NpzMember>> archives;
   std::vector<Input> inputs;
   std::map<std::string, const std::string*> paths;  // key -> the file it came from
-  for (const std::string& path : args.positional) {
+  for (const std::string& path : args.files) {
     if (absl::EndsWith(path, ".npz")) {
       ASSIGN_OR_RETURN(std::vector<NpzMember> members, ReadNpz(path));
       archives.push_back(std::move(members));
@@ -344,7 +450,6 @@ absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions&
   if (inputs.empty()) return absl::InvalidArgumentError("the .npz files hold no arrays");
 
   const std::string via = Via(client, args);
-  if (via != "inline" && via != "shm" && via != "fd") return Usage("--via takes shm, inline or fd");
   if (via != "inline" && client.remote()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "this client is remote (TCP): --via ", via,
@@ -410,67 +515,56 @@ absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions&
     bytes.push_back(std::move(elements));
     arrays.push_back({inputs[i].key, results[i].dtype(), results[i].shape(), bytes.back()});
   }
-  return WriteNpz(args.options.at("--save"), arrays);
+  return WriteNpz(*args.save, arrays);
 }
 
 absl::Status Convert(Client& client, const Args& args) {
   ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
   std::optional<MappedTensor> result;
   std::optional<SharedRegion> region;  // must outlive the conversion
-  if (args.options.count("--json")) {
-    if (!args.positional.empty()) return Usage("give either files or --json, not both");
-    ASSIGN_OR_RETURN(const Literal literal, ParseLiteralJson(args.options.at("--json")));
+  if (args.json) {
+    if (!args.files.empty()) return Usage("give either files or --json, not both");
+    ASSIGN_OR_RETURN(const Literal literal, ParseLiteralJson(*args.json));
     ASSIGN_OR_RETURN(result, client.ConvertLiteral(literal, options));
-  } else if (args.positional.empty()) {
+  } else if (args.files.empty()) {
     return Usage("convert needs FILE.npy, FILE.npz or --json");
-  } else if (args.positional.size() > 1 ||
-             absl::EndsWith(args.positional[0], ".npz") ||
-             (args.options.count("--save") && absl::EndsWith(args.options.at("--save"), ".npz"))) {
+  } else if (args.files.size() > 1 || absl::EndsWith(args.files[0], ".npz") ||
+             (args.save && absl::EndsWith(*args.save, ".npz"))) {
     return ConvertMany(client, args, options);
   } else {
-    ASSIGN_OR_RETURN(const MappedFile file, MappedFile::Open(args.positional[0]));
-    ASSIGN_OR_RETURN(const Input input, NpyInput(args.positional[0], file));
+    ASSIGN_OR_RETURN(const MappedFile file, MappedFile::Open(args.files[0]));
+    ASSIGN_OR_RETURN(const Input input, NpyInput(args.files[0], file));
     const NpyHeader& npy = input.npy;
     const char* data = input.data;
     const std::string via = Via(client, args);
     if (via == "inline") {
       ASSIGN_OR_RETURN(result, client.ConvertInline(data, npy.data_bytes, npy.dtype, npy.layout, options));
-    } else if (via == "shm" || via == "fd") {
+    } else {
       ASSIGN_OR_RETURN(region, via == "fd" ? SharedRegion::CreateMemfd(npy.data_bytes)
                                            : SharedRegion::Create(npy.data_bytes));
       if (npy.data_bytes > 0) std::memcpy(region->data(), data, npy.data_bytes);
       ASSIGN_OR_RETURN(result, client.ConvertRegion(*region, 0, npy.data_bytes, npy.dtype,
                                                     npy.layout, options));
-    } else {
-      return Usage("--via takes shm, inline or fd");
     }
   }
   return Print(client, args, *std::move(result));
 }
 
 absl::Status Take(Client& client, const Args& args) {
-  if (args.positional.size() != 1) return Usage("take needs ID");
   ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
-  ASSIGN_OR_RETURN(MappedTensor result, client.ConvertTensor(args.positional[0], options));
+  ASSIGN_OR_RETURN(MappedTensor result, client.ConvertTensor(args.id, options));
   return Print(client, args, std::move(result));
 }
 
-absl::Status Run(int argc, char** argv) {
-  ASSIGN_OR_RETURN(const Args args, ParseArgs(argc, argv));
+absl::Status Run(const Args& args) {
   const std::string& cmd = args.command;
   // Over gRPC, unless the command's memory travels as descriptors.
-  const bool local =
-      cmd == "take" || (cmd == "convert" && args.options.count("--via") &&
-                        args.options.at("--via") == "fd");
+  const bool local = cmd == "take" || (cmd == "convert" && args.via == "fd");
   ClientOptions client_options;
   client_options.local_transport = local;
-  auto option = [&](const char* name) {
-    auto it = args.options.find(name);
-    return it == args.options.end() ? std::string() : it->second;
-  };
-  client_options.tls_ca_file = option("--tls_ca");
-  client_options.tls_cert_file = option("--tls_cert");
-  client_options.tls_key_file = option("--tls_key");
+  client_options.tls_ca_file = args.tls_ca;
+  client_options.tls_cert_file = args.tls_cert;
+  client_options.tls_key_file = args.tls_key;
   ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(args.server, client_options));
   if (local && !client->remote() && !client->has_local_transport()) {
     return absl::UnavailableError(absl::StrCat(
@@ -483,19 +577,12 @@ absl::Status Run(int argc, char** argv) {
   if (cmd == "convert") return Convert(*client, args);
   if (cmd == "take") return Take(*client, args);
   if (cmd == "read") {
-    if (args.positional.size() != 1 || !args.options.count("--save")) {
-      return Usage("read needs ID and --save OUT.npy");
-    }
     HandleInfo handle;
-    ASSIGN_OR_RETURN(const std::string bytes,
-                     client->ReadBytes(args.positional[0], &handle));
+    ASSIGN_OR_RETURN(const std::string bytes, client->ReadBytes(args.id, &handle));
     std::printf("%s\n", HandleJson(handle).dump().c_str());
-    return SaveNpy(args.options.at("--save"), handle.dtype, handle.layout.shape, bytes);
+    return SaveNpy(*args.save, handle.dtype, handle.layout.shape, bytes);
   }
-  if (cmd == "release") {
-    if (args.positional.size() != 1) return Usage("release needs ID");
-    return client->Release(args.positional[0]);
-  }
+  if (cmd == "release") return client->Release(args.id);
   if (cmd == "list") {
     ASSIGN_OR_RETURN(const std::vector<HandleInfo> handles, client->List());
     for (const HandleInfo& h : handles) std::printf("%s\n", HandleJson(h).dump().c_str());
@@ -529,18 +616,28 @@ absl::Status Run(int argc, char** argv) {
     std::printf("SERVING\n");
     return absl::OkStatus();
   }
-  return Usage(absl::StrCat("unknown command '", cmd, "'"));
+  return absl::InternalError(absl::StrCat("the command '", cmd, "' has no implementation"));
+}
+
+// The exit status: 0, 1 for a failed call, 2 for a usage error (after the
+// usage of the command at hand).
+int Main(int argc, char** argv) {
+  CommandLine line;
+  absl::StatusOr<bool> parsed = line.Parse(argc, argv);
+  absl::Status status = parsed.status();
+  if (parsed.ok()) {
+    if (!*parsed) return 0;
+    status = Run(line.args());
+    if (status.ok()) return 0;
+  }
+  std::fprintf(stderr, "%s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+  if (!IsUsage(status)) return 1;
+  std::fprintf(stderr, "\n%s", line.Help().c_str());
+  return 2;
 }
 
 }  // namespace
 }  // namespace asarray
 
-int main(int argc, char** argv) {
-  const absl::Status status = asarray::Run(argc, argv);
-  if (!status.ok()) {
-    std::fprintf(stderr, "%s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
-                 std::string(status.message()).c_str());
-    return absl::StrContains(status.message(), "\nusage: ") ? 2 : 1;
-  }
-  return 0;
-}
+int main(int argc, char** argv) { return asarray::Main(argc, argv); }

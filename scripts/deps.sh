@@ -12,7 +12,7 @@ packages=(
   cmake g++ make pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libdlpack-dev
-  libzip-dev
+  libzip-dev libcli11-dev
 )
 if [ "${1:-all}" != build ]; then
   # Real torch and numpy: the reference for generated conformance cases and

@@ -4,14 +4,19 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
+#include "absl/flags/internal/usage.h"
 #include "absl/flags/parse.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "server/posix_util.h"
@@ -47,9 +52,39 @@ ABSL_FLAG(bool, local_transport, true,
           "connection.");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted or sent.");
 
+namespace {
+
+// --help and --helpshort list this file's flags, asarrayd's own; --helpfull
+// adds those of the libraries. (By default absl matches flags to the program
+// by file name, and "main.cc" names no program.)
+bool IsOwnFlagFile(absl::string_view file) { return absl::EndsWith(file, "server/main.cc"); }
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Serves torch.asarray over gRPC, results in shared memory.");
-  absl::ParseCommandLine(argc, argv);
+  absl::SetProgramUsageMessage(
+      "Serves torch.asarray over gRPC, results in shared memory.\n"
+      "usage: asarrayd [--listen=ADDR,...] [flags]; with no flags it serves the default Unix "
+      "socket.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = IsOwnFlagFile;
+  usage.contains_helpshort_flags = IsOwnFlagFile;
+  usage.version_string = [] { return std::string("asarrayd " ASARRAYD_VERSION "\n"); };
+  absl::SetFlagsUsageConfig(usage);
+  // absl::ParseCommandLine exits 1 after --help; a help asked for is a
+  // success. So the usage flags are handled here, after parsing the rest.
+  const std::vector<char*> rest = absl::flags_internal::ParseCommandLineImpl(
+      argc, argv, absl::flags_internal::ArgvListAction::kRemoveParsedArgs,
+      absl::flags_internal::UsageFlagsAction::kIgnoreUsage,
+      absl::flags_internal::OnUndefinedFlag::kAbortIfUndefined);
+  if (absl::flags_internal::HandleUsageFlags(std::cout, absl::ProgramUsageMessage()) != -1) {
+    return 0;
+  }
+  if (rest.size() > 1) {
+    std::fprintf(stderr, "asarrayd: unexpected argument '%s'; flags are --name=value (see --help)\n",
+                 rest[1]);
+    return 2;
+  }
   // absl::Mutex's lock-order graph, kept for deadlock reports, costs every
   // lock a lookup; the tests' builds keep it (they run with it on).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

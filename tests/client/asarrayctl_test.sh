@@ -343,3 +343,70 @@ ctl_fails "a bad .npy among several is INVALID_ARGUMENT, named" 1 "INVALID_ARGUM
 ctl_fails "big-endian .npy is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert big.npy
 ctl_fails "object .npy is INVALID_ARGUMENT" 1 INVALID_ARGUMENT convert obj.npy
 ctl_fails "an unknown command exits 2" 2 usage frobnicate
+ctl_fails "an unknown option exits 2, naming it" 2 "INVALID_ARGUMENT.*--frobnicate" \
+  convert f32.npy --frobnicate
+ctl_fails "no command exits 2" 2 "INVALID_ARGUMENT.*subcommand"
+ctl_fails "--copy takes only true, false or none" 2 "INVALID_ARGUMENT.*--copy" \
+  convert f32.npy --copy maybe
+ctl_fails "--via takes only shm, inline or fd" 2 "INVALID_ARGUMENT.*--via" \
+  convert f32.npy --via carrier-pigeon
+ctl_fails "take without ID exits 2" 2 "INVALID_ARGUMENT.*ID" take
+ctl_fails "read without --save exits 2" 2 "INVALID_ARGUMENT.*--save" read 0123456789abcdef
+ctl_fails "help of an unknown command exits 2" 2 "unknown command 'frobnicate'" help frobnicate
+ctl_fails "a usage error prints the command's usage" 2 "usage: asarrayctl take" take
+# help_lists NAME WANT... -- ARGS...: asarrayctl ARGS exits 0 and prints every WANT on stdout.
+help_lists() {
+  local name=$1
+  shift
+  local want=()
+  while [[ $1 != -- ]]; do want+=("$1"); shift; done
+  shift
+  "$CTL" "$@" >out.txt 2>err.txt
+  local rc=$? missing=""
+  for w in "${want[@]}"; do grep -q -- "$w" out.txt || missing+=" $w"; done
+  if [[ $rc -eq 0 && -z $missing && ! -s err.txt ]]; then
+    pass "$name"
+  else
+    fail "$name (exit $rc, missing:$missing, stderr: $(head -c 300 err.txt))"
+  fi
+}
+for flag in --help -h; do
+  help_lists "asarrayctl $flag lists every command" \
+    "usage: asarrayctl" convert take read release list stats health help --server -- "$flag"
+done
+help_lists "asarrayctl help lists every command" convert take release health -- help
+help_lists "help convert gives convert's options" \
+  "usage: asarrayctl convert" --json --via --dtype --device --copy --requires-grad --save \
+  -- help convert
+help_lists "convert --help gives convert's options" "usage: asarrayctl convert" --via --json \
+  -- convert --help
+help_lists "take -h gives take's options" "usage: asarrayctl take" ID --dtype --copy -- take -h
+help_lists "help read gives read's options" "usage: asarrayctl read" --save -- help read
+for cmd in release list stats health; do
+  help_lists "help $cmd gives its usage" "usage: asarrayctl $cmd" -- help "$cmd"
+done
+# The connection options may come before or after the command.
+check "--server after the command is taken" \
+  bash -c '[[ $("$0" health --server "unix:$XDG_RUNTIME_DIR/asarrayd/asarrayd.sock") == SERVING ]]' \
+  "$CTL"
+check "--server of an empty socket fails with exit 1" \
+  bash -c '"$0" --server unix:/nonexistent/x.sock health 2>/dev/null; [[ $? -eq 1 ]]' "$CTL"
+
+# asarrayd's own help: its flags, not the libraries'.
+"$SERVER" --help >server_help.txt 2>&1
+check "asarrayd --help exits 0" test $? -eq 0
+for flag in --listen --tls_cert --lease_ttl --max_bytes --workers --local_transport; do
+  check "asarrayd --help lists $flag" grep -q -- "$flag" server_help.txt
+done
+check "asarrayd --help leaves out the libraries' flags" \
+  bash -c '! grep -q -- "--flagfile\|--fromenv\|--tryfromenv" server_help.txt'
+"$SERVER" --helpfull >server_helpfull.txt 2>&1
+check "asarrayd --helpfull also lists the libraries' flags" grep -q -- --flagfile server_helpfull.txt
+"$SERVER" --version >server_version.txt 2>&1
+check "asarrayd --version exits 0 and names it" grep -q "^asarrayd [0-9]" server_version.txt
+"$SERVER" stray >/dev/null 2>server_bad.txt
+check "asarrayd with a stray argument exits 2, naming it" \
+  bash -c '[[ $0 -eq 2 ]] && grep -q "stray" server_bad.txt' "$?"
+"$SERVER" --frobnicate >/dev/null 2>server_bad.txt
+check "asarrayd with an unknown flag fails, naming it" \
+  bash -c '[[ $0 -ne 0 ]] && grep -q frobnicate server_bad.txt' "$?"
