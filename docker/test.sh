@@ -19,7 +19,8 @@
 #    is gone after SIGTERM.
 #
 # Uses docker when an engine answers (docker info), else podman with the flags
-# these machines need (runc, cgroupfs, lowered ulimits, a chroot build). Run as
+# these machines need (runc, cgroupfs, lowered ulimits, a chroot build),
+# installing podman, runc and debootstrap first where they are missing. Run as
 # root, the containers keep the image's non-root user and the shared
 # directories are given to it; otherwise they run as the caller's uid.
 #   docker/test.sh [IMAGE]      (default asarrayd:test)
@@ -28,12 +29,30 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 image="${1:-asarrayd:test}"
 name="asarrayd-test-$$"
 
+# Installs the Debian packages named that are missing, as scripts/deps.sh
+# does for the build (as root, or through sudo).
+install_missing() {
+  local missing=() p sudo=""
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "test.sh: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
 if docker info >/dev/null 2>&1; then
   engine=(docker)
   build=(docker build)
   run_flags=()
 else
-  command -v podman >/dev/null || { echo "test.sh: neither a docker engine nor podman" >&2; exit 1; }
+  # No docker engine: podman, with runc (the runtime these flags need) and
+  # debootstrap (for the base image, below).
+  install_missing podman runc debootstrap
   engine=(podman --runtime runc --cgroup-manager=cgroupfs)
   # --format docker keeps the HEALTHCHECK, which the OCI image format lacks.
   build=(podman build --isolation=chroot --network=host --pull=never --format docker --jobs 1)
