@@ -274,6 +274,36 @@ Json HandleJson(const HandleInfo& h) {
   return j;
 }
 
+// Every scalar field of a message, numbers as JSON numbers (protobuf's own
+// JSON mapping writes 64-bit ones as strings): Stats grows, and this stays
+// complete.
+Json ScalarFieldsJson(const google::protobuf::Message& message) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Descriptor& descriptor = *message.GetDescriptor();
+  const google::protobuf::Reflection& reflection = *message.GetReflection();
+  Json j = Json::object();
+  for (int i = 0; i < descriptor.field_count(); ++i) {
+    const FieldDescriptor& field = *descriptor.field(i);
+    if (field.is_repeated()) continue;
+    Json& value = j[field.name()];
+    switch (field.cpp_type()) {
+      case FieldDescriptor::CPPTYPE_INT32: value = reflection.GetInt32(message, &field); break;
+      case FieldDescriptor::CPPTYPE_INT64: value = reflection.GetInt64(message, &field); break;
+      case FieldDescriptor::CPPTYPE_UINT32: value = reflection.GetUInt32(message, &field); break;
+      case FieldDescriptor::CPPTYPE_UINT64: value = reflection.GetUInt64(message, &field); break;
+      case FieldDescriptor::CPPTYPE_DOUBLE: value = reflection.GetDouble(message, &field); break;
+      case FieldDescriptor::CPPTYPE_FLOAT: value = reflection.GetFloat(message, &field); break;
+      case FieldDescriptor::CPPTYPE_BOOL: value = reflection.GetBool(message, &field); break;
+      case FieldDescriptor::CPPTYPE_STRING: value = reflection.GetString(message, &field); break;
+      case FieldDescriptor::CPPTYPE_ENUM:
+        value = reflection.GetEnum(message, &field)->name();
+        break;
+      case FieldDescriptor::CPPTYPE_MESSAGE: j.erase(field.name()); break;
+    }
+  }
+  return j;
+}
+
 // Progress on a terminal, for transfers past 16 MiB.
 void ShowProgress(uint64_t done, uint64_t total) {
   if (total < (16u << 20)) return;
@@ -590,24 +620,7 @@ absl::Status Run(const Args& args) {
   }
   if (cmd == "stats") {
     ASSIGN_OR_RETURN(const v1::StatsResponse s, client->Stats());
-    Json j = {{"tensors", s.tensors()},           {"segments", s.segments()},
-              {"bytes_in_use", s.bytes_in_use()}, {"max_bytes", s.max_bytes()},
-              {"client_regions", s.client_regions()}, {"converts", s.converts()},
-              {"errors", s.errors()},             {"expired", s.expired()},
-              {"default_ttl_ms", s.default_ttl_ms()}, {"uptime_ms", s.uptime_ms()},
-              {"instance", s.instance()}, {"pool_bytes", s.pool_bytes()},
-              {"pool_hits", s.pool_hits()}, {"cuda_devices", s.cuda_devices()},
-              {"cuda_allocations", s.cuda_allocations()},
-              {"cuda_bytes_in_use", s.cuda_bytes_in_use()},
-              {"cuda_ipc_opened", s.cuda_ipc_opened()},
-              {"cuda_pinned_bytes", s.cuda_pinned_bytes()}, {"fds", s.fds()},
-              {"fd_limit", s.fd_limit()}, {"local_connections", s.local_connections()},
-              {"connection_leases", s.connection_leases()},
-              {"local_converts", s.local_converts()},
-              {"local_convert_p50_ns", s.local_convert_p50_ns()},
-              {"local_convert_p99_ns", s.local_convert_p99_ns()},
-              {"local_convert_work_p50_ns", s.local_convert_work_p50_ns()},
-              {"local_convert_work_p99_ns", s.local_convert_work_p99_ns()}};
+    const Json j = ScalarFieldsJson(s);
     std::printf("%s\n", j.dump().c_str());
     return absl::OkStatus();
   }

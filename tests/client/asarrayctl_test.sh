@@ -11,6 +11,7 @@ fi
 SERVER=$(realpath "$1")
 CTL=$(realpath "$2")
 PY=${ASARRAY_TORCH_PYTHON:-/usr/bin/python3}
+PROTO=$(realpath "$(dirname "$0")/../../proto/asarray/v1/asarray.proto")
 PREFIX="asarrayd-ctltest-$$"
 
 TMP=$(mktemp -d)
@@ -213,6 +214,16 @@ check "stats counts the listed tensors" py '
 s = json.load(open("stats.json"))
 n = sum(1 for l in open("list.txt") if l.strip())
 sys.exit(0 if isinstance(s["tensors"], int) and s["tensors"] == n else 1)'
+check "stats prints every field of StatsResponse, numbers as numbers" py '
+import re
+proto = open(sys.argv[1]).read()
+body = re.search(r"message StatsResponse \{(.*?)\n\}", proto, re.S).group(1)
+fields = re.findall(r"^\s*(\w+) (\w+) = \d+;", body, re.M)
+s = json.load(open("stats.json"))
+ok = len(fields) > 25 and set(s) == {name for _, name in fields} and all(
+    isinstance(s[name], str if kind == "string" else int) for kind, name in fields)
+if not ok: print("  fields", fields, "stats", s, file=sys.stderr)
+sys.exit(0 if ok else 1)' "$PROTO"
 "$CTL" release "$ID" >/dev/null 2>err.txt
 check "release ID exits 0" test $? -eq 0
 ctl_fails "read after release is NOT_FOUND" 1 NOT_FOUND read "$ID" --save gone.npy
