@@ -3,7 +3,8 @@
 # installed. Safe to run again.
 #   deps.sh          everything: build, tests and benchmarks
 #   deps.sh test     what building and running the tests needs (no benchmark plots)
-#   deps.sh build    only what building and running the server needs
+#   deps.sh build    only what building and running the server needs, and
+#                    numpy for the README's Quick start (scripts/run.sh)
 #   deps.sh sanitize everything, and clang 14 with its sanitizer and libFuzzer
 #                    runtimes (scripts/sanitize.sh, scripts/fuzz.sh)
 set -euo pipefail
@@ -12,14 +13,20 @@ packages=(
   cmake g++ make pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libdlpack-dev
-  libzip-dev libcli11-dev
+  libzip-dev libcli11-dev libcpp-httplib-dev
+  python3-numpy
 )
 if [ "${1:-all}" != build ]; then
-  # Real torch and numpy: the reference for generated conformance cases and
+  # Real torch (and numpy, above): the reference for generated conformance cases and
   # the baselines of the benchmarks. Called as /usr/bin/python3.
   # PyYAML: the deployment manifests' structural test.
-  packages+=(python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-pytest
-             python3-yaml openssl iproute2)
+  # setuptools to mypy: the Python client installed into a venv and built as a
+  # wheel, offline (scripts/test.sh), and its type check.
+  # curl and prometheus (promtool): the /metrics test scrapes and checks.
+  packages+=(python3 python3-torch python3-grpcio python3-protobuf python3-pytest
+             python3-yaml openssl iproute2
+             python3-setuptools python3-wheel python3-pip python3-venv python3-build python3-mypy
+             curl prometheus)
 fi
 if [ "${1:-all}" = all ] || [ "${1:-all}" = sanitize ]; then
   packages+=(python3-matplotlib)

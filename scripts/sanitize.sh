@@ -5,7 +5,7 @@
 #         Python client's included. A clean build and run take about half
 #         an hour on two cores.
 #   tsan  the server's concurrency tests (service, upload decoding, faults,
-#         segment pool, bad input, a short load run) under ThreadSanitizer
+#         segment pool, bad input, metrics, a short load run) under ThreadSanitizer
 #         (build-tsan/). Debian's gRPC and abseil are not built with TSan, and
 #         TSan cannot see the synchronization inside an uninstrumented
 #         library: every object gRPC hands between its threads would look
@@ -58,7 +58,8 @@ if [[ $mode == tsan ]]; then
   deps="${TSAN_DEPS_DIR:-$root/build-tsan-deps}"
   JOBS="$jobs" "$root/scripts/sanitize/tsan_deps.sh" "$deps"
   configure "$build" thread -DgRPC_DIR="$deps/cmake" -Dabsl_DIR="$deps/prefix/lib/cmake/absl"
-  targets=(service_test upload_message_test fault_test segment_pool_test bad_input_test load_test)
+  targets=(service_test upload_message_test fault_test segment_pool_test bad_input_test load_test
+           metrics_test)
   cmake --build "$build" -j "$jobs" --target "${targets[@]}"
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$root/scripts/sanitize/tsan.supp"
   # The load test briefly (heap flatness is not judged under 10 s: TSan's

@@ -106,13 +106,16 @@ void LocalTransport::Serve(int fd, const Caller& caller) {
     const auto received = std::chrono::steady_clock::now();
     const Reply reply = Answer(*datagram, connection.get());
     const auto ready = std::chrono::steady_clock::now();
-    if (!SendLocal(fd, reply.bytes, reply.fds()).ok()) break;
+    const bool sent = SendLocal(fd, reply.bytes, reply.fds()).ok();
     const auto since_received = [&](std::chrono::steady_clock::time_point t) {
       return static_cast<uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(t - received).count());
     };
+    const uint64_t answered_ns = since_received(std::chrono::steady_clock::now());
+    service_->metrics().RecordCall(Transport::kLocal, reply.method, reply.code, answered_ns);
+    if (!sent) break;
     if (reply.convert) {
-      service_->local_convert_latency().Record(since_received(std::chrono::steady_clock::now()));
+      service_->local_convert_latency().Record(answered_ns);
       service_->local_convert_work_latency().Record(since_received(ready));
       service_->CountLocalConvert(since_received(ready));
     } else if (reply.batch_items > 0) {
@@ -138,6 +141,7 @@ LocalTransport::Reply LocalTransport::Answer(const LocalDatagram& datagram,
     service_->Count(status);
   }
   service_->Exit();
+  reply.code = status.code();
   if (!status.ok()) {
     response->Clear();
     reply.memory.clear();
@@ -171,20 +175,25 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
   const Caller& caller = connection->caller;
   switch (request.method_case()) {
     case v1::LocalRequest::kConvert:
+      reply->method = CallMethod::kConvert;
       reply->convert = true;
       return Convert(request.convert(), datagram, connection, response->mutable_convert(), reply);
     case v1::LocalRequest::kRelease:
+      reply->method = CallMethod::kRelease;
       RETURN_IF_ERROR(CheckAttached(attached, 0, "Release"));
       response->mutable_release();
       return service_->ReleaseNow(request.release(), caller);
     case v1::LocalRequest::kConvertBatch:
+      reply->method = CallMethod::kConvertBatch;
       reply->batch_items = request.convert_batch().items_size();
       return ConvertBatch(request.convert_batch(), datagram, connection,
                           response->mutable_convert_batch(), reply);
     case v1::LocalRequest::kRenew:
+      reply->method = CallMethod::kRenew;
       RETURN_IF_ERROR(CheckAttached(attached, 0, "Renew"));
       return service_->RenewNow(request.renew(), caller, response->mutable_renew());
     case v1::LocalRequest::kStats:
+      reply->method = CallMethod::kStats;
       RETURN_IF_ERROR(CheckAttached(attached, 0, "Stats"));
       service_->StatsNow(response->mutable_stats());
       return absl::OkStatus();

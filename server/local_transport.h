@@ -62,6 +62,8 @@ class LocalTransport {
     std::vector<std::shared_ptr<const HostMemory>> memory;
     bool convert = false;  // the request was a Convert
     int batch_items = 0;   // the items of a ConvertBatch request, failed or not
+    CallMethod method = CallMethod::kUnknown;  // the request's, for the metrics
+    absl::StatusCode code = absl::StatusCode::kOk;
     std::vector<int> fds() const;
   };
 

@@ -51,6 +51,9 @@ ABSL_FLAG(bool, local_transport, true,
           "path plus .local) as well: memory as file descriptors, leases tied to the "
           "connection.");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted or sent.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics at http://HOST:PORT/metrics; ':PORT' or 'PORT' means "
+          "127.0.0.1, port 0 picks a free one. Empty (the default): none.");
 
 namespace {
 
@@ -111,6 +114,7 @@ int main(int argc, char** argv) {
   options.workers = absl::GetFlag(FLAGS_workers);
   options.local_transport = absl::GetFlag(FLAGS_local_transport);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
 
   // Every connection, client memfd and result memfd costs a descriptor.
   const uint64_t fd_limit = asarray::RaiseFdLimit();
@@ -125,6 +129,10 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "asarrayd: %s\n", (*server)->cuda().Describe().c_str());
   std::fprintf(stderr, "asarrayd: up to %llu file descriptors\n",
                static_cast<unsigned long long>(fd_limit));
+  if (!(*server)->metrics_address().empty()) {
+    std::fprintf(stderr, "asarrayd: metrics on http://%s/metrics\n",
+                 (*server)->metrics_address().c_str());
+  }
 
   std::thread waiter([&] {
     int sig = 0;

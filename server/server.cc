@@ -25,6 +25,8 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "core/status_macros.h"
+#include "server/call_metrics.h"
+#include "server/metrics.h"
 #include "server/posix_util.h"
 #include "server/unparsable_request.h"
 
@@ -188,7 +190,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   for (grpc::Service* extra : options.extra_services) builder.RegisterService(extra);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<UnparsableRequestInterceptorFactory>());
+  // After the rewrite above, so that it counts the status the caller gets.
+  interceptors.push_back(
+      std::make_unique<CallMetricsInterceptorFactory>(&server->service_->metrics()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
+
+  if (!options.metrics_listen.empty()) {
+    ASSIGN_OR_RETURN(
+        server->metrics_,
+        MetricsEndpoint::Start(options.metrics_listen, [service = server->service_.get()] {
+          v1::StatsResponse stats;
+          service->StatsNow(&stats);
+          return RenderMetrics(ServerMetricFamilies(stats, service->metrics().TakeSnapshot()));
+        }));
+  }
 
   std::vector<std::pair<std::string, std::unique_ptr<int>>> tcp_ports;
   for (std::string address : options.listen) {
@@ -238,6 +253,8 @@ void Server::Shutdown(absl::Duration grace) {
   service_->Drain(grace);
   if (local_ != nullptr) local_->Stop();
   grpc_server_->Shutdown(std::chrono::system_clock::now());
+  // Scrapes were answered while the calls drained.
+  if (metrics_ != nullptr) metrics_->Stop();
 }
 
 void Server::Wait() { grpc_server_->Wait(); }
@@ -266,6 +283,7 @@ Server::~Server() {
     Shutdown();
     grpc_server_->Wait();
   }
+  metrics_.reset();  // Shutdown stopped it, unless Start failed before gRPC ran
   // No call runs any more (Shutdown stopped the local transport's threads).
   local_listeners_.clear();
   local_.reset();

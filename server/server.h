@@ -1,6 +1,7 @@
 // An asarrayd server: the store, the worker pool, the service, health and
 // reflection, listening on Unix sockets it accepts on itself (so that every
-// call's uid is known, see peer.h) and, when asked, TCP. Used by the
+// call's uid is known, see peer.h) and, when asked, TCP; and, when asked,
+// Prometheus metrics over HTTP (metrics_endpoint.h). Used by the
 // asarrayd binary and by tests, which run it in process. Shutdown() and the
 // destructor let in-flight calls finish, then unlink every segment the
 // server created.
@@ -17,6 +18,7 @@
 #include "server/cuda_backend.h"
 #include "server/executor.h"
 #include "server/local_transport.h"
+#include "server/metrics_endpoint.h"
 #include "server/socket_path.h"
 #include "server/service.h"
 #include "server/tensor_store.h"
@@ -43,6 +45,9 @@ struct ServerOptions {
   bool sweep_orphans = true;  // unlink segments of dead instances at start
   // Beside each Unix socket, the local transport's (see local_transport.h).
   bool local_transport = true;
+  // Where to serve GET /metrics over HTTP (see ParseMetricsAddress: "HOST:PORT",
+  // or ":PORT" for 127.0.0.1; port 0 picks one); empty: nowhere.
+  std::string metrics_listen;
   // More services on the same listeners (benchmarks' baselines); not owned.
   std::vector<grpc::Service*> extra_services;
 };
@@ -69,6 +74,10 @@ class Server {
   AsArrayService& service() { return *service_; }
   const CudaBackend& cuda() const { return *cuda_; }
   int orphans_swept() const { return orphans_swept_; }
+  // Where /metrics is served ("host:port", the port resolved); empty when not.
+  std::string metrics_address() const {
+    return metrics_ != nullptr ? metrics_->address() : std::string();
+  }
 
   // Stops accepting calls, waits up to `grace` for those in flight, then
   // cancels the rest. Idempotent.
@@ -89,6 +98,7 @@ class Server {
   std::unique_ptr<AsArrayService> service_;
   std::unique_ptr<LocalTransport> local_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<MetricsEndpoint> metrics_;  // reads service_ and store_
   std::vector<std::string> addresses_;
   std::vector<std::unique_ptr<UnixListener>> listeners_;       // gRPC's
   std::vector<std::unique_ptr<UnixListener>> local_listeners_;  // the local transport's

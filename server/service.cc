@@ -408,6 +408,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           service_->converter()->FinishUpload(header, std::move(storage), caller_);
       absl::Status status = tensor.status();
       if (tensor.ok()) {
+        service_->CountConverted(*tensor);
         const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
         v1::ConvertResponse reply;
         status = HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), reply.mutable_handle());
@@ -568,6 +569,15 @@ void AsArrayService::Count(const absl::Status& status) {
   if (!status.ok()) ++errors_;
 }
 
+void AsArrayService::CountConverted(const Tensor& tensor) {
+  ++converts_;
+  // A tensor's sizes were checked when it was made.
+  const absl::StatusOr<ViewSizes> sizes = ComputeViewSizes(tensor.layout, ItemSize(tensor.dtype));
+  if (sizes.ok()) {
+    metrics_.CountResult(static_cast<uint64_t>(sizes->nbytes), tensor.shares_memory);
+  }
+}
+
 grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext* context,
                                                     const absl::Status& status) {
   Count(status);
@@ -589,7 +599,7 @@ void AsArrayService::ReleaseCarried(const google::protobuf::RepeatedPtrField<std
 absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const Caller& caller,
                                         v1::ConvertResponse* response, LocalCall* local) {
   ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller, local));
-  ++converts_;
+  CountConverted(tensor);
   if (!request.return_data()) {
     const TensorStore::Lease lease =
         local != nullptr && !request.has_ttl_ms()
@@ -637,7 +647,7 @@ absl::Status AsArrayService::ConvertBatchNow(absl::StatusOr<Converter::PreparedB
     DropBatch(ids, caller, response, local);
     return status;
   }
-  converts_ += leases.size();
+  for (const TensorStore::Lease& lease : leases) CountConverted(*lease.tensor);
   return absl::OkStatus();
 }
 
@@ -659,7 +669,7 @@ void AsArrayService::DropBatch(absl::Span<const absl::string_view> ids, const Ca
 absl::StatusOr<RowMajorStream> AsArrayService::ConvertToDataNow(const v1::ConvertRequest& request,
                                                                 const Caller& caller) {
   ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller));
-  ++converts_;
+  CountConverted(tensor);
   auto held = std::make_shared<const Tensor>(std::move(tensor));
   return RowMajorStream::Open(&converter_, held, DataOnlyHandle(*held), ChunkBytes(0));
 }

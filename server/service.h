@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "asarray/v1/asarray.grpc.pb.h"
+#include "server/call_metrics.h"
 #include "server/convert.h"
 #include "server/converter.h"
 #include "server/cuda_backend.h"
@@ -155,6 +156,10 @@ class AsArrayService final : public v1::AsArray::CallbackService {
 
   // For the reactors: counts a finished call.
   void Count(const absl::Status& status);
+  // Counts a result made: a conversion, and its bytes.
+  void CountConverted(const Tensor& tensor);
+  // The calls and result bytes that /metrics reports (Stats has the rest).
+  CallMetrics& metrics() { return metrics_; }
 
   // Every call enters when it starts and exits when gRPC is done with it.
   // Enter() returns false once draining, and the call must then fail with
@@ -206,6 +211,7 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   std::atomic<uint64_t> local_batches_{0};
   std::atomic<uint64_t> local_batch_items_{0};
   std::atomic<uint64_t> local_batch_work_ns_{0};
+  CallMetrics metrics_;
 
   absl::Mutex calls_mu_;
   int calls_in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;

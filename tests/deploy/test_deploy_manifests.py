@@ -4,7 +4,7 @@ Each test parses a file and checks a property that README's "Deploy" section
 relies on: which images the two stages use in either variant, the non-root
 user, the health check, the socket directory as the one thing the server
 and its clients share (memory crosses as descriptors: no /dev/shm, no IPC
-namespace), and resources.
+namespace), resources, and where Prometheus scrapes /metrics.
 docker/test.sh builds and runs the image itself.
 """
 
@@ -312,6 +312,23 @@ def test_daemonset_init_container_gives_the_socket_dir_to_the_server_uid():
     assert chowned == {v["hostPath"]["path"] for v in volumes.values()}
     assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
     assert init["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_daemonset_serves_metrics_where_its_scrape_annotations_say():
+    template = daemonset()["spec"]["template"]
+    (server,) = template["spec"]["containers"]
+    annotations = template["metadata"]["annotations"]
+    # Annotation values are strings: an unquoted true or 9180 is not.
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    (flag,) = [a.split("=", 1)[1] for a in server["args"] if a.startswith("--metrics_listen=")]
+    host, _, port = flag.rpartition(":")
+    # Without a host it would listen on loopback, out of the scraper's reach.
+    assert host == "0.0.0.0"
+    (exposed,) = [p for p in server["ports"] if p["name"] == "metrics"]
+    assert exposed["containerPort"] == int(port) == int(annotations["prometheus.io/port"])
+    assert exposed.get("protocol", "TCP") == "TCP"
+    assert "hostPort" not in exposed  # the pod's own IP, not the node's
 
 
 def test_client_pod_maps_only_the_servers_socket_dir_as_the_servers_uid():
