@@ -28,9 +28,19 @@ Pair = collections.namedtuple("Pair", "x y")
 Sample = collections.namedtuple("Sample", "images labels")
 
 
+@pytest.fixture(scope="module")
+def server():
+    """A server of this module's own: its tests count the server's tensors and
+    segments, which the TTL leases of other modules' handles, ending on the
+    session server at any moment, would move."""
+    s = Server()
+    yield s
+    s.stop()
+
+
 @pytest.fixture(params=["local", "grpc"])
 def either(request):
-    """The session server's client over the local transport, then over gRPC."""
+    """The module server's client over the local transport, then over gRPC."""
     c = request.getfixturevalue("client" if request.param == "local" else "grpc_client")
     assert c.local == (request.param == "local")
     return c

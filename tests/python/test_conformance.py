@@ -98,6 +98,13 @@ def test_case_matches_live_torch(request, client, grpc_client, case, transport):
     remote = transport.endswith("/remote")
     if remote:
         client, transport = request.getfixturevalue("remote"), transport[:-len("/remote")]
+    check_case(client, case, transport, remote)
+
+
+def check_case(client, case, transport, remote=False):
+    """Converts `case` through `client` ("shm": from one of its regions,
+    "inline" or "literal": as it is; `remote`: a remote client's) and
+    compares the result, or the error, with live torch's."""
     inp = case["input"]
     if inp["kind"] == "array":
         storage = _storage(inp)

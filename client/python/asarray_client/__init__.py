@@ -5,10 +5,14 @@ over gRPC).
     from asarray_client import Client
     with Client() as client:
         t = client.asarray(numpy_array, dtype=torch.bfloat16)
+
+For asyncio, asarray_client.aio.Client has the same methods as coroutines.
 """
+from . import aio
 from .client import Client, Handle, SharedArrayRef, TensorRef, TreeRef, ViewRef
 from .errors import (AsArrayError, AsArrayNotFoundError, AsArrayRuntimeError,
                      AsArrayTypeError, AsArrayValueError)
 
 __all__ = ["Client", "Handle", "SharedArrayRef", "TensorRef", "TreeRef", "ViewRef", "AsArrayError",
-           "AsArrayValueError", "AsArrayTypeError", "AsArrayRuntimeError", "AsArrayNotFoundError"]
+           "AsArrayValueError", "AsArrayTypeError", "AsArrayRuntimeError", "AsArrayNotFoundError",
+           "aio"]

@@ -32,18 +32,23 @@ maps once for all of its handles. share_tree() copies a tree's arrays into
 one region, and ref() of a tree gives a picklable TreeRef of tensors the
 server holds under TTL leases, which another process takes in one call.
 """
+from __future__ import annotations
+
 import atexit
 import collections
+import contextlib
 import ctypes
 import fcntl
 import json
 import mmap
+import operator
 import os
 import secrets
 import socket
 import threading
 import time
 import weakref
+from typing import Any, Generator, Iterable, List, Sequence
 
 import grpc
 import numpy as np
@@ -51,7 +56,9 @@ import numpy as np
 from asarray.v1 import asarray_pb2 as pb
 from asarray.v1 import asarray_pb2_grpc as pb_grpc
 
-from .errors import from_rpc_error
+from ._types import (Array, Device, DTypeLike, Like, Pem, Ref, Result, Source, Target, Targets,
+                     Tree)
+from .errors import AsArrayValueError, from_rpc_error
 
 try:
     import torch
@@ -114,6 +121,14 @@ def _pem(value):
         return f.read()
 
 
+def _open_channel(module, address, credentials, options):
+    """A channel of `module` (grpc, or grpc.aio) to `address`, with TLS when
+    there are credentials."""
+    if credentials is None:
+        return module.insecure_channel(address, options=options)
+    return module.secure_channel(address, credentials, options=options)
+
+
 def _contiguous_strides(shape):
     strides, step = [], 1
     for n in reversed(shape):
@@ -122,14 +137,14 @@ def _contiguous_strides(shape):
     return tuple(reversed(strides))
 
 
-def default_socket_path():
+def default_socket_path() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime.startswith("/"):
         return f"{runtime}/asarrayd/asarrayd.sock"
     return f"/tmp/asarrayd-{os.geteuid()}/asarrayd.sock"
 
 
-_DTYPE_NAMES = {}  # what _dtype_name found, by the dtype it was given
+_DTYPE_NAMES: dict[object, str | None] = {}  # what _dtype_name found, by the dtype given
 
 
 def _dtype_name(dtype):
@@ -166,19 +181,19 @@ def _find_dtype_name(dtype):
 class Handle:
     """What the server says about a tensor it holds."""
 
-    def __init__(self, proto):
+    def __init__(self, proto: pb.TensorHandle) -> None:
         self.proto = proto
-        self.id = proto.id
-        self.dtype = _NAME_OF_ENUM[proto.dtype]
-        self.shape = tuple(proto.layout.shape)
-        self.strides = tuple(proto.layout.strides)
-        self.offset = proto.layout.offset
-        self.device = proto.device
-        self.requires_grad = proto.requires_grad
-        self.shares_memory = proto.shares_memory
-        self.warnings = list(proto.warnings)
+        self.id: str = proto.id
+        self.dtype: str = _NAME_OF_ENUM[proto.dtype]
+        self.shape: tuple[int, ...] = tuple(proto.layout.shape)
+        self.strides: tuple[int, ...] = tuple(proto.layout.strides)
+        self.offset: int = proto.layout.offset
+        self.device: str = proto.device
+        self.requires_grad: bool = proto.requires_grad
+        self.shares_memory: bool = proto.shares_memory
+        self.warnings: list[str] = list(proto.warnings)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Handle(id={self.id!r}, dtype={self.dtype}, shape={self.shape}, "
                 f"strides={self.strides}, shares_memory={self.shares_memory})")
 
@@ -190,10 +205,10 @@ class TensorRef:
     it ends when the producer's array is collected, at client.release(ref),
     or when the producer's client closes or dies (unless renewed)."""
 
-    def __init__(self, id, dtype, shape, strides):
+    def __init__(self, id: str, dtype: str, shape: Iterable[int], strides: Iterable[int]) -> None:
         self.id, self.dtype, self.shape, self.strides = id, dtype, tuple(shape), tuple(strides)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TensorRef({self.id!r}, dtype={self.dtype}, shape={self.shape})"
 
 
@@ -203,12 +218,13 @@ class SharedArrayRef:
     this process's involvement. Picklable. (With the local transport, ref()
     gives a TensorRef instead.)"""
 
-    def __init__(self, name, offset, size, dtype, shape, strides, element_offset=0):
+    def __init__(self, name: str, offset: int, size: int, dtype: str, shape: Iterable[int],
+                 strides: Iterable[int], element_offset: int = 0) -> None:
         self.name, self.offset, self.size = name, offset, size
         self.dtype, self.shape, self.strides = dtype, tuple(shape), tuple(strides)
         self.element_offset = element_offset
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"SharedArrayRef({self.name!r}, offset={self.offset}, size={self.size}, "
                 f"dtype={self.dtype}, shape={self.shape}, strides={self.strides})")
 
@@ -222,14 +238,14 @@ class TreeRef:
     client: they end at release(ref), or when the TTL runs out unless
     renew(ref) extends it."""
 
-    def __init__(self, tree, refs):
+    def __init__(self, tree: Tree, refs: Iterable[TensorRef | ViewRef]) -> None:
         self.tree, self.refs = tree, list(refs)
 
     @property
-    def ids(self):
+    def ids(self) -> list[str]:
         return [r.id for r in self.refs]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TreeRef({len(self.refs)} tensors)"
 
 
@@ -241,12 +257,13 @@ class ViewRef:
     process's asarray_tree() takes every leaf as a view of it, in one call.
     Picklable."""
 
-    def __init__(self, id, offset, size, dtype, shape, strides, element_offset=0):
+    def __init__(self, id: str, offset: int, size: int, dtype: str, shape: Iterable[int],
+                 strides: Iterable[int], element_offset: int = 0) -> None:
         self.id, self.offset, self.size = id, offset, size
         self.dtype, self.shape, self.strides = dtype, tuple(shape), tuple(strides)
         self.element_offset = element_offset
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"ViewRef({self.id!r}, offset={self.offset}, size={self.size}, "
                 f"dtype={self.dtype}, shape={self.shape}, strides={self.strides})")
 
@@ -446,6 +463,7 @@ class _Local:
     MAX_MESSAGE = 64 << 10
     MAX_FDS = 16
     MAX_CONNECTIONS = 4
+    ANCILLARY = socket.CMSG_SPACE(MAX_FDS * 4)  # room for an answer's descriptors
 
     def __init__(self, path):
         self._path = path
@@ -494,16 +512,8 @@ class _Local:
 
     def call(self, request, fds=()):
         """(LocalResponse, received descriptors) of an OK answer, or None."""
-        if len(fds) > self.MAX_FDS:
-            raise _LocalError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"a request with {len(fds)} descriptors is past the local "
-                              f"transport's {self.MAX_FDS}")
-        data = request.SerializeToString()
-        if len(data) > self.MAX_MESSAGE:
-            if fds:
-                raise _LocalError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"a request of {len(data)} bytes with descriptors is past "
-                                  f"the local transport's {self.MAX_MESSAGE}")
+        data = self.encode(request, fds)
+        if data is None:
             return None
         sock = self._acquire()
         try:
@@ -511,20 +521,45 @@ class _Local:
                 sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _pack_fds(fds))])
             else:
                 sock.send(data)
-            reply, ancillary, flags, _ = sock.recvmsg(self.MAX_MESSAGE,
-                                                      socket.CMSG_SPACE(self.MAX_FDS * 4))
+            reply, ancillary, flags, _ = sock.recvmsg(self.MAX_MESSAGE, self.ANCILLARY)
         except OSError as e:
             sock.close()
             self._lost()
             raise _LocalError(grpc.StatusCode.UNAVAILABLE, f"local transport: {e}") from None
-        received = _unpack_fds(ancillary)
-        if not reply:
+        if reply:
+            self._give_back(sock)
+        else:  # the server closed it
             sock.close()
             self._lost()
+        return self.decode(reply, ancillary, flags)
+
+    @classmethod
+    def encode(cls, request, fds):
+        """The datagram of LocalRequest `request` with descriptors `fds`, or
+        None where the call goes over gRPC instead."""
+        if len(fds) > cls.MAX_FDS:
+            raise _LocalError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"a request with {len(fds)} descriptors is past the local "
+                              f"transport's {cls.MAX_FDS}")
+        data = request.SerializeToString()
+        if len(data) > cls.MAX_MESSAGE:
+            if fds:
+                raise _LocalError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"a request of {len(data)} bytes with descriptors is past "
+                                  f"the local transport's {cls.MAX_MESSAGE}")
+            return None
+        return data
+
+    @staticmethod
+    def decode(reply, ancillary, flags):
+        """(LocalResponse, received descriptors) of an answer's datagram (b""
+        where the server closed the connection), as recvmsg() gave it. An
+        error raises _LocalError, and closes what came with it."""
+        received = _unpack_fds(ancillary)
+        if not reply:
             _close_all(received)
             raise _LocalError(grpc.StatusCode.UNAVAILABLE,
                               "local transport: the server closed the connection")
-        self._give_back(sock)
         if flags & socket.MSG_CTRUNC:
             _close_all(received)
             raise _LocalError(grpc.StatusCode.INTERNAL,
@@ -547,15 +582,10 @@ class _Local:
 
 
 def _release_sender(local, stub):
-    """Sends a ReleaseRequest over the local transport when it is up and
-    free, else over gRPC. Holds no reference to the Client."""
-    def send(request):
-        answer = local.call(pb.LocalRequest(release=request)) if local is not None else None
-        if answer is None:
-            stub.Release(request, timeout=10)
-        else:
-            _close_all(answer[1])
-    return send
+    """Sends a ReleaseRequest on the calling thread (see _release_steps). Holds no
+    reference to the Client."""
+    io = _BlockingIO(local, stub, None)
+    return lambda request: _run_blocking(io, _release_steps(request, 10))
 
 
 def _unique(ids):
@@ -579,6 +609,120 @@ def _unpack_fds(ancillary):
 def _close_all(fds):
     for fd in fds:
         os.close(fd)
+
+
+# --- calls, as steps -----------------------------------------------------------
+# Whatever talks to the server is written once, as a generator of steps: it
+# yields what it needs done (a _LocalCall, an _Rpc, or _SEND_PENDING) and is
+# sent the answer, or has the step's error raised where it yielded. Client
+# runs the steps on the calling thread (_run_blocking); aio.Client awaits
+# each on its event loop. Requests, results and errors are one code for both.
+
+
+class _LocalCall:
+    """A step: LocalRequest `request` over the local transport, with the
+    descriptors `fds`. Answers (LocalResponse, received descriptors), or
+    None where it goes over gRPC instead (no local transport here, or too
+    big for a datagram)."""
+
+    __slots__ = ("request", "fds")
+
+    def __init__(self, request, fds=()):
+        self.request, self.fds = request, fds
+
+
+class _Rpc:
+    """A step: gRPC method `method` with `request` (an iterator of messages
+    for ConvertUpload) and the call's keyword arguments `options`. Answers
+    the response, or for a streamed answer (STREAMED) the list of its
+    messages."""
+
+    __slots__ = ("method", "request", "options")
+    STREAMED = frozenset(("Read", "ConvertToData"))
+
+    def __init__(self, method, request, options):
+        self.method, self.request, self.options = method, request, options
+
+
+# A step: sends the releases queued (_Releaser.send_pending), and answers
+# whether there were any.
+_SEND_PENDING = object()
+
+
+class _Drive:
+    """Generator `steps`, run: iterating gives each step it yields, for the
+    driver to perform within answering(), setting `answer`. An error raised
+    there (cancellation too) is raised in the steps instead, which clean
+    up. Once they return, `value` is what they returned."""
+
+    def __init__(self, steps):
+        self._steps = steps
+        # An error waits here until it is raised in the steps: a local that
+        # kept it would tie the driver's frame and its traceback in a cycle,
+        # holding what the steps held (a staged memfd) until the cycle
+        # collector ran.
+        self._failed = []
+        self.answer = self.value = None
+
+    def __iter__(self):
+        while True:
+            try:
+                if self._failed:
+                    step = self._steps.throw(self._failed.pop())
+                else:
+                    step = self._steps.send(self.answer)
+            except StopIteration as done:
+                self.value = done.value
+                return
+            self.answer = None
+            yield step
+
+    def answering(self):
+        return self
+
+    def __enter__(self):
+        pass
+
+    def __exit__(self, kind, error, traceback):
+        if error is not None:
+            self._failed.append(error)
+        return True
+
+
+def _run_blocking(io, steps):
+    """What generator `steps` returns, each step performed on this thread
+    by `io`."""
+    drive = _Drive(steps)
+    for step in drive:
+        with drive.answering():
+            drive.answer = io.perform(step)
+    return drive.value
+
+
+class _BlockingIO:
+    """Performs steps on the calling thread: over `local` (a _Local, or
+    None) and gRPC stub `stub`, and _SEND_PENDING with `releaser`."""
+
+    def __init__(self, local, stub, releaser):
+        self.local, self.stub, self.releaser = local, stub, releaser
+
+    def perform(self, step):
+        if step is _SEND_PENDING:
+            return self.releaser.send_pending()
+        if isinstance(step, _LocalCall):
+            return None if self.local is None else self.local.call(step.request, step.fds)
+        answer = getattr(self.stub, step.method)(step.request, **step.options)
+        return list(answer) if step.method in _Rpc.STREAMED else answer
+
+
+def _release_steps(request, timeout):
+    """The steps of ReleaseRequest `request`: over the local transport when
+    it is up and free, else over gRPC within `timeout` seconds."""
+    answer = yield _LocalCall(pb.LocalRequest(release=request))
+    if answer is None:
+        yield _Rpc("Release", request, {"timeout": timeout})
+    else:
+        _close_all(answer[1])
 
 
 class _Releaser:
@@ -623,6 +767,28 @@ class _Releaser:
                 self._pending[:0] = batch
             self._busy -= 1
             self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def carried(self, request):
+        """Around a call of ConvertRequest or ConvertBatchRequest `request`:
+        puts the pending ids in its release_ids, and queues them again
+        unless the server got them."""
+        carried = self.take()
+        if not carried:
+            yield
+            return
+        request.release_ids.extend(_unique(carried))
+        delivered = False
+        try:
+            yield
+            delivered = True
+        except grpc.RpcError as e:
+            # Any answer but UNAVAILABLE comes from a server that ran the call,
+            # and with it the releases.
+            delivered = e.code() != grpc.StatusCode.UNAVAILABLE
+            raise
+        finally:
+            self.settle(carried, delivered)
 
     def send_pending(self):
         """Sends the queued releases from the calling thread, and waits for
@@ -695,7 +861,7 @@ class _Releaser:
                 self._cv.notify_all()
 
 
-_RELEASERS = weakref.WeakSet()
+_RELEASERS: weakref.WeakSet[_Releaser] = weakref.WeakSet()
 _LEASE_FINALIZERS = set()  # the finalizers of live views, until they run
 
 
@@ -724,7 +890,7 @@ def _describe(as_numpy, obj):
     survive even when empty (numpy zeroes an empty view's strides)."""
     if torch is not None and isinstance(obj, torch.Tensor):
         if obj.device.type != "cpu":
-            raise NotImplementedError("CUDA tensors need the CUDA backend")
+            raise NotImplementedError(_CUDA_SOURCE)
         name = _dtype_name(obj.dtype)
         if obj.numel() > 0:
             start = obj.data_ptr()
@@ -785,6 +951,23 @@ class _Sources:
         self.staged = None
         self._inline = 0  # heap bytes sent inline so far
         self._staging = None  # (index of the staging memfd, bytes so far, [(offset, lo, n, keep)])
+        # item -> (its error's prefix in a batch, torch's words) of a copy=False
+        # that torch refuses, which the server refuses too (see _source_of).
+        self.refusals = {}
+
+    def refuse(self, words):
+        """Says the item being filled is a copy=False that torch refuses, in
+        `words` (those of its first refusal)."""
+        self.refusals.setdefault(self.item, ("", words))
+
+    def in_torch_words(self, error):
+        """`error` in torch's words when it is the server's refusal of one of
+        the copy=False items that torch refuses too."""
+        if error.code == grpc.StatusCode.FAILED_PRECONDITION:
+            for prefix, words in self.refusals.values():
+                if error.details.startswith(prefix):
+                    return AsArrayValueError(error.code, prefix + words)
+        return error
 
     def attach(self, fd):
         """The index of descriptor `fd` (a region's) in the request."""
@@ -819,16 +1002,184 @@ class _Sources:
         return self._staging[0], offset
 
     def finish(self, client):
-        """Copies the staged bytes into a memfd of `client`'s."""
+        """The steps that copy the staged bytes into a memfd of `client`'s."""
         if self._staging is None:
             return
         index, total, parts = self._staging
-        staged = client._empty((total,), "uint8", hold=False)
+        staged = yield from client._empty((total,), "uint8", hold=False)
         base = staged.ctypes.data
         for offset, lo, nbytes, _ in parts:
             ctypes.memmove(base + offset, lo, nbytes)
         self.fds[index] = client._regions[base].fd
         self.staged, self._staging = staged, None
+
+
+# --- what asarray() takes ------------------------------------------------------
+# torch.asarray (PyTorch 2.x) looks, in this order, for a tensor; a numpy
+# array or scalar; a DLPack capsule; the buffer protocol; then, refusing
+# copy=False from here on, __cuda_array_interface__, __dlpack__ and a
+# sequence. _source_of() follows that order, and takes __array_interface__
+# (an object numpy views) before the sequence.
+
+# ScalarType names, as torch's messages print them.
+_SCALAR_TYPES = {"bool": "Bool", "uint8": "Byte", "int8": "Char", "int16": "Short",
+                 "int32": "Int", "int64": "Long", "float16": "Half", "bfloat16": "BFloat16",
+                 "float32": "Float", "float64": "Double", "complex64": "ComplexFloat",
+                 "complex128": "ComplexDouble"}
+# What torch infers for a Python bool, int, float and complex, as the server does.
+_PYTHON_KINDS = {"bool": "bool", "int": "int64", "float": "float32", "complex": "complex64"}
+_CUDA_SOURCE = ("CUDA memory (a CUDA tensor, DLPack capsule or __cuda_array_interface__) is not "
+                "a source this client sends: move it to the CPU first (.cpu())")
+
+_capsule_is_valid = ctypes.pythonapi.PyCapsule_IsValid
+_capsule_is_valid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capsule_is_valid.restype = ctypes.c_int
+
+
+def _check_alias(name, options, sources):
+    """torch's refusals of copy=False for a CPU array of dtype `name` (to
+    another device, then into another dtype), which the server makes too."""
+    if options.device.startswith("cuda"):
+        sources.refuse(f"can't alias tensor from device 'cpu' to '{options.device}'.")
+    elif options.HasField("dtype") and _NAME_OF_ENUM[options.dtype] != name:
+        sources.refuse(f"can't alias tensor with dtype '{_SCALAR_TYPES[name]}' into dtype "
+                       f"'{_SCALAR_TYPES[_NAME_OF_ENUM[options.dtype]]}'.")
+
+
+class _Exporter:
+    """A DLPack capsule as numpy's from_dlpack takes it: through an exporter."""
+
+    def __init__(self, capsule):
+        self._capsule = capsule
+
+    def __dlpack__(self, stream=None, **_):
+        return self._capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU: numpy refuses a capsule of any other device
+
+
+def _source_of(obj, request, sources):
+    """What torch.asarray makes of `obj`, in its order of lookup: an array or
+    tensor that views obj's memory wherever torch's result would (a copy of
+    a numpy scalar, as torch makes one), or None once `obj` is encoded as
+    the request's literal; the options then get the dtype torch infers for
+    a literal that holds numpy scalars, arrays or tensors. A copy=False
+    that torch refuses goes as a source the server refuses (inline bytes,
+    a literal), and `sources` keeps torch's words for its error."""
+    options = request.options
+    copy_false = options.HasField("copy") and not options.copy
+    if isinstance(obj, np.ndarray) or (torch is not None and isinstance(obj, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.generic):
+        if copy_false:
+            sources.refuse("can't alias NumPy scalars. Either remove copy=False or transform "
+                           "it in a ndarray. ")
+        return np.array(obj)
+    if not isinstance(obj, (list, tuple, range, bool, int, float, complex)):
+        if type(obj).__name__ == "PyCapsule" and _capsule_is_valid(obj, b"dltensor"):
+            return torch.from_dlpack(obj) if torch is not None else np.from_dlpack(_Exporter(obj))
+        try:
+            view = memoryview(obj)
+        except TypeError:
+            view = None
+        if view is not None:
+            return _from_buffer(view, options)
+    if copy_false:
+        sources.refuse("can't alias arbitrary sequence into a tensor.")
+        request.source.literal.nodes.add().list_length = 0
+        return None
+    if hasattr(obj, "__cuda_array_interface__"):
+        raise NotImplementedError(_CUDA_SOURCE)
+    if hasattr(obj, "__dlpack__"):
+        return torch.from_dlpack(obj) if torch is not None else np.from_dlpack(obj)
+    if hasattr(obj, "__array_interface__"):
+        return np.asarray(obj)
+    if options.HasField("dtype"):
+        _encode_literal(obj, request.source.literal.nodes, target=_NAME_OF_ENUM[options.dtype])
+        return None
+    kinds = set()
+    _encode_literal(obj, request.source.literal.nodes, kinds=kinds)
+    if kinds and not kinds <= set(_PYTHON_KINDS.values()):
+        options.dtype = _DTYPES[_join(kinds)][0]
+    return None
+
+
+def _join(kinds):
+    """The dtype torch infers for a literal whose leaves infer `kinds`."""
+    joined = None
+    for kind in kinds:
+        joined = kind if joined is None else _promote(joined, kind)
+    return joined
+
+
+def _read_as(value, target):
+    """A numpy scalar or a tensor in a literal as the Python number torch
+    stores into dtype `target`, read as torch reads it (its errors too): a
+    complex by __complex__, a floating value by __float__, an integer or a
+    bool by __index__ (a Python float or complex subclass as itself)."""
+    category = _category(target)
+    if category == 3:
+        return complex(value)
+    if category == 2 or isinstance(value, float):
+        return float(value)
+    if isinstance(value, np.bool_) or (category == 0 and isinstance(value, complex)):
+        return bool(value)
+    return operator.index(value)
+
+
+def _from_buffer(view, options):
+    """torch.asarray of a buffer (a memoryview of it): its bytes as one
+    dimension of the dtype asked for, or of float32 (torch's default),
+    viewing them; torch's tensor views even a read-only buffer."""
+    if not view.c_contiguous:
+        raise RuntimeError("could not retrieve buffer from object")
+    name = _NAME_OF_ENUM[options.dtype] if options.HasField("dtype") else "float32"
+    item = _DTYPES[name][1].itemsize
+    if view.nbytes == 0:
+        raise ValueError("both buffer length (0) and count (-1) must not be 0")
+    if view.nbytes % item:
+        raise ValueError(f"buffer length ({view.nbytes} bytes) after offset (0 bytes) must be "
+                         f"a multiple of element size ({item})")
+    if name != "bfloat16":
+        return np.frombuffer(view, dtype=_DTYPES[name][1])
+    if torch is None:
+        raise TypeError("a buffer read as bfloat16 needs torch")
+    return torch.frombuffer(view, dtype=torch.bfloat16)
+
+
+def _category(name):
+    return 0 if name == "bool" else 3 if name.startswith("complex") else (
+        2 if "float" in name else 1)
+
+
+def _promote(a, b):
+    """torch.promote_types of two dtype names: the higher category (bool,
+    integer, floating, complex), where complex takes float64's precision;
+    within one, the wider (uint8 and int8 give int16, float16 and bfloat16
+    float32)."""
+    if a == b:
+        return a
+    ca, cb = _category(a), _category(b)
+    if ca != cb:
+        high, low = (a, b) if ca > cb else (b, a)
+        return "complex128" if (high, low) == ("complex64", "float64") else high
+    if {a, b} == {"float16", "bfloat16"}:
+        return "float32"
+    if ca == 1:
+        return _NAME_OF_NUMPY[np.promote_types(a, b)]
+    return max(a, b, key=lambda n: _DTYPES[n][1].itemsize)
+
+
+def _leaf_kind(value):
+    """The dtype torch infers for a number of a literal: a numpy scalar's
+    own, a Python number's by its type; None for anything else."""
+    if isinstance(value, np.generic):
+        return _dtype_name(value.dtype)
+    for python in (bool, int, float, complex):  # bool first: it is an int
+        if isinstance(value, python):
+            return _PYTHON_KINDS[python.__name__]
+    return None
 
 
 # --- trees -------------------------------------------------------------------
@@ -927,9 +1278,16 @@ class Client:
     """A connection to asarrayd. `address`: "unix:/path" or "host:port";
     None means the server's default socket. A context manager."""
 
-    def __init__(self, address=None, local=True, named=False, *, root_certificates=None,
-                 certificate_chain=None, private_key=None, timeout=60.0, stream_timeout=None,
-                 retries=True, keepalive_ms=30000, compression=False):
+    _regions: weakref.WeakValueDictionary[int, _Region]
+    _allocations: dict[int, tuple[weakref.ref[Any], TensorRef]]
+    _handles: weakref.WeakValueDictionary[int, _Mapping]
+    _cuda_views: weakref.WeakValueDictionary[int, _CudaView]
+
+    def __init__(self, address: str | None = None, local: bool = True, named: bool = False, *,
+                 root_certificates: Pem = None, certificate_chain: Pem = None,
+                 private_key: Pem = None, timeout: float | None = 60.0,
+                 stream_timeout: float | None = None, retries: bool = True,
+                 keepalive_ms: int = 30000, compression: bool = False) -> None:
         """`local`: use the server's local transport when it has one (a
         same-host Unix address): memory as descriptors, nothing named in
         /dev/shm, handles that end with this client. `named`: name memory in
@@ -946,8 +1304,8 @@ class Client:
         balancers. `compression`: gzip the messages that carry data."""
         self.address = address or "unix:" + default_socket_path()
         self.remote = not self.address.startswith("unix:")
-        options = [("grpc.max_receive_message_length", -1),
-                   ("grpc.max_send_message_length", -1)]
+        options: list[tuple[str, object]] = [("grpc.max_receive_message_length", -1),
+                                              ("grpc.max_send_message_length", -1)]
         if retries:
             options += [("grpc.enable_retries", 1),
                         ("grpc.service_config", _RETRY_SERVICE_CONFIG)]
@@ -970,9 +1328,10 @@ class Client:
                 root_certificates if isinstance(root_certificates, (str, os.PathLike))
                 else "root_certificates")
             credentials = grpc.ssl_channel_credentials(*pems)
-            self._channel = grpc.secure_channel(self.address, credentials, options=options)
         else:
-            self._channel = grpc.insecure_channel(self.address, options=options)
+            credentials = None
+        self._channel_config = (credentials, options)  # aio.Client's channel has the same
+        self._channel = _open_channel(grpc, self.address, credentials, options)
         self._stub = pb_grpc.AsArrayStub(self._channel)
         self._lock = threading.Lock()
         self._regions = weakref.WeakValueDictionary()  # address -> _Region
@@ -990,60 +1349,72 @@ class Client:
                 pass  # no local transport there: gRPC alone
         self._releaser = _Releaser(_release_sender(self._local, self._stub))
         self._mappings = _Mappings(self._releaser)
+        self._io = _BlockingIO(self._local, self._stub, self._releaser)
 
-    def __enter__(self):
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         self._releaser.flush()
         if self._local is not None:
             self._local.close()  # the handles made over it end
         self._channel.close()
 
     @property
-    def local(self):
+    def local(self) -> bool:
         """Whether calls go over the local transport (memory as descriptors)."""
         return self._local is not None
 
-    def flush(self):
+    def flush(self) -> None:
         """Waits until the releases of collected views have reached the server."""
         self._releaser.flush()
 
     # --- conversion ------------------------------------------------------------
 
-    def asarray(self, obj, *, dtype=None, device=None, copy=None, requires_grad=False,
-                like="torch"):
-        """torch.asarray through the server. `obj`: a numpy array, a CPU tensor,
-        a nested list, a scalar, a TensorRef, a ViewRef or a SharedArrayRef. Returns a
-        torch tensor (or, with like="numpy", a numpy array; bfloat16 then
-        comes as its uint16 bits) mapped onto the result's memory."""
-        request = pb.ConvertRequest()
-        self._fill_options(request.options, dtype, device, copy, requires_grad)
-        sources = _Sources(self._local is not None, uploads=True)
-        upload = self._fill_source(request, obj, sources)
+    def asarray(self, obj: Source, *, dtype: DTypeLike = None, device: Device = None,
+                copy: bool | None = None, requires_grad: bool = False,
+                like: Like = "torch") -> Result:
+        """torch.asarray through the server. `obj`: what torch.asarray takes
+        (a CPU tensor, a numpy array or scalar, a DLPack capsule or an object
+        with __dlpack__, a buffer such as bytes, bytearray, memoryview or
+        array.array, read as torch reads one, an object with
+        __array_interface__, a sequence of numbers, numpy scalars, arrays
+        and one-element tensors, a scalar), or a TensorRef, a ViewRef or a
+        SharedArrayRef. Memory in one of this client's regions is aliased
+        where torch would alias it. Returns a torch tensor (or, with
+        like="numpy", a numpy array; bfloat16 then comes as its uint16 bits)
+        mapped onto the result's memory."""
+        return self._run(self._asarray(obj, dtype, device, copy, requires_grad, like))
+
+    def _asarray(self, obj, dtype, device, copy, requires_grad, like):
+        request, sources, upload = self._convert_request(obj, dtype, device, copy, requires_grad)
         if self.remote:
-            return self._convert_remote(request, upload, like)
-        sources.finish(self)
+            return (yield from self._convert_remote(request, upload, like, sources))
+        yield from sources.finish(self)
         received = []
         try:
             if upload is not None:
-                response = self._upload(request, upload)
+                response = yield self._convert_upload(request, upload)
             else:
-                response, received = self._call("convert", request, sources.fds)
+                response, received = yield from self._call("convert", request, sources.fds)
         except grpc.RpcError as e:
-            raise self._error(e) from None
+            raise self._error(e, sources) from None
         try:
-            return self._results([response.handle], like, sources, received)[0]
+            return (yield from self._results([response.handle], like, sources, received))[0]
         finally:
             _close_all(received)  # mapped now, or never
             # The staged copy goes back to the pool when `sources` goes; it is
             # reused only once no handle aliases it.
 
-    def asarray_batch(self, objs, *, dtype=None, device=None, copy=None, requires_grad=False,
-                      like="torch", keys=None):
+    def asarray_batch(self, objs: Iterable[Source], *,
+                      dtype: DTypeLike | Sequence[DTypeLike] = None,
+                      device: Device | Sequence[Device] = None,
+                      copy: bool | Sequence[bool | None] | None = None,
+                      requires_grad: bool | Sequence[bool] = False, like: Like = "torch",
+                      keys: Sequence[object] | None = None) -> List[Result]:
         """asarray() of every item of `objs` in one ConvertBatch call, all or
         nothing: the list of results, in order. Each option is one value for
         every item, or a list of one per item. `keys`: a name for each item,
@@ -1055,17 +1426,23 @@ class Client:
         is one whose request names this client's regions and would not fit.
         A batch holds at most 4096 items; over gRPC (and from a remote
         client) its heap arrays travel inline, within one message."""
+        return self._run(self._asarray_batch(objs, dtype, device, copy, requires_grad, like,
+                                             keys))
+
+    def _asarray_batch(self, objs, dtype, device, copy, requires_grad, like, keys):
         objs = list(objs)
         if not objs:
             return []
-        handles, sources, received = self._batch(objs, dtype, device, copy, requires_grad, keys)
+        handles, sources, received = yield from self._batch(objs, dtype, device, copy,
+                                                            requires_grad, keys)
         try:
-            return self._results(handles, like, sources, received)
+            return (yield from self._results(handles, like, sources, received))
         finally:
             _close_all(received)
 
-    def asarray_tree(self, tree, *, dtype=None, device=None, copy=None, requires_grad=False,
-                     like="torch"):
+    def asarray_tree(self, tree: Tree, *, dtype: DTypeLike = None, device: Device = None,
+                     copy: bool | None = None, requires_grad: bool = False,
+                     like: Like = "torch") -> Tree:
         """asarray() of every array-like leaf of a tree (dicts, lists, tuples
         and namedtuples, nested in any way; a TreeRef) in one batch call: the
         same structure, namedtuples of the same types, with a tensor (or a
@@ -1076,12 +1453,20 @@ class Client:
         is a container). Other leaves (strings, None, other objects) pass
         through as they are. An error names the failing leaf by its key path,
         as in "item 2 (['images'][1]): ..."."""
+        return self._run(self._asarray_tree(tree, dtype, device, copy, requires_grad, like))
+
+    def _asarray_tree(self, tree: Tree, dtype: DTypeLike, device: Device, copy: bool | None,
+                      requires_grad: bool, like: Like) -> Generator[Any, Any, Tree]:
         leaves = list(_tree_leaves(tree))
         # ViewRefs of one held span (a TreeRef's leaves in one region) that
         # need no cast: the span is taken once, and each leaf is a view of
         # its mapping, made here; the span's lease ends with the last view.
         as_views = (not self.remote and dtype is None and device in (None, "cpu")
                     and copy is not True and not requires_grad)
+        # Per leaf: its item, and the ViewRef to cut from that item's result or None.
+        placed: list[tuple[int, ViewRef | None]]
+        items: list[Source]
+        spans: dict[str, int]
         items, keys, placed, spans = [], [], [], {}
         for path, leaf in leaves:
             if as_views and isinstance(leaf, ViewRef):
@@ -1096,9 +1481,8 @@ class Client:
                 items.append(leaf)
                 keys.append(path)
         n = len(items)
-        results = self.asarray_batch(items, dtype=[dtype] * n, device=[device] * n,
-                                     copy=[copy] * n, requires_grad=[requires_grad] * n,
-                                     like=like, keys=keys)
+        results = yield from self._asarray_batch(items, [dtype] * n, [device] * n, [copy] * n,
+                                                 [requires_grad] * n, like, keys)
         bases = {}
         for at in spans.values():
             base = results[at].numpy() if like != "numpy" else results[at]
@@ -1112,7 +1496,7 @@ class Client:
             elif bases[at] is not None:
                 out.append(self._view_of(bases[at], view, like))
             else:
-                out.append(self.asarray(view, copy=copy, like=like))
+                out.append((yield from self._asarray(view, None, None, copy, False, like)))
         return _tree_rebuild(tree, iter(out))
 
     def _view_of(self, base, view, like):
@@ -1124,7 +1508,7 @@ class Client:
                          strides=[st * storage.itemsize for st in view.strides])
         return self._wrap(arr, view.dtype, like)
 
-    def share_tree(self, tree, like=None):
+    def share_tree(self, tree: Tree, like: Like | None = None) -> Tree:
         """share() of every numpy array and tensor in a tree, all into ONE
         region of this process (each C-contiguous, at a 64-byte aligned
         offset): the same structure with those arrays in the region, which
@@ -1133,6 +1517,9 @@ class Client:
         they are. `like`: "numpy" or "torch" for every array, or None to keep
         each leaf's kind (a tensor stays a tensor). The region goes back to
         the pool once all of its arrays are collected."""
+        return self._run(self._share_tree(tree, like))
+
+    def _share_tree(self, tree: Tree, like: Like | None) -> Generator[Any, Any, Tree]:
         leaves = [leaf for _, leaf in _tree_leaves(tree)]
         picked = [(i, self._as_numpy(leaf)) for i, leaf in enumerate(leaves)
                   if self._is_array(leaf) or isinstance(leaf, (np.number, np.bool_))]
@@ -1141,16 +1528,17 @@ class Client:
             for _, (arr, _) in picked:
                 offsets.append(_aligned(total))
                 total = offsets[-1] + arr.nbytes
-            block = self._empty((total,), "uint8", hold=False)
+            block = yield from self._empty((total,), "uint8", hold=False)
             for (i, (arr, name)), offset in zip(picked, offsets):
-                out = np.ndarray(arr.shape, dtype=arr.dtype, buffer=block, offset=offset)
+                out: np.ndarray = np.ndarray(arr.shape, dtype=arr.dtype, buffer=block,
+                                             offset=offset)
                 _copy_into(out, arr)
                 kind = like or ("torch" if torch is not None and isinstance(leaves[i], torch.Tensor)
                                 else "numpy")
                 leaves[i] = self._wrap(out, name, kind)
         return _tree_rebuild(tree, iter(leaves))
 
-    def ref(self, array, *, ttl_ms=None):
+    def ref(self, array: Array | Tree, *, ttl_ms: int | None = None) -> Ref | TreeRef:
         """A picklable reference to an array or tensor in one of this
         client's regions, for another process's asarray(): a TensorRef over
         the local transport, else a SharedArrayRef that names the region.
@@ -1166,8 +1554,11 @@ class Client:
         or the server's default) that outlives this client: leaves in this
         client's regions are aliased, other arrays and literals copied into
         one arena of the server's. release(ref) ends them all."""
+        return self._run(self._ref(array, ttl_ms))
+
+    def _ref(self, array, ttl_ms):
         if not self._is_array(array):
-            return self._ref_tree(array, ttl_ms)
+            return (yield from self._ref_tree(array, ttl_ms))
         if ttl_ms is not None:
             raise TypeError("ttl_ms is for a tree; renew(ref, ttl_ms) gives an array's "
                             "reference a TTL lease")
@@ -1193,32 +1584,43 @@ class Client:
         # The lease lasts as long as the allocation `array` views (a slice
         # handed over may be a temporary).
         owner = region.owner() if region.owner is not None else None
-        return self._alias_on_server(region, offset, hi - lo, name, shape, strides,
-                                     (start - lo) // item, owner if owner is not None else array)
+        return (yield from self._alias_on_server(region, offset, hi - lo, name, shape, strides,
+                                                 (start - lo) // item,
+                                                 owner if owner is not None else array))
 
-    def share(self, array, like="numpy"):
+    def share(self, array: Array, like: Like = "numpy") -> Result:
         """A copy of `array` in a shared region of this process, which asarray()
         can then alias (copy=False works on it)."""
+        return self._run(self._share(array, like))
+
+    def _share(self, array, like):
         arr, name = self._as_numpy(array)
-        out = self._empty(arr.shape, name)
+        out = yield from self._empty(arr.shape, name)
         _copy_into(out, arr)
         return self._allocated(out, name, like)
 
-    def empty(self, shape, dtype, like="torch"):
+    def empty(self, shape: Iterable[int], dtype: DTypeLike, like: Like = "torch") -> Result:
         """A writable array allocated directly in a shared region: fill it,
         then asarray() aliases it with no copy at all."""
-        name = _dtype_name(dtype)
-        return self._allocated(self._empty(tuple(shape), name), name, like)
+        return self._run(self._new(shape, dtype, like, zero=False))
 
-    def zeros(self, shape, dtype, like="torch"):
-        name = _dtype_name(dtype)
-        return self._allocated(self._empty(tuple(shape), name, zero=True), name, like)
+    def zeros(self, shape: Iterable[int], dtype: DTypeLike, like: Like = "torch") -> Result:
+        return self._run(self._new(shape, dtype, like, zero=True))
 
-    def read(self, target, like="numpy"):
+    def _new(self, shape, dtype, like, zero):
+        """The steps of empty() and zeros()."""
+        name = _dtype_name(dtype)
+        arr = yield from self._empty(tuple(shape), name, zero=zero)
+        return self._allocated(arr, name, like)
+
+    def read(self, target: Target, like: Like = "numpy") -> Result:
         """The elements of a held tensor (a Handle, an id, or a result of
         asarray()), read back over gRPC for remote use, as a new array."""
-        return self._from_stream(self._rpc("Read", pb.ReadRequest(id=self._id_of(target)),
-                                           stream=True), like, requires_grad=False)
+        return self._run(self._read(target, like))
+
+    def _read(self, target, like):
+        return (yield from self._stream("Read", pb.ReadRequest(id=self._id_of(target)), like,
+                                        False))
 
     def _id_of(self, target):
         """The handle id of an id, a Handle, a TensorRef, or a result of asarray()."""
@@ -1242,30 +1644,31 @@ class Client:
             return ids, False
         return [self._id_of(target)], True
 
-    def upload(self, obj, *, dtype=None, device=None, copy=None, requires_grad=False,
-               ttl_ms=None):
+    def upload(self, obj: Source, *, dtype: DTypeLike = None, device: Device = None,
+               copy: bool | None = None, requires_grad: bool = False,
+               ttl_ms: int | None = None) -> TensorRef:
         """Converts like asarray() but keeps the result on the server and
         returns its TensorRef, for another process (on the server's host, or
         any client) to take; for remote clients above all. The handle holds a
         TTL lease (`ttl_ms`, or the server's default) until release(ref)."""
-        request = pb.ConvertRequest()
-        self._fill_options(request.options, dtype, device, copy, requires_grad)
-        sources = _Sources(self._local is not None, uploads=True)
-        upload = self._fill_source(request, obj, sources)
-        sources.finish(self)
+        return self._run(self._upload(obj, dtype, device, copy, requires_grad, ttl_ms))
+
+    def _upload(self, obj, dtype, device, copy, requires_grad, ttl_ms):
+        request, sources, upload = self._convert_request(obj, dtype, device, copy, requires_grad)
+        yield from sources.finish(self)
         request.ttl_ms = 0 if ttl_ms is None else int(ttl_ms)
         try:
             if upload is not None:
-                response = self._upload(request, upload)
+                response = yield self._convert_upload(request, upload)
             else:
-                response, received = self._call("convert", request, sources.fds)
+                response, received = yield from self._call("convert", request, sources.fds)
                 _close_all(received)
         except grpc.RpcError as e:
             raise self._error(e) from None
         handle = Handle(response.handle)
         return TensorRef(handle.id, handle.dtype, handle.shape, handle.strides)
 
-    def handle(self, result):
+    def handle(self, result: Array) -> Handle:
         """The Handle behind an array or tensor returned by asarray()."""
         if torch is not None and isinstance(result, torch.Tensor) and result.is_cuda:
             address = result.data_ptr()
@@ -1282,50 +1685,64 @@ class Client:
                         return handle
         raise KeyError("not a result of this client")
 
-    def release(self, target):
+    def release(self, target: Targets) -> None:
         """Ends leases: of a handle id, a Handle, a TensorRef, a result of
         asarray(), a TreeRef, or a list, tuple or dict of those, all in one
         call (each id once). Any unknown id raises AsArrayNotFoundError once
         the others are released."""
+        return self._run(self._release(target))
+
+    def _release(self, target):
         ids = _unique(self._ids_of(target)[0])
         if not ids:
             return
         try:
-            self._send_release(pb.ReleaseRequest(id=ids[0], more_ids=ids[1:]))
+            yield from _release_steps(pb.ReleaseRequest(id=ids[0], more_ids=ids[1:]),
+                                      self._timeout)
         except grpc.RpcError as e:
             raise self._error(e) from None
 
-    def stats(self):
-        answer = self._call_local(pb.LocalRequest(stats=pb.StatsRequest()))
+    def stats(self) -> pb.StatsResponse:
+        return self._run(self._stats())
+
+    def _stats(self):
+        answer = yield from self._call_local(pb.LocalRequest(stats=pb.StatsRequest()))
         if answer is not None:
             return answer.stats
         try:
-            return self._rpc("Stats", pb.StatsRequest())
+            return (yield self._rpc("Stats", pb.StatsRequest()))
         except grpc.RpcError as e:
             raise self._error(e) from None
 
-    def list(self):
+    def list(self) -> List[Handle]:
         """The Handles this caller holds on the server (its own, or under
         mutual TLS its certificate's)."""
+        return self._run(self._list())
+
+    def _list(self):
         try:
-            return [Handle(h) for h in self._rpc("List", pb.ListRequest()).tensors]
+            response = yield self._rpc("List", pb.ListRequest())
         except grpc.RpcError as e:
             raise self._error(e) from None
+        return [Handle(h) for h in response.tensors]
 
-    def renew(self, target, ttl_ms=0):
+    def renew(self, target: Targets, ttl_ms: int = 0) -> int | List[int]:
         """Extends leases (0: the server's default TTL); a handle that would
         end with this client's connection then outlives it. `target`: as
         release() takes it, all in one call. Returns when the lease ends (ms
         since the Unix epoch), or for a TreeRef or a list, tuple or dict, a
         list of those, one for each id in order."""
+        return self._run(self._renew(target, ttl_ms))
+
+    def _renew(self, target, ttl_ms):
         ids, single = self._ids_of(target)
         unique = _unique(ids)  # the server refuses a Renew that names an id twice
         if not unique:
             return []
         request = pb.RenewRequest(id=unique[0], ttl_ms=ttl_ms, more_ids=unique[1:])
         try:
-            answer = self._call_local(pb.LocalRequest(renew=request))
-            response = answer.renew if answer is not None else self._rpc("Renew", request)
+            answer = yield from self._call_local(pb.LocalRequest(renew=request))
+            response = answer.renew if answer is not None else (yield self._rpc("Renew", request))
         except grpc.RpcError as e:
             raise self._error(e) from None
         if single:
@@ -1335,23 +1752,36 @@ class Client:
         return [ends[i] for i in ids]
 
     # --- internals -------------------------------------------------------------
+    # The methods that yield are generators of steps (see _LocalCall).
+
+    def _run(self, steps):
+        """What generator `steps` returns, its steps run on this thread."""
+        return _run_blocking(self._io, steps)
 
     def _rpc(self, method, request, *, stream=False, data=False):
-        """A gRPC call with this client's deadline, and compression when it
-        carries data."""
+        """The step of a gRPC call with this client's deadline, and
+        compression when it carries data."""
         kwargs = {"timeout": self._stream_timeout if stream else self._timeout}
         if data and self._compression is not None:
             kwargs["compression"] = self._compression
-        return getattr(self._stub, method)(request, **kwargs)
+        return _Rpc(method, request, kwargs)
 
-    def _upload(self, request, upload):
+    def _convert_request(self, obj, dtype, device, copy, requires_grad):
+        """(ConvertRequest, _Sources, upload) of one conversion (see _fill_source)."""
+        request = pb.ConvertRequest()
+        self._fill_options(request.options, dtype, device, copy, requires_grad)
+        sources = _Sources(self._local is not None, uploads=True)
+        return request, sources, self._fill_source(request, obj, sources)
+
+    def _convert_upload(self, request, upload):
         return self._rpc("ConvertUpload", self._upload_messages(request, *upload),
                          stream=True, data=True)
 
-    def _error(self, e):
-        """The exception for a grpc.RpcError; an UNAVAILABLE one over TCP also
+    def _error(self, e, sources=None):
+        """The exception for a grpc.RpcError (a refusal of copy=False that
+        `sources` recorded in torch's words); an UNAVAILABLE one over TCP also
         says what this client expected of the connection."""
-        error = from_rpc_error(e)
+        error = from_rpc_error(e) if sources is None else sources.in_torch_words(from_rpc_error(e))
         if e.code() != grpc.StatusCode.UNAVAILABLE or not self.remote:
             return error
         if self._tls:
@@ -1365,42 +1795,39 @@ class Client:
                     "the connection; give root_certificates to connect with TLS")
         return type(error)(e.code(), f"{error.details} ({hint})")
 
-    def _convert_remote(self, request, upload, like):
+    def _convert_remote(self, request, upload, like, sources=None):
         """A remote client's asarray(): the result's bytes, read back."""
         try:
             if upload is not None:
-                handle = Handle(self._upload(request, upload).handle)
+                handle = Handle((yield self._convert_upload(request, upload)).handle)
                 try:
-                    return self._from_stream(
-                        self._rpc("Read", pb.ReadRequest(id=handle.id), stream=True), like,
-                        handle.requires_grad)
+                    return (yield from self._stream("Read", pb.ReadRequest(id=handle.id), like,
+                                                    handle.requires_grad))
                 finally:
-                    self._rpc("Release", pb.ReleaseRequest(id=handle.id))
+                    yield self._rpc("Release", pb.ReleaseRequest(id=handle.id))
             request.return_data = True
             try:
-                response = self._rpc("Convert", request, data=True)
+                response = yield self._rpc("Convert", request, data=True)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                     raise
                 request.return_data = False  # past one message: streamed
-                return self._from_stream(self._rpc("ConvertToData", request, stream=True), like,
-                                         request.options.requires_grad)
+                return (yield from self._stream("ConvertToData", request, like,
+                                                request.options.requires_grad))
         except grpc.RpcError as e:
-            raise self._error(e) from None
+            raise self._error(e, sources) from None
         handle = Handle(response.handle)
         return self._from_bytes(response.data, handle, like, handle.requires_grad)
 
-    def _from_stream(self, messages, like, requires_grad):
-        """The array of a ReadResponse stream (Read, ConvertToData)."""
-        chunks, handle = [], None
+    def _stream(self, method, request, like, requires_grad):
+        """A new array of the ReadResponse stream of `method` (Read,
+        ConvertToData)."""
         try:
-            for message in messages:
-                if handle is None:
-                    handle = Handle(message.handle)
-                chunks.append(message.data)
+            messages = yield self._rpc(method, request, stream=True)
         except grpc.RpcError as e:
             raise self._error(e) from None
-        return self._from_bytes(bytearray().join(chunks), handle, like,
+        handle = Handle(messages[0].handle)
+        return self._from_bytes(bytearray().join(m.data for m in messages), handle, like,
                                 requires_grad or handle.requires_grad)
 
     def _from_bytes(self, data, handle, like, requires_grad):
@@ -1429,46 +1856,29 @@ class Client:
         it should go over gRPC. Any descriptors that came with it are closed."""
         if self._local is None:
             return None
-        answer = self._local.call(request, fds)
+        answer = yield _LocalCall(request, fds)
         if answer is None:
             return None
         _close_all(answer[1])
         return answer[0]
 
-    def _send_release(self, request):
-        self._releaser.send_now(request)
-
     def _call(self, method, request, fds=()):
         """(response, received descriptors) of a "convert" (ConvertRequest) or
         a "convert_batch" (ConvertBatchRequest), carrying the releases of
         collected views along."""
-        carried = self._releaser.take()
-        if not carried:
-            return self._call_once(method, request, fds)
-        request.release_ids.extend(_unique(carried))
-        delivered = False
-        try:
-            response = self._call_once(method, request, fds)
-            delivered = True
-            return response
-        except grpc.RpcError as e:
-            # Any answer but UNAVAILABLE comes from a server that ran the call,
-            # and with it the releases.
-            delivered = e.code() != grpc.StatusCode.UNAVAILABLE
-            raise
-        finally:
-            self._releaser.settle(carried, delivered)
+        with self._releaser.carried(request):
+            return (yield from self._call_once(method, request, fds))
 
     def _call_once(self, method, request, fds):
         if self._local is not None and not (method == "convert" and request.return_data):
-            answer = self._local.call(pb.LocalRequest(**{method: request}), fds)
+            answer = yield _LocalCall(pb.LocalRequest(**{method: request}), fds)
             if answer is not None:
                 return getattr(answer[0], method), answer[1]
         if fds:
             raise _LocalError(grpc.StatusCode.FAILED_PRECONDITION,
                               "descriptors travel only over the local transport")
         rpc = "Convert" if method == "convert" else "ConvertBatch"
-        return self._rpc(rpc, request, data=True), []
+        return (yield self._rpc(rpc, request, data=True)), []
 
     def _batch(self, objs, dtype, device, copy, requires_grad, keys, ttl_ms=None):
         """(handles, _Sources, received descriptors) of a ConvertBatch of
@@ -1494,11 +1904,11 @@ class Client:
             request = self._batch_request(objs, options, keys, sources)
         if ttl_ms is not None:
             request.ttl_ms = int(ttl_ms)
-        sources.finish(self)
+        yield from sources.finish(self)
         try:
-            response, received = self._call("convert_batch", request, sources.fds)
+            response, received = yield from self._call("convert_batch", request, sources.fds)
         except grpc.RpcError as e:
-            raise self._error(e) from None
+            raise self._error(e, sources) from None
         return list(response.handles), sources, received
 
     def _batch_request(self, objs, options, keys, sources):
@@ -1511,6 +1921,9 @@ class Client:
             try:
                 self._fill_options(item.options, *item_options)
                 self._fill_source(item, obj, sources)
+                if i in sources.refusals:  # the server's error of it starts so
+                    sources.refusals[i] = (f"item {i} ({key}): " if key else f"item {i}: ",
+                                           sources.refusals[i][1])
             except (TypeError, ValueError, NotImplementedError) as e:
                 if type(e) not in (TypeError, ValueError, NotImplementedError):
                     raise  # a subclass may not take a message alone
@@ -1528,13 +1941,16 @@ class Client:
             handles[i].shares_memory = handles[i].proto.shares_memory = False
         if not self.remote:
             return self._map_all(handles, like, sources.fds, received)
+        results = []
         try:
-            return [self._from_stream(self._rpc("Read", pb.ReadRequest(id=h.id), stream=True),
-                                      like, h.requires_grad) for h in handles]
+            for h in handles:
+                results.append((yield from self._stream("Read", pb.ReadRequest(id=h.id), like,
+                                                        h.requires_grad)))
+            return results
         finally:
             try:
-                self._send_release(pb.ReleaseRequest(id=handles[0].id,
-                                                     more_ids=[h.id for h in handles[1:]]))
+                yield from _release_steps(pb.ReleaseRequest(
+                    id=handles[0].id, more_ids=[h.id for h in handles[1:]]), self._timeout)
             except grpc.RpcError:
                 pass  # the TTL ends them
 
@@ -1571,8 +1987,8 @@ class Client:
             for region, (item, lo, hi) in spans.items():
                 objs[item] = np.frombuffer(region.map, dtype=np.uint8, count=hi - lo,
                                            offset=lo - region.address)
-            handles, _, received = self._batch(objs, None, None, copies, False, keys,
-                                               ttl_ms=0 if ttl_ms is None else ttl_ms)
+            handles, _, received = yield from self._batch(
+                objs, None, None, copies, False, keys, ttl_ms=0 if ttl_ms is None else ttl_ms)
             _close_all(received)
             for where, view in placed:
                 if view is None:
@@ -1620,7 +2036,7 @@ class Client:
         """(numpy view of obj's memory, dtype name) for arrays and tensors."""
         if torch is not None and isinstance(obj, torch.Tensor):
             if obj.device.type != "cpu":
-                raise NotImplementedError("CUDA tensors need the CUDA backend")
+                raise NotImplementedError(_CUDA_SOURCE)
             t = obj.detach()
             if t.dtype == torch.bfloat16:
                 return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
@@ -1665,11 +2081,14 @@ class Client:
             shm.layout.CopyFrom(pb.Layout(shape=obj.shape, strides=obj.strides,
                                           offset=obj.element_offset))
             return None
-        if not (self._is_array(obj) or isinstance(obj, np.generic)):
-            _encode_literal(obj, request.source.literal.nodes)
+        obj = _source_of(obj, request, sources)
+        if obj is None:  # a literal, encoded
             return None
         keep = obj  # what holds the bytes until they are sent or staged
         start, shape, strides, item, name = _describe(self._as_numpy, obj)
+        copy_false = request.options.HasField("copy") and not request.options.copy
+        if copy_false:
+            _check_alias(name, request.options, sources)
         if strides is None:  # byte strides that are not whole elements
             keep = np.ascontiguousarray(self._as_numpy(obj)[0])
             start, shape, strides, item, name = _describe(self._as_numpy, keep)
@@ -1687,7 +2106,6 @@ class Client:
             shm.dtype = _DTYPES[name][0]
             shm.layout.CopyFrom(layout)
             return None
-        copy_false = request.options.HasField("copy") and not request.options.copy
         if not copy_false and sources.stages(hi - lo):
             # Too big for the datagram: the bytes go in a memfd of this
             # client's (one copy, as into a message) instead of over gRPC,
@@ -1736,7 +2154,7 @@ class Client:
         nbytes = int(np.prod(shape, dtype=np.int64)) * storage.itemsize
         memfd = self._local is not None
         region = self._pool.take(nbytes, memfd)
-        if region is None and self._pool.has(nbytes, memfd) and self._releaser.send_pending():
+        if region is None and self._pool.has(nbytes, memfd) and (yield _SEND_PENDING):
             # The handles that kept a free region locked may be this
             # client's own, still queued: released now, it may be reused.
             region = self._pool.take(nbytes, memfd)
@@ -1757,7 +2175,7 @@ class Client:
             # Held by the server from the start, so that ref() of it needs no
             # call: the one call is made here, where torch.mp's
             # share_memory_() makes its file.
-            region.held = self._alias_on_server(
+            region.held = yield from self._alias_on_server(
                 region, 0, region.size, name, shape,
                 tuple(s // storage.itemsize for s in arr.strides), 0, arr)
         return arr
@@ -1772,7 +2190,7 @@ class Client:
         self._fill_fd_source(request.source.fd, 0, offset, size, name,
                              pb.Layout(shape=shape, strides=strides, offset=element_offset))
         try:
-            response, received = self._call("convert", request, [region.fd])
+            response, received = yield from self._call("convert", request, [region.fd])
         except grpc.RpcError as e:
             raise self._error(e) from None
         _close_all(received)
@@ -2052,6 +2470,10 @@ class _CudaView:
     """Device memory of an opened CUDA IPC handle, described for
     torch.as_tensor by __cuda_array_interface__; the tensor holds it."""
 
+    start: int  # its device address, and bytes
+    length: int
+    handle: Handle
+
     def __init__(self, interface):
         self.__cuda_array_interface__ = interface
 
@@ -2060,7 +2482,7 @@ class _IpcHandle(ctypes.Structure):
     _fields_ = [("reserved", ctypes.c_ubyte * 64)]  # bytes, NULs included
 
 
-_CUDART = []
+_CUDART: list[ctypes.CDLL] = []
 
 
 def _cudart():
@@ -2107,16 +2529,37 @@ def _cuda_close_and_release(base, device, releaser, handle_id):
     releaser(handle_id)
 
 
-def _encode_literal(value, nodes, depth=0):
-    """Appends `value` to `nodes` in prefix order (see asarray.proto)."""
+def _encode_literal(value, nodes, depth=0, kinds=None, target=None):
+    """Appends `value` to `nodes` in prefix order (see asarray.proto), as
+    torch reads a sequence: an array in it is the sequence of its items, a
+    tensor one number. `target`, the dtype asked for, says how a numpy
+    scalar or a tensor is read (_read_as); without one, `kinds` gathers the
+    dtype torch infers for each leaf (_leaf_kind), a tensor's its own."""
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            value = value[()]  # a numpy scalar, as torch reads a 0-d array in a list
+        else:
+            value = list(value)  # items as numpy scalars (rows of a matrix), as torch iterates
     node = nodes.add()
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, range)):
         if depth >= 64:
             raise ValueError("literal nests lists deeper than the maximum rank 64")
         node.list_length = len(value)
         for item in value:
-            _encode_literal(item, nodes, depth + 1)
-    elif isinstance(value, (bool, np.bool_)):
+            _encode_literal(item, nodes, depth + 1, kinds, target)
+        return
+    tensor = torch is not None and isinstance(value, torch.Tensor)
+    if target is not None and (tensor or isinstance(value, np.generic)):
+        value = _read_as(value, target)
+    elif tensor:
+        kinds = set() if kinds is None else kinds
+        kinds.add(_dtype_name(value.dtype))
+        value = value.item() if value.numel() == 1 else _read_as(value, _join(kinds))
+    elif kinds is not None:
+        kind = _leaf_kind(value)
+        if kind is not None:
+            kinds.add(kind)
+    if isinstance(value, (bool, np.bool_)):
         node.bool_value = bool(value)
     elif isinstance(value, (int, np.integer)):
         if _INT64[0] <= int(value) <= _INT64[1]:
@@ -2127,8 +2570,5 @@ def _encode_literal(value, nodes, depth=0):
         node.float_value = float(value)
     elif isinstance(value, (complex, np.complexfloating)):
         node.complex_value.real, node.complex_value.imag = value.real, value.imag
-    elif torch is not None and isinstance(value, torch.Tensor) and value.dim() == 0:
-        del nodes[-1]
-        _encode_literal(value.item(), nodes, depth)
     else:
         node.not_a_number = f"a {type(value).__name__} ({value!r:.40})"

@@ -5,7 +5,7 @@ import grpc
 class AsArrayError(Exception):
     """Base of every error the server reports; `code` is the grpc.StatusCode."""
 
-    def __init__(self, code, message):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.details = message
@@ -32,7 +32,7 @@ _TYPE_ERRORS = ("cannot be stored in the real dtype", "where a number belongs",
 _RUNTIME_ERRORS = ("without overflow", "requires_grad", "literal holds")
 
 
-def from_rpc_error(error):
+def from_rpc_error(error: grpc.RpcError) -> AsArrayError:
     """The exception for a grpc.RpcError, chosen as torch would raise it."""
     code, message = error.code(), error.details() or ""
     if code == grpc.StatusCode.FAILED_PRECONDITION:
