@@ -9,6 +9,8 @@ capsules with a dtype or copy, objects with __dlpack__), the client follows
 2.x: those cases build 2.x's result from steps both versions agree on, and
 say so."""
 import array
+import gc
+import time
 
 import numpy as np
 import pytest
@@ -303,19 +305,65 @@ class CudaArrayInterface:
 FAKE_CUDA = {"shape": (2,), "typestr": "<f4", "data": (0, False), "version": 2}
 
 
-def test_cuda_array_interface_refuses_copy_false_as_torch_and_says_why_it_is_not_sent(client):
-    _check(client, lambda: CudaArrayInterface(FAKE_CUDA), None, False)
-    for copy in (None, True):
-        # The client sends no CUDA memory; it says so without reading the pointer.
-        with pytest.raises(NotImplementedError, match="move it to the CPU"):
-            client.asarray(CudaArrayInterface(FAKE_CUDA), copy=copy)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA tests below take real memory")
+def test_cuda_array_interface_without_a_device_fails_as_torch(client):
+    # torch views the memory through torch.as_tensor, which needs a device;
+    # the client does the same, and so raises what torch raises.
+    for copy in (None, True, False):
+        _check(client, lambda: CudaArrayInterface(FAKE_CUDA), None, copy)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device here")
-def test_cuda_sources_torch_takes_are_refused_with_the_reason(client):
-    t = torch.arange(4.0, device="cuda")
-    for make in (lambda: t, lambda: torch.utils.dlpack.to_dlpack(t),
-                 lambda: CudaArrayInterface(t.__cuda_array_interface__)):
-        assert torch.asarray(make()).numel() == 4
-        with pytest.raises(NotImplementedError, match="move it to the CPU"):
-            client.asarray(make())
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device here")
+
+
+def _cuda_inputs(t):
+    """The kinds of CUDA input torch.asarray takes, each viewing `t`."""
+    return {"tensor": lambda: t, "capsule": lambda: torch.utils.dlpack.to_dlpack(t),
+            "interface": lambda: CudaArrayInterface(t.__cuda_array_interface__)}
+
+
+@CUDA
+@pytest.mark.parametrize("kind", ["tensor", "capsule", "interface"])
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+@pytest.mark.parametrize("copy", [None, True, False])
+def test_cuda_sources_as_torch_takes_them(client, kind, dtype, copy):
+    t = torch.arange(24.0, device="cuda").reshape(4, 6)[1:, ::2]  # inside a larger allocation
+    make = _cuda_inputs(t)[kind]
+    kw = {"dtype": dtype, "copy": copy}
+    want, want_error = _outcome(lambda: torch.asarray(make(), **kw))
+    got, got_error = _outcome(lambda: client.asarray(make(), **kw))
+    if want_error is not None:
+        assert isinstance(got_error, type(want_error)), (got_error, want_error)
+        assert str(want_error) in str(got_error)
+        return
+    assert got_error is None, got_error
+    assert got.device == want.device and got.dtype == want.dtype and torch.equal(got, want)
+    aliased = want.data_ptr() == t.data_ptr()
+    # An alias is this process's own memory, viewed where it is; a copy is the server's.
+    assert (got.data_ptr() == t.data_ptr()) == aliased
+    assert client.handle(got).shares_memory == aliased
+    if aliased:
+        t += 1
+        torch.cuda.synchronize()
+        assert torch.equal(got, t)
+
+
+@CUDA
+def test_cuda_results_go_back_by_id_and_own_aliases_are_released(client):
+    before = client.stats()
+    t = torch.arange(8.0, device="cuda")
+    alias = client.asarray(t)
+    assert client.handle(alias).shares_memory and alias.data_ptr() == t.data_ptr()
+    copy = client.asarray(t, copy=True)
+    again = client.asarray(copy, dtype=torch.float64)  # the server's own tensor, by id
+    assert torch.equal(again, t.double())
+    with pytest.raises(ValueError, match="other than the result itself"):
+        client.asarray(copy[1:])
+    del alias, copy, again
+    gc.collect()
+    client.flush()
+    deadline = time.monotonic() + 10
+    while client.stats().tensors != before.tensors and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = client.stats()
+    assert after.tensors == before.tensors and after.cuda_ipc_opened == before.cuda_ipc_opened

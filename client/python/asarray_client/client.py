@@ -889,8 +889,8 @@ def _describe(as_numpy, obj):
     dtype name) of a tensor or array. Tensors report their own strides, which
     survive even when empty (numpy zeroes an empty view's strides)."""
     if torch is not None and isinstance(obj, torch.Tensor):
-        if obj.device.type != "cpu":
-            raise NotImplementedError(_CUDA_SOURCE)
+        if obj.device.type != "cpu" and not obj.is_cuda:
+            raise NotImplementedError(_OTHER_DEVICE.format(obj.device))
         name = _dtype_name(obj.dtype)
         if obj.numel() > 0:
             start = obj.data_ptr()
@@ -1028,22 +1028,36 @@ _SCALAR_TYPES = {"bool": "Bool", "uint8": "Byte", "int8": "Char", "int16": "Shor
                  "complex128": "ComplexDouble"}
 # What torch infers for a Python bool, int, float and complex, as the server does.
 _PYTHON_KINDS = {"bool": "bool", "int": "int64", "float": "float32", "complex": "complex64"}
-_CUDA_SOURCE = ("CUDA memory (a CUDA tensor, DLPack capsule or __cuda_array_interface__) is not "
-                "a source this client sends: move it to the CPU first (.cpu())")
+_CUDA_SOURCE = ("CUDA memory (a CUDA tensor, DLPack capsule or __cuda_array_interface__) is sent "
+                "by its CUDA IPC handle, which needs torch with CUDA in this process")
+_OTHER_DEVICE = "memory on {} is not a source this client sends: move it to the CPU first"
 
 _capsule_is_valid = ctypes.pythonapi.PyCapsule_IsValid
 _capsule_is_valid.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _capsule_is_valid.restype = ctypes.c_int
 
 
-def _check_alias(name, options, sources):
-    """torch's refusals of copy=False for a CPU array of dtype `name` (to
-    another device, then into another dtype), which the server makes too."""
-    if options.device.startswith("cuda"):
-        sources.refuse(f"can't alias tensor from device 'cpu' to '{options.device}'.")
+def _check_alias(name, options, sources, device="cpu"):
+    """torch's refusals of copy=False for an array of dtype `name` on
+    `device` (to another device, then into another dtype), which the server
+    makes too."""
+    if options.device and _same_device(options.device, device) is False:
+        sources.refuse(f"can't alias tensor from device '{device}' to '{options.device}'.")
     elif options.HasField("dtype") and _NAME_OF_ENUM[options.dtype] != name:
         sources.refuse(f"can't alias tensor with dtype '{_SCALAR_TYPES[name]}' into dtype "
                        f"'{_SCALAR_TYPES[_NAME_OF_ENUM[options.dtype]]}'.")
+
+
+def _same_device(asked, device):
+    """Whether the device asked for ("cuda" means the current one) is
+    `device` ("cpu" or "cuda:N")."""
+    if asked == device:
+        return True
+    if asked == "cpu" or device == "cpu":
+        return False
+    if asked == "cuda":
+        return torch is not None and device == f"cuda:{torch.cuda.current_device()}"
+    return False
 
 
 class _Exporter:
@@ -1090,7 +1104,9 @@ def _source_of(obj, request, sources):
         request.source.literal.nodes.add().list_length = 0
         return None
     if hasattr(obj, "__cuda_array_interface__"):
-        raise NotImplementedError(_CUDA_SOURCE)
+        if torch is None:
+            raise NotImplementedError(_CUDA_SOURCE)
+        return torch.as_tensor(obj)  # a view of its device memory, as torch takes it
     if hasattr(obj, "__dlpack__"):
         return torch.from_dlpack(obj) if torch is not None else np.from_dlpack(obj)
     if hasattr(obj, "__array_interface__"):
@@ -1340,6 +1356,9 @@ class Client:
         self._allocations = {}  # id(result of empty()) -> (weak reference, TensorRef)
         self._handles = weakref.WeakValueDictionary()  # mapping address -> mapping
         self._cuda_views = weakref.WeakValueDictionary()  # device address -> _CudaView
+        # IPC handle -> (base address, weak reference to a tensor in it) of
+        # this process's allocations sent as sources (see _fill_cuda_source).
+        self._cuda_exports: dict[bytes, tuple[int, Any]] = {}
         unix = self.address.startswith("unix:") and not self.address.startswith("unix:@")
         self._local = None
         if local and not named and unix:
@@ -2036,7 +2055,7 @@ class Client:
         """(numpy view of obj's memory, dtype name) for arrays and tensors."""
         if torch is not None and isinstance(obj, torch.Tensor):
             if obj.device.type != "cpu":
-                raise NotImplementedError(_CUDA_SOURCE)
+                raise NotImplementedError(_OTHER_DEVICE.format(obj.device))
             t = obj.detach()
             if t.dtype == torch.bfloat16:
                 return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
@@ -2084,6 +2103,9 @@ class Client:
         obj = _source_of(obj, request, sources)
         if obj is None:  # a literal, encoded
             return None
+        if torch is not None and isinstance(obj, torch.Tensor) and obj.is_cuda:
+            self._fill_cuda_source(request, obj, sources)
+            return None
         keep = obj  # what holds the bytes until they are sent or staged
         start, shape, strides, item, name = _describe(self._as_numpy, obj)
         copy_false = request.options.HasField("copy") and not request.options.copy
@@ -2122,6 +2144,40 @@ class Client:
         inline.layout.CopyFrom(layout)
         inline.storage = storage
         return None
+
+    def _fill_cuda_source(self, request, tensor, sources):
+        """A CUDA tensor's source: the tensor a CUDA result of this client's
+        is, by id; else its allocation, by a CUDA IPC handle this process
+        exports (the server aliases it, or copies from it on the device)."""
+        start, shape, strides, item, name = _describe(self._as_numpy, tensor)
+        device = f"cuda:{tensor.device.index}"
+        if request.options.HasField("copy") and not request.options.copy:
+            _check_alias(name, request.options, sources, device)
+        lo, hi = _bounds(start, shape, strides, item)
+        for view in list(self._cuda_views.values()):
+            if view.start <= lo < view.start + max(view.length, 1):
+                h = view.handle
+                if (start, shape, strides) != (view.start + h.offset * item, tuple(h.shape),
+                                               tuple(h.strides)) or name != h.dtype:
+                    raise ValueError("a view of a CUDA result other than the result itself: pass "
+                                     "the result, or a copy of the view")
+                request.source.tensor_id = h.id
+                return
+        if self.remote:
+            raise ValueError("CUDA memory reaches the server only on its host, by IPC handle; a "
+                             "remote client sends host memory (.cpu())")
+        # The server reads the memory once the call is in: what this process
+        # queued on it must be done by then.
+        torch.cuda.synchronize(tensor.device)
+        ipc_handle, base = _cuda_export(lo, tensor.device.index)
+        for dead in [k for k, (_, ref) in self._cuda_exports.items() if ref() is None]:
+            del self._cuda_exports[dead]
+        self._cuda_exports[ipc_handle] = (base, weakref.ref(tensor))
+        array = request.source.cuda_ipc
+        array.ipc_handle, array.device = ipc_handle, tensor.device.index
+        array.offset, array.size = lo - base, hi - lo
+        array.dtype = _DTYPES[name][0]
+        array.layout.CopyFrom(pb.Layout(shape=shape, strides=strides, offset=(start - lo) // item))
 
     @staticmethod
     def _upload_messages(request, storage, dtype, layout):
@@ -2311,8 +2367,15 @@ class Client:
         storage = _DTYPES[handle.dtype][1]
         if handle.dtype == "bfloat16":  # no bfloat16 in the interface: its bits as int16
             storage = np.dtype("<i2")
+        own = self._cuda_exports.get(location.ipc_handle)
+        owner = own[1]() if own is not None else None
+        if owner is None:
+            own = None
         try:
-            base = _cuda_ipc_open(location.ipc_handle, location.device)
+            # A process cannot open its own IPC handle: an alias of this
+            # process's allocation views it where it is.
+            base = own[0] if own is not None else _cuda_ipc_open(location.ipc_handle,
+                                                                 location.device)
         except Exception:
             self._releaser(handle.id)
             raise
@@ -2326,8 +2389,12 @@ class Client:
         view.handle = handle
         view.start, view.length = base + location.offset, location.size
         self._cuda_views[view.start] = view
-        _on_collect(view, _cuda_close_and_release, base, location.device, self._releaser,
-                         handle.id)
+        if own is not None:
+            view.owner = owner  # the caller's tensor lives as long as the alias
+            _on_collect(view, self._releaser, handle.id)
+        else:
+            _on_collect(view, _cuda_close_and_release, base, location.device, self._releaser,
+                        handle.id)
         tensor = torch.as_tensor(view, device=f"cuda:{location.device}")  # keeps `view` alive
         if handle.dtype == "bfloat16":
             tensor = tensor.view(torch.bfloat16)
@@ -2504,6 +2571,7 @@ def _cudart():
         lib.cudaIpcOpenMemHandle.argtypes = [ctypes.POINTER(ctypes.c_void_p), _IpcHandle,
                                              ctypes.c_uint]
         lib.cudaIpcCloseMemHandle.argtypes = [ctypes.c_void_p]
+        lib.cudaIpcGetMemHandle.argtypes = [ctypes.POINTER(_IpcHandle), ctypes.c_void_p]
         lib.cudaGetErrorString.restype = ctypes.c_char_p
         _CUDART.append(lib)
     return _CUDART[0]
@@ -2521,6 +2589,40 @@ def _cuda_ipc_open(ipc_handle, device):
         raise RuntimeError(f"cudaIpcOpenMemHandle on cuda:{device}: "
                            f"{lib.cudaGetErrorString(err).decode()}")
     return ptr.value
+
+
+def _cuda_driver():
+    """The CUDA driver library, for the range of an allocation."""
+    if not _CUDA_DRIVER:
+        lib = ctypes.CDLL("libcuda.so.1")
+        lib.cuMemGetAddressRange_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64),
+                                                ctypes.POINTER(ctypes.c_size_t), ctypes.c_uint64]
+        _CUDA_DRIVER.append(lib)
+    return _CUDA_DRIVER[0]
+
+
+_CUDA_DRIVER: list[ctypes.CDLL] = []
+
+
+def _cuda_export(address, device):
+    """(the 64-byte CUDA IPC handle, the base address) of the allocation of
+    this process's that holds a device address (torch's caching allocator
+    hands out parts of larger allocations)."""
+    lib = _cudart()
+    base, size = ctypes.c_uint64(), ctypes.c_size_t()
+    handle = _IpcHandle()
+    with torch.cuda.device(device):
+        err = _cuda_driver().cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
+                                                     ctypes.c_uint64(address))
+        if err != 0:
+            raise RuntimeError(f"cuMemGetAddressRange on cuda:{device} failed (CUresult {err}): "
+                               "the memory is not a CUDA allocation of this process")
+        err = lib.cudaIpcGetMemHandle(ctypes.byref(handle), ctypes.c_void_p(base.value))
+    if err != 0:
+        raise RuntimeError(f"cudaIpcGetMemHandle on cuda:{device}: "
+                           f"{lib.cudaGetErrorString(err).decode()} (memory from "
+                           "cudaMallocAsync or expandable segments has no IPC handle)")
+    return bytes(handle.reserved), base.value
 
 
 def _cuda_close_and_release(base, device, releaser, handle_id):
