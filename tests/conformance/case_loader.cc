@@ -1,7 +1,6 @@
 #include "tests/conformance/case_loader.h"
 
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -221,11 +220,6 @@ std::string GatherRowMajor(const void* base, DType dtype, const Layout& layout) 
 std::string CasesPath(const std::string& fallback) {
   const char* env = std::getenv("ASARRAY_CONFORMANCE_CASES");
   return env != nullptr && *env != '\0' ? std::string(env) : fallback;
-}
-
-void PrintSummary(int passed, int failed) {
-  std::printf("conformance: %d passed, %d failed\n", passed, failed);
-  std::fflush(stdout);
 }
 
 }  // namespace asarray::testing

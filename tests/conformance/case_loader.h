@@ -70,10 +70,6 @@ std::string GatherRowMajor(const void* base, DType dtype, const Layout& layout);
 // The cases file to run: $ASARRAY_CONFORMANCE_CASES when set, else `fallback`.
 std::string CasesPath(const std::string& fallback);
 
-// Prints the closing line every runner ends with:
-// "conformance: N passed, M failed".
-void PrintSummary(int passed, int failed);
-
 }  // namespace asarray::testing
 
 #endif  // ASARRAY_TESTS_CONFORMANCE_CASE_LOADER_H_

@@ -1,7 +1,6 @@
 // Runs every conformance case through the core library alone: array inputs
 // as aliasable host memory, nested inputs as literals. Usage:
 //   conformance_core_test CASES.jsonl   ($ASARRAY_CONFORMANCE_CASES overrides)
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -9,13 +8,10 @@
 #include "core/plan.h"
 #include "gtest/gtest.h"
 #include "tests/conformance/case_loader.h"
+#include "tests/conformance/runner.h"
 
 namespace asarray::testing {
 namespace {
-
-std::string g_cases_path;
-int g_passed = 0;
-int g_failed = 0;
 
 // The outcome a plan describes, before any data.
 Outcome FromPlan(const Plan& plan) {
@@ -73,32 +69,20 @@ Outcome RunNested(const ConformanceCase& c) {
 Outcome RunCase(const ConformanceCase& c) { return c.is_array ? RunArray(c) : RunNested(c); }
 
 TEST(ConformanceCore, EveryCase) {
-  absl::StatusOr<std::vector<ConformanceCase>> cases = LoadCases(g_cases_path);
+  absl::StatusOr<std::vector<ConformanceCase>> cases = LoadRunnerCases();
   ASSERT_TRUE(cases.ok()) << cases.status();
-  ASSERT_FALSE(cases->empty()) << g_cases_path << " holds no cases";
   for (const ConformanceCase& c : *cases) {
-    const std::string diff = Judge(c, RunCase(c), /*inline_transport=*/false);
-    if (diff.empty()) {
-      ++g_passed;
-    } else {
-      ++g_failed;
-      ADD_FAILURE() << c.id << ":" << diff;
-    }
+    RecordCase(c.id, Judge(c, RunCase(c), /*inline_transport=*/false));
   }
 }
 
 }  // namespace
-}  // namespace asarray::testing
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s CASES.jsonl\n", argv[0]);
-    return 2;
-  }
-  asarray::testing::g_cases_path = asarray::testing::CasesPath(argv[1]);
-  std::printf("cases: %s\n", asarray::testing::g_cases_path.c_str());
-  const int rc = RUN_ALL_TESTS();
-  asarray::testing::PrintSummary(asarray::testing::g_passed, asarray::testing::g_failed);
-  return rc;
+const char kRunnerUsage[] = "CASES.jsonl";
+
+absl::StatusOr<std::string> ConfigureRunner(const std::vector<std::string>& args) {
+  if (!args.empty()) return absl::InvalidArgumentError("no argument follows the cases file");
+  return "";
 }
+
+}  // namespace asarray::testing

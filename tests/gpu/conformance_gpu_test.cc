@@ -20,15 +20,13 @@
 #include "client/client.h"
 #include "gtest/gtest.h"
 #include "tests/conformance/case_loader.h"
+#include "tests/conformance/runner.h"
 #include "tests/gpu/child_server.h"
 #include "tests/server/test_server.h"
 
 namespace asarray::testing {
 namespace {
 
-std::string g_cases_path;
-int g_passed = 0;
-int g_failed = 0;
 std::map<std::string, std::pair<int, int>> g_routes;  // route -> (passed, failed)
 
 constexpr Device kCuda{Device::Type::kCUDA, 0};
@@ -60,14 +58,8 @@ class Runner {
       diff = absl::StrCat(" bytes differ from the CPU's (", got.data.size(), " vs ",
                           cpu.data.size(), ")");
     }
-    if (diff.empty()) {
-      ++g_passed;
-      ++g_routes[route].first;
-    } else {
-      ++g_failed;
-      ++g_routes[route].second;
-      ADD_FAILURE() << c.id << " (" << route << "):" << diff;
-    }
+    ++(diff.empty() ? g_routes[route].first : g_routes[route].second);
+    RecordCase(absl::StrCat(c.id, " (", route, ")"), diff);
   }
 
   void Run(const ConformanceCase& c) {
@@ -84,8 +76,8 @@ class Runner {
     as_is.copy = true;
     absl::StatusOr<MappedTensor> held = ConvertCaseInRegion(*client_, c, as_is);
     if (!held.ok()) {
-      ++g_failed;
-      ADD_FAILURE() << c.id << ": cannot put the input on the device: " << held.status();
+      RecordCase(c.id, absl::StrCat(" cannot put the input on the device: ",
+                                    held.status().ToString()));
       return;
     }
     ConformanceCase from_held = moved;
@@ -102,9 +94,8 @@ class Runner {
 
 TEST(ConformanceGpu, EveryCaseOnTheDevice) {
   ASARRAY_REQUIRE_GPU();
-  absl::StatusOr<std::vector<ConformanceCase>> cases = LoadCases(g_cases_path);
+  absl::StatusOr<std::vector<ConformanceCase>> cases = LoadRunnerCases();
   ASSERT_TRUE(cases.ok()) << cases.status();
-  ASSERT_FALSE(cases->empty());
   std::unique_ptr<ChildServer> server = ChildServer::Start();
   ASSERT_NE(server, nullptr);
   std::unique_ptr<Client> client = server->NewClient();
@@ -117,19 +108,15 @@ TEST(ConformanceGpu, EveryCaseOnTheDevice) {
   for (const auto& [route, counts] : g_routes) {
     std::printf("route %-6s %d passed, %d failed\n", route.c_str(), counts.first, counts.second);
   }
-  PrintSummary(g_passed, g_failed);
 }
 
 }  // namespace
-}  // namespace asarray::testing
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s CASES.jsonl\n", argv[0]);
-    return 2;
-  }
-  asarray::testing::g_cases_path = asarray::testing::CasesPath(argv[1]);
-  std::printf("cases: %s (device cuda:0)\n", asarray::testing::g_cases_path.c_str());
-  return RUN_ALL_TESTS();
+const char kRunnerUsage[] = "CASES.jsonl";
+
+absl::StatusOr<std::string> ConfigureRunner(const std::vector<std::string>& args) {
+  if (!args.empty()) return absl::InvalidArgumentError("no argument follows the cases file");
+  return "device cuda:0";
 }
+
+}  // namespace asarray::testing

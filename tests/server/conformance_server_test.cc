@@ -8,7 +8,6 @@
 // inputs inline, big ones as streamed uploads), and keeps no handle. Each result is checked
 // through its handle, mapped in this process. $ASARRAY_CONFORMANCE_CASES
 // overrides the file.
-#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -18,16 +17,14 @@
 #include "client/client.h"
 #include "gtest/gtest.h"
 #include "tests/conformance/case_loader.h"
+#include "tests/conformance/runner.h"
 #include "tests/server/test_server.h"
 
 namespace asarray::testing {
 namespace {
 
-std::string g_cases_path;
 std::string g_transport;
 bool g_inline = false;
-int g_passed = 0;
-int g_failed = 0;
 
 // Runs one case; `extra` receives transport-specific problems.
 Outcome RunCase(Client& client, const ConformanceCase& c, std::string* extra) {
@@ -62,9 +59,8 @@ Outcome RunCase(Client& client, const ConformanceCase& c, std::string* extra) {
 }
 
 TEST(ConformanceServer, EveryCase) {
-  absl::StatusOr<std::vector<ConformanceCase>> cases = LoadCases(g_cases_path);
+  absl::StatusOr<std::vector<ConformanceCase>> cases = LoadRunnerCases();
   ASSERT_TRUE(cases.ok()) << cases.status();
-  ASSERT_FALSE(cases->empty());
   const bool remote = g_transport == "remote";
   std::unique_ptr<TestServer> server = TestServer::Start([&](server::ServerOptions& o) {
     if (remote) o.listen.push_back("127.0.0.1:0");
@@ -87,12 +83,7 @@ TEST(ConformanceServer, EveryCase) {
   for (const ConformanceCase& c : *cases) {
     std::string extra;
     const std::string diff = Judge(c, RunCase(*client, c, &extra), g_inline) + extra;
-    if (diff.empty()) {
-      ++g_passed;
-    } else {
-      ++g_failed;
-      ADD_FAILURE() << c.id << " (" << g_transport << "):" << diff;
-    }
+    RecordCase(absl::StrCat(c.id, " (", g_transport, ")"), diff);
   }
   if (g_transport == "fd" || remote) {
     EXPECT_EQ(server->SegmentsInDevShm(), 0) << "the " << g_transport
@@ -105,20 +96,17 @@ TEST(ConformanceServer, EveryCase) {
 }
 
 }  // namespace
-}  // namespace asarray::testing
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  const std::string transport = argc >= 3 ? argv[2] : "";
+const char kRunnerUsage[] = "CASES.jsonl shm|inline|fd|remote";
+
+absl::StatusOr<std::string> ConfigureRunner(const std::vector<std::string>& args) {
+  const std::string transport = args.size() == 1 ? args[0] : "";
   if (transport != "shm" && transport != "inline" && transport != "fd" && transport != "remote") {
-    std::fprintf(stderr, "usage: %s CASES.jsonl shm|inline|fd|remote\n", argv[0]);
-    return 2;
+    return absl::InvalidArgumentError("name one transport after the cases file");
   }
-  asarray::testing::g_transport = transport;
-  asarray::testing::g_cases_path = asarray::testing::CasesPath(argv[1]);
-  asarray::testing::g_inline = transport == "inline" || transport == "remote";
-  std::printf("cases: %s (%s)\n", asarray::testing::g_cases_path.c_str(), argv[2]);
-  const int rc = RUN_ALL_TESTS();
-  asarray::testing::PrintSummary(asarray::testing::g_passed, asarray::testing::g_failed);
-  return rc;
+  g_transport = transport;
+  g_inline = transport == "inline" || transport == "remote";
+  return transport;
 }
+
+}  // namespace asarray::testing
