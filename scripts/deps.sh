@@ -23,7 +23,8 @@ if [ "${1:-all}" != build ]; then
   # setuptools to mypy: the Python client installed into a venv and built as a
   # wheel, offline (scripts/test.sh), and its type check.
   # curl and prometheus (promtool): the /metrics test scrapes and checks.
-  packages+=(python3 python3-torch python3-grpcio python3-protobuf python3-pytest
+  # ccache: repeated test builds compile only what changed (scripts/cache.sh).
+  packages+=(ccache python3 python3-torch python3-grpcio python3-protobuf python3-pytest
              python3-yaml openssl iproute2
              python3-setuptools python3-wheel python3-pip python3-venv python3-build python3-mypy
              curl prometheus)

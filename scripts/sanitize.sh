@@ -10,15 +10,18 @@
 #         TSan cannot see the synchronization inside an uninstrumented
 #         library: every object gRPC hands between its threads would look
 #         like a race. So scripts/sanitize/tsan_deps.sh first builds both,
-#         with TSan, from Debian's source packages of the installed versions
-#         (build-tsan-deps/, reused once built; about 12 minutes the first
-#         time on two cores), and the tests link those.
+#         with TSan, from Debian's source packages of the installed versions,
+#         and the tests link those. That build (about 12 minutes on two
+#         cores) is kept in the cache outside the clone (scripts/cache.sh:
+#         tsan-deps/, keyed by the package versions and the flags), so only
+#         the first run on a machine pays for it.
 # The CUDA backend is left out (nvcc does not build with these flags, and its
 # tests need a GPU); everything else is instrumented.
 # Any sanitizer report fails the test that triggered it; the script exits
 # non-zero when a test failed. Extra arguments go to ctest (e.g. -R Faults).
 # The build directories may be set with ASAN_BUILD_DIR, TSAN_BUILD_DIR and
-# TSAN_DEPS_DIR.
+# TSAN_DEPS_DIR (the folder that holds the keyed builds of the dependencies).
+# Compiles go through ccache when it is installed (scripts/cache.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/deps.sh" sanitize
@@ -30,9 +33,12 @@ if [[ $mode != asan && $mode != tsan ]]; then
 fi
 jobs="${JOBS:-$(nproc)}"
 
+source "$root/scripts/cache.sh"
+mapfile -t cached < <(asarray_ccache_args "$root")
+
 configure() {  # build-dir, sanitizer flags, extra cmake arguments
   local flags="-fsanitize=$2 -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
-  cmake -S "$root" -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  cmake -S "$root" -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${cached[@]}" \
     -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
     -DASARRAY_WERROR=ON -DASARRAY_BUILD_BENCHMARKS=OFF -DASARRAY_CUDA=OFF \
     -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" \
@@ -55,8 +61,10 @@ fi
 
 if [[ $mode == tsan ]]; then
   build="${TSAN_BUILD_DIR:-$root/build-tsan}"
-  deps="${TSAN_DEPS_DIR:-$root/build-tsan-deps}"
-  JOBS="$jobs" "$root/scripts/sanitize/tsan_deps.sh" "$deps"
+  cache=$(asarray_cache_dir)
+  deps="${TSAN_DEPS_DIR:-${cache:+$cache/tsan-deps}}"
+  deps="${deps:-$root/build-tsan-deps}"  # no cache: beside the build
+  deps=$(JOBS="$jobs" "$root/scripts/sanitize/tsan_deps.sh" "$deps")
   configure "$build" thread -DgRPC_DIR="$deps/cmake" -Dabsl_DIR="$deps/prefix/lib/cmake/absl"
   targets=(service_test upload_message_test fault_test segment_pool_test bad_input_test load_test
            metrics_test)

@@ -5,21 +5,39 @@
 # synchronization inside gRPC (its mutexes, atomics and queues), and every
 # object gRPC hands from one of its threads to another looks like a race.
 #
-#   scripts/sanitize/tsan_deps.sh OUT
+#   scripts/sanitize/tsan_deps.sh CACHE
 #
-# OUT/prefix gets abseil (shared libraries and its CMake package), OUT/grpc
-# gRPC's build tree, and OUT/cmake a gRPCConfig.cmake with the targets the
-# project links (gRPC::grpc++, gRPC::grpc++_reflection, and Debian's
-# gRPC::grpc_cpp_plugin, the same version). Nothing is installed system-wide.
-# A finished OUT is reused; about 12 minutes on two cores the first time.
+# Builds into CACHE/KEY, where KEY is a digest of what goes into the build:
+# the installed versions of gRPC, abseil and clang, the flags, and the
+# recipe's revision below. A finished CACHE/KEY is reused, by any clone on
+# the machine; another KEY is built beside it (about 12 minutes on two cores).
+# Concurrent runs wait for each other on CACHE/KEY.lock. Prints CACHE/KEY,
+# the only line on standard output.
+#
+# CACHE/KEY/prefix gets abseil (shared libraries and its CMake package),
+# CACHE/KEY/grpc gRPC's build tree, and CACHE/KEY/cmake a gRPCConfig.cmake with
+# the targets the project links (gRPC::grpc++, gRPC::grpc++_reflection, and
+# Debian's gRPC::grpc_cpp_plugin, the same version). Nothing is installed
+# system-wide.
 set -euo pipefail
-out="$1"
+# Bump when the recipe below changes what it builds.
+revision=1
+cache="$1"
 jobs="${JOBS:-$(nproc)}"
+exec 3>&1 1>&2  # the build's output goes to stderr; the folder alone to stdout
 grpc_version="$(dpkg-query -W -f='${source:Version}' libgrpc++-dev)"
 absl_version="$(dpkg-query -W -f='${source:Version}' libabsl-dev)"
-stamp="grpc=$grpc_version abseil=$absl_version"
+clang_version="$(dpkg-query -W -f='${Version}' clang-14)"
+flags="-fsanitize=thread -fno-omit-frame-pointer -g -O1"
+stamp="grpc=$grpc_version abseil=$absl_version clang=$clang_version flags=$flags revision=$revision"
+key="$(printf '%s' "$stamp" | sha256sum | cut -c1-16)"
+out="$cache/$key"
+mkdir -p "$cache"
+exec 9>"$out.lock"
+flock 9
 if [[ -f $out/done && "$(cat "$out/done")" == "$stamp" ]]; then
   echo "tsan deps: reusing $out ($stamp)"
+  echo "$out" >&3
   exit 0
 fi
 rm -rf "$out"
@@ -36,7 +54,6 @@ apt-get "${apt_opts[@]}" update -qq
 dpkg-source -x "$out"/src/abseil_*.dsc "$out/src/abseil" >/dev/null
 dpkg-source -x "$out"/src/grpc_*.dsc "$out/src/grpc" >/dev/null
 
-flags="-fsanitize=thread -fno-omit-frame-pointer -g -O1"
 common=(-G "Unix Makefiles" -DCMAKE_BUILD_TYPE=RelWithDebInfo
         -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14
         -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_CXX_STANDARD=17
@@ -84,3 +101,4 @@ set_target_properties(gRPC::grpc_cpp_plugin PROPERTIES IMPORTED_LOCATION /usr/bi
 EOF
 echo "$stamp" >"$out/done"
 echo "tsan deps: built in $out ($stamp)"
+echo "$out" >&3
