@@ -1,7 +1,7 @@
 """Structural checks of docker/: the Dockerfile, compose.yaml and k8s/.
 
-Each test parses a file and checks a property that README's "Deploy" section
-relies on: which images the two stages use in either variant, the non-root
+Each test parses a file and checks a property that docs/deploy.md relies
+on: which images the two stages use in either variant, the non-root
 user, the health check, the socket directory as the one thing the server
 and its clients share (memory crosses as descriptors: no /dev/shm, no IPC
 namespace), resources, and where Prometheus scrapes /metrics.
