@@ -23,10 +23,10 @@
 #include "core/cast.h"
 #include "core/quote.h"
 #include "core/status_macros.h"
-#include "server/convert.h"
 #include "server/peer.h"
-#include "server/posix_util.h"
 #include "server/upload_message.h"
+#include "wire/posix_util.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::server {
 namespace {

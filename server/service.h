@@ -17,12 +17,12 @@
 #include "absl/types/span.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "server/call_metrics.h"
-#include "server/convert.h"
 #include "server/converter.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
 #include "server/latency_histogram.h"
 #include "server/tensor_store.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::server {
 

@@ -19,7 +19,7 @@
 #include "absl/strings/strip.h"
 #include "core/quote.h"
 #include "core/status_macros.h"
-#include "server/posix_util.h"
+#include "wire/posix_util.h"
 
 namespace asarray::server {
 
