@@ -56,26 +56,6 @@ uint64_t AsArrayService::ChunkBytes(uint64_t requested) const {
   return std::min(chunk, limit);
 }
 
-bool AsArrayService::Enter() {
-  absl::MutexLock lock(&calls_mu_);
-  ++calls_in_flight_;
-  return !draining_;
-}
-
-void AsArrayService::Exit() {
-  absl::MutexLock lock(&calls_mu_);
-  --calls_in_flight_;
-}
-
-bool AsArrayService::Drain(absl::Duration grace) {
-  absl::MutexLock lock(&calls_mu_);
-  draining_ = true;
-  return calls_mu_.AwaitWithTimeout(
-      absl::Condition(
-          +[](int* in_flight) { return *in_flight == 0; }, &calls_in_flight_),
-      grace);
-}
-
 void AsArrayService::Count(const absl::Status& status) {
   if (!status.ok()) ++errors_;
 }
@@ -94,8 +74,13 @@ grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext*
   Count(status);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
-  Exit();
   return reactor;
+}
+
+grpc::ServerUnaryReactor* AsArrayService::ServeNow(
+    grpc::CallbackServerContext* context, absl::FunctionRef<absl::Status(const Caller&)> work) {
+  const CallScope call = EnterCall();
+  return FinishNow(context, call.serving() ? work(CallerOf(context)) : ShuttingDown());
 }
 
 absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
@@ -241,15 +226,15 @@ grpc::ServerUnaryReactor* AsArrayService::ServeConversion(
     const google::protobuf::RepeatedPtrField<std::string>& release_ids,
     std::function<absl::Status(const Caller&)> convert,
     const std::function<void(const Caller&, std::function<void()>)>& schedule) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
+  auto call = std::make_shared<CallScope>(EnterCall());  // shared by the copies of the work
+  if (!call->serving()) return FinishNow(context, ShuttingDown());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Caller caller = CallerOf(context);
   ReleaseCarried(release_ids, caller);
-  schedule(caller, [this, reactor, caller, convert = std::move(convert)] {
+  schedule(caller, [this, reactor, caller, convert = std::move(convert), call] {
     const absl::Status status = convert(caller);
     Count(status);
     reactor->Finish(ToGrpcStatus(status));
-    Exit();
   });
   return reactor;
 }
@@ -323,8 +308,9 @@ void AsArrayService::RunWork(const Converter::WorkEstimate& estimate, bool retur
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUploadRaw(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-  const bool serving = Enter();
-  auto* receiver = new UploadReceiver(this, CallerOf(context), response);
+  CallScope call = EnterCall();
+  const bool serving = call.serving();
+  auto* receiver = new UploadReceiver(this, std::move(call), CallerOf(context), response);
   if (serving) {
     receiver->Begin();
   } else {
@@ -335,8 +321,9 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUploadRaw(
 
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
     grpc::CallbackServerContext* context, const v1::ConvertRequest* request) {
-  const bool serving = Enter();
-  auto* streamer = new TensorStreamer(this);
+  CallScope call = EnterCall();
+  const bool serving = call.serving();
+  auto* streamer = new TensorStreamer(this, std::move(call));
   if (!serving) {
     streamer->Fail(ShuttingDown());
     return streamer;
@@ -350,8 +337,9 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
 
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
     grpc::CallbackServerContext* context, const v1::ReadRequest* request) {
-  const bool serving = Enter();
-  auto* streamer = new TensorStreamer(this);
+  CallScope call = EnterCall();
+  const bool serving = call.serving();
+  auto* streamer = new TensorStreamer(this, std::move(call));
   if (!serving) {
     streamer->Fail(ShuttingDown());
     return streamer;
@@ -363,35 +351,36 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
 grpc::ServerUnaryReactor* AsArrayService::Release(grpc::CallbackServerContext* context,
                                                   const v1::ReleaseRequest* request,
                                                   v1::ReleaseResponse*) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
-  return FinishNow(context, ReleaseNow(*request, CallerOf(context)));
+  return ServeNow(context, [&](const Caller& caller) { return ReleaseNow(*request, caller); });
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* context,
                                                 const v1::RenewRequest* request,
                                                 v1::RenewResponse* response) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
-  return FinishNow(context, RenewNow(*request, CallerOf(context), response));
+  return ServeNow(context,
+                  [&](const Caller& caller) { return RenewNow(*request, caller, response); });
 }
 
 grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* context,
                                                const v1::ListRequest*,
                                                v1::ListResponse* response) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
-  absl::Status status;
-  for (const TensorStore::Lease& lease : store_->List(CallerOf(context))) {
-    status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires),
-                                response->add_tensors()));
-  }
-  return FinishNow(context, status);
+  return ServeNow(context, [&](const Caller& caller) {
+    absl::Status status;
+    for (const TensorStore::Lease& lease : store_->List(caller)) {
+      status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires),
+                                  response->add_tensors()));
+    }
+    return status;
+  });
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* context,
                                                 const v1::StatsRequest*,
                                                 v1::StatsResponse* response) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
-  StatsNow(response);
-  return FinishNow(context, absl::OkStatus());
+  return ServeNow(context, [&](const Caller&) {
+    StatsNow(response);
+    return absl::OkStatus();
+  });
 }
 
 void AsArrayService::StatsNow(v1::StatsResponse* response) const {

@@ -11,12 +11,12 @@
 #include <functional>
 #include <memory>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/functional/function_ref.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "server/call_metrics.h"
+#include "server/call_scope.h"
 #include "server/converter.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
@@ -127,15 +127,12 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   // The calls and result bytes that /metrics reports (Stats has the rest).
   CallMetrics& metrics() { return metrics_; }
 
-  // Every call enters when it starts and exits when gRPC is done with it.
-  // Enter() returns false once draining, and the call must then fail with
-  // UNAVAILABLE (it still exits).
-  bool Enter();
-  void Exit();
-  // Refuses new calls and waits up to `grace` for those in flight. Returns
-  // whether all finished. Shutdown relies on this count rather than on gRPC's,
-  // so that it never waits for calls that are already over.
-  bool Drain(absl::Duration grace);
+  // Every call, over any transport, holds one while it is in flight (see
+  // CallGate::Enter).
+  CallScope EnterCall() { return calls_.Enter(); }
+  // Refuses new calls and waits up to `grace` for those in flight (see
+  // CallGate::Drain).
+  bool Drain(absl::Duration grace) { return calls_.Drain(grace); }
   TensorStore* store() const { return store_; }
   Executor* executor() const { return executor_; }
   Converter* converter() { return &converter_; }
@@ -146,6 +143,10 @@ class AsArrayService final : public v1::AsArray::CallbackService {
  private:
   grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
                                       const absl::Status& status);
+  // A unary call answered on this thread: `work` for the caller, or
+  // UNAVAILABLE once draining.
+  grpc::ServerUnaryReactor* ServeNow(grpc::CallbackServerContext* context,
+                                     absl::FunctionRef<absl::Status(const Caller&)> work);
   void RunWork(const Converter::WorkEstimate& estimate, bool return_data,
                std::function<void()> work);
   // Whether preparing `request` may block (it opens or checks a CUDA device).
@@ -178,10 +179,7 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   std::atomic<uint64_t> local_batch_items_{0};
   std::atomic<uint64_t> local_batch_work_ns_{0};
   CallMetrics metrics_;
-
-  absl::Mutex calls_mu_;
-  int calls_in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;
-  bool draining_ ABSL_GUARDED_BY(calls_mu_) = false;
+  CallGate calls_;
 };
 
 }  // namespace asarray::server

@@ -42,10 +42,7 @@ void TensorStreamer::OnWriteDone(bool ok) {
   NextWrite();
 }
 
-void TensorStreamer::OnDone() {
-  service_->Exit();
-  delete this;
-}
+void TensorStreamer::OnDone() { delete this; }
 
 void TensorStreamer::NextWrite() {
   if (stream_->done()) {

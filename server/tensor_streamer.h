@@ -6,11 +6,13 @@
 
 #include <functional>
 #include <optional>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "asarray/v1/asarray.pb.h"
 #include "grpcpp/support/server_callback.h"
+#include "server/call_scope.h"
 #include "server/row_major_stream.h"
 #include "server/service.h"
 
@@ -20,7 +22,8 @@ namespace asarray::server {
 // Start(). Driven by gRPC's callbacks, one at a time.
 class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
  public:
-  explicit TensorStreamer(AsArrayService* service) : service_(service) {}
+  TensorStreamer(AsArrayService* service, CallScope call)
+      : call_(std::move(call)), service_(service) {}
 
   // Runs `prepare` on the executor once gRPC has bound this reactor to its
   // call (the initial metadata went out). Starting writes from another thread
@@ -37,6 +40,7 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
  private:
   void NextWrite();
 
+  const CallScope call_;  // destroyed last: the call is over once the reactor is gone
   AsArrayService* const service_;
   std::function<void()> prepare_;
   std::optional<RowMajorStream> stream_;

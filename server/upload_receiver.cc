@@ -66,9 +66,9 @@ grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
 
 }  // namespace
 
-UploadReceiver::UploadReceiver(AsArrayService* service, const Caller& caller,
+UploadReceiver::UploadReceiver(AsArrayService* service, CallScope call, const Caller& caller,
                                grpc::ByteBuffer* response)
-    : service_(service), caller_(caller), response_(response),
+    : call_(std::move(call)), service_(service), caller_(caller), response_(response),
       foreground_(service->store()->MarkForeground()) {}
 
 void UploadReceiver::Begin() {
@@ -106,10 +106,7 @@ void UploadReceiver::OnReadDone(bool ok) {
   Perform(action);
 }
 
-void UploadReceiver::OnDone() {
-  service_->Exit();
-  delete this;
-}
+void UploadReceiver::OnDone() { delete this; }
 
 UploadReceiver::Action UploadReceiver::Received(bool ok, absl::StatusOr<UploadMessage>& message,
                                                 ReceivedChunk chunk) {

@@ -19,6 +19,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
 #include "grpcpp/support/slice.h"
+#include "server/call_scope.h"
 #include "server/peer.h"
 #include "server/segment_pool.h"
 #include "server/service.h"
@@ -51,7 +52,8 @@ struct ReceivedChunk {
 class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   // `response` receives a serialized ConvertResponse.
-  UploadReceiver(AsArrayService* service, const Caller& caller, grpc::ByteBuffer* response);
+  UploadReceiver(AsArrayService* service, CallScope call, const Caller& caller,
+                 grpc::ByteBuffer* response);
 
   // Starts reading the stream.
   void Begin();
@@ -75,6 +77,7 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   Action FinishIfIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Perform(Action action);
 
+  const CallScope call_;  // destroyed last: the call is over once the reactor is gone
   AsArrayService* const service_;
   const Caller caller_;
   grpc::ByteBuffer* const response_;  // a serialized ConvertResponse
