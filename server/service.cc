@@ -60,6 +60,11 @@ void AsArrayService::Count(const absl::Status& status) {
   if (!status.ok()) ++errors_;
 }
 
+grpc::Status AsArrayService::Finished(const absl::Status& status) {
+  Count(status);
+  return ToGrpcStatus(status);
+}
+
 void AsArrayService::CountConverted(const Tensor& tensor) {
   ++converts_;
   // A tensor's sizes were checked when it was made.
@@ -71,9 +76,8 @@ void AsArrayService::CountConverted(const Tensor& tensor) {
 
 grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext* context,
                                                     const absl::Status& status) {
-  Count(status);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
+  reactor->Finish(Finished(status));
   return reactor;
 }
 
@@ -232,9 +236,7 @@ grpc::ServerUnaryReactor* AsArrayService::ServeConversion(
   const Caller caller = CallerOf(context);
   ReleaseCarried(release_ids, caller);
   schedule(caller, [this, reactor, caller, convert = std::move(convert), call] {
-    const absl::Status status = convert(caller);
-    Count(status);
-    reactor->Finish(ToGrpcStatus(status));
+    reactor->Finish(Finished(convert(caller)));
   });
   return reactor;
 }
@@ -325,7 +327,7 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
   const bool serving = call.serving();
   auto* streamer = new TensorStreamer(this, std::move(call));
   if (!serving) {
-    streamer->Fail(ShuttingDown());
+    streamer->Finish(ShuttingDown());
     return streamer;
   }
   const Caller caller = CallerOf(context);
@@ -341,7 +343,7 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
   const bool serving = call.serving();
   auto* streamer = new TensorStreamer(this, std::move(call));
   if (!serving) {
-    streamer->Fail(ShuttingDown());
+    streamer->Finish(ShuttingDown());
     return streamer;
   }
   streamer->Start(ReadNow(*request, CallerOf(context)));

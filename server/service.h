@@ -120,8 +120,11 @@ class AsArrayService final : public v1::AsArray::CallbackService {
     local_batch_work_ns_ += work_ns;
   }
 
-  // For the reactors: counts a finished call.
+  // Counts a finished call of any transport (Stats' errors).
   void Count(const absl::Status& status);
+  // How a gRPC call ends: counted, and its status converted. The one place
+  // where a call's absl::Status becomes gRPC's.
+  grpc::Status Finished(const absl::Status& status);
   // Counts a result made: a conversion, and its bytes.
   void CountConverted(const Tensor& tensor);
   // The calls and result bytes that /metrics reports (Stats has the rest).

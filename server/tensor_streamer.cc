@@ -2,8 +2,6 @@
 
 #include <utility>
 
-#include "wire/proto_convert.h"
-
 namespace asarray::server {
 
 void TensorStreamer::PrepareOnExecutor(std::function<void()> prepare) {
@@ -14,45 +12,37 @@ void TensorStreamer::PrepareOnExecutor(std::function<void()> prepare) {
 void TensorStreamer::OnSendInitialMetadataDone(bool ok) {
   if (!prepare_) return;
   if (!ok) {
-    Fail(absl::CancelledError("the client went away before the conversion"));
+    Finish(absl::CancelledError("the client went away before the conversion"));
     return;
   }
-  service_->executor()->Schedule(std::move(prepare_));
+  service()->executor()->Schedule(std::move(prepare_));
 }
 
 void TensorStreamer::Start(absl::StatusOr<RowMajorStream> stream) {
   if (!stream.ok()) {
-    Fail(stream.status());
+    Finish(stream.status());
     return;
   }
   stream_.emplace(*std::move(stream));
   NextWrite();
 }
 
-void TensorStreamer::Fail(const absl::Status& status) {
-  service_->Count(status);
-  Finish(ToGrpcStatus(status));
-}
-
 void TensorStreamer::OnWriteDone(bool ok) {
   if (!ok) {
-    Fail(absl::CancelledError("the client stopped reading"));
+    Finish(absl::CancelledError("the client stopped reading"));
     return;
   }
   NextWrite();
 }
 
-void TensorStreamer::OnDone() { delete this; }
-
 void TensorStreamer::NextWrite() {
   if (stream_->done()) {
-    service_->Count(absl::OkStatus());
-    Finish(grpc::Status::OK);
+    Finish(absl::OkStatus());
     return;
   }
   absl::Status s = stream_->Next(&response_);
   if (!s.ok()) {
-    Fail(s);
+    Finish(s);
     return;
   }
   StartWrite(&response_);

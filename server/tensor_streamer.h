@@ -1,6 +1,5 @@
 // TensorStreamer: the reactor of Read and ConvertToData, which writes a
-// RowMajorStream to the client one message at a time. OnDone() is its only
-// exit; it deletes itself there.
+// RowMajorStream to the client one message at a time.
 #ifndef ASARRAY_SERVER_TENSOR_STREAMER_H_
 #define ASARRAY_SERVER_TENSOR_STREAMER_H_
 
@@ -13,6 +12,7 @@
 #include "asarray/v1/asarray.pb.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/call_scope.h"
+#include "server/reactor_base.h"
 #include "server/row_major_stream.h"
 #include "server/service.h"
 
@@ -20,10 +20,10 @@ namespace asarray::server {
 
 // Streams a RowMajorStream. With a pending conversion it first waits for
 // Start(). Driven by gRPC's callbacks, one at a time.
-class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
+class TensorStreamer final : public ReactorBase<grpc::ServerWriteReactor<v1::ReadResponse>> {
  public:
   TensorStreamer(AsArrayService* service, CallScope call)
-      : call_(std::move(call)), service_(service) {}
+      : ReactorBase(service, std::move(call)) {}
 
   // Runs `prepare` on the executor once gRPC has bound this reactor to its
   // call (the initial metadata went out). Starting writes from another thread
@@ -31,17 +31,13 @@ class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
   void PrepareOnExecutor(std::function<void()> prepare);
   // Starts streaming, or fails with the stream's status.
   void Start(absl::StatusOr<RowMajorStream> stream);
-  void Fail(const absl::Status& status);
 
   void OnSendInitialMetadataDone(bool ok) override;
   void OnWriteDone(bool ok) override;
-  void OnDone() override;
 
  private:
   void NextWrite();
 
-  const CallScope call_;  // destroyed last: the call is over once the reactor is gone
-  AsArrayService* const service_;
   std::function<void()> prepare_;
   std::optional<RowMajorStream> stream_;
   v1::ReadResponse response_;

@@ -68,7 +68,7 @@ grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
 
 UploadReceiver::UploadReceiver(AsArrayService* service, CallScope call, const Caller& caller,
                                grpc::ByteBuffer* response)
-    : call_(std::move(call)), service_(service), caller_(caller), response_(response),
+    : ReactorBase(service, std::move(call)), caller_(caller), response_(response),
       foreground_(service->store()->MarkForeground()) {}
 
 void UploadReceiver::Begin() {
@@ -105,8 +105,6 @@ void UploadReceiver::OnReadDone(bool ok) {
   lock.Release();
   Perform(action);
 }
-
-void UploadReceiver::OnDone() { delete this; }
 
 UploadReceiver::Action UploadReceiver::Received(bool ok, absl::StatusOr<UploadMessage>& message,
                                                 ReceivedChunk chunk) {
@@ -162,7 +160,7 @@ UploadReceiver::Action UploadReceiver::ReadLocked() {
 void UploadReceiver::PumpLocked() {
   if (worker_running_) return;
   worker_running_ = true;
-  service_->executor()->Schedule([this] { Work(); });
+  service()->executor()->Schedule([this] { Work(); });
 }
 
 void UploadReceiver::Work() {
@@ -179,7 +177,7 @@ void UploadReceiver::Work() {
       const v1::ConvertUploadHeader header = *header_;
       mu_.Unlock();
       absl::StatusOr<std::shared_ptr<ShmSegment>> segment =
-          service_->converter()->BeginUpload(header, caller_);
+          service()->converter()->BeginUpload(header, caller_);
       mu_.Lock();
       if (!segment.ok()) {
         FailLocked(segment.status());
@@ -228,17 +226,16 @@ void UploadReceiver::Work() {
     const v1::ConvertUploadHeader header = *header_;
     lock.Release();
     absl::StatusOr<Tensor> tensor =
-        service_->converter()->FinishUpload(header, std::move(storage), caller_);
+        service()->converter()->FinishUpload(header, std::move(storage), caller_);
     absl::Status status = tensor.status();
     if (tensor.ok()) {
-      service_->CountConverted(*tensor);
-      const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
+      service()->CountConverted(*tensor);
+      const TensorStore::Lease lease = service()->store()->Add(*std::move(tensor));
       v1::ConvertResponse reply;
       status = HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), reply.mutable_handle());
       *response_ = Serialized(reply);
     }
-    service_->Count(status);
-    Finish(ToGrpcStatus(status));
+    Finish(status);
     return;
   }
 }
@@ -269,8 +266,7 @@ void UploadReceiver::Perform(Action action) {
       absl::MutexLock lock(&mu_);
       status = status_;
     }
-    service_->Count(status);
-    Finish(ToGrpcStatus(status));
+    Finish(status);
   }
 }
 

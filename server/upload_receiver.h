@@ -1,6 +1,5 @@
 // UploadReceiver: the reactor of ConvertUpload, which takes a tensor's bytes
 // as a client stream, copies them into a segment and converts at the end.
-// OnDone() is its only exit; it deletes itself there.
 #ifndef ASARRAY_SERVER_UPLOAD_RECEIVER_H_
 #define ASARRAY_SERVER_UPLOAD_RECEIVER_H_
 
@@ -21,6 +20,7 @@
 #include "grpcpp/support/slice.h"
 #include "server/call_scope.h"
 #include "server/peer.h"
+#include "server/reactor_base.h"
 #include "server/segment_pool.h"
 #include "server/service.h"
 #include "server/shm.h"
@@ -49,7 +49,7 @@ struct ReceivedChunk {
 //
 // gRPC operations (StartRead, Finish) are issued outside mu_. Finish comes
 // exactly once, when no read is outstanding and the worker is idle.
-class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
+class UploadReceiver final : public ReactorBase<grpc::ServerReadReactor<grpc::ByteBuffer>> {
  public:
   // `response` receives a serialized ConvertResponse.
   UploadReceiver(AsArrayService* service, CallScope call, const Caller& caller,
@@ -61,7 +61,6 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void Refuse(const absl::Status& status);
 
   void OnReadDone(bool ok) override;
-  void OnDone() override;
 
  private:
   enum class Action { kNone, kRead, kFinish };
@@ -77,8 +76,6 @@ class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   Action FinishIfIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Perform(Action action);
 
-  const CallScope call_;  // destroyed last: the call is over once the reactor is gone
-  AsArrayService* const service_;
   const Caller caller_;
   grpc::ByteBuffer* const response_;  // a serialized ConvertResponse
   grpc::ByteBuffer message_;          // owned by the outstanding read
