@@ -18,9 +18,9 @@
 #include "core/cast.h"
 #include "core/dtype.h"
 #include "core/parallel.h"
-#include "server/posix_util.h"
 #include "server/segment_pool.h"
 #include "server/shm.h"
+#include "wire/posix_util.h"
 
 namespace {
 

@@ -19,8 +19,8 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "server/posix_util.h"
-#include "server/socket_path.h"
+#include "wire/posix_util.h"
+#include "wire/socket_path.h"
 
 namespace asarray {
 

@@ -37,8 +37,8 @@
 #include "core/literal.h"
 #include "core/plan.h"
 #include "absl/types/span.h"
-#include "server/convert.h"
-#include "server/local_socket.h"
+#include "wire/local_socket.h"
+#include "wire/proto_convert.h"
 
 namespace asarray {
 

@@ -10,7 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "server/posix_util.h"
+#include "wire/posix_util.h"
 
 namespace asarray {
 

@@ -12,7 +12,7 @@
 #include "core/literal_json.h"
 #include "core/plan.h"
 #include "fuzz/fuzz_check.h"
-#include "server/convert.h"
+#include "wire/proto_convert.h"
 
 namespace asarray {
 namespace {

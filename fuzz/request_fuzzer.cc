@@ -82,7 +82,6 @@
 #include "core/dtype.h"
 #include "core/layout.h"
 #include "fuzz/fuzz_check.h"
-#include "server/convert.h"
 #include "server/converter.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
@@ -90,6 +89,7 @@
 #include "server/peer.h"
 #include "server/service.h"
 #include "server/tensor_store.h"
+#include "wire/proto_convert.h"
 
 namespace asarray {
 namespace {

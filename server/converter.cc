@@ -11,7 +11,7 @@
 #include "core/cast.h"
 #include "core/quote.h"
 #include "core/status_macros.h"
-#include "server/convert.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::server {
 namespace {

@@ -19,8 +19,8 @@
 #include "core/literal.h"
 #include "core/plan.h"
 #include "server/cuda_backend.h"
-#include "server/local_socket.h"
 #include "server/tensor_store.h"
+#include "wire/local_socket.h"
 
 namespace asarray::server {
 

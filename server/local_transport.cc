@@ -134,13 +134,15 @@ LocalTransport::Reply LocalTransport::Answer(const LocalDatagram& datagram,
   google::protobuf::Arena arena(arena_options);
   auto* response = google::protobuf::Arena::CreateMessage<v1::LocalResponse>(&arena);
   absl::Status status;
-  if (!service_->Enter()) {
-    status = ShuttingDown();
-  } else {
-    status = Dispatch(datagram, connection, &arena, response, &reply);
-    service_->Count(status);
+  {
+    const CallScope call = service_->EnterCall();
+    if (!call.serving()) {
+      status = ShuttingDown();
+    } else {
+      status = Dispatch(datagram, connection, &arena, response, &reply);
+      service_->Count(status);
+    }
   }
-  service_->Exit();
   reply.code = status.code();
   if (!status.ok()) {
     response->Clear();

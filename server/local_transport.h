@@ -34,8 +34,8 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "google/protobuf/arena.h"
-#include "server/local_socket.h"
 #include "server/service.h"
+#include "wire/local_socket.h"
 
 namespace asarray::server {
 

@@ -19,8 +19,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
-#include "server/posix_util.h"
 #include "server/server.h"
+#include "wire/posix_util.h"
 
 ABSL_FLAG(std::vector<std::string>, listen, {"default"},
           "Comma-separated gRPC addresses: unix:/path, or host:port for TCP (only when "

@@ -27,8 +27,8 @@
 #include "core/status_macros.h"
 #include "server/call_metrics.h"
 #include "server/metrics.h"
-#include "server/posix_util.h"
 #include "server/unparsable_request.h"
+#include "wire/posix_util.h"
 
 namespace asarray::server {
 

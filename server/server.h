@@ -19,10 +19,10 @@
 #include "server/executor.h"
 #include "server/local_transport.h"
 #include "server/metrics_endpoint.h"
-#include "server/socket_path.h"
 #include "server/service.h"
 #include "server/tensor_store.h"
 #include "server/unix_listener.h"
+#include "wire/socket_path.h"
 
 namespace asarray::server {
 

@@ -1,16 +1,9 @@
 #include "server/service.h"
 
-#include <sys/uio.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <climits>
 #include <functional>
 #include <cstring>
-#include <deque>
 #include <memory>
-#include <optional>
 #include <utility>
 #include <vector>
 
@@ -19,506 +12,24 @@
 #include "absl/strings/string_view.h"
 #include "grpcpp/impl/codegen/server_callback_handlers.h"
 #include "grpcpp/support/byte_buffer.h"
-#include "grpcpp/support/slice.h"
 #include "core/cast.h"
 #include "core/quote.h"
 #include "core/status_macros.h"
-#include "server/convert.h"
 #include "server/peer.h"
-#include "server/posix_util.h"
-#include "server/upload_message.h"
+#include "server/tensor_handle.h"
+#include "server/tensor_streamer.h"
+#include "server/upload_receiver.h"
+#include "wire/posix_util.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::server {
 namespace {
 
-constexpr uint64_t kDefaultChunk = 1 << 20;
 constexpr uint64_t kMaxChunk = 4 << 20;
 // Requests that copy fewer bytes than this run on gRPC's callback thread.
 constexpr uint64_t kInlineWorkBytes = 256 << 10;
 
-// `local`: the handle goes over the local transport, and memory without a
-// name (a memfd) travels as a descriptor: the request's own when the result
-// aliases the fd source, else one attached to the response.
-HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires,
-                        const v1::ConvertRequest* request = nullptr,
-                        LocalCall* local = nullptr) {
-  HandleInfo info;
-  info.id = t.id;
-  info.dtype = t.dtype;
-  info.layout = t.layout;
-  info.device = t.device;
-  info.requires_grad = t.requires_grad;
-  info.shares_memory = t.shares_memory;
-  info.warnings = t.warnings;
-  if (t.device_memory != nullptr) {
-    info.cuda_ipc_handle = t.device_memory->ipc_handle();
-    info.cuda_offset = t.device_memory->offset_in_allocation();
-    info.cuda_size = t.device_memory->size();
-  } else if (!t.memory->name().empty()) {
-    info.shm_name = t.memory->name();
-    info.shm_offset = t.memory->offset_in_segment();
-    info.shm_size = t.memory->size();
-  } else if (local != nullptr) {
-    // Over gRPC a memfd has no location: Read streams its bytes.
-    info.has_fd = true;
-    info.fd_offset = t.memory->offset_in_segment();
-    info.fd_size = t.memory->size();
-    if (t.shares_memory && request->source().has_fd()) {
-      info.fd_from_request = true;
-      info.fd_index = request->source().fd().fd_index();
-    } else {
-      // The results of a batch share one arena: its descriptor goes once.
-      auto& sent = local->reply_memory;
-      const auto same_file = std::find_if(sent.begin(), sent.end(), [&](const auto& m) {
-        return m->fd() == t.memory->fd();
-      });
-      info.fd_index = static_cast<uint32_t>(same_file - sent.begin());
-      if (same_file == sent.end()) sent.push_back(t.memory);
-    }
-  }
-  // A lease that ends with its connection has no time.
-  info.lease_expires = expires == absl::InfiniteFuture() ? absl::InfinitePast() : expires;
-  return info;
-}
-
-// The handle of a result that is returned as data: no id, memory or lease.
-HandleInfo DataOnlyHandle(const Tensor& t) {
-  HandleInfo info = ToHandleInfo(t, absl::InfinitePast());
-  info.id.clear();
-  info.shm_name.clear();
-  info.shm_offset = info.shm_size = 0;
-  info.cuda_ipc_handle.clear();
-  info.cuda_offset = info.cuda_size = 0;
-  // The tensor's own strides, which a remote client gives the copy it
-  // builds (as torch.asarray would have them); the data is row-major.
-  info.layout.offset = 0;
-  return info;
-}
-
-// Streams a RowMajorStream. With a pending conversion it first waits for
-// Start().
-class TensorStreamer final : public grpc::ServerWriteReactor<v1::ReadResponse> {
- public:
-  explicit TensorStreamer(AsArrayService* service) : service_(service) {}
-
-  // Runs `prepare` on the executor once gRPC has bound this reactor to its
-  // call (the initial metadata went out). Starting writes from another thread
-  // before the handler has returned the reactor races with that binding.
-  void PrepareOnExecutor(std::function<void()> prepare) {
-    prepare_ = std::move(prepare);
-    StartSendInitialMetadata();
-  }
-
-  void OnSendInitialMetadataDone(bool ok) override {
-    if (!prepare_) return;
-    if (!ok) {
-      Fail(absl::CancelledError("the client went away before the conversion"));
-      return;
-    }
-    service_->executor()->Schedule(std::move(prepare_));
-  }
-
-  // Starts streaming, or fails with the stream's status.
-  void Start(absl::StatusOr<RowMajorStream> stream) {
-    if (!stream.ok()) {
-      Fail(stream.status());
-      return;
-    }
-    stream_.emplace(*std::move(stream));
-    NextWrite();
-  }
-
-  void Fail(const absl::Status& status) {
-    service_->Count(status);
-    Finish(ToGrpcStatus(status));
-  }
-
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Fail(absl::CancelledError("the client stopped reading"));
-      return;
-    }
-    NextWrite();
-  }
-
-  void OnDone() override {
-    service_->Exit();
-    delete this;
-  }
-
- private:
-  void NextWrite() {
-    if (stream_->done()) {
-      service_->Count(absl::OkStatus());
-      Finish(grpc::Status::OK);
-      return;
-    }
-    absl::Status s = stream_->Next(&response_);
-    if (!s.ok()) {
-      Fail(s);
-      return;
-    }
-    StartWrite(&response_);
-  }
-
-  AsArrayService* const service_;
-  std::function<void()> prepare_;
-  std::optional<RowMajorStream> stream_;
-  v1::ReadResponse response_;
-};
-
-// A data chunk of an upload, still in the slices gRPC received it in: the
-// bytes [offset, offset + size) of their concatenation. `pieces` views the
-// slices' bytes (which stay put when the slices are moved).
-struct ReceivedChunk {
-  std::vector<grpc::Slice> slices;
-  std::vector<absl::string_view> pieces;
-  uint64_t offset = 0;
-  uint64_t size = 0;
-};
-
-void CopyChunk(const ReceivedChunk& chunk, unsigned char* out) {
-  CopyFromPieces(chunk.pieces, chunk.offset, chunk.size, out);
-}
-
-// Writes a chunk into an upload's segment at byte `at`. A warm segment, or
-// private memory, takes a copy through the mapping. A fresh shared one takes
-// pwritev: the kernel allocates its pages as it copies, with no page fault
-// per 4 KiB page, and a file system out of room answers ENOSPC here rather
-// than SIGBUS later; once every byte is written, every page is in.
-absl::Status WriteChunk(const ReceivedChunk& chunk, const ShmSegment& storage, uint64_t at) {
-  if (storage.touched() || storage.fd() < 0) {
-    CopyChunk(chunk, storage.data() + at);
-    return absl::OkStatus();
-  }
-  std::vector<iovec> iov;
-  ForEachPieceRange(chunk.pieces, chunk.offset, chunk.size, [&](const char* data, size_t n) {
-    iov.push_back({const_cast<char*>(data), n});
-  });
-  size_t first = 0;
-  off_t offset = static_cast<off_t>(at);
-  while (first < iov.size()) {
-    const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
-    ssize_t written = pwritev(storage.fd(), iov.data() + first, count, offset);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, absl::StrCat("writing ", chunk.size, " uploaded bytes at ", at));
-    }
-    if (written == 0) return absl::InternalError("the upload's segment took no bytes");
-    offset += written;
-    while (first < iov.size() && static_cast<size_t>(written) >= iov[first].iov_len) {
-      written -= static_cast<ssize_t>(iov[first].iov_len);
-      ++first;
-    }
-    if (written > 0) {
-      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + written;
-      iov[first].iov_len -= static_cast<size_t>(written);
-    }
-  }
-  return absl::OkStatus();
-}
-
-grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
-  grpc::Slice slice(message.SerializeAsString());
-  return grpc::ByteBuffer(&slice, 1);
-}
-
-// Receives an upload into its storage segment: a header, then data chunks in
-// order. Messages arrive raw and are decoded here (server/upload_message.h),
-// so each chunk's bytes are copied once, from the received slices into the
-// segment. Receiving and copying overlap: gRPC keeps reading while one worker
-// task first creates the segment and then copies the queued chunks in. The
-// queue holds at most kMaxQueuedBytes (plus one chunk) of received slices;
-// past that, reading pauses until the worker catches up, so memory stays
-// bounded. The worker also runs the conversion at the end.
-//
-// gRPC operations (StartRead, Finish) are issued outside mu_. Finish comes
-// exactly once, when no read is outstanding and the worker is idle.
-class UploadReceiver final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
- public:
-  UploadReceiver(AsArrayService* service, const Caller& caller, grpc::ByteBuffer* response)
-      : service_(service), caller_(caller), response_(response),
-        foreground_(service->store()->MarkForeground()) {}
-
-  void Begin() {
-    {
-      absl::MutexLock lock(&mu_);
-      reading_ = true;
-    }
-    StartRead(&message_);
-  }
-
-  void Refuse(const absl::Status& status) {
-    absl::ReleasableMutexLock lock(&mu_);
-    const Action action = FailLocked(status);
-    lock.Release();
-    Perform(action);
-  }
-
-  void OnReadDone(bool ok) override {
-    // Decoding needs no lock: message_ belongs to the read that just ended.
-    ReceivedChunk chunk;
-    absl::StatusOr<UploadMessage> message;
-    if (ok) {
-      if (!message_.Dump(&chunk.slices).ok()) chunk.slices.clear();  // an empty message
-      message_.Clear();
-      chunk.pieces.reserve(chunk.slices.size());
-      for (const grpc::Slice& s : chunk.slices) {
-        chunk.pieces.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
-      }
-      message = ParseUploadMessage(chunk.pieces);
-    }
-    absl::ReleasableMutexLock lock(&mu_);
-    reading_ = false;
-    Action action = Received(ok, message, std::move(chunk));
-    lock.Release();
-    Perform(action);
-  }
-
-  void OnDone() override {
-    service_->Exit();
-    delete this;
-  }
-
- private:
-  enum class Action { kNone, kRead, kFinish };
-  static constexpr uint64_t kMaxQueuedBytes = 8 << 20;
-
-  Action Received(bool ok, absl::StatusOr<UploadMessage>& message, ReceivedChunk chunk)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (failed_) return FinishIfIdleLocked();
-    if (!ok) {
-      if (!header_.has_value()) {
-        return FailLocked(absl::InvalidArgumentError("upload ended before its header"));
-      }
-      ended_ = true;
-      PumpLocked();
-      return Action::kNone;
-    }
-    if (!message.ok()) return FailLocked(message.status());
-    if (message->part == UploadMessage::Part::kHeader) {
-      if (header_.has_value()) {
-        return FailLocked(absl::InvalidArgumentError("upload sent a second header"));
-      }
-      header_ = std::move(message->header);
-      PumpLocked();  // the worker creates the segment meanwhile
-      return ReadLocked();
-    }
-    if (!header_.has_value()) {
-      return FailLocked(absl::InvalidArgumentError("upload sent data before its header"));
-    }
-    // A message with no field set carries no data.
-    const uint64_t n = message->part == UploadMessage::Part::kData ? message->data_size : 0;
-    if (n > header_->storage_size() - received_) {
-      return FailLocked(absl::InvalidArgumentError(
-          absl::StrCat("upload sent ", received_ + n, " bytes, past the declared ",
-                       header_->storage_size())));
-    }
-    if (n == 0) return ReadLocked();
-    received_ += n;
-    chunk.offset = message->data_offset;
-    chunk.size = n;
-    if (storage_ready_ && storage_->touched() && queue_.empty() && !worker_running_) {
-      // A warm segment takes the chunk at memory speed: copy it here.
-      CopyChunk(chunk, storage_->data() + copied_);
-      copied_ += n;
-      return ReadLocked();
-    }
-    queued_bytes_ += n;
-    queue_.push_back(std::move(chunk));
-    PumpLocked();
-    return queued_bytes_ < kMaxQueuedBytes ? ReadLocked() : Action::kNone;
-  }
-
-  Action ReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    reading_ = true;
-    return Action::kRead;
-  }
-
-  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (worker_running_) return;
-    worker_running_ = true;
-    service_->executor()->Schedule([this] { Work(); });
-  }
-
-  // The worker: creates the segment, copies chunks in, converts at the end.
-  void Work() {
-    absl::ReleasableMutexLock lock(&mu_);
-    for (;;) {
-      if (failed_) {
-        worker_running_ = false;
-        const Action action = FinishIfIdleLocked();
-        lock.Release();
-        Perform(action);
-        return;
-      }
-      if (storage_ == nullptr) {
-        const v1::ConvertUploadHeader header = *header_;
-        mu_.Unlock();
-        absl::StatusOr<std::shared_ptr<ShmSegment>> segment =
-            service_->converter()->BeginUpload(header, caller_);
-        mu_.Lock();
-        if (!segment.ok()) {
-          FailLocked(segment.status());
-          continue;
-        }
-        storage_ = *std::move(segment);
-        storage_ready_ = true;
-        continue;
-      }
-      if (!queue_.empty()) {
-        ReceivedChunk chunk = std::move(queue_.front());
-        queue_.pop_front();
-        const uint64_t at = copied_;  // only this worker advances it meanwhile
-        mu_.Unlock();
-        const absl::Status written = WriteChunk(chunk, *storage_, at);
-        chunk.pieces.clear();
-        chunk.slices.clear();  // hand the received memory back before locking
-        mu_.Lock();
-        if (!written.ok()) {
-          FailLocked(written);
-          continue;
-        }
-        copied_ += chunk.size;
-        queued_bytes_ -= chunk.size;
-        if (!reading_ && !ended_ && !failed_ && queued_bytes_ < kMaxQueuedBytes) {
-          ReadLocked();
-          mu_.Unlock();
-          StartRead(&message_);
-          mu_.Lock();
-        }
-        continue;
-      }
-      if (!ended_) {
-        worker_running_ = false;
-        return;
-      }
-      // Every byte is in.
-      if (copied_ != storage_->size()) {
-        FailLocked(absl::InvalidArgumentError(absl::StrCat(
-            "upload ended after ", copied_, " of ", storage_->size(), " declared bytes")));
-        continue;
-      }
-      worker_running_ = false;
-      finished_ = true;
-      std::shared_ptr<ShmSegment> storage = std::move(storage_);
-      const v1::ConvertUploadHeader header = *header_;
-      lock.Release();
-      absl::StatusOr<Tensor> tensor =
-          service_->converter()->FinishUpload(header, std::move(storage), caller_);
-      absl::Status status = tensor.status();
-      if (tensor.ok()) {
-        service_->CountConverted(*tensor);
-        const TensorStore::Lease lease = service_->store()->Add(*std::move(tensor));
-        v1::ConvertResponse reply;
-        status = HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), reply.mutable_handle());
-        *response_ = Serialized(reply);
-      }
-      service_->Count(status);
-      Finish(ToGrpcStatus(status));
-      return;
-    }
-  }
-
-  Action FailLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (!failed_) {
-      failed_ = true;
-      status_ = status;
-      queue_.clear();
-      queued_bytes_ = 0;
-    }
-    return FinishIfIdleLocked();
-  }
-
-  Action FinishIfIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (reading_ || worker_running_ || finished_) return Action::kNone;
-    finished_ = true;
-    return Action::kFinish;
-  }
-
-  void Perform(Action action) {
-    if (action == Action::kRead) {
-      StartRead(&message_);
-    } else if (action == Action::kFinish) {
-      storage_.reset();  // nobody else touches it any more
-      absl::Status status;
-      {
-        absl::MutexLock lock(&mu_);
-        status = status_;
-      }
-      service_->Count(status);
-      Finish(ToGrpcStatus(status));
-    }
-  }
-
-  AsArrayService* const service_;
-  const Caller caller_;
-  grpc::ByteBuffer* const response_;  // a serialized ConvertResponse
-  grpc::ByteBuffer message_;          // owned by the outstanding read
-  const SegmentPool::Foreground foreground_;
-
-  absl::Mutex mu_;
-  std::optional<v1::ConvertUploadHeader> header_ ABSL_GUARDED_BY(mu_);
-  std::deque<ReceivedChunk> queue_ ABSL_GUARDED_BY(mu_);
-  uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t received_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t copied_ ABSL_GUARDED_BY(mu_) = 0;
-  bool reading_ ABSL_GUARDED_BY(mu_) = false;
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;
-  bool worker_running_ ABSL_GUARDED_BY(mu_) = false;
-  bool failed_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
-  // Created by the worker (storage_ready_ then says so, under mu_); filled by
-  // the worker, or under mu_ by the reader while the worker is idle.
-  std::shared_ptr<ShmSegment> storage_;
-  bool storage_ready_ ABSL_GUARDED_BY(mu_) = false;
-};
-
 }  // namespace
-
-absl::StatusOr<RowMajorStream> RowMajorStream::Open(const Converter* converter,
-                                                    std::shared_ptr<const Tensor> tensor,
-                                                    const HandleInfo& handle,
-                                                    uint64_t chunk_bytes) {
-  ASSIGN_OR_RETURN(const ViewSizes sizes,
-                   ComputeViewSizes(tensor->layout, ItemSize(tensor->dtype)));
-  RowMajorStream stream;
-  RETURN_IF_ERROR(HandleToProto(handle, &stream.handle_));
-  stream.converter_ = converter;
-  stream.tensor_ = std::move(tensor);
-  stream.total_ = sizes.numel;
-  // A data field's tag and length take at most 6 bytes; 64 spare.
-  stream.chunk_bytes_ = std::min<uint64_t>(chunk_bytes == 0 ? kDefaultChunk : chunk_bytes,
-                                           kMaxStreamMessageBytes - 64);
-  return stream;
-}
-
-absl::Status RowMajorStream::Next(v1::ReadResponse* out) {
-  out->Clear();
-  const uint64_t item = ItemSize(tensor_->dtype);
-  uint64_t room = chunk_bytes_;
-  if (!handle_sent_) {
-    *out->mutable_handle() = handle_;
-    handle_sent_ = true;
-    // The handle's few hundred bytes (a 64-dim layout: under 2 KiB) share
-    // the first message.
-    const uint64_t handle_bytes = out->ByteSizeLong();
-    if (handle_bytes + 64 + item > kMaxStreamMessageBytes) {
-      return absl::InternalError(absl::StrCat("a handle of ", handle_bytes, " bytes"));
-    }
-    room = std::min(room, kMaxStreamMessageBytes - 64 - handle_bytes);
-  }
-  // At least one element a message, however small a chunk_size asks.
-  const int64_t count =
-      std::min<int64_t>(static_cast<int64_t>(std::max<uint64_t>(room / item, 1)), total_ - sent_);
-  if (count <= 0) return absl::OkStatus();  // an empty tensor's handle-only message
-  std::string* data = out->mutable_data();
-  data->resize(static_cast<size_t>(count) * item);
-  RETURN_IF_ERROR(converter_->ReadElements(*tensor_, sent_, count, data->data()));
-  sent_ += count;
-  return absl::OkStatus();
-}
 
 AsArrayService::AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
                                ServiceOptions options)
@@ -541,32 +52,17 @@ AsArrayService::AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* 
 uint64_t AsArrayService::ChunkBytes(uint64_t requested) const {
   // Leave room for the handle and framing in the first message.
   const uint64_t limit = static_cast<uint64_t>(std::max<int64_t>(options_.max_message_bytes - 16384, 4096));
-  const uint64_t chunk = requested == 0 ? kDefaultChunk : std::min(requested, kMaxChunk);
+  const uint64_t chunk = requested == 0 ? kDefaultChunkBytes : std::min(requested, kMaxChunk);
   return std::min(chunk, limit);
-}
-
-bool AsArrayService::Enter() {
-  absl::MutexLock lock(&calls_mu_);
-  ++calls_in_flight_;
-  return !draining_;
-}
-
-void AsArrayService::Exit() {
-  absl::MutexLock lock(&calls_mu_);
-  --calls_in_flight_;
-}
-
-bool AsArrayService::Drain(absl::Duration grace) {
-  absl::MutexLock lock(&calls_mu_);
-  draining_ = true;
-  return calls_mu_.AwaitWithTimeout(
-      absl::Condition(
-          +[](int* in_flight) { return *in_flight == 0; }, &calls_in_flight_),
-      grace);
 }
 
 void AsArrayService::Count(const absl::Status& status) {
   if (!status.ok()) ++errors_;
+}
+
+grpc::Status AsArrayService::Finished(const absl::Status& status) {
+  Count(status);
+  return ToGrpcStatus(status);
 }
 
 void AsArrayService::CountConverted(const Tensor& tensor) {
@@ -580,11 +76,15 @@ void AsArrayService::CountConverted(const Tensor& tensor) {
 
 grpc::ServerUnaryReactor* AsArrayService::FinishNow(grpc::CallbackServerContext* context,
                                                     const absl::Status& status) {
-  Count(status);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  Exit();
+  reactor->Finish(Finished(status));
   return reactor;
+}
+
+grpc::ServerUnaryReactor* AsArrayService::ServeNow(
+    grpc::CallbackServerContext* context, absl::FunctionRef<absl::Status(const Caller&)> work) {
+  const CallScope call = EnterCall();
+  return FinishNow(context, call.serving() ? work(CallerOf(context)) : ShuttingDown());
 }
 
 absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
@@ -730,15 +230,13 @@ grpc::ServerUnaryReactor* AsArrayService::ServeConversion(
     const google::protobuf::RepeatedPtrField<std::string>& release_ids,
     std::function<absl::Status(const Caller&)> convert,
     const std::function<void(const Caller&, std::function<void()>)>& schedule) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
+  auto call = std::make_shared<CallScope>(EnterCall());  // shared by the copies of the work
+  if (!call->serving()) return FinishNow(context, ShuttingDown());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Caller caller = CallerOf(context);
   ReleaseCarried(release_ids, caller);
-  schedule(caller, [this, reactor, caller, convert = std::move(convert)] {
-    const absl::Status status = convert(caller);
-    Count(status);
-    reactor->Finish(ToGrpcStatus(status));
-    Exit();
+  schedule(caller, [this, reactor, caller, convert = std::move(convert), call] {
+    reactor->Finish(Finished(convert(caller)));
   });
   return reactor;
 }
@@ -812,8 +310,9 @@ void AsArrayService::RunWork(const Converter::WorkEstimate& estimate, bool retur
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUploadRaw(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-  const bool serving = Enter();
-  auto* receiver = new UploadReceiver(this, CallerOf(context), response);
+  CallScope call = EnterCall();
+  const bool serving = call.serving();
+  auto* receiver = new UploadReceiver(this, std::move(call), CallerOf(context), response);
   if (serving) {
     receiver->Begin();
   } else {
@@ -824,10 +323,11 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* AsArrayService::ConvertUploadRaw(
 
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
     grpc::CallbackServerContext* context, const v1::ConvertRequest* request) {
-  const bool serving = Enter();
-  auto* streamer = new TensorStreamer(this);
+  CallScope call = EnterCall();
+  const bool serving = call.serving();
+  auto* streamer = new TensorStreamer(this, std::move(call));
   if (!serving) {
-    streamer->Fail(ShuttingDown());
+    streamer->Finish(ShuttingDown());
     return streamer;
   }
   const Caller caller = CallerOf(context);
@@ -839,10 +339,11 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
 
 grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
     grpc::CallbackServerContext* context, const v1::ReadRequest* request) {
-  const bool serving = Enter();
-  auto* streamer = new TensorStreamer(this);
+  CallScope call = EnterCall();
+  const bool serving = call.serving();
+  auto* streamer = new TensorStreamer(this, std::move(call));
   if (!serving) {
-    streamer->Fail(ShuttingDown());
+    streamer->Finish(ShuttingDown());
     return streamer;
   }
   streamer->Start(ReadNow(*request, CallerOf(context)));
@@ -852,35 +353,36 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::Read(
 grpc::ServerUnaryReactor* AsArrayService::Release(grpc::CallbackServerContext* context,
                                                   const v1::ReleaseRequest* request,
                                                   v1::ReleaseResponse*) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
-  return FinishNow(context, ReleaseNow(*request, CallerOf(context)));
+  return ServeNow(context, [&](const Caller& caller) { return ReleaseNow(*request, caller); });
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* context,
                                                 const v1::RenewRequest* request,
                                                 v1::RenewResponse* response) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
-  return FinishNow(context, RenewNow(*request, CallerOf(context), response));
+  return ServeNow(context,
+                  [&](const Caller& caller) { return RenewNow(*request, caller, response); });
 }
 
 grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* context,
                                                const v1::ListRequest*,
                                                v1::ListResponse* response) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
-  absl::Status status;
-  for (const TensorStore::Lease& lease : store_->List(CallerOf(context))) {
-    status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires),
-                                response->add_tensors()));
-  }
-  return FinishNow(context, status);
+  return ServeNow(context, [&](const Caller& caller) {
+    absl::Status status;
+    for (const TensorStore::Lease& lease : store_->List(caller)) {
+      status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires),
+                                  response->add_tensors()));
+    }
+    return status;
+  });
 }
 
 grpc::ServerUnaryReactor* AsArrayService::Stats(grpc::CallbackServerContext* context,
                                                 const v1::StatsRequest*,
                                                 v1::StatsResponse* response) {
-  if (!Enter()) return FinishNow(context, ShuttingDown());
-  StatsNow(response);
-  return FinishNow(context, absl::OkStatus());
+  return ServeNow(context, [&](const Caller&) {
+    StatsNow(response);
+    return absl::OkStatus();
+  });
 }
 
 void AsArrayService::StatsNow(v1::StatsResponse* response) const {

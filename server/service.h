@@ -11,18 +11,19 @@
 #include <functional>
 #include <memory>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/functional/function_ref.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "server/call_metrics.h"
-#include "server/convert.h"
+#include "server/call_scope.h"
 #include "server/converter.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
 #include "server/latency_histogram.h"
+#include "server/row_major_stream.h"
 #include "server/tensor_store.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::server {
 
@@ -33,41 +34,6 @@ struct ServiceOptions {
   // Largest message the server accepts or sends; a unary return_data result
   // beyond it is refused.
   int64_t max_message_bytes = 64 << 20;
-};
-
-// No streamed message, handle and framing included, exceeds this: 4 MiB, the
-// receive limit of every stock gRPC client.
-inline constexpr uint64_t kMaxStreamMessageBytes = 4 << 20;
-
-// A tensor's elements in row-major order as a sequence of ReadResponse
-// messages, the handle in the first: what Read and ConvertToData stream.
-// Each message holds whole elements and at most kMaxStreamMessageBytes in
-// all. Not thread-safe; the tensor must stay alive (it is held).
-class RowMajorStream {
- public:
-  // `chunk_bytes`: data bytes wanted per message (0 picks 1 MiB), cut to
-  // what fits a message.
-  static absl::StatusOr<RowMajorStream> Open(const Converter* converter,
-                                             std::shared_ptr<const Tensor> tensor,
-                                             const HandleInfo& handle, uint64_t chunk_bytes);
-
-  // True once every message went out.
-  bool done() const { return handle_sent_ && sent_ == total_; }
-  // Fills `out` (cleared first) with the next message. REQUIRES: !done().
-  absl::Status Next(v1::ReadResponse* out);
-
-  int64_t total_elements() const { return total_; }
-
- private:
-  RowMajorStream() = default;
-
-  const Converter* converter_ = nullptr;
-  std::shared_ptr<const Tensor> tensor_;
-  v1::TensorHandle handle_;
-  bool handle_sent_ = false;
-  uint64_t chunk_bytes_ = 0;  // data bytes of a message without the handle
-  int64_t total_ = 0;
-  int64_t sent_ = 0;
 };
 
 // ConvertUpload is registered raw: its messages arrive as received bytes,
@@ -154,22 +120,22 @@ class AsArrayService final : public v1::AsArray::CallbackService {
     local_batch_work_ns_ += work_ns;
   }
 
-  // For the reactors: counts a finished call.
+  // Counts a finished call of any transport (Stats' errors).
   void Count(const absl::Status& status);
+  // How a gRPC call ends: counted, and its status converted. The one place
+  // where a call's absl::Status becomes gRPC's.
+  grpc::Status Finished(const absl::Status& status);
   // Counts a result made: a conversion, and its bytes.
   void CountConverted(const Tensor& tensor);
   // The calls and result bytes that /metrics reports (Stats has the rest).
   CallMetrics& metrics() { return metrics_; }
 
-  // Every call enters when it starts and exits when gRPC is done with it.
-  // Enter() returns false once draining, and the call must then fail with
-  // UNAVAILABLE (it still exits).
-  bool Enter();
-  void Exit();
-  // Refuses new calls and waits up to `grace` for those in flight. Returns
-  // whether all finished. Shutdown relies on this count rather than on gRPC's,
-  // so that it never waits for calls that are already over.
-  bool Drain(absl::Duration grace);
+  // Every call, over any transport, holds one while it is in flight (see
+  // CallGate::Enter).
+  CallScope EnterCall() { return calls_.Enter(); }
+  // Refuses new calls and waits up to `grace` for those in flight (see
+  // CallGate::Drain).
+  bool Drain(absl::Duration grace) { return calls_.Drain(grace); }
   TensorStore* store() const { return store_; }
   Executor* executor() const { return executor_; }
   Converter* converter() { return &converter_; }
@@ -180,6 +146,10 @@ class AsArrayService final : public v1::AsArray::CallbackService {
  private:
   grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
                                       const absl::Status& status);
+  // A unary call answered on this thread: `work` for the caller, or
+  // UNAVAILABLE once draining.
+  grpc::ServerUnaryReactor* ServeNow(grpc::CallbackServerContext* context,
+                                     absl::FunctionRef<absl::Status(const Caller&)> work);
   void RunWork(const Converter::WorkEstimate& estimate, bool return_data,
                std::function<void()> work);
   // Whether preparing `request` may block (it opens or checks a CUDA device).
@@ -212,10 +182,7 @@ class AsArrayService final : public v1::AsArray::CallbackService {
   std::atomic<uint64_t> local_batch_items_{0};
   std::atomic<uint64_t> local_batch_work_ns_{0};
   CallMetrics metrics_;
-
-  absl::Mutex calls_mu_;
-  int calls_in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;
-  bool draining_ ABSL_GUARDED_BY(calls_mu_) = false;
+  CallGate calls_;
 };
 
 }  // namespace asarray::server

@@ -18,7 +18,7 @@
 #include "core/parallel.h"
 #include "core/quote.h"
 #include "server/peer.h"
-#include "server/posix_util.h"
+#include "wire/posix_util.h"
 
 namespace asarray::server {
 namespace {

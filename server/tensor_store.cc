@@ -19,7 +19,7 @@
 #include "absl/strings/strip.h"
 #include "core/quote.h"
 #include "core/status_macros.h"
-#include "server/posix_util.h"
+#include "wire/posix_util.h"
 
 namespace asarray::server {
 
@@ -30,9 +30,6 @@ struct TensorStore::Accounting {
 };
 
 namespace {
-
-// Client segments whose mappings are kept for reuse, at most.
-constexpr size_t kMaxCachedClientSegments = 256;
 
 // The start time of a process in clock ticks since boot (field 22 of
 // /proc/PID/stat), or "" when it is not running.
@@ -76,28 +73,7 @@ TensorStore::~TensorStore() {
   absl::MutexLock lock(&mu_);
   entries_.clear();
   pool_.reset();
-  absl::MutexLock segments_lock(&segments_mu_);
-  client_segments_.clear();
-}
-
-std::shared_ptr<ClientSegment> ClientFdCache::Find(const struct stat& st) const {
-  for (const Entry& e : entries_) {
-    if (e.dev == st.st_dev && e.ino == st.st_ino) return e.segment.lock();
-  }
-  return nullptr;
-}
-
-void ClientFdCache::Insert(const struct stat& st, std::shared_ptr<ClientSegment> segment) {
-  // Entries of big memfds that no handle uses any more go first.
-  entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
-                                [&](const Entry& e) {
-                                  return e.segment.expired() ||
-                                         (e.dev == st.st_dev && e.ino == st.st_ino);
-                                }),
-                 entries_.end());
-  if (entries_.size() >= kMaxEntries) entries_.erase(entries_.begin());
-  const bool keep = static_cast<uint64_t>(st.st_size) <= kKeptMaxBytes;
-  entries_.push_back(Entry{st.st_dev, st.st_ino, keep ? segment : nullptr, segment});
+  client_segments_.Clear();
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t bytes,
@@ -139,21 +115,12 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
   struct stat st;
   absl::StatusOr<int> fd = OpenClientSegment(name, owner, &st);
   if (!fd.ok()) return fd.status();
-  std::shared_ptr<ClientSegment> segment;
-  {
-    absl::MutexLock lock(&segments_mu_);
-    auto it = client_segments_.find(name);
-    if (it != client_segments_.end() && it->second->SameFile(st)) segment = it->second;
-  }
+  std::shared_ptr<ClientSegment> segment = client_segments_.Find(name, st);
   if (segment != nullptr) {
     close(*fd);
   } else {
     segment = std::make_shared<ClientSegment>(name, *fd, st);
-    absl::MutexLock lock(&segments_mu_);
-    if (client_segments_.size() >= kMaxCachedClientSegments) {
-      client_segments_.erase(client_segments_.begin());
-    }
-    client_segments_[name] = segment;
+    client_segments_.Insert(name, segment);
   }
   return CountedRegion(std::move(segment), offset, size);
 }
@@ -319,8 +286,7 @@ std::vector<TensorStore::Lease> TensorStore::List(const Caller& caller) const {
 }
 
 int TensorStore::SweepExpired(absl::Time now) {
-  std::vector<std::shared_ptr<const Tensor>> doomed;  // destroyed outside the locks
-  std::vector<std::shared_ptr<ClientSegment>> unlinked;
+  std::vector<std::shared_ptr<const Tensor>> doomed;  // destroyed outside the lock
   {
     absl::MutexLock lock(&mu_);
     for (auto it = entries_.begin(); it != entries_.end();) {
@@ -333,16 +299,7 @@ int TensorStore::SweepExpired(absl::Time now) {
     }
     expired_ += doomed.size();
   }
-  // A cached mapping must not keep a segment alive after its owner unlinked it.
-  absl::MutexLock lock(&segments_mu_);
-  for (auto it = client_segments_.begin(); it != client_segments_.end();) {
-    if (it->second->Unlinked()) {
-      unlinked.push_back(std::move(it->second));
-      client_segments_.erase(it++);
-    } else {
-      ++it;
-    }
-  }
+  client_segments_.ForgetUnlinked();
   return static_cast<int>(doomed.size());
 }
 
@@ -365,10 +322,7 @@ StoreStats TensorStore::Stats() const {
   s.client_regions = accounting_->client_regions.load();
   s.pool_bytes = pool_->bytes();
   s.pool_hits = pool_->hits();
-  {
-    absl::MutexLock lock(&segments_mu_);
-    s.client_segments_cached = client_segments_.size();
-  }
+  s.client_segments_cached = client_segments_.size();
   absl::MutexLock lock(&mu_);
   s.tensors = entries_.size();
   s.expired = expired_;

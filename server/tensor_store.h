@@ -27,6 +27,7 @@
 #include "core/dtype.h"
 #include "core/layout.h"
 #include "core/plan.h"
+#include "server/client_segment_cache.h"
 #include "server/cuda_backend.h"
 #include "server/peer.h"
 #include "server/segment_pool.h"
@@ -47,33 +48,6 @@ struct Tensor {
   std::shared_ptr<HostMemory> memory;
   std::shared_ptr<DeviceMemory> device_memory;
   Caller owner;
-};
-
-// The memfds one local connection sent, checked and mapped, by file
-// (st_dev, st_ino), so that a client's recurring regions are opened and
-// mapped once per connection. At most kMaxEntries (the oldest go first);
-// dropped with the connection. Only a small memfd (up to kKeptMaxBytes) is
-// kept open while no handle uses it: a big one is found while in use and
-// closed with its last handle, so that memory the client let go is not held
-// here (32 such regions of 1 GiB would be 32 GiB). Not thread-safe: one
-// thread serves a connection.
-class ClientFdCache {
- public:
-  static constexpr size_t kMaxEntries = 32;
-  static constexpr uint64_t kKeptMaxBytes = 1 << 20;
-  std::shared_ptr<ClientSegment> Find(const struct stat& st) const;
-  void Insert(const struct stat& st, std::shared_ptr<ClientSegment> segment);
-  void Clear() { entries_.clear(); }
-  size_t size() const { return entries_.size(); }
-
- private:
-  struct Entry {
-    dev_t dev;
-    ino_t ino;
-    std::shared_ptr<ClientSegment> kept;  // null for a big one
-    std::weak_ptr<ClientSegment> segment;
-  };
-  std::vector<Entry> entries_;  // oldest first
 };
 
 struct StoreOptions {
@@ -214,10 +188,7 @@ class TensorStore {
 
   std::unique_ptr<SegmentPool> pool_;
 
-  // Client segments mapped recently, by name.
-  mutable absl::Mutex segments_mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<ClientSegment>> client_segments_
-      ABSL_GUARDED_BY(segments_mu_);
+  ClientSegmentCache client_segments_;
 
   std::mutex sweeper_mu_;
   std::condition_variable sweeper_cv_;

@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/server_posix.h"
-#include "server/posix_util.h"
+#include "wire/posix_util.h"
 
 namespace asarray::server {
 

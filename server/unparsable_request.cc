@@ -7,7 +7,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "asarray/v1/asarray.pb.h"
-#include "server/convert.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::server {
 namespace {

@@ -28,10 +28,10 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
-#include "server/convert.h"
 #include "server/local_transport.h"
-#include "server/posix_util.h"
 #include "tests/server/test_server.h"
+#include "wire/posix_util.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::testing {
 namespace {

@@ -19,9 +19,9 @@
 #include "core/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/convert.h"
 #include "tests/conformance/case_loader.h"
 #include "tests/server/test_server.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::testing {
 namespace {

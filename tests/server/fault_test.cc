@@ -24,9 +24,9 @@
 #include "client/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/convert.h"
 #include "tests/server/requests.h"
 #include "tests/server/test_server.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::testing {
 namespace {

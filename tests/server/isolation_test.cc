@@ -28,10 +28,10 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
-#include "server/convert.h"
 #include "server/peer.h"
 #include "tests/server/requests.h"
 #include "tests/server/test_server.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::testing {
 namespace {

@@ -29,9 +29,9 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
-#include "server/convert.h"
 #include "server/local_transport.h"
 #include "tests/server/test_server.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::testing {
 namespace {

@@ -31,8 +31,8 @@
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "client/client.h"
 #include "grpcpp/create_channel.h"
-#include "server/posix_util.h"
 #include "tests/server/requests.h"
+#include "wire/posix_util.h"
 
 namespace asarray {
 namespace {

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "asarray/v1/asarray.pb.h"
-#include "server/convert.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::testing {
 

@@ -12,9 +12,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "server/posix_util.h"
 #include "server/tensor_store.h"
 #include "tests/server/test_server.h"
+#include "wire/posix_util.h"
 
 namespace asarray::server {
 namespace {

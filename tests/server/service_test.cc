@@ -23,8 +23,8 @@
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
-#include "server/convert.h"
 #include "tests/server/test_server.h"
+#include "wire/proto_convert.h"
 
 namespace asarray::testing {
 namespace {

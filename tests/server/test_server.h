@@ -17,9 +17,9 @@
 
 #include "absl/types/span.h"
 #include "client/client.h"
-#include "server/local_socket.h"
 #include "server/server.h"
 #include "tests/conformance/case_loader.h"
+#include "wire/local_socket.h"
 
 namespace asarray::testing {
 

@@ -1,8 +1,8 @@
 // The one place where asarray.v1 messages and core types meet, in both
 // directions, for the server and the client alike; and the one conversion of
 // absl::Status into grpc::Status. Pure functions; thread-safe.
-#ifndef ASARRAY_SERVER_CONVERT_H_
-#define ASARRAY_SERVER_CONVERT_H_
+#ifndef ASARRAY_WIRE_PROTO_CONVERT_H_
+#define ASARRAY_WIRE_PROTO_CONVERT_H_
 
 #include <cstdint>
 #include <string>
@@ -78,4 +78,4 @@ absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto);
 
 }  // namespace asarray
 
-#endif  // ASARRAY_SERVER_CONVERT_H_
+#endif  // ASARRAY_WIRE_PROTO_CONVERT_H_

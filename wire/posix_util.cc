@@ -1,4 +1,4 @@
-#include "server/posix_util.h"
+#include "wire/posix_util.h"
 
 #include <dirent.h>
 #include <sys/resource.h>

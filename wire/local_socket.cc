@@ -1,4 +1,4 @@
-#include "server/local_socket.h"
+#include "wire/local_socket.h"
 
 #include <errno.h>
 #include <sys/socket.h>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "server/posix_util.h"
+#include "wire/posix_util.h"
 
 namespace asarray {
 

@@ -1,4 +1,4 @@
-#include "server/convert.h"
+#include "wire/proto_convert.h"
 
 #include <utility>
 

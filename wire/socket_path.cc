@@ -1,4 +1,4 @@
-#include "server/socket_path.h"
+#include "wire/socket_path.h"
 
 #include <unistd.h>
 

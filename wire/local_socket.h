@@ -2,8 +2,8 @@
 // serialized message per SOCK_SEQPACKET datagram, file descriptors beside
 // it as SCM_RIGHTS ancillary data. Shared by the server, the C++ client and
 // the tests, so that the framing exists once. Thread-compatible.
-#ifndef ASARRAY_SERVER_LOCAL_SOCKET_H_
-#define ASARRAY_SERVER_LOCAL_SOCKET_H_
+#ifndef ASARRAY_WIRE_LOCAL_SOCKET_H_
+#define ASARRAY_WIRE_LOCAL_SOCKET_H_
 
 #include <cstddef>
 #include <string>
@@ -71,4 +71,4 @@ absl::StatusOr<LocalDatagram> ReceiveLocal(int socket, size_t max_bytes);
 
 }  // namespace asarray
 
-#endif  // ASARRAY_SERVER_LOCAL_SOCKET_H_
+#endif  // ASARRAY_WIRE_LOCAL_SOCKET_H_

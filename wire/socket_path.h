@@ -1,6 +1,6 @@
 // Where the server listens by default, and so where clients look first.
-#ifndef ASARRAY_SERVER_SOCKET_PATH_H_
-#define ASARRAY_SERVER_SOCKET_PATH_H_
+#ifndef ASARRAY_WIRE_SOCKET_PATH_H_
+#define ASARRAY_WIRE_SOCKET_PATH_H_
 
 #include <string>
 
@@ -15,4 +15,4 @@ std::string DefaultAddress();
 
 }  // namespace asarray
 
-#endif  // ASARRAY_SERVER_SOCKET_PATH_H_
+#endif  // ASARRAY_WIRE_SOCKET_PATH_H_

@@ -1,8 +1,8 @@
 // Small POSIX helpers shared by the server and the client: errno as an
 // absl::Status with the matching canonical code, and unguessable names.
 // Thread-safe.
-#ifndef ASARRAY_SERVER_POSIX_UTIL_H_
-#define ASARRAY_SERVER_POSIX_UTIL_H_
+#ifndef ASARRAY_WIRE_POSIX_UTIL_H_
+#define ASARRAY_WIRE_POSIX_UTIL_H_
 
 #include <cstdint>
 #include <string>
@@ -50,4 +50,4 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_
 
 }  // namespace asarray
 
-#endif  // ASARRAY_SERVER_POSIX_UTIL_H_
+#endif  // ASARRAY_WIRE_POSIX_UTIL_H_
