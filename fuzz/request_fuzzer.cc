@@ -761,7 +761,7 @@ Built FuzzRequest(Reader& r, const Input& in) {
 void Convert(const Built& b, Input* in) {
   server::AsArrayService& service = F().service;
   // As the gRPC handler: carried releases first, then the work.
-  service.ReleaseCarried(b.request, b.caller);
+  service.ReleaseCarried(b.request.release_ids(), b.caller);
   service.converter()->EstimateWork(b.request, b.caller);
   v1::ConvertResponse response;
   const absl::Status status = service.ConvertNow(b.request, b.caller, &response);
@@ -784,13 +784,15 @@ void Renew(const std::string& id, uint64_t ttl_ms, server::Caller caller) {
   request.set_id(id);
   request.set_ttl_ms(ttl_ms);
   const int64_t before = absl::ToUnixMillis(absl::Now());
-  const absl::StatusOr<int64_t> expires = F().service.RenewNow(request, caller);
-  if (!expires.ok()) {
-    CheckFailure(expires.status());
+  v1::RenewResponse response;
+  const absl::Status status = F().service.RenewNow(request, caller, &response);
+  if (!status.ok()) {
+    CheckFailure(status);
     return;
   }
+  const int64_t expires = response.lease_expires_unix_ms();
   const int64_t max_ttl = absl::ToInt64Milliseconds(F().store.options().max_ttl);
-  Require(*expires >= before && *expires <= absl::ToUnixMillis(absl::Now()) + max_ttl,
+  Require(expires >= before && expires <= absl::ToUnixMillis(absl::Now()) + max_ttl,
           "a renewed lease outside [now, now + max TTL]");
 }
 

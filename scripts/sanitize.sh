@@ -2,8 +2,8 @@
 # Builds with clang 14 under sanitizers and runs the tests:
 #   asan  (the default) the whole suite under AddressSanitizer +
 #         UndefinedBehaviorSanitizer (build-asan/): every ctest test, the
-#         Python client's included. A clean build and run take about half
-#         an hour on two cores.
+#         Python client's included, and each fuzz target on its seeds. A
+#         clean build and run take about half an hour on two cores.
 #   tsan  the server's concurrency tests (service, upload decoding, faults,
 #         segment pool, bad input, metrics, a short load run) under ThreadSanitizer
 #         (build-tsan/). Debian's gRPC and abseil are not built with TSan, and
@@ -49,7 +49,8 @@ status=0
 
 if [[ $mode == asan ]]; then
   build="${ASAN_BUILD_DIR:-$root/build-asan}"
-  configure "$build" address,undefined
+  # With the fuzz targets, which replay their seeds as tests (fuzz/CMakeLists.txt).
+  configure "$build" address,undefined -DASARRAY_BUILD_FUZZERS=ON
   cmake --build "$build" -j "$jobs"
   # gRPC, protobuf and abseil come uninstrumented from Debian; their
   # process-lifetime singletons are not leaks.
