@@ -213,11 +213,7 @@ void HandleLatency(Client& client) {
       absl::StrFormat("%.0f us", cpu_copy_t * 1e6) + " CPU shm handle", cpu_copy_t / gpu_copy);
 }
 
-}  // namespace
-}  // namespace asarray
-
-int main(int argc, char** argv) {
-  using namespace asarray;
+int Main(int argc, char** argv) {
   uint64_t mib = 1024;
   int reps = 5;
   for (int i = 1; i < argc; ++i) {
@@ -252,3 +248,8 @@ int main(int argc, char** argv) {
   for (const std::string& row : g_table) std::printf("%s\n", row.c_str());
   return 0;
 }
+
+}  // namespace
+}  // namespace asarray
+
+int main(int argc, char** argv) { return asarray::Main(argc, argv); }

@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "echo.grpc.pb.h"
@@ -254,7 +255,7 @@ long StatusKb(pid_t pid, const char* key) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind(key, 0) == 0) return std::atol(line.c_str() + std::strlen(key) + 1);
+    if (absl::StartsWith(line, key)) return std::atol(line.c_str() + std::strlen(key) + 1);
   }
   return -1;
 }

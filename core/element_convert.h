@@ -193,7 +193,7 @@ ASARRAY_HD bool IsNonZero(From v) {
 // Convert<To>(from): the element `from` as a `To`.
 template <typename To, typename From>
 ASARRAY_HD To Convert(From v) {
-  using namespace convert_internal;
+  using convert_internal::IsIntT;
   if constexpr (std::is_same<To, From>::value) {
     return v;
   } else if constexpr (std::is_same<To, Bool8>::value) {

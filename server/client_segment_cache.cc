@@ -49,7 +49,7 @@ std::shared_ptr<ClientSegment> ClientFdCache::Find(const struct stat& st) const 
   return nullptr;
 }
 
-void ClientFdCache::Insert(const struct stat& st, std::shared_ptr<ClientSegment> segment) {
+void ClientFdCache::Insert(const struct stat& st, const std::shared_ptr<ClientSegment>& segment) {
   // Entries of big memfds that no handle uses any more go first.
   entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
                                 [&](const Entry& e) {

@@ -61,7 +61,7 @@ class ClientFdCache {
   static constexpr size_t kMaxEntries = 32;
   static constexpr uint64_t kKeptMaxBytes = 1 << 20;
   std::shared_ptr<ClientSegment> Find(const struct stat& st) const;
-  void Insert(const struct stat& st, std::shared_ptr<ClientSegment> segment);
+  void Insert(const struct stat& st, const std::shared_ptr<ClientSegment>& segment);
   void Clear() { entries_.clear(); }
   size_t size() const { return entries_.size(); }
 

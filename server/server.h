@@ -63,7 +63,7 @@ absl::Status PrepareSocketDirectory(const std::string& socket_path);
 
 class Server {
  public:
-  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

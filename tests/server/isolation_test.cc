@@ -175,8 +175,8 @@ class Certificate {
 };
 
 std::unique_ptr<v1::AsArray::Stub> TcpStub(const std::string& address,
-                                           std::shared_ptr<grpc::ChannelCredentials> creds) {
-  return v1::AsArray::NewStub(grpc::CreateChannel(address, std::move(creds)));
+                                           const std::shared_ptr<grpc::ChannelCredentials>& creds) {
+  return v1::AsArray::NewStub(grpc::CreateChannel(address, creds));
 }
 
 absl::StatusOr<v1::ConvertResponse> Call(v1::AsArray::Stub& stub,

@@ -68,7 +68,7 @@ v1::ConvertRequest InlineFloats(const std::vector<float>& values, Dims shape, Di
 
 // An fd source: float32 of `shape`, contiguous, at `offset` bytes of
 // descriptor `index`, `size` bytes.
-v1::ConvertRequest FdFloats(Dims shape, uint64_t offset, uint64_t size, uint32_t index = 0) {
+v1::ConvertRequest FdFloats(const Dims& shape, uint64_t offset, uint64_t size, uint32_t index = 0) {
   v1::ConvertRequest request;
   v1::FdArray* a = request.mutable_source()->mutable_fd();
   a->set_fd_index(index);
