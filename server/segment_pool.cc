@@ -16,10 +16,9 @@ SegmentPool::SegmentPool(uint64_t max_bytes, std::function<std::string()> make_n
 
 SegmentPool::~SegmentPool() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -28,7 +27,7 @@ std::unique_ptr<ShmSegment> SegmentPool::Take(uint64_t bytes, ShmSegment::Kind k
   std::unique_ptr<ShmSegment> segment;
   const Key key{bytes, kind};
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = ready_.find(key);
     if (it != ready_.end() && !it->second.empty()) {
       segment = std::move(it->second.back());
@@ -38,44 +37,40 @@ std::unique_ptr<ShmSegment> SegmentPool::Take(uint64_t bytes, ShmSegment::Kind k
     }
     wanted_.push_back(key);
   }
-  cv_.notify_one();
   return segment;
 }
 
 SegmentPool::Foreground SegmentPool::EnterForeground() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ++foreground_;
   return Foreground(this);
 }
 
 SegmentPool::Foreground::~Foreground() {
   if (pool_ == nullptr) return;
-  {
-    std::lock_guard<std::mutex> lock(pool_->mu_);
-    if (--pool_->foreground_ > 0) return;
-  }
-  pool_->cv_.notify_all();
+  absl::MutexLock lock(&pool_->mu_);
+  --pool_->foreground_;
 }
 
 bool SegmentPool::WaitForBackground() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [this] { return stopping_ || foreground_ == 0; });
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(this, &SegmentPool::StoppingOrIdle));
   return !stopping_;
 }
 
 uint64_t SegmentPool::bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return bytes_;
 }
 
 bool SegmentPool::Holds(uint64_t bytes, ShmSegment::Kind kind) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = ready_.find(Key{bytes, kind});
   return it != ready_.end() && !it->second.empty();
 }
 
 uint64_t SegmentPool::hits() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return hits_;
 }
 
@@ -84,9 +79,9 @@ void SegmentPool::Run() {
   // only on otherwise idle CPU time (best effort; ignored if refused).
   sched_param idle{};
   pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   for (;;) {
-    cv_.wait(lock, [this] { return stopping_ || (!wanted_.empty() && foreground_ == 0); });
+    mu_.Await(absl::Condition(this, &SegmentPool::StoppingOrWanted));
     if (stopping_) break;
     const Key key = wanted_.front();
     const uint64_t size = key.first;
@@ -101,7 +96,7 @@ void SegmentPool::Run() {
         it->second.pop_back();
       }
     }
-    lock.unlock();
+    mu_.Unlock();
     evicted.clear();
     // Reserve and touch every page once, a step at a time: the costly first
     // write happens here, not while a client waits.
@@ -117,13 +112,14 @@ void SegmentPool::Run() {
       if (!prepared.ok()) segment = prepared;
     }
     if (segment.ok()) (*segment)->set_touched();
-    lock.lock();
+    mu_.Lock();
     if (segment.ok() && !stopping_) {
       bytes_ += size;
       ready_[key].push_back(*std::move(segment));
     }
   }
   ready_.clear();
+  mu_.Unlock();
 }
 
 }  // namespace asarray::server

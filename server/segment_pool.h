@@ -10,18 +10,18 @@
 #ifndef ASARRAY_SERVER_SEGMENT_POOL_H_
 #define ASARRAY_SERVER_SEGMENT_POOL_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "server/shm.h"
 
 namespace asarray::server {
@@ -70,19 +70,27 @@ class SegmentPool {
   void Run();
   // Waits until no transfer runs; false once stopping.
   bool WaitForBackground();
+  // The conditions the pool's waits wait for (absl::Mutex::Await).
+  bool StoppingOrIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || foreground_ == 0;
+  }
+  bool StoppingOrWanted() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || (!wanted_.empty() && foreground_ == 0);
+  }
 
   const uint64_t max_bytes_;
   const std::function<std::string()> make_name_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  // Waiters wait with Await, which absl::Mutex wakes as the state changes:
+  // there is no condition variable to notify.
+  mutable absl::Mutex mu_;
   using Key = std::pair<uint64_t, ShmSegment::Kind>;  // size, kind
-  std::map<Key, std::vector<std::unique_ptr<ShmSegment>>> ready_;
-  std::deque<Key> wanted_;
-  uint64_t bytes_ = 0;
-  uint64_t hits_ = 0;
-  int foreground_ = 0;
-  bool stopping_ = false;
+  std::map<Key, std::vector<std::unique_ptr<ShmSegment>>> ready_ ABSL_GUARDED_BY(mu_);
+  std::deque<Key> wanted_ ABSL_GUARDED_BY(mu_);
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
+  int foreground_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

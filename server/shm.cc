@@ -288,7 +288,7 @@ std::string ClientSegment::Describe() const {
 
 absl::Status ClientSegment::Map() {
   if (size_ == 0 || data() != nullptr) return absl::OkStatus();
-  std::lock_guard<std::mutex> lock(map_mu_);
+  absl::MutexLock lock(&map_mu_);
   if (data() != nullptr) return absl::OkStatus();
   void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
   if (p == MAP_FAILED) return CallerErrnoStatus(errno, absl::StrCat("mapping ", Describe()));
@@ -313,7 +313,7 @@ bool ClientSegment::Unlinked() const {
 }
 
 absl::Status ClientSegment::Pin(const PinFn& pin) {
-  std::lock_guard<std::mutex> lock(pin_mu_);
+  absl::MutexLock lock(&pin_mu_);
   if (pin_ != nullptr) return absl::OkStatus();
   if (data() == nullptr) {
     return absl::FailedPreconditionError("an empty or unmapped segment has nothing to pin");
@@ -325,7 +325,7 @@ absl::Status ClientSegment::Pin(const PinFn& pin) {
 }
 
 absl::Status ClientSegment::BeginUse() {
-  std::lock_guard<std::mutex> lock(held_mu_);
+  absl::MutexLock lock(&held_mu_);
   if (held_ > 0) {
     ++held_;
     return absl::OkStatus();
@@ -357,7 +357,7 @@ absl::Status ClientSegment::BeginUse() {
 }
 
 void ClientSegment::EndUse() {
-  std::lock_guard<std::mutex> lock(held_mu_);
+  absl::MutexLock lock(&held_mu_);
   if (--held_ == 0) flock(fd_, LOCK_UN);
 }
 

@@ -15,13 +15,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 namespace asarray::server {
 
@@ -198,16 +198,17 @@ class ClientSegment {
  private:
   const std::string name_;
   const int fd_;
-  std::mutex map_mu_;
-  std::atomic<unsigned char*> data_{nullptr};  // set once, under map_mu_
+  absl::Mutex map_mu_;  // serializes the one mmap
+  std::atomic<unsigned char*> data_{nullptr};  // set once, under map_mu_; read without it
   const size_t size_;
   const dev_t dev_;
   const ino_t ino_;
   std::atomic<int> uses_{0};
-  std::mutex held_mu_;
-  int held_ = 0;  // regions held; the shared flock is on while it is above 0
-  std::mutex pin_mu_;
-  std::shared_ptr<void> pin_;  // released first on destruction
+  absl::Mutex held_mu_;
+  // Regions held; the shared flock is on while it is above 0.
+  int held_ ABSL_GUARDED_BY(held_mu_) = 0;
+  absl::Mutex pin_mu_;
+  std::shared_ptr<void> pin_ ABSL_GUARDED_BY(pin_mu_);  // released first on destruction
 };
 
 // The bytes [offset, offset + size) of a client's segment.

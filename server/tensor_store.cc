@@ -65,10 +65,9 @@ std::string TensorStore::NewSegmentName() const {
 
 TensorStore::~TensorStore() {
   {
-    std::lock_guard<std::mutex> lock(sweeper_mu_);
+    absl::MutexLock lock(&sweeper_mu_);
     stopping_ = true;
   }
-  sweeper_cv_.notify_all();
   if (sweeper_.joinable()) sweeper_.join();
   absl::MutexLock lock(&mu_);
   entries_.clear();
@@ -305,13 +304,13 @@ int TensorStore::SweepExpired(absl::Time now) {
 
 void TensorStore::StartSweeper(absl::Duration interval) {
   sweeper_ = std::thread([this, interval] {
-    std::unique_lock<std::mutex> lock(sweeper_mu_);
-    while (!sweeper_cv_.wait_for(lock, absl::ToChronoMilliseconds(interval),
-                                 [this] { return stopping_; })) {
-      lock.unlock();
+    sweeper_mu_.Lock();
+    while (!sweeper_mu_.AwaitWithTimeout(absl::Condition(&stopping_), interval)) {
+      sweeper_mu_.Unlock();
       SweepExpired(absl::Now());
-      lock.lock();
+      sweeper_mu_.Lock();
     }
+    sweeper_mu_.Unlock();
   });
 }
 

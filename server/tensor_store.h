@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -190,9 +189,8 @@ class TensorStore {
 
   ClientSegmentCache client_segments_;
 
-  std::mutex sweeper_mu_;
-  std::condition_variable sweeper_cv_;
-  bool stopping_ = false;
+  absl::Mutex sweeper_mu_;
+  bool stopping_ ABSL_GUARDED_BY(sweeper_mu_) = false;  // the sweeper wakes at once
   std::thread sweeper_;
 };
 

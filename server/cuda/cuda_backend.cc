@@ -9,13 +9,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <mutex>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "core/layout.h"
 #include "core/parallel.h"
 #include "core/status_macros.h"
@@ -245,7 +245,7 @@ class StagingPool {
   }
   absl::StatusOr<void*> Take() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (!free_.empty()) {
         void* p = free_.back();
         free_.pop_back();
@@ -258,13 +258,13 @@ class StagingPool {
     return p;
   }
   void Give(void* p) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     free_.push_back(p);
   }
 
  private:
-  std::mutex mu_;
-  std::vector<void*> free_;
+  absl::Mutex mu_;
+  std::vector<void*> free_ ABSL_GUARDED_BY(mu_);
 };
 
 struct CudaBackend::Impl {
@@ -276,8 +276,8 @@ struct CudaBackend::Impl {
   using CuMemGetAddressRange = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
   CuMemGetAddressRange get_address_range = nullptr;
 
-  std::mutex ipc_mu;  // serializes opening and closing IPC handles
-  absl::flat_hash_map<std::string, std::weak_ptr<IpcMapping>> ipc_open;
+  absl::Mutex ipc_mu;  // serializes opening and closing IPC handles
+  absl::flat_hash_map<std::string, std::weak_ptr<IpcMapping>> ipc_open ABSL_GUARDED_BY(ipc_mu);
 
   // A copy of `bytes` between host and device memory: direct from pinned
   // host memory, else through staging buffers, where the host memcpy of one
@@ -489,7 +489,7 @@ absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::OpenIpc(const std::st
   }
   std::shared_ptr<IpcMapping> mapping;
   {
-    std::lock_guard<std::mutex> lock(impl_->ipc_mu);
+    absl::MutexLock lock(&impl_->ipc_mu);
     auto it = impl_->ipc_open.find(handle);
     if (it != impl_->ipc_open.end()) mapping = it->second.lock();
     if (mapping == nullptr) {
@@ -521,7 +521,7 @@ absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::OpenIpc(const std::st
       mapping = std::shared_ptr<IpcMapping>(
           new IpcMapping(device, base, allocation_size, handle, impl_->counters),
           [impl](IpcMapping* m) {
-            std::lock_guard<std::mutex> guard(impl->ipc_mu);
+            absl::MutexLock guard(&impl->ipc_mu);
             auto entry = impl->ipc_open.find(m->handle());
             if (entry != impl->ipc_open.end() && entry->second.expired()) {
               impl->ipc_open.erase(entry);
