@@ -39,10 +39,9 @@ enum Destination : int {
 // (a foreground mark is held) except inside ab_pool_fill, so that it never
 // runs beside a timed contender.
 struct Pool {
-  SegmentPool pool{uint64_t{2} << 30, [] {
-                     return absl::StrCat("/asarrayd-castbench-", getpid(), "-",
-                                         asarray::RandomHex128());
-                   }};
+  SegmentPool pool{
+      uint64_t{2} << 30,
+      [] { return absl::StrCat("/asarrayd-castbench-", getpid(), "-", asarray::RandomHex128()); }};
   std::optional<SegmentPool::Foreground> paused{pool.EnterForeground()};
 };
 

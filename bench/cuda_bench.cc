@@ -61,7 +61,9 @@ void Check(bool ok, const std::string& what) {
     std::exit(1);
   }
 }
-void Check(const absl::Status& s, const std::string& what) { Check(s.ok(), what + ": " + s.ToString()); }
+void Check(const absl::Status& s, const std::string& what) {
+  Check(s.ok(), what + ": " + s.ToString());
+}
 void CheckCuda(cudaError_t e, const std::string& what) {
   Check(e == cudaSuccess, what + ": " + cudaGetErrorString(e));
 }
@@ -125,8 +127,8 @@ void HostToDevice(Client& client, uint64_t mib, int reps) {
   CheckCuda(cudaHostAlloc(&pinned, bytes, cudaHostAllocDefault), "pinned allocation");
   CheckCuda(cudaMalloc(&device, bytes), "device allocation");
   std::memcpy(pinned, region.data(), bytes);
-  const double pinned_copy =
-      Time(reps, [&] { CheckCuda(cudaMemcpy(device, pinned, bytes, cudaMemcpyHostToDevice), "copy"); });
+  const double pinned_copy = Time(
+      reps, [&] { CheckCuda(cudaMemcpy(device, pinned, bytes, cudaMemcpyHostToDevice), "copy"); });
   const double pageable_copy = Time(reps, [&] {
     CheckCuda(cudaMemcpy(device, region.data(), bytes, cudaMemcpyHostToDevice), "copy");
   });
@@ -185,8 +187,8 @@ void HandleLatency(Client& client) {
   cuda_copy.copy = true;
   cpu_copy.copy = true;
   // Held tensors as sources: a copy of one makes and exports a new allocation.
-  MappedTensor on_cpu = client.ConvertInline(values.data(), n * 4, DType::kFloat32,
-                                             {{n}, {1}, 0}, keep).value();
+  MappedTensor on_cpu =
+      client.ConvertInline(values.data(), n * 4, DType::kFloat32, {{n}, {1}, 0}, keep).value();
   absl::StatusOr<v1::ConvertResponse> on_gpu = [&] {
     v1::ConvertRequest r;
     v1::InlineArray* a = r.mutable_source()->mutable_inline_array();

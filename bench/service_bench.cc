@@ -194,11 +194,10 @@ void Handoff(asarray::Client& client, ab::Echo::Stub& echo) {
     }  // each MappedTensor releases its lease as it goes
     p50[k] = Median(t);
   }
-  PrintRow(absl::StrCat("{\"bench\": \"handoff\", \"ping_p50_us\": ", ping,
-                        ", \"convert_map_1KiB_p50_us\": ", p50[0],
-                        ", \"convert_map_1GiB_p50_us\": ", p50[1],
-                        ", \"ratio_1GiB_over_1KiB\": ", p50[1] / p50[0],
-                        ", \"ratio_1GiB_over_ping\": ", p50[1] / ping, "}"));
+  PrintRow(absl::StrCat(
+      "{\"bench\": \"handoff\", \"ping_p50_us\": ", ping, ", \"convert_map_1KiB_p50_us\": ", p50[0],
+      ", \"convert_map_1GiB_p50_us\": ", p50[1], ", \"ratio_1GiB_over_1KiB\": ", p50[1] / p50[0],
+      ", \"ratio_1GiB_over_ping\": ", p50[1] / ping, "}"));
 }
 
 // Waits until the server's segment pool holds `bytes` again, so that no
@@ -241,13 +240,13 @@ void Inline(asarray::Client& client, ab::Echo::Stub& echo, int reps, bool warm) 
     bare_read.push_back(Seconds(start));
   }
   const double mib = bytes / 1048576.0;
-  PrintRow(absl::StrCat(
-      "{\"bench\": \"inline_64MiB", warm ? "_warm_pool" : "_cold", "\", \"upload_convert_MiBps\": ", mib / Median(ours),
-      ", \"bare_client_stream_MiBps\": ", mib / Median(bare),
-      ", \"upload_ratio\": ", Median(bare) / Median(ours),
-      ", \"read_MiBps\": ", mib / Median(read),
-      ", \"bare_server_stream_MiBps\": ", mib / Median(bare_read),
-      ", \"read_ratio\": ", Median(bare_read) / Median(read), "}"));
+  PrintRow(absl::StrCat("{\"bench\": \"inline_64MiB", warm ? "_warm_pool" : "_cold",
+                        "\", \"upload_convert_MiBps\": ", mib / Median(ours),
+                        ", \"bare_client_stream_MiBps\": ", mib / Median(bare),
+                        ", \"upload_ratio\": ", Median(bare) / Median(ours),
+                        ", \"read_MiBps\": ", mib / Median(read),
+                        ", \"bare_server_stream_MiBps\": ", mib / Median(bare_read),
+                        ", \"read_ratio\": ", Median(bare_read) / Median(read), "}"));
 }
 
 // kB values of a /proc/PID/status line.
@@ -428,10 +427,9 @@ int Remote(const std::string& address, const std::string& pki, int reps) {
       ", \"upload_ratio_median\": ", up.median, ", \"upload_ratio_low\": ", up.low,
       ", \"upload_ratio_high\": ", up.high,
       ", \"upload_ratio_best_times\": ", SpreadOf(t_bare_up).low / SpreadOf(t_up).low,
-      ", \"read_MiBps\": ", mib / SpreadOf(t_read).median,
-      ", \"bare_server_stream_MiBps\": ", mib / SpreadOf(t_bare_read).median,
-      ", \"read_ratio_median\": ", rd.median, ", \"read_ratio_low\": ", rd.low,
-      ", \"read_ratio_high\": ", rd.high,
+      ", \"read_MiBps\": ", mib / SpreadOf(t_read).median, ", \"bare_server_stream_MiBps\": ",
+      mib / SpreadOf(t_bare_read).median, ", \"read_ratio_median\": ", rd.median,
+      ", \"read_ratio_low\": ", rd.low, ", \"read_ratio_high\": ", rd.high,
       ", \"read_ratio_best_times\": ", SpreadOf(t_bare_read).low / SpreadOf(t_read).low, "}"));
   return 0;
 }

@@ -42,15 +42,15 @@
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "CLI/CLI.hpp"
 #include "client/client.h"
 #include "client/npy.h"
 #include "client/npz.h"
@@ -84,9 +84,7 @@ absl::Status Usage(absl::string_view why) {
   return status;
 }
 
-bool IsUsage(const absl::Status& status) {
-  return status.GetPayload(kUsagePayload).has_value();
-}
+bool IsUsage(const absl::Status& status) { return status.GetPayload(kUsagePayload).has_value(); }
 
 // The grammar of the command line (CLI11), each command with its own help.
 class CommandLine {
@@ -115,8 +113,7 @@ class CommandLine {
 };
 
 CLI::Option* CommandLine::AddOptional(CLI::App* command, const std::string& name,
-                                      std::optional<std::string>* value,
-                                      const std::string& what) {
+                                      std::optional<std::string>* value, const std::string& what) {
   return command->add_option_function<std::string>(
       name, [value](const std::string& v) { *value = v; }, what);
 }
@@ -137,9 +134,10 @@ void CommandLine::AddConversionOptions(CLI::App* command) {
 }
 
 CommandLine::CommandLine()
-    : app_("The command line of asarrayd: converts arrays as torch.asarray does and manages "
-           "the handles the server holds. Each handle prints as one JSON object per line.",
-           "asarrayctl") {
+    : app_(
+          "The command line of asarrayd: converts arrays as torch.asarray does and manages "
+          "the handles the server holds. Each handle prints as one JSON object per line.",
+          "asarrayctl") {
   app_.get_formatter()->label("Usage", "usage");
   app_.get_formatter()->column_width(34);
   app_.require_subcommand(1);
@@ -174,8 +172,7 @@ CommandLine::CommandLine()
       "convert",
       "Convert .npy files, .npz archives or a JSON literal. Several files, or any .npz, convert "
       "in one ConvertBatch call, all or nothing; each result's line then has a \"key\".");
-  convert->add_option("files", args_.files, "FILE.npy or FILE.npz, one or more")
-      ->type_name("FILE");
+  convert->add_option("files", args_.files, "FILE.npy or FILE.npz, one or more")->type_name("FILE");
   AddOptional(convert, "--json", &args_.json, "A nested literal, such as '[[1, 2.5], [3, 4]]'")
       ->type_name("LITERAL");
   AddOptional(convert, "--via", &args_.via,
@@ -253,11 +250,13 @@ Json HandleJson(const HandleInfo& h) {
   j["requires_grad"] = h.requires_grad;
   j["shares_memory"] = h.shares_memory;
   if (!h.shm_name.empty()) {
-    j["memory"] = {{"kind", "shm"}, {"name", h.shm_name}, {"offset", h.shm_offset},
-                   {"size", h.shm_size}};
+    j["memory"] = {
+        {"kind", "shm"}, {"name", h.shm_name}, {"offset", h.shm_offset}, {"size", h.shm_size}};
   }
   if (h.has_fd) {
-    j["memory"] = {{"kind", "fd"}, {"offset", h.fd_offset}, {"size", h.fd_size},
+    j["memory"] = {{"kind", "fd"},
+                   {"offset", h.fd_offset},
+                   {"size", h.fd_size},
                    {"request_fd", h.fd_from_request}};
   }
   if (!h.cuda_ipc_handle.empty()) {
@@ -287,18 +286,36 @@ Json ScalarFieldsJson(const google::protobuf::Message& message) {
     if (field.is_repeated()) continue;
     Json& value = j[field.name()];
     switch (field.cpp_type()) {
-      case FieldDescriptor::CPPTYPE_INT32: value = reflection.GetInt32(message, &field); break;
-      case FieldDescriptor::CPPTYPE_INT64: value = reflection.GetInt64(message, &field); break;
-      case FieldDescriptor::CPPTYPE_UINT32: value = reflection.GetUInt32(message, &field); break;
-      case FieldDescriptor::CPPTYPE_UINT64: value = reflection.GetUInt64(message, &field); break;
-      case FieldDescriptor::CPPTYPE_DOUBLE: value = reflection.GetDouble(message, &field); break;
-      case FieldDescriptor::CPPTYPE_FLOAT: value = reflection.GetFloat(message, &field); break;
-      case FieldDescriptor::CPPTYPE_BOOL: value = reflection.GetBool(message, &field); break;
-      case FieldDescriptor::CPPTYPE_STRING: value = reflection.GetString(message, &field); break;
+      case FieldDescriptor::CPPTYPE_INT32:
+        value = reflection.GetInt32(message, &field);
+        break;
+      case FieldDescriptor::CPPTYPE_INT64:
+        value = reflection.GetInt64(message, &field);
+        break;
+      case FieldDescriptor::CPPTYPE_UINT32:
+        value = reflection.GetUInt32(message, &field);
+        break;
+      case FieldDescriptor::CPPTYPE_UINT64:
+        value = reflection.GetUInt64(message, &field);
+        break;
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        value = reflection.GetDouble(message, &field);
+        break;
+      case FieldDescriptor::CPPTYPE_FLOAT:
+        value = reflection.GetFloat(message, &field);
+        break;
+      case FieldDescriptor::CPPTYPE_BOOL:
+        value = reflection.GetBool(message, &field);
+        break;
+      case FieldDescriptor::CPPTYPE_STRING:
+        value = reflection.GetString(message, &field);
+        break;
       case FieldDescriptor::CPPTYPE_ENUM:
         value = reflection.GetEnum(message, &field)->name();
         break;
-      case FieldDescriptor::CPPTYPE_MESSAGE: j.erase(field.name()); break;
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        j.erase(field.name());
+        break;
     }
   }
   return j;
@@ -323,7 +340,7 @@ absl::Status WriteFile(const std::string& path, absl::string_view bytes) {
 
 absl::Status SaveNpy(const std::string& path, DType dtype, const Dims& shape,
                      absl::string_view row_major) {
-  ASSIGN_OR_RETURN(const std::string image, EncodeNpy(dtype, shape, row_major));
+  ASARRAY_ASSIGN_OR_RETURN(const std::string image, EncodeNpy(dtype, shape, row_major));
   return WriteFile(path, image);
 }
 
@@ -333,7 +350,8 @@ class MappedFile {
   static absl::StatusOr<MappedFile> Open(const std::string& path) {
     MappedFile f;
     const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+    if (fd < 0)
+      return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
     struct stat st;
     fstat(fd, &st);
     f.size_ = static_cast<size_t>(st.st_size);
@@ -365,10 +383,10 @@ absl::StatusOr<ConvertOptions> OptionsFromArgs(const Args& args) {
   ConvertOptions options;
   options.requires_grad = args.requires_grad;
   if (args.dtype) {
-    ASSIGN_OR_RETURN(options.dtype, ParseDType(*args.dtype));
+    ASARRAY_ASSIGN_OR_RETURN(options.dtype, ParseDType(*args.dtype));
   }
   if (args.device) {
-    ASSIGN_OR_RETURN(options.device, ParseDevice(*args.device));
+    ASARRAY_ASSIGN_OR_RETURN(options.device, ParseDevice(*args.device));
   }
   // The command line allows only true, false and none.
   if (args.copy == "true") options.copy = true;
@@ -396,8 +414,8 @@ void PrintHandle(MappedTensor& result, const std::string* key = nullptr) {
 absl::Status Print(Client& client, const Args& args, MappedTensor result) {
   PrintHandle(result);
   if (args.save) {
-    ASSIGN_OR_RETURN(const std::string bytes, ResultBytes(client, result));
-    RETURN_IF_ERROR(SaveNpy(*args.save, result.dtype(), result.shape(), bytes));
+    ASARRAY_ASSIGN_OR_RETURN(const std::string bytes, ResultBytes(client, result));
+    ASARRAY_RETURN_IF_ERROR(SaveNpy(*args.save, result.dtype(), result.shape(), bytes));
   }
   return absl::OkStatus();
 }
@@ -412,7 +430,7 @@ struct Input {
 
 // The array of a mapped .npy file. ParseNpyHeader's message as it is.
 absl::StatusOr<Input> NpyInput(const std::string& path, const MappedFile& file) {
-  ASSIGN_OR_RETURN(const NpyHeader npy, ParseNpyHeader(file.view()));
+  ASARRAY_ASSIGN_OR_RETURN(const NpyHeader npy, ParseNpyHeader(file.view()));
   if (file.view().size() - npy.data_offset < npy.data_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(path, " holds fewer than the ", npy.data_bytes,
                                                    " data bytes its header declares"));
@@ -453,13 +471,13 @@ absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions&
   std::map<std::string, const std::string*> paths;  // key -> the file it came from
   for (const std::string& path : args.files) {
     if (absl::EndsWith(path, ".npz")) {
-      ASSIGN_OR_RETURN(std::vector<NpzMember> members, ReadNpz(path));
+      ASARRAY_ASSIGN_OR_RETURN(std::vector<NpzMember> members, ReadNpz(path));
       archives.push_back(std::move(members));
       for (const NpzMember& m : archives.back()) {
         inputs.push_back({m.name, path, m.header, m.npy.data() + m.header.data_offset});
       }
     } else {
-      ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path));
+      ASARRAY_ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path));
       files.push_back(std::move(file));
       absl::StatusOr<Input> input = NpyInput(path, files.back());
       if (!input.ok()) {
@@ -472,9 +490,9 @@ absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions&
   for (const Input& input : inputs) {
     const auto [it, fresh] = paths.emplace(input.key, &input.path);
     if (!fresh) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("two arrays have the key '", input.key, "' (from ", *it->second, " and ",
-                       input.path, "); each result needs a key of its own"));
+      return absl::InvalidArgumentError(absl::StrCat("two arrays have the key '", input.key,
+                                                     "' (from ", *it->second, " and ", input.path,
+                                                     "); each result needs a key of its own"));
     }
   }
   if (inputs.empty()) return absl::InvalidArgumentError("the .npz files hold no arrays");
@@ -499,7 +517,8 @@ absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions&
       offsets.push_back(static_cast<uint64_t>(start & ~int64_t{63}));
       total = end;
     }
-    ASSIGN_OR_RETURN(region, via == "fd" ? SharedRegion::CreateMemfd(static_cast<size_t>(total))
+    ASARRAY_ASSIGN_OR_RETURN(region, via == "fd"
+                                         ? SharedRegion::CreateMemfd(static_cast<size_t>(total))
                                          : SharedRegion::Create(static_cast<size_t>(total)));
     for (size_t i = 0; i < inputs.size(); ++i) {
       if (inputs[i].npy.data_bytes == 0) continue;
@@ -529,19 +548,19 @@ absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions&
     }
   }
   const int fd = region.has_value() && region->is_memfd() ? region->fd() : -1;
-  ASSIGN_OR_RETURN(std::vector<MappedTensor> results,
-                   client.ConvertAndMapBatch(request, fd >= 0 ? absl::MakeConstSpan(&fd, 1)
-                                                              : absl::Span<const int>()));
+  ASARRAY_ASSIGN_OR_RETURN(std::vector<MappedTensor> results,
+                           client.ConvertAndMapBatch(request, fd >= 0 ? absl::MakeConstSpan(&fd, 1)
+                                                                      : absl::Span<const int>()));
   if (results.size() != inputs.size()) {
-    return absl::InternalError(absl::StrCat("the server answered ", results.size(),
-                                            " results for ", inputs.size(), " arrays"));
+    return absl::InternalError(absl::StrCat("the server answered ", results.size(), " results for ",
+                                            inputs.size(), " arrays"));
   }
   for (size_t i = 0; i < results.size(); ++i) PrintHandle(results[i], &inputs[i].key);
   if (!save) return absl::OkStatus();
   std::deque<std::string> bytes;  // what `arrays` view
   std::vector<NpzArray> arrays;
   for (size_t i = 0; i < results.size(); ++i) {
-    ASSIGN_OR_RETURN(std::string elements, ResultBytes(client, results[i]));
+    ASARRAY_ASSIGN_OR_RETURN(std::string elements, ResultBytes(client, results[i]));
     bytes.push_back(std::move(elements));
     arrays.push_back({inputs[i].key, results[i].dtype(), results[i].shape(), bytes.back()});
   }
@@ -549,40 +568,41 @@ absl::Status ConvertMany(Client& client, const Args& args, const ConvertOptions&
 }
 
 absl::Status Convert(Client& client, const Args& args) {
-  ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
+  ASARRAY_ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
   std::optional<MappedTensor> result;
   std::optional<SharedRegion> region;  // must outlive the conversion
   if (args.json) {
     if (!args.files.empty()) return Usage("give either files or --json, not both");
-    ASSIGN_OR_RETURN(const Literal literal, ParseLiteralJson(*args.json));
-    ASSIGN_OR_RETURN(result, client.ConvertLiteral(literal, options));
+    ASARRAY_ASSIGN_OR_RETURN(const Literal literal, ParseLiteralJson(*args.json));
+    ASARRAY_ASSIGN_OR_RETURN(result, client.ConvertLiteral(literal, options));
   } else if (args.files.empty()) {
     return Usage("convert needs FILE.npy, FILE.npz or --json");
   } else if (args.files.size() > 1 || absl::EndsWith(args.files[0], ".npz") ||
              (args.save && absl::EndsWith(*args.save, ".npz"))) {
     return ConvertMany(client, args, options);
   } else {
-    ASSIGN_OR_RETURN(const MappedFile file, MappedFile::Open(args.files[0]));
-    ASSIGN_OR_RETURN(const Input input, NpyInput(args.files[0], file));
+    ASARRAY_ASSIGN_OR_RETURN(const MappedFile file, MappedFile::Open(args.files[0]));
+    ASARRAY_ASSIGN_OR_RETURN(const Input input, NpyInput(args.files[0], file));
     const NpyHeader& npy = input.npy;
     const char* data = input.data;
     const std::string via = Via(client, args);
     if (via == "inline") {
-      ASSIGN_OR_RETURN(result, client.ConvertInline(data, npy.data_bytes, npy.dtype, npy.layout, options));
+      ASARRAY_ASSIGN_OR_RETURN(
+          result, client.ConvertInline(data, npy.data_bytes, npy.dtype, npy.layout, options));
     } else {
-      ASSIGN_OR_RETURN(region, via == "fd" ? SharedRegion::CreateMemfd(npy.data_bytes)
-                                           : SharedRegion::Create(npy.data_bytes));
+      ASARRAY_ASSIGN_OR_RETURN(region, via == "fd" ? SharedRegion::CreateMemfd(npy.data_bytes)
+                                                   : SharedRegion::Create(npy.data_bytes));
       if (npy.data_bytes > 0) std::memcpy(region->data(), data, npy.data_bytes);
-      ASSIGN_OR_RETURN(result, client.ConvertRegion(*region, 0, npy.data_bytes, npy.dtype,
-                                                    npy.layout, options));
+      ASARRAY_ASSIGN_OR_RETURN(
+          result, client.ConvertRegion(*region, 0, npy.data_bytes, npy.dtype, npy.layout, options));
     }
   }
   return Print(client, args, *std::move(result));
 }
 
 absl::Status Take(Client& client, const Args& args) {
-  ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
-  ASSIGN_OR_RETURN(MappedTensor result, client.ConvertTensor(args.id, options));
+  ASARRAY_ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromArgs(args));
+  ASARRAY_ASSIGN_OR_RETURN(MappedTensor result, client.ConvertTensor(args.id, options));
   return Print(client, args, std::move(result));
 }
 
@@ -595,11 +615,12 @@ absl::Status Run(const Args& args) {
   client_options.tls_ca_file = args.tls_ca;
   client_options.tls_cert_file = args.tls_cert;
   client_options.tls_key_file = args.tls_key;
-  ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(args.server, client_options));
+  ASARRAY_ASSIGN_OR_RETURN(std::unique_ptr<Client> client,
+                           Client::Connect(args.server, client_options));
   if (local && !client->remote() && !client->has_local_transport()) {
-    return absl::UnavailableError(absl::StrCat(
-        "the server has no local transport beside its socket, which ", cmd,
-        " needs here; it listens on a Unix socket unless --local_transport=false"));
+    return absl::UnavailableError(
+        absl::StrCat("the server has no local transport beside its socket, which ", cmd,
+                     " needs here; it listens on a Unix socket unless --local_transport=false"));
   }
   // A command's handles outlive it: whoever uses them releases them.
   client->set_lease_ttl(absl::ZeroDuration());
@@ -608,24 +629,24 @@ absl::Status Run(const Args& args) {
   if (cmd == "take") return Take(*client, args);
   if (cmd == "read") {
     HandleInfo handle;
-    ASSIGN_OR_RETURN(const std::string bytes, client->ReadBytes(args.id, &handle));
+    ASARRAY_ASSIGN_OR_RETURN(const std::string bytes, client->ReadBytes(args.id, &handle));
     std::printf("%s\n", HandleJson(handle).dump().c_str());
     return SaveNpy(*args.save, handle.dtype, handle.layout.shape, bytes);
   }
   if (cmd == "release") return client->Release(args.id);
   if (cmd == "list") {
-    ASSIGN_OR_RETURN(const std::vector<HandleInfo> handles, client->List());
+    ASARRAY_ASSIGN_OR_RETURN(const std::vector<HandleInfo> handles, client->List());
     for (const HandleInfo& h : handles) std::printf("%s\n", HandleJson(h).dump().c_str());
     return absl::OkStatus();
   }
   if (cmd == "stats") {
-    ASSIGN_OR_RETURN(const v1::StatsResponse s, client->Stats());
+    ASARRAY_ASSIGN_OR_RETURN(const v1::StatsResponse s, client->Stats());
     const Json j = ScalarFieldsJson(s);
     std::printf("%s\n", j.dump().c_str());
     return absl::OkStatus();
   }
   if (cmd == "health") {
-    RETURN_IF_ERROR(client->Health());
+    ASARRAY_RETURN_IF_ERROR(client->Health());
     std::printf("SERVING\n");
     return absl::OkStatus();
   }

@@ -16,9 +16,9 @@
 #include "absl/synchronization/mutex.h"
 #include "core/cast.h"
 #include "core/status_macros.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "wire/posix_util.h"
 #include "wire/socket_path.h"
 
@@ -142,10 +142,11 @@ absl::StatusOr<std::string> MappedTensor::RowMajorBytes() const {
   }
   if (cuda_ != nullptr) {
     host.resize(cuda_->size());
-    RETURN_IF_ERROR(cuda_->CopyToHost(0, host.size(), host.data()));
+    ASARRAY_RETURN_IF_ERROR(cuda_->CopyToHost(0, host.size(), host.data()));
     storage = reinterpret_cast<const unsigned char*>(host.data());
   }
-  RETURN_IF_ERROR(CopyRowMajorRange({storage, dtype(), handle_.layout}, 0, numel(), out.data()));
+  ASARRAY_RETURN_IF_ERROR(
+      CopyRowMajorRange({storage, dtype(), handle_.layout}, 0, numel(), out.data()));
   return out;
 }
 
@@ -207,14 +208,14 @@ class ClientLink {
     std::string bytes;
     request.SerializeToString(&bytes);
     if (bytes.size() > kMaxLocalMessageBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a request of ", bytes.size(), " bytes is past the local transport's ",
-          kMaxLocalMessageBytes, "; send it over gRPC"));
+      return absl::InvalidArgumentError(absl::StrCat("a request of ", bytes.size(),
+                                                     " bytes is past the local transport's ",
+                                                     kMaxLocalMessageBytes, "; send it over gRPC"));
     }
     absl::StatusOr<LocalDatagram> answer;
     {
       absl::MutexLock lock(&mu_);
-      RETURN_IF_ERROR(SendLocal(local_.get(), bytes, fds));
+      ASARRAY_RETURN_IF_ERROR(SendLocal(local_.get(), bytes, fds));
       answer = ReceiveLocal(local_.get(), kMaxLocalMessageBytes);
     }
     if (!answer.ok()) return answer.status();
@@ -319,11 +320,13 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
   }
   grpc::SslCredentialsOptions ssl;
   if (!options.tls_ca_file.empty()) {
-    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadSmallFile(options.tls_ca_file, "TLS CA bundle"));
+    ASARRAY_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                             ReadSmallFile(options.tls_ca_file, "TLS CA bundle"));
   }
   if (!options.tls_cert_file.empty()) {
-    ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadSmallFile(options.tls_cert_file, "TLS certificate"));
-    ASSIGN_OR_RETURN(ssl.pem_private_key, ReadSmallFile(options.tls_key_file, "TLS key"));
+    ASARRAY_ASSIGN_OR_RETURN(ssl.pem_cert_chain,
+                             ReadSmallFile(options.tls_cert_file, "TLS certificate"));
+    ASARRAY_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadSmallFile(options.tls_key_file, "TLS key"));
   }
   return grpc::SslCredentials(ssl);
 }
@@ -337,8 +340,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   const std::string target = address.empty() ? DefaultAddress() : address;
   absl::string_view path = target;
   const bool unix_socket = absl::ConsumePrefix(&path, "unix:");
-  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
-                   ChannelCredentials(options, unix_socket));
+  ASARRAY_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                           ChannelCredentials(options, unix_socket));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
@@ -351,7 +354,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   }
   auto channel = grpc::CreateCustomChannel(target, credentials, args);
-  if (channel == nullptr) return absl::InvalidArgumentError("cannot create a channel to " + address);
+  if (channel == nullptr)
+    return absl::InvalidArgumentError("cannot create a channel to " + address);
   std::unique_ptr<Client> client(
       new Client(std::move(channel), options, target, /*remote=*/!unix_socket));
   // A remote client streams past 4 MiB: a server's message limit may be
@@ -387,8 +391,8 @@ absl::StatusOr<int> HandleFd(const HandleInfo& handle, absl::Span<const int> fds
   if (!handle.has_fd) return -1;
   const size_t count = handle.fd_from_request ? fds.size() : received.size();
   if (handle.fd_index >= count) {
-    return absl::InternalError(absl::StrCat("the handle names descriptor ", handle.fd_index,
-                                            " of ", count));
+    return absl::InternalError(
+        absl::StrCat("the handle names descriptor ", handle.fd_index, " of ", count));
   }
   return handle.fd_from_request ? fds[handle.fd_index] : received[handle.fd_index].get();
 }
@@ -405,7 +409,7 @@ absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& or
   if (link_->local() && !request.return_data() && (fits || !fds.empty())) {
     v1::LocalRequest local;
     *local.mutable_convert() = request;
-    ASSIGN_OR_RETURN(v1::LocalResponse response, link_->CallLocal(local, fds, received));
+    ASARRAY_ASSIGN_OR_RETURN(v1::LocalResponse response, link_->CallLocal(local, fds, received));
     return std::move(*response.mutable_convert());
   }
   if (!fds.empty()) {
@@ -415,7 +419,7 @@ absl::StatusOr<v1::ConvertResponse> Client::Convert(const v1::ConvertRequest& or
   grpc::ClientContext context;
   link_->Prepare(&context, ClientLink::Call::kData);
   v1::ConvertResponse response;
-  RETURN_IF_ERROR(link_->Done(stub_->Convert(&context, request, &response)));
+  ASARRAY_RETURN_IF_ERROR(link_->Done(stub_->Convert(&context, request, &response)));
   return response;
 }
 
@@ -428,7 +432,7 @@ absl::StatusOr<v1::ConvertBatchResponse> Client::ConvertBatch(
   if (link_->local() && (fits || !fds.empty())) {
     v1::LocalRequest local;
     *local.mutable_convert_batch() = request;
-    ASSIGN_OR_RETURN(v1::LocalResponse response, link_->CallLocal(local, fds, received));
+    ASARRAY_ASSIGN_OR_RETURN(v1::LocalResponse response, link_->CallLocal(local, fds, received));
     return std::move(*response.mutable_convert_batch());
   }
   if (!fds.empty()) {
@@ -438,7 +442,7 @@ absl::StatusOr<v1::ConvertBatchResponse> Client::ConvertBatch(
   grpc::ClientContext context;
   link_->Prepare(&context, ClientLink::Call::kData);
   v1::ConvertBatchResponse response;
-  RETURN_IF_ERROR(link_->Done(stub_->ConvertBatch(&context, request, &response)));
+  ASARRAY_RETURN_IF_ERROR(link_->Done(stub_->ConvertBatch(&context, request, &response)));
   return response;
 }
 
@@ -448,14 +452,14 @@ absl::StatusOr<std::vector<MappedTensor>> Client::ConvertAndMapBatch(
     // Kept on the server just long enough to read each back.
     v1::ConvertBatchRequest held = request;
     if (!held.has_ttl_ms()) held.set_ttl_ms(60000);
-    ASSIGN_OR_RETURN(const v1::ConvertBatchResponse response, ConvertBatch(held));
+    ASARRAY_ASSIGN_OR_RETURN(const v1::ConvertBatchResponse response, ConvertBatch(held));
     std::vector<std::string> ids;
     for (const v1::TensorHandle& h : response.handles()) ids.push_back(h.id());
     std::vector<MappedTensor> out;
     absl::Status status;
     const auto read = [&](const v1::TensorHandle& h) -> absl::StatusOr<MappedTensor> {
-      ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(h));
-      ASSIGN_OR_RETURN(std::string bytes, ReadBytes(h.id()));
+      ASARRAY_ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(h));
+      ASARRAY_ASSIGN_OR_RETURN(std::string bytes, ReadBytes(h.id()));
       return FromBytes(handle, std::move(bytes));
     };
     for (const v1::TensorHandle& h : response.handles()) {
@@ -471,15 +475,16 @@ absl::StatusOr<std::vector<MappedTensor>> Client::ConvertAndMapBatch(
     return out;
   }
   std::vector<UniqueFd> received;
-  ASSIGN_OR_RETURN(const v1::ConvertBatchResponse response, ConvertBatch(request, fds, &received));
+  ASARRAY_ASSIGN_OR_RETURN(const v1::ConvertBatchResponse response,
+                           ConvertBatch(request, fds, &received));
   std::vector<MappedTensor> out;
   out.reserve(static_cast<size_t>(response.handles_size()));
   // Mapped in order; a failure releases the leases of the rest too.
   absl::Status status;
   const auto map = [&](const v1::TensorHandle& h) -> absl::StatusOr<MappedTensor> {
-    ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(h));
+    ASARRAY_ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(h));
     if (remote_) return HeldRemotely(handle);
-    ASSIGN_OR_RETURN(const int fd, HandleFd(handle, fds, received));
+    ASARRAY_ASSIGN_OR_RETURN(const int fd, HandleFd(handle, fds, received));
     return Map(handle, /*owns_lease=*/true, fd);
   };
   for (const v1::TensorHandle& h : response.handles()) {
@@ -514,7 +519,7 @@ absl::StatusOr<v1::ConvertResponse> Client::Upload(const v1::ConvertUploadHeader
     if (progress_) progress_(sent, header.storage_size());
   }
   writer->WritesDone();
-  RETURN_IF_ERROR(link_->Done(writer->Finish()));
+  ASARRAY_RETURN_IF_ERROR(link_->Done(writer->Finish()));
   return response;
 }
 
@@ -524,10 +529,9 @@ namespace {
 // `writable` is false), through `mappings`, and checks that the handle's
 // view lies inside.
 absl::Status MapRange(const std::shared_ptr<MappingCache>& mappings, int fd, uint64_t offset,
-                      uint64_t size, bool writable, const std::string& what,
-                      MappedTensor* tensor, std::shared_ptr<FileMapping>* mapping,
-                      unsigned char** storage) {
-  ASSIGN_OR_RETURN(*mapping, mappings->Map(fd, offset, size, writable, what));
+                      uint64_t size, bool writable, const std::string& what, MappedTensor* tensor,
+                      std::shared_ptr<FileMapping>* mapping, unsigned char** storage) {
+  ASARRAY_ASSIGN_OR_RETURN(*mapping, mappings->Map(fd, offset, size, writable, what));
   *storage = (*mapping)->at(offset);
   // The handle's view must lie inside what was mapped.
   const HandleInfo& handle = tensor->handle();
@@ -537,9 +541,9 @@ absl::Status MapRange(const std::shared_ptr<MappingCache>& mappings, int fd, uin
 }  // namespace
 
 absl::Status Client::RefuseRemote(absl::string_view what) const {
-  return absl::FailedPreconditionError(absl::StrCat(
-      "this client is remote (TCP): ", what,
-      " needs memory shared with the server, on its host; send the bytes instead"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("this client is remote (TCP): ", what,
+                   " needs memory shared with the server, on its host; send the bytes instead"));
 }
 
 absl::StatusOr<MappedTensor> Client::FromBytes(const HandleInfo& handle, std::string bytes) {
@@ -548,7 +552,7 @@ absl::StatusOr<MappedTensor> Client::FromBytes(const HandleInfo& handle, std::st
   tensor.handle_.layout.offset = 0;
   const Layout& layout = tensor.handle_.layout;
   const Layout row_major{layout.shape, ContiguousStrides(layout.shape), 0};
-  ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(row_major, ItemSize(handle.dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(row_major, ItemSize(handle.dtype)));
   if (bytes.size() != static_cast<uint64_t>(tensor.sizes_.nbytes)) {
     return absl::InternalError(absl::StrCat("the server sent ", bytes.size(),
                                             " bytes for a result of ", tensor.sizes_.nbytes));
@@ -558,7 +562,8 @@ absl::StatusOr<MappedTensor> Client::FromBytes(const HandleInfo& handle, std::st
   } else {
     // The result's own strides (a transpose, a broadcast): the row-major
     // elements placed in storage of that layout.
-    ASSIGN_OR_RETURN(const ByteRange range, ComputeByteRange(layout, ItemSize(handle.dtype)));
+    ASARRAY_ASSIGN_OR_RETURN(const ByteRange range,
+                             ComputeByteRange(layout, ItemSize(handle.dtype)));
     if (range.begin != 0) {
       return absl::InternalError("the server's result has strides that reach before its start");
     }
@@ -568,8 +573,8 @@ absl::StatusOr<MappedTensor> Client::FromBytes(const HandleInfo& handle, std::st
     for (size_t d = 0; d < to.shape.size(); ++d) {
       if (to.strides[d] == 0) from.shape[d] = to.shape[d] = 1;
     }
-    RETURN_IF_ERROR(CastCopy({bytes.data(), handle.dtype, from},
-                             {tensor.bytes_->data(), handle.dtype, to}));
+    ASARRAY_RETURN_IF_ERROR(
+        CastCopy({bytes.data(), handle.dtype, from}, {tensor.bytes_->data(), handle.dtype, to}));
   }
   tensor.storage_ = reinterpret_cast<unsigned char*>(tensor.bytes_->data());
   return tensor;
@@ -578,28 +583,28 @@ absl::StatusOr<MappedTensor> Client::FromBytes(const HandleInfo& handle, std::st
 absl::StatusOr<MappedTensor> Client::HeldRemotely(const HandleInfo& handle) {
   MappedTensor tensor;
   tensor.handle_ = handle;
-  ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(handle.layout, ItemSize(handle.dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(handle.layout, ItemSize(handle.dtype)));
   tensor.link_ = link_;
   return tensor;
 }
 
 absl::StatusOr<MappedTensor> Client::ConvertRemote(const v1::ConvertRequest& request) {
   if (lease_ttl_.has_value()) {
-    ASSIGN_OR_RETURN(const v1::ConvertResponse held, Convert(request));
-    ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(held.handle()));
+    ASARRAY_ASSIGN_OR_RETURN(const v1::ConvertResponse held, Convert(request));
+    ASARRAY_ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(held.handle()));
     return HeldRemotely(handle);
   }
   v1::ConvertRequest with_data = request;
   with_data.set_return_data(true);
   absl::StatusOr<v1::ConvertResponse> response = Convert(with_data);
   if (response.ok()) {
-    ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response->handle()));
+    ASARRAY_ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response->handle()));
     return FromBytes(handle, std::move(*response->mutable_data()));
   }
   // Past one message: streamed instead.
   if (response.status().code() != absl::StatusCode::kResourceExhausted) return response.status();
   HandleInfo handle;
-  ASSIGN_OR_RETURN(std::string bytes, ConvertToData(request, &handle));
+  ASARRAY_ASSIGN_OR_RETURN(std::string bytes, ConvertToData(request, &handle));
   return FromBytes(handle, std::move(bytes));
 }
 
@@ -607,15 +612,15 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
   if (remote_) return RefuseRemote("mapping a handle");
   MappedTensor tensor;
   tensor.handle_ = handle;
-  ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(handle.layout, ItemSize(handle.dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(tensor.sizes_, ComputeViewSizes(handle.layout, ItemSize(handle.dtype)));
   if (owns_lease) tensor.link_ = link_;
   if (!handle.cuda_ipc_handle.empty()) {
     if (!ClientHasCuda()) return tensor;  // nothing this build can open
-    RETURN_IF_ERROR(CheckFitsStorage(handle.layout, ItemSize(handle.dtype),
-                                     static_cast<int64_t>(handle.cuda_size)));
-    ASSIGN_OR_RETURN(tensor.cuda_,
-                     CudaIpcMapping::Open(handle.cuda_ipc_handle, handle.device.index,
-                                          handle.cuda_offset, handle.cuda_size));
+    ASARRAY_RETURN_IF_ERROR(CheckFitsStorage(handle.layout, ItemSize(handle.dtype),
+                                             static_cast<int64_t>(handle.cuda_size)));
+    ASARRAY_ASSIGN_OR_RETURN(tensor.cuda_,
+                             CudaIpcMapping::Open(handle.cuda_ipc_handle, handle.device.index,
+                                                  handle.cuda_offset, handle.cuda_size));
     tensor.storage_ = static_cast<unsigned char*>(tensor.cuda_->data());
     return tensor;
   }
@@ -626,8 +631,9 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
     }
     if (handle.fd_size == 0) return tensor;
     tensor.mappings_ = mappings_;
-    RETURN_IF_ERROR(MapRange(mappings_, fd, handle.fd_offset, handle.fd_size, /*writable=*/true,
-                             "the handle's memfd", &tensor, &tensor.mapping_, &tensor.storage_));
+    ASARRAY_RETURN_IF_ERROR(MapRange(mappings_, fd, handle.fd_offset, handle.fd_size,
+                                     /*writable=*/true, "the handle's memfd", &tensor,
+                                     &tensor.mapping_, &tensor.storage_));
     return tensor;
   }
   if (handle.shm_name.empty()) {
@@ -640,8 +646,8 @@ absl::StatusOr<MappedTensor> Client::Map(const HandleInfo& handle, bool owns_lea
   if (shm < 0) return ErrnoStatus(errno, "opening " + handle.shm_name);
   const UniqueFd owned(shm);
   tensor.mappings_ = mappings_;
-  RETURN_IF_ERROR(MapRange(mappings_, shm, handle.shm_offset, handle.shm_size, writable,
-                           handle.shm_name, &tensor, &tensor.mapping_, &tensor.storage_));
+  ASARRAY_RETURN_IF_ERROR(MapRange(mappings_, shm, handle.shm_offset, handle.shm_size, writable,
+                                   handle.shm_name, &tensor, &tensor.mapping_, &tensor.storage_));
   return tensor;
 }
 
@@ -649,9 +655,9 @@ absl::StatusOr<MappedTensor> Client::ConvertAndMap(const v1::ConvertRequest& req
                                                    absl::Span<const int> fds) {
   if (remote_) return ConvertRemote(request);
   std::vector<UniqueFd> received;
-  ASSIGN_OR_RETURN(const v1::ConvertResponse response, Convert(request, fds, &received));
-  ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response.handle()));
-  ASSIGN_OR_RETURN(const int fd, HandleFd(handle, fds, received));
+  ASARRAY_ASSIGN_OR_RETURN(const v1::ConvertResponse response, Convert(request, fds, &received));
+  ASARRAY_ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response.handle()));
+  ASARRAY_ASSIGN_OR_RETURN(const int fd, HandleFd(handle, fds, received));
   // The received descriptors close on return: the mapping keeps the memory.
   return Map(handle, /*owns_lease=*/true, fd);
 }
@@ -675,15 +681,15 @@ absl::StatusOr<MappedTensor> Client::ConvertInline(const void* storage, size_t s
     LayoutToProto(sent, header.mutable_layout());
     header.set_storage_size(bytes);
     OptionsToProto(options, header.mutable_options());
-    ASSIGN_OR_RETURN(const v1::ConvertResponse response, Upload(header, begin));
-    ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response.handle()));
+    ASARRAY_ASSIGN_OR_RETURN(const v1::ConvertResponse response, Upload(header, begin));
+    ASARRAY_ASSIGN_OR_RETURN(const HandleInfo handle, HandleFromProto(response.handle()));
     if (!remote_) return Map(handle, /*owns_lease=*/true);
     if (lease_ttl_.has_value()) return HeldRemotely(handle);
     // Read back, and let the server's copy go.
     absl::StatusOr<std::string> result = ReadBytes(handle.id);
     const absl::Status released = Release(handle.id);
     if (!result.ok()) return result.status();
-    RETURN_IF_ERROR(released);
+    ASARRAY_RETURN_IF_ERROR(released);
     return FromBytes(handle, *std::move(result));
   }
   v1::ConvertRequest request;
@@ -698,7 +704,7 @@ absl::StatusOr<MappedTensor> Client::ConvertInline(const void* storage, size_t s
 absl::StatusOr<MappedTensor> Client::ConvertLiteral(const Literal& literal,
                                                     const ConvertOptions& options) {
   v1::ConvertRequest request;
-  RETURN_IF_ERROR(LiteralToProto(literal, request.mutable_source()->mutable_literal()));
+  ASARRAY_RETURN_IF_ERROR(LiteralToProto(literal, request.mutable_source()->mutable_literal()));
   OptionsToProto(options, request.mutable_options());
   return ConvertAndMap(request);
 }
@@ -717,9 +723,8 @@ void DescribeArray(uint64_t offset, uint64_t size, DType dtype, const Layout& la
 
 }  // namespace
 
-absl::StatusOr<MappedTensor> Client::ConvertRegion(const std::string& region_name,
-                                                   uint64_t offset, uint64_t size, DType dtype,
-                                                   const Layout& layout,
+absl::StatusOr<MappedTensor> Client::ConvertRegion(const std::string& region_name, uint64_t offset,
+                                                   uint64_t size, DType dtype, const Layout& layout,
                                                    const ConvertOptions& options) {
   if (remote_) return RefuseRemote("a shared-memory region");
   v1::ConvertRequest request;
@@ -731,8 +736,7 @@ absl::StatusOr<MappedTensor> Client::ConvertRegion(const std::string& region_nam
 }
 
 absl::StatusOr<MappedTensor> Client::ConvertRegion(const SharedRegion& region, uint64_t offset,
-                                                   uint64_t size, DType dtype,
-                                                   const Layout& layout,
+                                                   uint64_t size, DType dtype, const Layout& layout,
                                                    const ConvertOptions& options) {
   if (!region.is_memfd()) return ConvertRegion(region.name(), offset, size, dtype, layout, options);
   if (remote_) return RefuseRemote("a memfd");
@@ -803,8 +807,8 @@ absl::StatusOr<std::string> DrainStream(grpc::ClientContext* context,
     if (progress) progress(data.size(), total);
   }
   const absl::Status finished = link.Done(reader->Finish());
-  RETURN_IF_ERROR(parsed);
-  RETURN_IF_ERROR(finished);
+  ASARRAY_RETURN_IF_ERROR(parsed);
+  ASARRAY_RETURN_IF_ERROR(finished);
   return data;
 }
 
@@ -828,8 +832,8 @@ absl::StatusOr<std::string> Client::ConvertToData(const v1::ConvertRequest& requ
 }
 
 absl::StatusOr<absl::Time> Client::Renew(const std::string& id, absl::Duration ttl) {
-  ASSIGN_OR_RETURN(const std::vector<absl::Time> expires,
-                   Renew(absl::MakeConstSpan(&id, 1), ttl));
+  ASARRAY_ASSIGN_OR_RETURN(const std::vector<absl::Time> expires,
+                           Renew(absl::MakeConstSpan(&id, 1), ttl));
   return expires.front();
 }
 
@@ -837,8 +841,8 @@ absl::StatusOr<std::vector<absl::Time>> Client::Renew(absl::Span<const std::stri
                                                       absl::Duration ttl) {
   std::vector<absl::Time> expires;
   for (size_t at = 0; at < ids.size(); at += ClientLink::kIdsPerCall) {
-    ASSIGN_OR_RETURN(std::vector<absl::Time> some,
-                     RenewSome(ids.subspan(at, ClientLink::kIdsPerCall), ttl));
+    ASARRAY_ASSIGN_OR_RETURN(std::vector<absl::Time> some,
+                             RenewSome(ids.subspan(at, ClientLink::kIdsPerCall), ttl));
     expires.insert(expires.end(), some.begin(), some.end());
   }
   return expires;
@@ -854,15 +858,16 @@ absl::StatusOr<std::vector<absl::Time>> Client::RenewSome(absl::Span<const std::
   if (link_->local()) {
     v1::LocalRequest local;
     *local.mutable_renew() = request;
-    ASSIGN_OR_RETURN(const v1::LocalResponse answer, link_->CallLocal(local, {}, nullptr));
+    ASARRAY_ASSIGN_OR_RETURN(const v1::LocalResponse answer, link_->CallLocal(local, {}, nullptr));
     response = answer.renew();
   } else {
     grpc::ClientContext context;
     link_->Prepare(&context, ClientLink::Call::kUnary);
-    RETURN_IF_ERROR(link_->Done(stub_->Renew(&context, request, &response)));
+    ASARRAY_RETURN_IF_ERROR(link_->Done(stub_->Renew(&context, request, &response)));
   }
   std::vector<absl::Time> expires = {absl::FromUnixMillis(response.lease_expires_unix_ms())};
-  for (int64_t ms : response.more_lease_expires_unix_ms()) expires.push_back(absl::FromUnixMillis(ms));
+  for (int64_t ms : response.more_lease_expires_unix_ms())
+    expires.push_back(absl::FromUnixMillis(ms));
   return expires;
 }
 
@@ -877,10 +882,10 @@ absl::StatusOr<std::vector<HandleInfo>> Client::List() {
   grpc::ClientContext context;
   link_->Prepare(&context, ClientLink::Call::kUnary);
   v1::ListResponse response;
-  RETURN_IF_ERROR(link_->Done(stub_->List(&context, v1::ListRequest(), &response)));
+  ASARRAY_RETURN_IF_ERROR(link_->Done(stub_->List(&context, v1::ListRequest(), &response)));
   std::vector<HandleInfo> out;
   for (const v1::TensorHandle& h : response.tensors()) {
-    ASSIGN_OR_RETURN(HandleInfo info, HandleFromProto(h));
+    ASARRAY_ASSIGN_OR_RETURN(HandleInfo info, HandleFromProto(h));
     out.push_back(std::move(info));
   }
   return out;
@@ -890,13 +895,13 @@ absl::StatusOr<v1::StatsResponse> Client::Stats() {
   if (link_->local()) {
     v1::LocalRequest local;
     local.mutable_stats();
-    ASSIGN_OR_RETURN(v1::LocalResponse answer, link_->CallLocal(local, {}, nullptr));
+    ASARRAY_ASSIGN_OR_RETURN(v1::LocalResponse answer, link_->CallLocal(local, {}, nullptr));
     return std::move(*answer.mutable_stats());
   }
   grpc::ClientContext context;
   link_->Prepare(&context, ClientLink::Call::kUnary);
   v1::StatsResponse response;
-  RETURN_IF_ERROR(link_->Done(stub_->Stats(&context, v1::StatsRequest(), &response)));
+  ASARRAY_RETURN_IF_ERROR(link_->Done(stub_->Stats(&context, v1::StatsRequest(), &response)));
   return response;
 }
 
@@ -905,12 +910,12 @@ absl::Status Client::Health() {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   grpc::health::v1::HealthCheckResponse response;
   auto stub = grpc::health::v1::Health::NewStub(channel_);
-  RETURN_IF_ERROR(link_->Done(
-      stub->Check(&context, grpc::health::v1::HealthCheckRequest(), &response)));
+  ASARRAY_RETURN_IF_ERROR(
+      link_->Done(stub->Check(&context, grpc::health::v1::HealthCheckRequest(), &response)));
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
-    return absl::UnavailableError(absl::StrCat(
-        "server reports ", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
-                               response.status())));
+    return absl::UnavailableError(
+        absl::StrCat("server reports ",
+                     grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status())));
   }
   return absl::OkStatus();
 }

@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "client/cuda_ipc.h"
 #include "client/mappings.h"
@@ -36,7 +37,6 @@
 #include "core/layout.h"
 #include "core/literal.h"
 #include "core/plan.h"
-#include "absl/types/span.h"
 #include "wire/local_socket.h"
 #include "wire/proto_convert.h"
 
@@ -124,11 +124,11 @@ class MappedTensor {
   MappedTensor() = default;
   void Reset();
   HandleInfo handle_;
-  std::shared_ptr<FileMapping> mapping_;  // of the handle's host memory
+  std::shared_ptr<FileMapping> mapping_;    // of the handle's host memory
   std::shared_ptr<MappingCache> mappings_;  // where mapping_ goes back to
-  ViewSizes sizes_;  // of the handle's layout, checked when it was mapped
-  unsigned char* storage_ = nullptr;  // the handle's bytes within mapping_, or
-                                      // the device storage of cuda_
+  ViewSizes sizes_;                         // of the handle's layout, checked when it was mapped
+  unsigned char* storage_ = nullptr;        // the handle's bytes within mapping_, or
+                                            // the device storage of cuda_
   std::unique_ptr<CudaIpcMapping> cuda_;
   // A remote result's elements, which storage_ points into (held by
   // pointer: a moved string may move its bytes).
@@ -185,9 +185,8 @@ class Client {
   // Inline bytes: `storage` is what the layout indexes into. Payloads past
   // `upload_threshold` bytes stream through ConvertUpload. Only the bytes the
   // view touches travel.
-  absl::StatusOr<MappedTensor> ConvertInline(const void* storage, size_t storage_bytes,
-                                             DType dtype, const Layout& layout,
-                                             const ConvertOptions& options);
+  absl::StatusOr<MappedTensor> ConvertInline(const void* storage, size_t storage_bytes, DType dtype,
+                                             const Layout& layout, const ConvertOptions& options);
   absl::StatusOr<MappedTensor> ConvertLiteral(const Literal& literal,
                                               const ConvertOptions& options);
   // A view into [offset, offset + size) of a region (storage starts at offset).
@@ -199,14 +198,12 @@ class Client {
   absl::StatusOr<MappedTensor> ConvertRegion(const SharedRegion& region, uint64_t offset,
                                              uint64_t size, DType dtype, const Layout& layout,
                                              const ConvertOptions& options);
-  absl::StatusOr<MappedTensor> ConvertTensor(const std::string& id,
-                                             const ConvertOptions& options);
+  absl::StatusOr<MappedTensor> ConvertTensor(const std::string& id, const ConvertOptions& options);
   // A view into [offset, offset + size) of a CUDA allocation of this
   // process's (or another's), named by its IPC handle.
   absl::StatusOr<MappedTensor> ConvertCudaIpc(const std::string& ipc_handle, int device,
                                               uint64_t offset, uint64_t size, DType dtype,
-                                              const Layout& layout,
-                                              const ConvertOptions& options);
+                                              const Layout& layout, const ConvertOptions& options);
 
   // The raw calls, for callers that manage handles themselves. Convert goes
   // over the local transport when it is up (`fds` beside the request; the
@@ -249,7 +246,8 @@ class Client {
   absl::StatusOr<std::string> ConvertToData(const v1::ConvertRequest& request,
                                             HandleInfo* handle = nullptr);
 
-  absl::StatusOr<absl::Time> Renew(const std::string& id, absl::Duration ttl = absl::ZeroDuration());
+  absl::StatusOr<absl::Time> Renew(const std::string& id,
+                                   absl::Duration ttl = absl::ZeroDuration());
   // Every one of `ids` to the same TTL, many a call: their new expiries, in
   // order (NOT_FOUND for an unknown one, after the rest of its call).
   absl::StatusOr<std::vector<absl::Time>> Renew(absl::Span<const std::string> ids,
@@ -280,8 +278,8 @@ class Client {
   size_t chunk_size() const { return chunk_size_; }
 
  private:
-  Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options,
-         std::string target, bool remote);
+  Client(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options, std::string target,
+         bool remote);
   // Converts, and maps the answer; `fds` go beside the request. Remote:
   // the result's bytes instead.
   absl::StatusOr<MappedTensor> ConvertAndMap(const v1::ConvertRequest& request,

@@ -41,13 +41,11 @@ absl::Status CheckRange(uint64_t from, uint64_t bytes, uint64_t size) {
 bool ClientHasCuda() { return true; }
 
 absl::StatusOr<std::unique_ptr<CudaIpcMapping>> CudaIpcMapping::Open(const std::string& handle,
-                                                                      int device,
-                                                                      uint64_t offset,
-                                                                      uint64_t size) {
+                                                                     int device, uint64_t offset,
+                                                                     uint64_t size) {
   if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
-    return absl::InvalidArgumentError(absl::StrCat("a CUDA IPC handle holds ",
-                                                   sizeof(cudaIpcMemHandle_t), " bytes, not ",
-                                                   handle.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a CUDA IPC handle holds ", sizeof(cudaIpcMemHandle_t), " bytes, not ", handle.size()));
   }
   if (absl::Status s = SelectDevice(device); !s.ok()) return s;
   cudaIpcMemHandle_t h;
@@ -70,8 +68,7 @@ absl::Status CudaIpcMapping::CopyToHost(uint64_t from, uint64_t bytes, void* dst
   if (absl::Status s = CheckRange(from, bytes, size_); !s.ok()) return s;
   if (bytes == 0) return absl::OkStatus();
   if (absl::Status s = SelectDevice(device_); !s.ok()) return s;
-  return Copy(dst, static_cast<const unsigned char*>(data()) + from, bytes,
-              cudaMemcpyDeviceToHost);
+  return Copy(dst, static_cast<const unsigned char*>(data()) + from, bytes, cudaMemcpyDeviceToHost);
 }
 
 absl::StatusOr<std::unique_ptr<DeviceRegion>> DeviceRegion::Create(int device, uint64_t bytes) {
@@ -108,8 +105,7 @@ absl::Status DeviceRegion::CopyToHost(uint64_t from, uint64_t bytes, void* dst) 
   if (absl::Status s = CheckRange(from, bytes, size_); !s.ok()) return s;
   if (bytes == 0) return absl::OkStatus();
   if (absl::Status s = SelectDevice(device_); !s.ok()) return s;
-  return Copy(dst, static_cast<const unsigned char*>(data_) + from, bytes,
-              cudaMemcpyDeviceToHost);
+  return Copy(dst, static_cast<const unsigned char*>(data_) + from, bytes, cudaMemcpyDeviceToHost);
 }
 
 }  // namespace asarray

@@ -27,9 +27,8 @@ class CudaIpcMapping {
  public:
   // `handle`: the 64 bytes of a cudaIpcMemHandle_t; `device`: the ordinal it
   // lives on. INVALID_ARGUMENT when the handle cannot be opened.
-  static absl::StatusOr<std::unique_ptr<CudaIpcMapping>> Open(const std::string& handle,
-                                                              int device, uint64_t offset,
-                                                              uint64_t size);
+  static absl::StatusOr<std::unique_ptr<CudaIpcMapping>> Open(const std::string& handle, int device,
+                                                              uint64_t offset, uint64_t size);
   ~CudaIpcMapping();
   CudaIpcMapping(const CudaIpcMapping&) = delete;
   CudaIpcMapping& operator=(const CudaIpcMapping&) = delete;

@@ -15,7 +15,7 @@ absl::Status NoCuda() {
 bool ClientHasCuda() { return false; }
 
 absl::StatusOr<std::unique_ptr<CudaIpcMapping>> CudaIpcMapping::Open(const std::string&, int,
-                                                                      uint64_t, uint64_t) {
+                                                                     uint64_t, uint64_t) {
   return NoCuda();
 }
 CudaIpcMapping::~CudaIpcMapping() = default;

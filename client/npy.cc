@@ -22,10 +22,10 @@ struct Descr {
   DType dtype;
 };
 constexpr Descr kDescrs[] = {
-    {"|b1", DType::kBool},      {"|u1", DType::kUInt8},     {"|i1", DType::kInt8},
-    {"<i2", DType::kInt16},     {"<i4", DType::kInt32},     {"<i8", DType::kInt64},
-    {"<f2", DType::kFloat16},   {"<u2", DType::kBFloat16},  {"<f4", DType::kFloat32},
-    {"<f8", DType::kFloat64},   {"<c8", DType::kComplex64}, {"<c16", DType::kComplex128},
+    {"|b1", DType::kBool},    {"|u1", DType::kUInt8},     {"|i1", DType::kInt8},
+    {"<i2", DType::kInt16},   {"<i4", DType::kInt32},     {"<i8", DType::kInt64},
+    {"<f2", DType::kFloat16}, {"<u2", DType::kBFloat16},  {"<f4", DType::kFloat32},
+    {"<f8", DType::kFloat64}, {"<c8", DType::kComplex64}, {"<c16", DType::kComplex128},
 };
 
 absl::Status Bad(absl::string_view why) {
@@ -81,11 +81,12 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(absl::string_view file) {
   const absl::string_view dict = file.substr(prefix, header_len);
 
   NpyHeader header;
-  ASSIGN_OR_RETURN(absl::string_view descr, DictValue(dict, "descr"));
+  ASARRAY_ASSIGN_OR_RETURN(absl::string_view descr, DictValue(dict, "descr"));
   if (descr.size() < 2 || (descr.front() != '\'' && descr.front() != '"') ||
       descr.back() != descr.front()) {
-    return Bad(absl::StrCat("descr ", descr, " is not a simple type string (structured or "
-                                             "object arrays are not supported)"));
+    return Bad(absl::StrCat("descr ", descr,
+                            " is not a simple type string (structured or "
+                            "object arrays are not supported)"));
   }
   descr = descr.substr(1, descr.size() - 2);
   if (!descr.empty() && descr[0] == '>') {
@@ -104,10 +105,10 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(absl::string_view file) {
   }
   if (!known) return Bad(absl::StrCat("dtype '", descr, "' has no torch counterpart"));
 
-  ASSIGN_OR_RETURN(absl::string_view fortran, DictValue(dict, "fortran_order"));
+  ASARRAY_ASSIGN_OR_RETURN(absl::string_view fortran, DictValue(dict, "fortran_order"));
   if (fortran != "True" && fortran != "False") return Bad("fortran_order is not True or False");
 
-  ASSIGN_OR_RETURN(absl::string_view shape_text, DictValue(dict, "shape"));
+  ASARRAY_ASSIGN_OR_RETURN(absl::string_view shape_text, DictValue(dict, "shape"));
   if (!absl::ConsumePrefix(&shape_text, "(") || !absl::ConsumeSuffix(&shape_text, ")")) {
     return Bad("shape is not a tuple");
   }

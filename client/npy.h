@@ -18,9 +18,9 @@ namespace asarray {
 
 struct NpyHeader {
   DType dtype = DType::kFloat32;
-  Layout layout;            // row-major, or column-major for Fortran order
-  size_t data_offset = 0;   // where the elements start in the file
-  size_t data_bytes = 0;    // numel * item size
+  Layout layout;           // row-major, or column-major for Fortran order
+  size_t data_offset = 0;  // where the elements start in the file
+  size_t data_bytes = 0;   // numel * item size
 };
 
 // Parses the header at the start of `file` (the whole file, or at least its

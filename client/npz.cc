@@ -100,9 +100,8 @@ absl::StatusOr<std::vector<NpzMember>> ReadArchive(zip_t* zip, absl::string_view
   const zip_int64_t count = zip_get_num_entries(zip, 0);
   if (count < 0) return absl::InternalError(absl::StrCat(where, "cannot count the members"));
   if (static_cast<uint64_t>(count) > limits.max_members) {
-    return absl::InvalidArgumentError(absl::StrCat(where, "holds ", count,
-                                                   " members, past the limit of ",
-                                                   limits.max_members));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, "holds ", count, " members, past the limit of ", limits.max_members));
   }
   // Every entry is checked before any is inflated.
   std::vector<zip_stat_t> stats(static_cast<size_t>(count));
@@ -156,7 +155,7 @@ absl::StatusOr<std::vector<NpzMember>> ReadArchive(zip_t* zip, absl::string_view
       return absl::InvalidArgumentError(
           absl::StrCat(where, "member ", Quote(stats[i].name), " ", what));
     };
-    ASSIGN_OR_RETURN(member.npy, ReadMember(zip, stats[i], bad));
+    ASARRAY_ASSIGN_OR_RETURN(member.npy, ReadMember(zip, stats[i], bad));
     absl::StatusOr<NpyHeader> header = ParseNpyHeader(member.npy);
     if (!header.ok()) return bad(absl::StrCat("is ", header.status().message()));
     member.header = *header;
@@ -201,7 +200,7 @@ absl::StatusOr<std::vector<NpzMember>> ReadNpz(const std::string& path, const Np
     return absl::NotFoundError(absl::StrCat(where, "cannot open: ", ErrorText(&error)));
   }
   zip_error_fini(&error);
-  ASSIGN_OR_RETURN(const ZipPtr zip, OpenArchive(source, where));
+  ASARRAY_ASSIGN_OR_RETURN(const ZipPtr zip, OpenArchive(source, where));
   return ReadArchive(zip.get(), where, limits);
 }
 
@@ -212,7 +211,7 @@ absl::StatusOr<std::vector<NpzMember>> ReadNpzBytes(absl::string_view archive,
   zip_source_t* source = zip_source_buffer_create(archive.data(), archive.size(), 0, &error);
   if (source == nullptr) return absl::InternalError(ErrorText(&error));
   zip_error_fini(&error);
-  ASSIGN_OR_RETURN(const ZipPtr zip, OpenArchive(source, ""));
+  ASARRAY_ASSIGN_OR_RETURN(const ZipPtr zip, OpenArchive(source, ""));
   return ReadArchive(zip.get(), "", limits);
 }
 

@@ -22,9 +22,9 @@ namespace asarray {
 
 // One array of an archive.
 struct NpzMember {
-  std::string name;   // the key np.load gives: the member's file name less ".npy"
-  NpyHeader header;   // its data_offset is into `npy`
-  std::string npy;    // the member's whole .npy image, header included
+  std::string name;  // the key np.load gives: the member's file name less ".npy"
+  NpyHeader header;  // its data_offset is into `npy`
+  std::string npy;   // the member's whole .npy image, header included
 
   // The elements, in the header's layout (row- or column-major).
   absl::string_view data() const {

@@ -32,9 +32,8 @@ std::vector<LoopDim> MakeCopyLoop(const Layout& src, const Layout& dst) {
   for (size_t i = 0; i < src.shape.size(); ++i) {
     if (src.shape[i] != 1) dims.push_back({src.shape[i], src.strides[i], dst.strides[i]});
   }
-  std::stable_sort(dims.begin(), dims.end(), [](const LoopDim& a, const LoopDim& b) {
-    return a.dst > b.dst;
-  });
+  std::stable_sort(dims.begin(), dims.end(),
+                   [](const LoopDim& a, const LoopDim& b) { return a.dst > b.dst; });
   std::vector<LoopDim> merged;
   for (const LoopDim& d : dims) {
     if (!merged.empty()) {
@@ -69,11 +68,11 @@ __attribute__((target("avx,f16c,sse4.1"))) int64_t FloatToHalfF16C(const float* 
     const __m256i sign32 = _mm256_castps_si256(_mm256_and_ps(x, sign_bit));
     // Each 32-bit lane to 16 bits: the masks saturate to 0 or -1, and a sign
     // shifted down to bit 15 fits unsigned.
-    const __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan32),
-                                          _mm256_extractf128_si256(nan32, 1));
-    const __m128i sign16 = _mm_packus_epi32(
-        _mm_srli_epi32(_mm256_castsi256_si128(sign32), 16),
-        _mm_srli_epi32(_mm256_extractf128_si256(sign32, 1), 16));
+    const __m128i nan16 =
+        _mm_packs_epi32(_mm256_castsi256_si128(nan32), _mm256_extractf128_si256(nan32, 1));
+    const __m128i sign16 =
+        _mm_packus_epi32(_mm_srli_epi32(_mm256_castsi256_si128(sign32), 16),
+                         _mm_srli_epi32(_mm256_extractf128_si256(sign32, 1), 16));
     const __m128i fixed = _mm_blendv_epi8(h, _mm_or_si128(sign16, quiet_nan), nan16);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), fixed);
   }
@@ -97,8 +96,8 @@ bool HasF16C() {
 #endif
 
 template <typename S, typename D>
-void ConvertRun(const S* __restrict src, int64_t src_stride, D* __restrict dst,
-                int64_t dst_stride, int64_t n) {
+void ConvertRun(const S* __restrict src, int64_t src_stride, D* __restrict dst, int64_t dst_stride,
+                int64_t n) {
   if (src_stride == 1 && dst_stride == 1) {
     int64_t i = 0;
 #if defined(__x86_64__)
@@ -160,7 +159,8 @@ void ConvertTransposed(const S* src, D* dst, const std::vector<LoopDim>& dims) {
   int64_t outer_count = 1;
   for (const LoopDim& d : outer) outer_count *= d.size;
   const int64_t tile_rows = (rows.size + kTile - 1) / kTile;
-  const int64_t grain = std::max<int64_t>(1, kParallelGrain / (kTile * std::max<int64_t>(1, cols.size)));
+  const int64_t grain =
+      std::max<int64_t>(1, kParallelGrain / (kTile * std::max<int64_t>(1, cols.size)));
   ParallelFor(outer_count * tile_rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       int64_t rest = item / tile_rows, src_off = 0, dst_off = 0;
@@ -190,8 +190,8 @@ void CastTyped(const S* src, D* dst, const std::vector<LoopDim>& dims, int64_t n
     return;
   }
   const LoopDim& inner = dims.back();
-  if (dims.size() >= 2 && inner.src != 1 && dims[dims.size() - 2].src == 1 &&
-      inner.size >= kTile && dims[dims.size() - 2].size >= kTile) {
+  if (dims.size() >= 2 && inner.src != 1 && dims[dims.size() - 2].src == 1 && inner.size >= kTile &&
+      dims[dims.size() - 2].size >= kTile) {
     ConvertTransposed(src, dst, dims);
     return;
   }
@@ -232,7 +232,7 @@ absl::Status CheckCastViews(const Layout& src, const Layout& dst) {
 
 absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst) {
   if (absl::Status s = CheckCastViews(src.layout, dst.layout); !s.ok()) return s;
-  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
+  ASARRAY_ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
   if (numel == 0) return absl::OkStatus();
   const std::vector<LoopDim> dims = MakeCopyLoop(src.layout, dst.layout);
   DispatchDType(src.dtype, [&](auto src_tag) {
@@ -248,11 +248,10 @@ absl::Status CastCopy(const ConstStridedView& src, const StridedView& dst) {
 
 absl::Status CopyRowMajorRange(const ConstStridedView& src, int64_t begin, int64_t count,
                                void* dst) {
-  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
+  ASARRAY_ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
   if (begin < 0 || count < 0 || begin > numel || count > numel - begin) {
-    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin,
-                                                   " + ", count,
-                                                   ") is outside [0, ", numel, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin, " + ",
+                                                   count, ") is outside [0, ", numel, ")"));
   }
   if (count == 0) return absl::OkStatus();
   // With a contiguous destination the loop's linear index is the row-major

@@ -16,8 +16,7 @@ namespace {
 
 absl::Status Run(int argc, char** argv) {
   if (argc < 2) {
-    return absl::InvalidArgumentError(
-        "usage: asarray_demo LITERAL [--dtype D] [--requires-grad]");
+    return absl::InvalidArgumentError("usage: asarray_demo LITERAL [--dtype D] [--requires-grad]");
   }
   asarray::ConvertOptions options;
   for (int i = 2; i < argc; ++i) {

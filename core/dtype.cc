@@ -3,9 +3,9 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "core/quote.h"
 
 namespace asarray {
@@ -32,14 +32,13 @@ constexpr DTypeInfo kInfos[kNumDTypes] = {
     {DType::kFloat32, "float32", "Float", 4, DTypeCategory::kFloat, kDLFloat},
     {DType::kFloat64, "float64", "Double", 8, DTypeCategory::kFloat, kDLFloat},
     {DType::kComplex64, "complex64", "ComplexFloat", 8, DTypeCategory::kComplex, kDLComplex},
-    {DType::kComplex128, "complex128", "ComplexDouble", 16, DTypeCategory::kComplex,
-     kDLComplex},
+    {DType::kComplex128, "complex128", "ComplexDouble", 16, DTypeCategory::kComplex, kDLComplex},
 };
 
 constexpr DType kAll[kNumDTypes] = {
-    DType::kBool,    DType::kUInt8,    DType::kInt8,    DType::kInt16,
-    DType::kInt32,   DType::kInt64,    DType::kFloat16, DType::kBFloat16,
-    DType::kFloat32, DType::kFloat64,  DType::kComplex64, DType::kComplex128,
+    DType::kBool,    DType::kUInt8,   DType::kInt8,      DType::kInt16,
+    DType::kInt32,   DType::kInt64,   DType::kFloat16,   DType::kBFloat16,
+    DType::kFloat32, DType::kFloat64, DType::kComplex64, DType::kComplex128,
 };
 
 const DTypeInfo& Info(DType dtype) { return kInfos[static_cast<int>(dtype)]; }
@@ -49,9 +48,8 @@ struct Alias {
   DType dtype;
 };
 constexpr Alias kAliases[] = {
-    {"float", DType::kFloat32},   {"double", DType::kFloat64},
-    {"half", DType::kFloat16},    {"long", DType::kInt64},
-    {"int", DType::kInt32},       {"short", DType::kInt16},
+    {"float", DType::kFloat32},    {"double", DType::kFloat64},     {"half", DType::kFloat16},
+    {"long", DType::kInt64},       {"int", DType::kInt32},          {"short", DType::kInt16},
     {"cfloat", DType::kComplex64}, {"cdouble", DType::kComplex128},
 };
 
@@ -72,10 +70,10 @@ absl::StatusOr<DType> ParseDType(absl::string_view name) {
   for (const Alias& alias : kAliases) {
     if (bare == alias.name) return alias.dtype;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown dtype ", Quote(name),
-      "; expected one of bool, uint8, int8, int16, int32, int64, float16, "
-      "bfloat16, float32, float64, complex64, complex128"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype ", Quote(name),
+                   "; expected one of bool, uint8, int8, int16, int32, int64, float16, "
+                   "bfloat16, float32, float64, complex64, complex128"));
 }
 
 DLDataType ToDLDataType(DType dtype) {
@@ -95,9 +93,9 @@ absl::StatusOr<DType> FromDLDataType(DLDataType type) {
       }
     }
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("DLPack type (code ", type.code, ", bits ", type.bits, ", lanes ",
-                   type.lanes, ") has no torch dtype"));
+  return absl::InvalidArgumentError(absl::StrCat("DLPack type (code ", type.code, ", bits ",
+                                                 type.bits, ", lanes ", type.lanes,
+                                                 ") has no torch dtype"));
 }
 
 }  // namespace asarray

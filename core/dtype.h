@@ -49,9 +49,7 @@ DTypeCategory Category(DType dtype);
 inline bool IsFloatingPoint(DType d) { return Category(d) == DTypeCategory::kFloat; }
 inline bool IsComplex(DType d) { return Category(d) == DTypeCategory::kComplex; }
 // bool and the integer dtypes.
-inline bool IsIntegral(DType d) {
-  return !IsFloatingPoint(d) && !IsComplex(d);
-}
+inline bool IsIntegral(DType d) { return !IsFloatingPoint(d) && !IsComplex(d); }
 // Whether a tensor of this dtype may require gradients (torch: floating or complex).
 inline bool CanRequireGrad(DType d) { return IsFloatingPoint(d) || IsComplex(d); }
 

@@ -67,13 +67,13 @@ ASARRAY_HD float BitsFloat(uint32_t u) {
 
 template <typename T>
 struct IsFloatLike
-    : std::integral_constant<bool, std::is_same<T, float>::value || std::is_same<T, double>::value ||
-                                       std::is_same<T, Half>::value ||
-                                       std::is_same<T, BFloat16>::value> {};
+    : std::integral_constant<bool,
+                             std::is_same<T, float>::value || std::is_same<T, double>::value ||
+                                 std::is_same<T, Half>::value || std::is_same<T, BFloat16>::value> {
+};
 template <typename T>
-struct IsComplexT
-    : std::integral_constant<bool, std::is_same<T, Complex64>::value ||
-                                       std::is_same<T, Complex128>::value> {};
+struct IsComplexT : std::integral_constant<bool, std::is_same<T, Complex64>::value ||
+                                                     std::is_same<T, Complex128>::value> {};
 template <typename T>
 struct IsIntT : std::integral_constant<bool, std::is_integral<T>::value> {};
 
@@ -165,8 +165,7 @@ template <typename From>
 ASARRAY_HD double ToFloat64(From v) {
   if constexpr (std::is_same<From, Bool8>::value) {
     return v.v != 0 ? 1.0 : 0.0;
-  } else if constexpr (std::is_same<From, Half>::value ||
-                       std::is_same<From, BFloat16>::value) {
+  } else if constexpr (std::is_same<From, Half>::value || std::is_same<From, BFloat16>::value) {
     return static_cast<double>(ToFloat32(v));
   } else if constexpr (convert_internal::IsComplexT<From>::value) {
     return static_cast<double>(v.re);

@@ -68,10 +68,10 @@ absl::StatusOr<ElementBounds> ComputeElementBounds(const Layout& layout) {
     const Int128 reach = Int128{layout.shape[d] - 1} * layout.strides[d];
     (reach < 0 ? lo : hi) += reach;
     if (!FitsInt64(lo) || !FitsInt64(hi)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "layout with shape ", DimsToString(layout.shape), ", strides ",
-          DimsToString(layout.strides), " and offset ", layout.offset,
-          " reaches element indices that overflow int64"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("layout with shape ", DimsToString(layout.shape), ", strides ",
+                       DimsToString(layout.strides), " and offset ", layout.offset,
+                       " reaches element indices that overflow int64"));
     }
   }
   return ElementBounds{static_cast<int64_t>(lo), static_cast<int64_t>(hi)};
@@ -81,14 +81,13 @@ absl::StatusOr<ElementBounds> ComputeElementBounds(const Layout& layout) {
 
 absl::Status ValidateLayout(const Layout& layout) {
   if (layout.shape.size() != layout.strides.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("shape ", DimsToString(layout.shape), " has ", layout.shape.size(),
-                     " dims but strides ", DimsToString(layout.strides), " have ",
-                     layout.strides.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shape ", DimsToString(layout.shape), " has ", layout.shape.size(), " dims but strides ",
+        DimsToString(layout.strides), " have ", layout.strides.size()));
   }
   if (layout.shape.size() > static_cast<size_t>(kMaxRank)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rank ", layout.shape.size(), " exceeds the maximum of ", kMaxRank));
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", layout.shape.size(), " exceeds the maximum of ", kMaxRank));
   }
   if (layout.offset < 0) {
     return absl::InvalidArgumentError(
@@ -113,9 +112,9 @@ absl::StatusOr<ViewSizes> ComputeViewSizes(const Layout& layout, size_t item_siz
     const ElementBounds b = ComputeElementBounds(layout).value();
     const Int128 begin = b.lo * item, end = (Int128{b.hi} + 1) * item;
     if (!FitsInt64(begin) || !FitsInt64(end)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "layout with shape ", DimsToString(layout.shape), " and strides ",
-          DimsToString(layout.strides), " spans more bytes than int64 holds"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("layout with shape ", DimsToString(layout.shape), " and strides ",
+                       DimsToString(layout.strides), " spans more bytes than int64 holds"));
     }
     sizes.extent = {static_cast<int64_t>(begin), static_cast<int64_t>(end)};
   }
@@ -123,9 +122,9 @@ absl::StatusOr<ViewSizes> ComputeViewSizes(const Layout& layout, size_t item_siz
   // any storage: it cannot be copied, sent, or described by its nbytes.
   const Int128 nbytes = sizes.numel * item;
   if (!FitsInt64(nbytes)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "a view with shape ", DimsToString(layout.shape), " has ", sizes.numel,
-        " elements of ", item_size, " bytes: more bytes than int64 holds"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a view with shape ", DimsToString(layout.shape), " has ", sizes.numel,
+                     " elements of ", item_size, " bytes: more bytes than int64 holds"));
   }
   sizes.nbytes = static_cast<int64_t>(nbytes);
   return sizes;
@@ -141,16 +140,16 @@ absl::Status CheckFitsStorage(const Layout& layout, size_t item_size, int64_t st
   absl::StatusOr<ByteRange> range = ComputeByteRange(layout, item_size);
   if (!range.ok()) return range.status();
   if (range->begin < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "view with shape ", DimsToString(layout.shape), ", strides ",
-        DimsToString(layout.strides), " and offset ", layout.offset, " starts ",
-        BytesBefore(*range), " bytes before its storage"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("view with shape ", DimsToString(layout.shape), ", strides ",
+                     DimsToString(layout.strides), " and offset ", layout.offset, " starts ",
+                     BytesBefore(*range), " bytes before its storage"));
   }
   if (range->end > storage_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "view with shape ", DimsToString(layout.shape), ", strides ",
-        DimsToString(layout.strides), " and offset ", layout.offset, " needs ", range->end,
-        " bytes but its storage holds ", storage_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("view with shape ", DimsToString(layout.shape), ", strides ",
+                     DimsToString(layout.strides), " and offset ", layout.offset, " needs ",
+                     range->end, " bytes but its storage holds ", storage_bytes));
   }
   return absl::OkStatus();
 }
@@ -179,8 +178,7 @@ bool IsContiguous(absl::Span<const int64_t> shape, absl::Span<const int64_t> str
   return true;
 }
 
-bool IsNonOverlappingAndDense(absl::Span<const int64_t> shape,
-                              absl::Span<const int64_t> strides) {
+bool IsNonOverlappingAndDense(absl::Span<const int64_t> shape, absl::Span<const int64_t> strides) {
   const size_t rank = shape.size();
   // torch counts every contiguous tensor, empty ones included, as dense.
   if (IsContiguous(shape, strides)) return true;

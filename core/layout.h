@@ -24,8 +24,8 @@ using Dims = std::vector<int64_t>;
 
 struct Layout {
   Dims shape;
-  Dims strides;         // in elements; may be zero or negative
-  int64_t offset = 0;   // in elements, from the start of the storage
+  Dims strides;        // in elements; may be zero or negative
+  int64_t offset = 0;  // in elements, from the start of the storage
 
   friend bool operator==(const Layout& a, const Layout& b) {
     return a.shape == b.shape && a.strides == b.strides && a.offset == b.offset;
@@ -84,8 +84,7 @@ bool IsContiguous(absl::Span<const int64_t> shape, absl::Span<const int64_t> str
 
 // torch's is_non_overlapping_and_dense: the elements fill a block of exactly
 // numel slots, in some dimension order.
-bool IsNonOverlappingAndDense(absl::Span<const int64_t> shape,
-                              absl::Span<const int64_t> strides);
+bool IsNonOverlappingAndDense(absl::Span<const int64_t> shape, absl::Span<const int64_t> strides);
 
 bool HasNegativeStride(absl::Span<const int64_t> strides);
 

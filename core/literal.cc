@@ -75,21 +75,31 @@ absl::Status TooDeep() {
 // Rank in the bool < int64 < float32 < complex64 promotion lattice.
 int PromotionRank(DType d) {
   switch (d) {
-    case DType::kBool: return 0;
-    case DType::kInt64: return 1;
-    case DType::kFloat32: return 2;
-    default: return 3;
+    case DType::kBool:
+      return 0;
+    case DType::kInt64:
+      return 1;
+    case DType::kFloat32:
+      return 2;
+    default:
+      return 3;
   }
 }
 
 absl::StatusOr<DType> InferDType(const Literal& l, int depth, std::vector<int64_t>& path) {
   switch (l.kind()) {
-    case Kind::kBool: return DType::kBool;
-    case Kind::kInt: return DType::kInt64;
-    case Kind::kFloat: return DType::kFloat32;
-    case Kind::kComplex: return DType::kComplex64;
-    case Kind::kInvalid: return NotANumber(l, path);
-    case Kind::kList: break;
+    case Kind::kBool:
+      return DType::kBool;
+    case Kind::kInt:
+      return DType::kInt64;
+    case Kind::kFloat:
+      return DType::kFloat32;
+    case Kind::kComplex:
+      return DType::kComplex64;
+    case Kind::kInvalid:
+      return NotANumber(l, path);
+    case Kind::kList:
+      break;
   }
   if (depth >= kMaxRank) return TooDeep();
   if (l.items().empty()) return DType::kFloat32;
@@ -137,8 +147,7 @@ absl::Status Overflow(const std::string& value, DType dtype, const std::vector<i
 
 // One leaf into T. `out` may be null (validation only).
 template <typename T>
-absl::Status StoreScalar(const Literal& l, DType dtype, const std::vector<int64_t>& path,
-                         T* out) {
+absl::Status StoreScalar(const Literal& l, DType dtype, const std::vector<int64_t>& path, T* out) {
   T value{};
   switch (l.kind()) {
     case Kind::kInvalid:
@@ -154,9 +163,9 @@ absl::Status StoreScalar(const Literal& l, DType dtype, const std::vector<int64_
                            std::is_same<T, Complex128>::value) {
         value = Convert<T>(Complex128{l.float_value(), l.imag_value()});
       } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("complex value ", Where(path), " cannot be stored in the real dtype ",
-                         DTypeName(dtype)));
+        return absl::InvalidArgumentError(absl::StrCat("complex value ", Where(path),
+                                                       " cannot be stored in the real dtype ",
+                                                       DTypeName(dtype)));
       }
       break;
     case Kind::kBool:
@@ -205,9 +214,9 @@ class Storer {
     }
     const int64_t length = static_cast<int64_t>(l.items().size());
     if (length != info_.shape[dim]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "ragged literal: expected a list of length ", info_.shape[dim], " at dim ", dim,
-          " but the list ", Where(path_), " has length ", length));
+      return absl::InvalidArgumentError(
+          absl::StrCat("ragged literal: expected a list of length ", info_.shape[dim], " at dim ",
+                       dim, " but the list ", Where(path_), " has length ", length));
     }
     path_.push_back(0);
     for (const Literal& item : l.items()) {
@@ -227,8 +236,7 @@ class Storer {
 
 }  // namespace
 
-absl::StatusOr<LiteralInfo> AnalyzeLiteral(const Literal& literal,
-                                           std::optional<DType> requested) {
+absl::StatusOr<LiteralInfo> AnalyzeLiteral(const Literal& literal, std::optional<DType> requested) {
   LiteralInfo info;
   if (requested.has_value()) {
     info.dtype = *requested;

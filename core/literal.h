@@ -61,8 +61,7 @@ struct LiteralInfo {
 // any complex -> complex64; an empty list -> float32. Fails with
 // INVALID_ARGUMENT on values that are not numbers (when inferring), nesting
 // deeper than kMaxRank, or more elements than int64 counts.
-absl::StatusOr<LiteralInfo> AnalyzeLiteral(const Literal& literal,
-                                           std::optional<DType> requested);
+absl::StatusOr<LiteralInfo> AnalyzeLiteral(const Literal& literal, std::optional<DType> requested);
 
 // Writes the literal's values as `info.dtype`, row-major and contiguous, to
 // `dst` (ItemSize * numel bytes), or only validates when dst is null.

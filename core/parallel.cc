@@ -19,8 +19,7 @@ int MaxParallelism() {
   return threads;
 }
 
-void ParallelFor(int64_t total, int64_t min_grain,
-                 absl::FunctionRef<void(int64_t, int64_t)> fn) {
+void ParallelFor(int64_t total, int64_t min_grain, absl::FunctionRef<void(int64_t, int64_t)> fn) {
   if (total <= 0) return;
   const int64_t grain = std::max<int64_t>(1, min_grain);
   // ceil(total / grain) without the overflow of total + grain - 1.

@@ -4,10 +4,10 @@
 #include <cstdlib>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "core/cast.h"
 #include "core/quote.h"
 
@@ -25,8 +25,8 @@ absl::StatusOr<Device> ParseDevice(absl::string_view text) {
       return Device{Device::Type::kCUDA, index};
     }
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown device ", Quote(text),
-                                                  "; expected cpu, cuda or cuda:N"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown device ", Quote(text), "; expected cpu, cuda or cuda:N"));
 }
 
 std::string DeviceName(const Device& device) {
@@ -38,9 +38,8 @@ namespace {
 
 absl::Status CheckRequiresGrad(DType dtype, bool requires_grad) {
   if (requires_grad && !CanRequireGrad(dtype)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("requires_grad=True needs a floating point or complex dtype, not ",
-                     DTypeName(dtype)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "requires_grad=True needs a floating point or complex dtype, not ", DTypeName(dtype)));
   }
   return absl::OkStatus();
 }
@@ -56,12 +55,11 @@ std::string WhyNotAliasable(const Source& source, DType dtype, const Device& dev
                         DeviceName(device), " needs a copy");
   }
   if (source.dtype != dtype) {
-    return absl::StrCat("the source has dtype ", DTypeName(source.dtype),
-                        " and converting it to ", DTypeName(dtype), " needs a copy");
+    return absl::StrCat("the source has dtype ", DTypeName(source.dtype), " and converting it to ",
+                        DTypeName(dtype), " needs a copy");
   }
   if (HasNegativeStride(source.layout.strides)) {
-    return absl::StrCat("the source has negative strides ",
-                        DimsToString(source.layout.strides),
+    return absl::StrCat("the source has negative strides ", DimsToString(source.layout.strides),
                         ", which no tensor can alias; only a copy can represent it");
   }
   return "";
@@ -107,8 +105,7 @@ absl::StatusOr<Plan> PlanConversion(const Source& source, const ConvertOptions& 
     plan.layout = CopyLayout(source.layout);
     if (CastDiscardsImaginary(source.dtype, plan.dtype)) {
       plan.warnings.push_back(absl::StrCat("casting ", DTypeName(source.dtype), " to ",
-                                           DTypeName(plan.dtype),
-                                           " discards the imaginary part"));
+                                           DTypeName(plan.dtype), " discards the imaginary part"));
     }
   } else {
     plan.action = Plan::Action::kAlias;

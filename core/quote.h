@@ -19,8 +19,8 @@ inline constexpr size_t kMaxQuotedBytes = 128;
 // The value with C escapes, or its first 128 bytes, "...", and its length.
 inline std::string Cut(absl::string_view value) {
   if (value.size() <= kMaxQuotedBytes) return absl::CHexEscape(value);
-  return absl::StrCat(absl::CHexEscape(value.substr(0, kMaxQuotedBytes)), "... (",
-                      value.size(), " bytes)");
+  return absl::StrCat(absl::CHexEscape(value.substr(0, kMaxQuotedBytes)), "... (", value.size(),
+                      " bytes)");
 }
 
 // The value as it reads, printable ASCII kept (quotes too), a backslash

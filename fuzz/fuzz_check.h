@@ -38,8 +38,7 @@ inline void RequireRequestStatus(const absl::Status& status) {
   const auto report = [&](const char* what) {
     std::fprintf(stderr, "invariant broken: %s: code %d, message (%zu bytes) %.*s\n", what,
                  static_cast<int>(status.code()), status.message().size(),
-                 static_cast<int>(status.message().size() > 2048 ? 2048
-                                                                 : status.message().size()),
+                 static_cast<int>(status.message().size() > 2048 ? 2048 : status.message().size()),
                  status.message().data());
     std::abort();
   };

@@ -85,7 +85,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // A row-major copy of an arbitrary sub-range.
   const int64_t begin = numel == 0 ? 0 : in.ConsumeIntegralInRange<int64_t>(0, numel);
-  const int64_t count = numel - begin == 0 ? 0 : in.ConsumeIntegralInRange<int64_t>(0, numel - begin);
+  const int64_t count =
+      numel - begin == 0 ? 0 : in.ConsumeIntegralInRange<int64_t>(0, numel - begin);
   std::vector<unsigned char> rows(static_cast<size_t>(count) * item);
   fuzz::RequireExplained(CopyRowMajorRange(src, begin, count, rows.data()));
 

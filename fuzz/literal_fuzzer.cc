@@ -53,8 +53,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!proto.ParseFromArray(data + 3, static_cast<int>(size - 3))) return 0;
     literal = LiteralFromProto(proto);
   } else {
-    literal = ParseLiteralJson(
-        absl::string_view(reinterpret_cast<const char*>(data + 3), size - 3));
+    literal =
+        ParseLiteralJson(absl::string_view(reinterpret_cast<const char*>(data + 3), size - 3));
   }
   fuzz::RequireExplained(literal.status());
   if (!literal.ok()) return 0;

@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const size_t item = ItemSize(header->dtype);
   absl::StatusOr<int64_t> numel = NumElements(header->layout.shape);
   Require(numel.ok(), "a parsed header with an invalid shape");
-  Require(header->data_bytes == static_cast<uint64_t>(*numel) * item, "data_bytes is not numel * item");
+  Require(header->data_bytes == static_cast<uint64_t>(*numel) * item,
+          "data_bytes is not numel * item");
   Require(header->data_offset <= size, "the data starts past the file");
   Require(CheckFitsStorage(header->layout, item, static_cast<int64_t>(header->data_bytes)).ok(),
           "the layout reaches outside data_bytes");
@@ -36,10 +37,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::StatusOr<std::string> encoded = EncodeNpy(header->dtype, header->layout.shape, rows);
   Require(encoded.ok(), "a parsed array cannot be encoded");
   absl::StatusOr<NpyHeader> again = ParseNpyHeader(*encoded);
-  Require(again.ok() && again->dtype == header->dtype &&
-              again->layout.shape == header->layout.shape &&
-              again->data_bytes == header->data_bytes &&
-              encoded->substr(again->data_offset) == rows,
-          "an encoded array parses back differently");
+  Require(
+      again.ok() && again->dtype == header->dtype && again->layout.shape == header->layout.shape &&
+          again->data_bytes == header->data_bytes && encoded->substr(again->data_offset) == rows,
+      "an encoded array parses back differently");
   return 0;
 }

@@ -78,10 +78,10 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "asarray/v1/asarray.pb.h"
-#include "google/protobuf/stubs/logging.h"
 #include "core/dtype.h"
 #include "core/layout.h"
 #include "fuzz/fuzz_check.h"
+#include "google/protobuf/stubs/logging.h"
 #include "server/converter.h"
 #include "server/cuda_backend.h"
 #include "server/executor.h"
@@ -206,19 +206,26 @@ class Reader {
       const int k = Byte() & 63;
       const uint64_t p = uint64_t{1} << k;
       switch (t) {
-        case 1: return p + 1;
-        case 2: return 0 - p;
-        case 3: return 0 - (p + 1);
-        case 4: return 0 - (p - 1);
-        case 5: return 0 - static_cast<uint64_t>(k) - 1;
-        case 6: return static_cast<uint64_t>(INT64_MAX) - static_cast<uint64_t>(k);
-        default: return static_cast<uint64_t>(INT64_MIN) + static_cast<uint64_t>(k);
+        case 1:
+          return p + 1;
+        case 2:
+          return 0 - p;
+        case 3:
+          return 0 - (p + 1);
+        case 4:
+          return 0 - (p - 1);
+        case 5:
+          return 0 - static_cast<uint64_t>(k) - 1;
+        case 6:
+          return static_cast<uint64_t>(INT64_MAX) - static_cast<uint64_t>(k);
+        default:
+          return static_cast<uint64_t>(INT64_MIN) + static_cast<uint64_t>(k);
       }
     }
     static constexpr uint64_t kTable[] = {
-        ~uint64_t{0},                       // -1, 2^64 - 1
-        uint64_t{1} << 63,                  // INT64_MIN, 2^63
-        static_cast<uint64_t>(INT64_MAX),   //
+        ~uint64_t{0},                      // -1, 2^64 - 1
+        uint64_t{1} << 63,                 // INT64_MIN, 2^63
+        static_cast<uint64_t>(INT64_MAX),  //
         static_cast<uint64_t>(INT64_MAX) - 1,
         4 * kMiB,
         4 * kMiB - 1,
@@ -236,8 +243,13 @@ class Reader {
         (uint64_t{1} << 32) - 1,
         (uint64_t{1} << 31) - 1,
         uint64_t{1} << 31,
-        255, 256, 1000, 4095, 4096, 65535,
-        uint64_t{24} * 3600 * 1000,          // the store's max TTL in ms
+        255,
+        256,
+        1000,
+        4095,
+        4096,
+        65535,
+        uint64_t{24} * 3600 * 1000,  // the store's max TTL in ms
         uint64_t{24} * 3600 * 1000 + 1,
         static_cast<uint64_t>(INT64_MAX) / 1000,
         static_cast<uint64_t>(INT64_MAX) / 1000 + 1,
@@ -350,9 +362,9 @@ ViewSizes HandleSizes(const v1::TensorHandle& handle, DType* dtype_out = nullptr
     Require(numel <= static_cast<I128>(INT64_MAX), "a handle with more elements than int64");
   }
   const I128 nbytes = numel * static_cast<I128>(ItemSize(*dtype));
-  Require(numel == sizes->numel && nbytes <= static_cast<I128>(INT64_MAX) &&
-              nbytes == sizes->nbytes,
-          "ComputeViewSizes' numel or nbytes differs from numel * item size");
+  Require(
+      numel == sizes->numel && nbytes <= static_cast<I128>(INT64_MAX) && nbytes == sizes->nbytes,
+      "ComputeViewSizes' numel or nbytes differs from numel * item size");
   Require(handle.nbytes() == static_cast<uint64_t>(sizes->nbytes),
           "a handle's nbytes is not numel * item size");
   if (dtype_out != nullptr) *dtype_out = *dtype;
@@ -380,9 +392,9 @@ void CheckHeld(const v1::TensorHandle& handle, server::Caller owner) {
   }
   const absl::StatusOr<ViewSizes> own = ComputeViewSizes(t.layout, ItemSize(t.dtype));
   Require(own.ok() && own->nbytes == sizes.nbytes, "a handle's sizes differ from its tensor's");
-  Require(CheckFitsStorage(t.layout, ItemSize(t.dtype), static_cast<int64_t>(t.memory->size()))
-              .ok(),
-          "a held result's layout reaches outside its memory");
+  Require(
+      CheckFitsStorage(t.layout, ItemSize(t.dtype), static_cast<int64_t>(t.memory->size())).ok(),
+      "a held result's layout reaches outside its memory");
   if (static_cast<uint64_t>(sizes.nbytes) > kMaxReadBack) return;
   std::string rows(static_cast<size_t>(sizes.nbytes), '\0');
   Require(F().service.converter()->ReadElements(t, 0, sizes.numel, rows.data()).ok(),
@@ -425,14 +437,15 @@ void Drain(absl::StatusOr<server::RowMajorStream> opened, const std::string& exp
     in->streamed += message.data().size();
     Require(bytes <= expected_bytes, "a stream past its tensor's bytes");
   }
-  if (Trace()) fprintf(stderr, "  streamed %llu bytes%s\n", static_cast<unsigned long long>(bytes),
-                       stream.done() ? ", all" : "");
+  if (Trace())
+    fprintf(stderr, "  streamed %llu bytes%s\n", static_cast<unsigned long long>(bytes),
+            stream.done() ? ", all" : "");
   if (stream.done()) Require(bytes == expected_bytes, "a whole stream short of its tensor");
 }
 
 // ConvertNow's result: held (and kept for release), or returned as data.
-void CheckConverted(const v1::ConvertRequest& request, server::Caller caller, const absl::Status& status,
-                    const v1::ConvertResponse& response, Input* in) {
+void CheckConverted(const v1::ConvertRequest& request, server::Caller caller,
+                    const absl::Status& status, const v1::ConvertResponse& response, Input* in) {
   if (Trace() && status.ok()) {
     fprintf(stderr, "  converted: %s\n", response.handle().ShortDebugString().c_str());
   }
@@ -486,8 +499,8 @@ void CheckAnswer(const server::LocalTransport::Reply& reply, server::Caller call
 // Valid dtypes first (byte 0 is FLOAT32), then invalid enum values.
 int FuzzDType(Reader& r) {
   static constexpr int kValid[] = {9, 10, 6, 2, 1, 3, 4, 5, 7, 8, 11, 12, 0};
-  static constexpr int kInvalid[] = {13, 14, 16, 100, 127, 128, 255, -1, -2, -13,
-                                     INT32_MAX, INT32_MIN, 1 << 16, 0x7f000009};
+  static constexpr int kInvalid[] = {13, 14, 16,  100,       127,       128,     255,
+                                     -1, -2, -13, INT32_MAX, INT32_MIN, 1 << 16, 0x7f000009};
   const uint8_t b = r.Byte();
   if (b < 0xe0) return kValid[b % 13];
   return kInvalid[(b - 0xe0) % (sizeof(kInvalid) / sizeof(kInvalid[0]))];
@@ -497,12 +510,18 @@ std::string FuzzId(Reader& r, const Input& in) {
   const uint8_t b = r.Byte();
   if (!in.ids.empty() && b < 0xc0) return in.ids[b % in.ids.size()].id;
   switch (b & 7) {
-    case 0: return "";
-    case 1: return "0123456789abcdef0123456789abcdef";
-    case 2: return std::string(300, 'a');
-    case 3: return in.ids.empty() ? "x" : in.ids.back().id + "x";
-    case 4: return in.ids.empty() ? "\xff" : in.ids.front().id.substr(1);
-    default: return r.Bytes(r.Byte() % 40);
+    case 0:
+      return "";
+    case 1:
+      return "0123456789abcdef0123456789abcdef";
+    case 2:
+      return std::string(300, 'a');
+    case 3:
+      return in.ids.empty() ? "x" : in.ids.back().id + "x";
+    case 4:
+      return in.ids.empty() ? "\xff" : in.ids.front().id.substr(1);
+    default:
+      return r.Bytes(r.Byte() % 40);
   }
 }
 
@@ -625,11 +644,28 @@ std::string FuzzBytes(Reader& r, uint64_t size) {
 }
 
 double FuzzDouble(Reader& r) {
-  static const double kTable[] = {
-      0.0, -0.0, 1.0, -1.0, 0.5, 2.5, 255.0, 256.0, -129.0, 65504.0, 65520.0, 3.4e38,
-      3.5e38, 1e308, 1e-45, 5e-324, 9.2233720368547758e18, -9.2233720368547758e18,
-      1.8446744073709552e19, std::numeric_limits<double>::infinity(),
-      -std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()};
+  static const double kTable[] = {0.0,
+                                  -0.0,
+                                  1.0,
+                                  -1.0,
+                                  0.5,
+                                  2.5,
+                                  255.0,
+                                  256.0,
+                                  -129.0,
+                                  65504.0,
+                                  65520.0,
+                                  3.4e38,
+                                  3.5e38,
+                                  1e308,
+                                  1e-45,
+                                  5e-324,
+                                  9.2233720368547758e18,
+                                  -9.2233720368547758e18,
+                                  1.8446744073709552e19,
+                                  std::numeric_limits<double>::infinity(),
+                                  -std::numeric_limits<double>::infinity(),
+                                  std::numeric_limits<double>::quiet_NaN()};
   const uint8_t b = r.Byte();
   if (b < 0xf0) return kTable[b % (sizeof(kTable) / sizeof(kTable[0]))];
   const uint64_t bits = r.Raw64();
@@ -643,9 +679,15 @@ void FuzzLiteral(Reader& r, v1::Literal* literal) {
   for (int i = 0; i < n; ++i) {
     v1::LiteralNode* node = literal->add_nodes();
     switch (r.Byte() % 9) {
-      case 0: node->set_float_value(FuzzDouble(r)); break;
-      case 1: node->set_int_value(r.Int()); break;
-      case 2: node->set_bool_value(r.Byte() & 1); break;
+      case 0:
+        node->set_float_value(FuzzDouble(r));
+        break;
+      case 1:
+        node->set_int_value(r.Int());
+        break;
+      case 2:
+        node->set_bool_value(r.Byte() & 1);
+        break;
       case 3:
         node->mutable_complex_value()->set_real(FuzzDouble(r));
         node->mutable_complex_value()->set_imag(FuzzDouble(r));
@@ -656,16 +698,21 @@ void FuzzLiteral(Reader& r, v1::Literal* literal) {
         node->set_list_length(b < 0xc0 ? b % 5 : r.U64());
         break;
       }
-      case 6: node->set_not_a_number(r.Bytes(r.Byte() % 200)); break;
-      case 7: break;  // a node with no value
-      default: node->set_list_length(1); break;
+      case 6:
+        node->set_not_a_number(r.Bytes(r.Byte() % 200));
+        break;
+      case 7:
+        break;  // a node with no value
+      default:
+        node->set_list_length(1);
+        break;
     }
   }
 }
 
 void FuzzOptions(Reader& r, v1::Options* options) {
-  static const char* const kDevices[] = {"",       "cpu",    "cuda",    "cuda:0",
-                                         "cuda:1", "cpu:0",  "cuda:-1", "cuda:99999999999999999999"};
+  static const char* const kDevices[] = {"",       "cpu",   "cuda",    "cuda:0",
+                                         "cuda:1", "cpu:0", "cuda:-1", "cuda:99999999999999999999"};
   const uint8_t f = r.Byte();
   if (f & 1) options->set_dtype(static_cast<v1::DType>(FuzzDType(r)));
   if ((f & 6) == 2) options->set_copy(true);
@@ -694,9 +741,15 @@ std::string AbsentSegmentName(Reader& r) {
       }
       break;
     }
-    case 1: name += "/../x"; break;
-    case 2: name += std::string(256, 'z'); break;  // past 255 bytes
-    default: name += "..x"; break;
+    case 1:
+      name += "/../x";
+      break;
+    case 2:
+      name += std::string(256, 'z');
+      break;  // past 255 bytes
+    default:
+      name += "..x";
+      break;
   }
   return name;
 }
@@ -861,7 +914,8 @@ void RawRequest(absl::string_view bytes, Input* in) {
 // An upload: BeginUpload, the storage written, FinishUpload, the result held.
 void Upload(const v1::ConvertUploadHeader& header, Reader* pattern, Input* in) {
   server::Converter* converter = F().service.converter();
-  absl::StatusOr<std::shared_ptr<server::ShmSegment>> storage = converter->BeginUpload(header, Me());
+  absl::StatusOr<std::shared_ptr<server::ShmSegment>> storage =
+      converter->BeginUpload(header, Me());
   if (!storage.ok()) {
     CheckFailure(storage.status());
     return;
@@ -869,9 +923,8 @@ void Upload(const v1::ConvertUploadHeader& header, Reader* pattern, Input* in) {
   Require((*storage)->size() == header.storage_size(), "an upload segment of another size");
   if (const size_t n = (*storage)->size(); n > 0) {
     // A fuzzed block of up to 64 bytes, then copies of what is written.
-    const std::string block = pattern != nullptr
-                                  ? FuzzBytes(*pattern, std::min<uint64_t>(n, 64))
-                                  : std::string(1, '\x5a');
+    const std::string block = pattern != nullptr ? FuzzBytes(*pattern, std::min<uint64_t>(n, 64))
+                                                 : std::string(1, '\x5a');
     unsigned char* out = (*storage)->data();
     size_t done = std::min(n, block.size());
     std::memcpy(out, block.data(), done);
@@ -881,7 +934,8 @@ void Upload(const v1::ConvertUploadHeader& header, Reader* pattern, Input* in) {
       done += step;
     }
   }
-  absl::StatusOr<server::Tensor> tensor = converter->FinishUpload(header, *std::move(storage), Me());
+  absl::StatusOr<server::Tensor> tensor =
+      converter->FinishUpload(header, *std::move(storage), Me());
   if (!tensor.ok()) {
     CheckFailure(tensor.status());
     return;
@@ -914,14 +968,14 @@ void DirectStream(const std::string& id, uint64_t chunk_bytes, Input* in) {
   info.shm_offset = t.memory->offset_in_segment();
   info.shm_size = t.memory->size();
   info.lease_expires = lease->expires;
-  Drain(server::RowMajorStream::Open(F().service.converter(), lease->tensor, info, chunk_bytes),
-        id, in);
+  Drain(server::RowMajorStream::Open(F().service.converter(), lease->tensor, info, chunk_bytes), id,
+        in);
 }
 
 void Program(Reader& r, Input* in) {
-  static const char* const kNames[] = {"Convert", "ConvertToData", "Read", "Renew",
-                                       "Release", "Local", "LocalRaw", "Upload",
-                                       "DirectStream", "RawRequest", "Convert"};
+  static const char* const kNames[] = {"Convert",      "ConvertToData", "Read",     "Renew",
+                                       "Release",      "Local",         "LocalRaw", "Upload",
+                                       "DirectStream", "RawRequest",    "Convert"};
   for (int op = 0; op < kMaxOps && !r.empty(); ++op) {
     const int which = r.Byte() % 11;
     if (Trace()) fprintf(stderr, "op %d: %s (%zu bytes left)\n", op, kNames[which], r.remaining());

@@ -24,7 +24,8 @@ if [ "${1:-all}" != build ]; then
   # wheel, offline (scripts/test.sh), and its type check.
   # curl and prometheus (promtool): the /metrics test scrapes and checks.
   # ccache: repeated test builds compile only what changed (scripts/cache.sh).
-  packages+=(ccache python3 python3-torch python3-grpcio python3-protobuf python3-pytest
+  # clang-format and clang-tidy: the C++ checks of scripts/lint.sh.
+  packages+=(ccache clang-format-14 clang-tidy-14 python3 python3-torch python3-grpcio python3-protobuf python3-pytest
              python3-yaml openssl iproute2
              python3-setuptools python3-wheel python3-pip python3-venv python3-build python3-mypy
              curl prometheus)

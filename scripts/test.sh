@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds with warnings as errors, and runs the whole
+# Installs what is missing, builds with warnings as errors, checks the C++
+# sources' format and clang-tidy's checks (scripts/lint.sh), and runs the whole
 # test suite, then the Python tests against the client installed in a venv,
 # then the same suite under ASan+UBSan, then the server's concurrency tests
 # under TSan. Exits non-zero on any failure.
@@ -7,9 +8,17 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 "$root/scripts/deps.sh"
-BUILD_DIR="$build" "$root/scripts/build.sh" -DASARRAY_WERROR=ON
+BUILD_DIR="$build" "$root/scripts/build.sh" -DASARRAY_WERROR=ON -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
 cd "$build"
 status=0
+# clang-format and clang-tidy over the C++ sources (scripts/lint.sh).
+lint_status=0
+"$root/scripts/lint.sh" "$build" >lint.out 2>&1 || lint_status=$?
+lint=$(tail -1 lint.out)
+if [ $lint_status -ne 0 ]; then
+  cat lint.out >&2
+  status=1
+fi
 ctest --output-on-failure -j "$(nproc)" | tee ctest.out || status=$?
 # Each conformance runner ends with "conformance: N passed, M failed".
 echo "conformance runs (shared cases, torch edge cases, fresh torch cases; core, shm, inline):"
@@ -71,6 +80,7 @@ if [ "${ASARRAY_SANITIZE:-1}" != 0 ]; then
            "$root/scripts/sanitize.sh" tsan) || status=1
   fi
 fi
+echo "lint: $lint"
 echo "python client, installed in a venv: $installed"
 echo "under ASan+UBSan: $asan"
 echo "under TSan: $tsan"

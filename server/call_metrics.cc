@@ -16,8 +16,7 @@ constexpr absl::string_view kServicePrefix = "/asarray.v1.AsArray/";
 
 uint64_t NanosSince(std::chrono::steady_clock::time_point start) {
   return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
-                                                           start)
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
           .count());
 }
 
@@ -72,8 +71,7 @@ void CallMetrics::RecordCall(Transport transport, CallMethod method, absl::Statu
   if (index < 0 || index >= kStatusCodes) index = static_cast<int>(absl::StatusCode::kUnknown);
   Method& m = methods_[static_cast<size_t>(transport)][static_cast<size_t>(method)];
   m.calls[static_cast<size_t>(index)].fetch_add(1, std::memory_order_relaxed);
-  m.latency_buckets[static_cast<size_t>(LatencyBucket(ns))].fetch_add(1,
-                                                                      std::memory_order_relaxed);
+  m.latency_buckets[static_cast<size_t>(LatencyBucket(ns))].fetch_add(1, std::memory_order_relaxed);
   m.latency_sum_ns.fetch_add(ns, std::memory_order_relaxed);
 }
 

@@ -47,9 +47,9 @@ std::optional<CallMethod> CallMethodOfPath(absl::string_view path);
 // steps of 1, 2.5 and 5. A call of exactly a bound's length counts in its
 // bucket (Prometheus's "le"); longer ones than the last, in the +Inf bucket.
 inline constexpr std::array<uint64_t, 20> kLatencyBoundsNs = {
-    5'000,       10'000,      25'000,        50'000,        100'000,
-    250'000,     500'000,     1'000'000,     2'500'000,     5'000'000,
-    10'000'000,  25'000'000,  50'000'000,    100'000'000,   250'000'000,
+    5'000,       10'000,        25'000,        50'000,        100'000,
+    250'000,     500'000,       1'000'000,     2'500'000,     5'000'000,
+    10'000'000,  25'000'000,    50'000'000,    100'000'000,   250'000'000,
     500'000'000, 1'000'000'000, 2'500'000'000, 5'000'000'000, 10'000'000'000};
 inline constexpr int kLatencyBuckets = static_cast<int>(kLatencyBoundsNs.size()) + 1;
 // The bucket of a call that took `ns`.
@@ -60,7 +60,7 @@ inline constexpr int kStatusCodes = 17;  // OK (0) to UNAUTHENTICATED (16)
 class CallMetrics {
  public:
   struct MethodSnapshot {
-    std::array<uint64_t, kStatusCodes> calls{};             // by status code
+    std::array<uint64_t, kStatusCodes> calls{};               // by status code
     std::array<uint64_t, kLatencyBuckets> latency_buckets{};  // each bucket alone
     uint64_t latency_sum_ns = 0;
   };

@@ -20,8 +20,9 @@ void CallGate::Exit() {
 bool CallGate::Drain(absl::Duration grace) {
   absl::MutexLock lock(&mu_);
   draining_ = true;
-  return mu_.AwaitWithTimeout(
-      absl::Condition(+[](int* in_flight) { return *in_flight == 0; }, &in_flight_), grace);
+  return mu_.AwaitWithTimeout(absl::Condition(
+                                  +[](int* in_flight) { return *in_flight == 0; }, &in_flight_),
+                              grace);
 }
 
 }  // namespace asarray::server

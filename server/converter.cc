@@ -45,14 +45,14 @@ struct RangeArray {
 // (a region, a CUDA range), whose layout must fit within array.size().
 template <typename Array>
 absl::StatusOr<RangeArray> ArrayInRange(const Array& array, absl::string_view range) {
-  ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(array.dtype()));
-  ASSIGN_OR_RETURN(Layout layout, LayoutFromProto(array.layout()));
-  ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
+  ASARRAY_ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(array.dtype()));
+  ASARRAY_ASSIGN_OR_RETURN(Layout layout, LayoutFromProto(array.layout()));
+  ASARRAY_ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
   if (needed > array.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         range, " of ", array.size(), " bytes is too small for a ", DTypeName(dtype),
-        " view with shape ", DimsToString(layout.shape), ", strides ",
-        DimsToString(layout.strides), " and offset ", layout.offset, ", which needs ", needed));
+        " view with shape ", DimsToString(layout.shape), ", strides ", DimsToString(layout.strides),
+        " and offset ", layout.offset, ", which needs ", needed));
   }
   return RangeArray{dtype, std::move(layout)};
 }
@@ -81,7 +81,7 @@ ShmSegment::Kind Converter::ResultKind(const Caller& caller, bool local, bool na
 }
 
 absl::StatusOr<uint64_t> RequiredStorageBytes(const Layout& layout, DType dtype) {
-  ASSIGN_OR_RETURN(const ByteRange range, ComputeByteRange(layout, ItemSize(dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(const ByteRange range, ComputeByteRange(layout, ItemSize(dtype)));
   if (range.begin < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "view with strides ", DimsToString(layout.strides), " and offset ", layout.offset,
@@ -93,51 +93,51 @@ absl::StatusOr<uint64_t> RequiredStorageBytes(const Layout& layout, DType dtype)
 absl::StatusOr<Converter::Prepared> Converter::Prepare(const v1::ConvertRequest& request,
                                                        const Caller& caller,
                                                        const LocalCall* local) {
-  ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromProto(request.options()));
+  ASARRAY_ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromProto(request.options()));
   const v1::Source& source = request.source();
   switch (source.kind_case()) {
     case v1::Source::kInlineArray: {
       const v1::InlineArray& array = source.inline_array();
-      ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(array.dtype()));
-      ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(array.layout()));
-      ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
+      ASARRAY_ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(array.dtype()));
+      ASARRAY_ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(array.layout()));
+      ASARRAY_ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
       if (array.storage().size() != needed) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "inline storage holds ", array.storage().size(), " bytes but a ", DTypeName(dtype),
-            " view with shape ", DimsToString(layout.shape), ", strides ",
-            DimsToString(layout.strides), " and offset ", layout.offset, " needs exactly ",
-            needed));
+        return absl::InvalidArgumentError(
+            absl::StrCat("inline storage holds ", array.storage().size(), " bytes but a ",
+                         DTypeName(dtype), " view with shape ", DimsToString(layout.shape),
+                         ", strides ", DimsToString(layout.strides), " and offset ", layout.offset,
+                         " needs exactly ", needed));
       }
-      return PrepareArray({SourceKind::kInline, dtype, layout, Device{}}, options,
-                          Storage::Host(reinterpret_cast<const unsigned char*>(array.storage().data()),
-                                        needed));
+      return PrepareArray(
+          {SourceKind::kInline, dtype, layout, Device{}}, options,
+          Storage::Host(reinterpret_cast<const unsigned char*>(array.storage().data()), needed));
     }
     case v1::Source::kLiteral:
       return PrepareLiteral(source.literal(), options);
     case v1::Source::kSharedMemory: {
       const v1::SharedMemoryArray& array = source.shared_memory();
-      ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "region"));
+      ASARRAY_ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "region"));
       const DType dtype = in_range.dtype;
       const Layout& layout = in_range.layout;
-      ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region,
-                       store_->OpenClientRegion(array.name(), array.offset(), array.size(),
-                                                 caller.uid));
+      ASARRAY_ASSIGN_OR_RETURN(
+          std::shared_ptr<ClientRegion> region,
+          store_->OpenClientRegion(array.name(), array.offset(), array.size(), caller.uid));
       // Not mapped yet: Run maps it if it copies.
       return PrepareArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
                           Storage::Host(nullptr, array.size(), std::move(region)));
     }
     case v1::Source::kFd: {
       const v1::FdArray& array = source.fd();
-      ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "region"));
+      ASARRAY_ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "region"));
       const DType dtype = in_range.dtype;
       const Layout& layout = in_range.layout;
-      ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region, OpenFdSource(array, local));
+      ASARRAY_ASSIGN_OR_RETURN(std::shared_ptr<ClientRegion> region, OpenFdSource(array, local));
       return PrepareArray({SourceKind::kHostMemory, dtype, layout, Device{}}, options,
                           Storage::Host(nullptr, array.size(), std::move(region)));
     }
     case v1::Source::kCudaIpc: {
       const v1::CudaIpcArray& array = source.cuda_ipc();
-      ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "CUDA range"));
+      ASARRAY_ASSIGN_OR_RETURN(const RangeArray in_range, ArrayInRange(array, "CUDA range"));
       const DType dtype = in_range.dtype;
       const Layout& layout = in_range.layout;
       if (array.device() < 0) {
@@ -145,22 +145,23 @@ absl::StatusOr<Converter::Prepared> Converter::Prepare(const v1::ConvertRequest&
             absl::StrCat("CUDA device ordinal ", array.device(), " is negative"));
       }
       const Device device{Device::Type::kCUDA, array.device()};
-      RETURN_IF_ERROR(cuda_->CheckDevice(device));
-      ASSIGN_OR_RETURN(std::shared_ptr<DeviceMemory> memory,
-                       cuda_->OpenIpc(array.ipc_handle(), array.device(), array.offset(),
-                                      array.size()));
+      ASARRAY_RETURN_IF_ERROR(cuda_->CheckDevice(device));
+      ASARRAY_ASSIGN_OR_RETURN(
+          std::shared_ptr<DeviceMemory> memory,
+          cuda_->OpenIpc(array.ipc_handle(), array.device(), array.offset(), array.size()));
       return PrepareArray({SourceKind::kDeviceMemory, dtype, layout, device}, options,
                           Storage::OnDevice(std::move(memory)));
     }
     case v1::Source::kTensorView: {
       const v1::TensorView& view = source.tensor_view();
-      ASSIGN_OR_RETURN(RangeArray in_range, ArrayInRange(view, "tensor view"));
-      ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(view.tensor_id(), caller));
+      ASARRAY_ASSIGN_OR_RETURN(RangeArray in_range, ArrayInRange(view, "tensor view"));
+      ASARRAY_ASSIGN_OR_RETURN(const TensorStore::Lease lease,
+                               store_->Get(view.tensor_id(), caller));
       const Tensor& held = *lease.tensor;
       if (held.memory == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "a tensor view takes a tensor in host memory, and ", Quote(view.tensor_id()),
-            " is on ", DeviceName(held.device)));
+        return absl::InvalidArgumentError(
+            absl::StrCat("a tensor view takes a tensor in host memory, and ",
+                         Quote(view.tensor_id()), " is on ", DeviceName(held.device)));
       }
       const uint64_t held_bytes = held.memory->size();
       if (view.offset() > held_bytes || view.size() > held_bytes - view.offset()) {
@@ -169,19 +170,19 @@ absl::StatusOr<Converter::Prepared> Converter::Prepare(const v1::ConvertRequest&
             held_bytes, " bytes of tensor ", Quote(view.tensor_id()), "'s memory"));
       }
       auto slice = std::make_shared<MemorySlice>(held.memory, view.offset(), view.size());
-      return PrepareArray({SourceKind::kHostMemory, in_range.dtype, std::move(in_range.layout),
-                           Device{}},
-                          options, Storage::Host(nullptr, view.size(), std::move(slice)));
+      return PrepareArray(
+          {SourceKind::kHostMemory, in_range.dtype, std::move(in_range.layout), Device{}}, options,
+          Storage::Host(nullptr, view.size(), std::move(slice)));
     }
     case v1::Source::kTensorId: {
-      ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(source.tensor_id(), caller));
+      ASARRAY_ASSIGN_OR_RETURN(const TensorStore::Lease lease,
+                               store_->Get(source.tensor_id(), caller));
       const Tensor& held = *lease.tensor;
       if (held.device_memory != nullptr) {
         return PrepareArray({SourceKind::kDeviceMemory, held.dtype, held.layout, held.device},
                             options, Storage::OnDevice(held.device_memory));
       }
-      return PrepareArray({SourceKind::kHostMemory, held.dtype, held.layout, held.device},
-                          options,
+      return PrepareArray({SourceKind::kHostMemory, held.dtype, held.layout, held.device}, options,
                           Storage::Host(held.memory->data(), held.memory->size(), held.memory));
     }
     case v1::Source::KIND_NOT_SET:
@@ -198,15 +199,15 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> Converter::OpenFdSource(const v1::
         "ending in .local), with its memfd attached");
   }
   if (array.fd_index() >= local->fds->size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the fd source names descriptor ", array.fd_index(), " but the request has ",
-        local->fds->size(), " attached"));
+    return absl::InvalidArgumentError(absl::StrCat("the fd source names descriptor ",
+                                                   array.fd_index(), " but the request has ",
+                                                   local->fds->size(), " attached"));
   }
   local->opened.resize(local->fds->size());
   std::shared_ptr<ClientSegment>& segment = local->opened[array.fd_index()];
   if (segment == nullptr) {
-    ASSIGN_OR_RETURN(segment,
-                     store_->OpenClientFd((*local->fds)[array.fd_index()].get(), local->cache));
+    ASARRAY_ASSIGN_OR_RETURN(
+        segment, store_->OpenClientFd((*local->fds)[array.fd_index()].get(), local->cache));
   }
   return store_->ClientFdRegion(segment, array.offset(), array.size());
 }
@@ -243,8 +244,8 @@ Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& reques
       const Tensor& t = *held->tensor;
       const bool on_device = t.device_memory != nullptr;
       work.uses_device |= on_device;
-      array = {on_device ? SourceKind::kDeviceMemory : SourceKind::kHostMemory, t.dtype,
-               t.layout, t.device};
+      array = {on_device ? SourceKind::kDeviceMemory : SourceKind::kHostMemory, t.dtype, t.layout,
+               t.device};
       break;
     }
     default:
@@ -254,8 +255,8 @@ Converter::WorkEstimate Converter::EstimateWork(const v1::ConvertRequest& reques
   if (!options.ok()) return work;
   absl::StatusOr<Plan> plan = PlanConversion(array, *options);
   if (!plan.ok() || plan->action == Plan::Action::kAlias) return work;
-  absl::StatusOr<ViewSizes> sizes = ComputeViewSizes(
-      plan->layout, std::max(ItemSize(plan->dtype), ItemSize(array.dtype)));
+  absl::StatusOr<ViewSizes> sizes =
+      ComputeViewSizes(plan->layout, std::max(ItemSize(plan->dtype), ItemSize(array.dtype)));
   if (sizes.ok()) work.copy_bytes = static_cast<uint64_t>(sizes->nbytes);
   return work;
 }
@@ -267,9 +268,8 @@ absl::Status Converter::ReadElements(const Tensor& tensor, int64_t begin, int64_
         tensor.device.index, {tensor.device_memory->data(), tensor.dtype, tensor.layout}, begin,
         count, dst);
   }
-  RETURN_IF_ERROR(tensor.memory->Map());
-  return CopyRowMajorRange({tensor.memory->data(), tensor.dtype, tensor.layout}, begin, count,
-                           dst);
+  ASARRAY_RETURN_IF_ERROR(tensor.memory->Map());
+  return CopyRowMajorRange({tensor.memory->data(), tensor.dtype, tensor.layout}, begin, count, dst);
 }
 
 bool Converter::PinForDevice(const HostMemory* memory) {
@@ -287,17 +287,17 @@ absl::StatusOr<Converter::Prepared> Converter::PrepareArray(Source source,
                                                             const ConvertOptions& options,
                                                             Storage storage) {
   Prepared prepared(std::move(source), std::move(storage));
-  ASSIGN_OR_RETURN(prepared.plan_, PlanConversion(prepared.source_, options));
+  ASARRAY_ASSIGN_OR_RETURN(prepared.plan_, PlanConversion(prepared.source_, options));
   const Plan& plan = prepared.plan_;
-  RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
+  ASARRAY_RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
   // A handle says the result's nbytes: a view of a few bytes whose elements
   // take more than int64 counts (broadcast strides) is refused here, before
   // anything is made, not when its handle is.
-  RETURN_IF_ERROR(ComputeViewSizes(plan.layout, ItemSize(plan.dtype)).status());
+  ASARRAY_RETURN_IF_ERROR(ComputeViewSizes(plan.layout, ItemSize(plan.dtype)).status());
   if (plan.action == Plan::Action::kCopy) {
     if (plan.device.type == Device::Type::kCPU) {
       prepared.needs_host_memory_ = true;
-      ASSIGN_OR_RETURN(prepared.host_bytes_, RequiredStorageBytes(plan.layout, plan.dtype));
+      ASARRAY_ASSIGN_OR_RETURN(prepared.host_bytes_, RequiredStorageBytes(plan.layout, plan.dtype));
     }
   } else if (prepared.storage_.host == nullptr && prepared.storage_.device == nullptr) {
     // Request bytes die with the call: the result keeps a copy of the
@@ -310,15 +310,15 @@ absl::StatusOr<Converter::Prepared> Converter::PrepareArray(Source source,
 
 absl::StatusOr<Converter::Prepared> Converter::PrepareLiteral(const v1::Literal& proto,
                                                               const ConvertOptions& options) {
-  ASSIGN_OR_RETURN(Literal literal, LiteralFromProto(proto));
+  ASARRAY_ASSIGN_OR_RETURN(Literal literal, LiteralFromProto(proto));
   Prepared prepared({SourceKind::kLiteral, DType::kFloat32, Layout{}, Device{}},
                     Storage::Host(nullptr, 0));
   prepared.literal_ = std::make_shared<const Literal>(std::move(literal));
-  ASSIGN_OR_RETURN(prepared.plan_,
-                   PlanLiteral(*prepared.literal_, options, &prepared.literal_info_));
+  ASARRAY_ASSIGN_OR_RETURN(prepared.plan_,
+                           PlanLiteral(*prepared.literal_, options, &prepared.literal_info_));
   const Plan& plan = prepared.plan_;
-  RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
-  ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
+  ASARRAY_RETURN_IF_ERROR(cuda_->CheckDevice(plan.device));
+  ASARRAY_ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
   prepared.needs_host_memory_ = plan.device.type == Device::Type::kCPU;
   prepared.host_bytes_ = bytes;
   return prepared;
@@ -327,31 +327,33 @@ absl::StatusOr<Converter::Prepared> Converter::PrepareLiteral(const v1::Literal&
 absl::StatusOr<Tensor> Converter::Run(Prepared prepared, std::shared_ptr<HostMemory> host,
                                       const Caller& caller, ShmSegment::Kind kind) {
   if (prepared.needs_host_memory_ && host == nullptr) {
-    ASSIGN_OR_RETURN(host, store_->NewSegment(prepared.host_bytes_, kind));
+    ASARRAY_ASSIGN_OR_RETURN(host, store_->NewSegment(prepared.host_bytes_, kind));
   }
   const Plan& plan = prepared.plan_;
   Storage& storage = prepared.storage_;
   Tensor tensor = NewTensor(plan, caller);
   if (prepared.literal_ != nullptr) {
     if (plan.device.type == Device::Type::kCPU) {
-      RETURN_IF_ERROR(StoreLiteral(*prepared.literal_, prepared.literal_info_, host->data()));
+      ASARRAY_RETURN_IF_ERROR(
+          StoreLiteral(*prepared.literal_, prepared.literal_info_, host->data()));
       tensor.memory = std::move(host);
       return tensor;
     }
     // Built on the host in its final dtype and layout, then copied over.
     std::vector<unsigned char> staged(prepared.host_bytes_);
-    RETURN_IF_ERROR(StoreLiteral(*prepared.literal_, prepared.literal_info_, staged.data()));
-    RETURN_IF_ERROR(CopyInto({SourceKind::kInline, plan.dtype, plan.layout, Device{}},
-                             Storage::Host(staged.data(), staged.size()), plan, nullptr,
-                             &tensor));
+    ASARRAY_RETURN_IF_ERROR(
+        StoreLiteral(*prepared.literal_, prepared.literal_info_, staged.data()));
+    ASARRAY_RETURN_IF_ERROR(CopyInto({SourceKind::kInline, plan.dtype, plan.layout, Device{}},
+                                     Storage::Host(staged.data(), staged.size()), plan, nullptr,
+                                     &tensor));
     return tensor;
   }
   if (plan.action == Plan::Action::kCopy) {
     if (storage.host != nullptr) {  // a client's segment is mapped on first need
-      RETURN_IF_ERROR(storage.host->Map());
+      ASARRAY_RETURN_IF_ERROR(storage.host->Map());
       storage.data = storage.host->data();
     }
-    RETURN_IF_ERROR(CopyInto(prepared.source_, storage, plan, std::move(host), &tensor));
+    ASARRAY_RETURN_IF_ERROR(CopyInto(prepared.source_, storage, plan, std::move(host), &tensor));
     return tensor;
   }
   if (storage.device != nullptr) {
@@ -368,7 +370,7 @@ absl::StatusOr<Tensor> Converter::Run(Prepared prepared, std::shared_ptr<HostMem
 
 absl::StatusOr<Tensor> Converter::Convert(const v1::ConvertRequest& request, const Caller& caller,
                                           const LocalCall* local) {
-  ASSIGN_OR_RETURN(Prepared prepared, Prepare(request, caller, local));
+  ASARRAY_ASSIGN_OR_RETURN(Prepared prepared, Prepare(request, caller, local));
   return Run(std::move(prepared), nullptr, caller,
              ResultKind(caller, local != nullptr, request.named_memory()));
 }
@@ -414,8 +416,8 @@ absl::StatusOr<Converter::PreparedBatch> Converter::PrepareBatch(
   const int n = batch.items_size();
   if (n == 0) return absl::InvalidArgumentError("the batch has no items");
   if (n > kMaxBatchItems) {
-    return absl::InvalidArgumentError(absl::StrCat("the batch has ", n,
-                                                   " items; one takes at most ", kMaxBatchItems));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the batch has ", n, " items; one takes at most ", kMaxBatchItems));
   }
   if (batch.keys_size() != 0 && batch.keys_size() != n) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -430,12 +432,12 @@ absl::StatusOr<Converter::PreparedBatch> Converter::PrepareBatch(
     if (!checked.ok()) return ItemError(batch, i, checked);
     absl::StatusOr<Prepared> p = Prepare(item, caller, local);
     if (!p.ok()) return ItemError(batch, i, p.status());
-    out.work.uses_device |= p->plan_.device.type != Device::Type::kCPU ||
-                            p->storage_.device != nullptr;
+    out.work.uses_device |=
+        p->plan_.device.type != Device::Type::kCPU || p->storage_.device != nullptr;
     if (p->needs_host_memory()) {
       out.has_arena = true;
-      const uint64_t at = (out.arena_bytes + kArenaAlignment - 1) / kArenaAlignment *
-                          kArenaAlignment;
+      const uint64_t at =
+          (out.arena_bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
       if (at < out.arena_bytes || p->host_bytes() > UINT64_MAX - at) {
         return ItemError(batch, i,
                          absl::ResourceExhaustedError("the batch's results take more bytes "
@@ -463,8 +465,8 @@ absl::StatusOr<std::vector<Tensor>> Converter::RunBatch(PreparedBatch prepared,
         store_->NewSegment(prepared.arena_bytes, kind);
     if (!made.ok()) {
       return absl::Status(made.status().code(),
-                          absl::StrCat("the batch's arena of ", prepared.arena_bytes,
-                                       " bytes for ", n, " items: ", made.status().message()));
+                          absl::StrCat("the batch's arena of ", prepared.arena_bytes, " bytes for ",
+                                       n, " items: ", made.status().message()));
     }
     arena = *std::move(made);
   }
@@ -475,7 +477,7 @@ absl::StatusOr<std::vector<Tensor>> Converter::RunBatch(PreparedBatch prepared,
     std::shared_ptr<HostMemory> slice;
     if (p.needs_host_memory()) {
       slice = std::make_shared<MemorySlice>(arena, prepared.offsets[static_cast<size_t>(i)],
-                                             p.host_bytes());
+                                            p.host_bytes());
     }
     // A failure here drops the results so far, and with them the arena.
     if (batch_fault_) {
@@ -490,38 +492,38 @@ absl::StatusOr<std::vector<Tensor>> Converter::RunBatch(PreparedBatch prepared,
 
 absl::Status Converter::CopyInto(const Source& source, const Storage& storage, const Plan& plan,
                                  std::shared_ptr<HostMemory> host, Tensor* tensor) {
-  ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
+  ASARRAY_ASSIGN_OR_RETURN(const uint64_t bytes, RequiredStorageBytes(plan.layout, plan.dtype));
   const ConstStridedView src{storage.data, source.dtype, source.layout};
   if (plan.device.type == Device::Type::kCPU) {
     const StridedView dst{host->data(), plan.dtype, plan.layout};
-    RETURN_IF_ERROR(storage.device != nullptr
-                        ? cuda_->CastDeviceToHost(storage.device->device(), src, dst)
-                        : CastCopy(src, dst));
+    ASARRAY_RETURN_IF_ERROR(storage.device != nullptr
+                                ? cuda_->CastDeviceToHost(storage.device->device(), src, dst)
+                                : CastCopy(src, dst));
     tensor->memory = std::move(host);
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<DeviceMemory> memory, cuda_->Allocate(plan.device.index, bytes));
+  ASARRAY_ASSIGN_OR_RETURN(std::shared_ptr<DeviceMemory> memory,
+                           cuda_->Allocate(plan.device.index, bytes));
   const StridedView dst{memory->data(), plan.dtype, plan.layout};
-  RETURN_IF_ERROR(storage.device != nullptr
-                      ? cuda_->CastDeviceToDevice(storage.device->device(), src,
-                                                  plan.device.index, dst)
-                      : cuda_->CastHostToDevice(src, plan.device.index, dst,
-                                                PinForDevice(storage.host.get())));
+  ASARRAY_RETURN_IF_ERROR(
+      storage.device != nullptr
+          ? cuda_->CastDeviceToDevice(storage.device->device(), src, plan.device.index, dst)
+          : cuda_->CastHostToDevice(src, plan.device.index, dst, PinForDevice(storage.host.get())));
   tensor->device_memory = std::move(memory);
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> Converter::BeginUpload(
     const v1::ConvertUploadHeader& header, const Caller& caller) {
-  ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(header.dtype()));
-  ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(header.layout()));
-  RETURN_IF_ERROR(OptionsFromProto(header.options()).status());
-  ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
+  ASARRAY_ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(header.dtype()));
+  ASARRAY_ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(header.layout()));
+  ASARRAY_RETURN_IF_ERROR(OptionsFromProto(header.options()).status());
+  ASARRAY_ASSIGN_OR_RETURN(const uint64_t needed, RequiredStorageBytes(layout, dtype));
   if (header.storage_size() != needed) {
     return absl::InvalidArgumentError(absl::StrCat(
         "upload declares ", header.storage_size(), " bytes of storage but a ", DTypeName(dtype),
-        " view with shape ", DimsToString(layout.shape), ", strides ",
-        DimsToString(layout.strides), " and offset ", layout.offset, " needs exactly ", needed));
+        " view with shape ", DimsToString(layout.shape), ", strides ", DimsToString(layout.strides),
+        " and offset ", layout.offset, " needs exactly ", needed));
   }
   // Unreserved: the receiver writes every byte in and checks each write.
   return store_->NewSegment(needed, ResultKind(caller, /*local=*/false, /*named_memory=*/false),
@@ -531,16 +533,16 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> Converter::BeginUpload(
 absl::StatusOr<Tensor> Converter::FinishUpload(const v1::ConvertUploadHeader& header,
                                                std::shared_ptr<ShmSegment> storage,
                                                const Caller& caller) {
-  ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(header.dtype()));
-  ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(header.layout()));
-  ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromProto(header.options()));
+  ASARRAY_ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(header.dtype()));
+  ASARRAY_ASSIGN_OR_RETURN(const Layout layout, LayoutFromProto(header.layout()));
+  ASARRAY_ASSIGN_OR_RETURN(const ConvertOptions options, OptionsFromProto(header.options()));
   const unsigned char* data = storage->data();
   const uint64_t size = storage->size();
   // The received segment is the inline source; when the plan aliases, it is
   // the result itself and no second copy is made.
-  ASSIGN_OR_RETURN(Prepared prepared,
-                   PrepareArray({SourceKind::kInline, dtype, layout, Device{}}, options,
-                                Storage::Host(data, size, std::move(storage))));
+  ASARRAY_ASSIGN_OR_RETURN(Prepared prepared,
+                           PrepareArray({SourceKind::kInline, dtype, layout, Device{}}, options,
+                                        Storage::Host(data, size, std::move(storage))));
   return Run(std::move(prepared), nullptr, caller,
              ResultKind(caller, /*local=*/false, /*named_memory=*/false));
 }

@@ -27,9 +27,9 @@ namespace asarray::server {
 // What a call over the local transport brings beside its request, and takes
 // back beside its response.
 struct LocalCall {
-  uint64_t connection = 0;               // for the leases tied to it
+  uint64_t connection = 0;                     // for the leases tied to it
   const std::vector<UniqueFd>* fds = nullptr;  // attached to the request
-  ClientFdCache* cache = nullptr;        // the connection's mapped memfds
+  ClientFdCache* cache = nullptr;              // the connection's mapped memfds
   // Filled by the service: the memory whose descriptors go with the
   // response, in FdLocation.fd_index order; held until sent.
   std::vector<std::shared_ptr<const HostMemory>> reply_memory;
@@ -159,7 +159,7 @@ class Converter {
   // Unless it came warm from the pool, the segment is not reserved: the
   // receiver must write every byte of it, checking each write (WriteChunk).
   absl::StatusOr<std::shared_ptr<ShmSegment>> BeginUpload(const v1::ConvertUploadHeader& header,
-                                                           const Caller& caller);
+                                                          const Caller& caller);
 
   // Converts a completely received upload.
   absl::StatusOr<Tensor> FinishUpload(const v1::ConvertUploadHeader& header,
@@ -169,8 +169,7 @@ class Converter {
   // Plans a source whose storage is resolved.
   absl::StatusOr<Prepared> PrepareArray(Source source, const ConvertOptions& options,
                                         Storage storage);
-  absl::StatusOr<Prepared> PrepareLiteral(const v1::Literal& proto,
-                                          const ConvertOptions& options);
+  absl::StatusOr<Prepared> PrepareLiteral(const v1::Literal& proto, const ConvertOptions& options);
   // Page-locks the segment of a client region that is big and used again,
   // once (see ClientSegment); returns whether `memory` is pinned.
   bool PinForDevice(const HostMemory* memory);

@@ -49,9 +49,9 @@ class DeviceMemory {
 
 struct CudaStats {
   int devices = 0;
-  uint64_t allocations = 0;  // live allocations of the server's
-  uint64_t bytes = 0;        // bytes they hold (rounded to 2 MiB each)
-  uint64_t ipc_opened = 0;   // client allocations open for aliasing or reading
+  uint64_t allocations = 0;   // live allocations of the server's
+  uint64_t bytes = 0;         // bytes they hold (rounded to 2 MiB each)
+  uint64_t ipc_opened = 0;    // client allocations open for aliasing or reading
   uint64_t pinned_bytes = 0;  // host memory page-locked by PinHost
 };
 
@@ -98,8 +98,8 @@ class CudaBackend {
   // The source bytes go to the device first, straight from `src` when it is
   // `pinned` (PinHost), through pinned staging buffers otherwise, and are
   // cast there.
-  absl::Status CastHostToDevice(const ConstStridedView& src, int dst_device,
-                                const StridedView& dst, bool pinned = false);
+  absl::Status CastHostToDevice(const ConstStridedView& src, int dst_device, const StridedView& dst,
+                                bool pinned = false);
   // Casts on the source device, then copies into host memory.
   absl::Status CastDeviceToHost(int src_device, const ConstStridedView& src,
                                 const StridedView& dst);

@@ -45,8 +45,7 @@ absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::OpenIpc(const std::st
 
 absl::StatusOr<std::shared_ptr<void>> CudaBackend::PinHost(void*, uint64_t) { return NoBackend(); }
 
-absl::Status CudaBackend::CastHostToDevice(const ConstStridedView&, int, const StridedView&,
-                                           bool) {
+absl::Status CudaBackend::CastHostToDevice(const ConstStridedView&, int, const StridedView&, bool) {
   return NoBackend();
 }
 

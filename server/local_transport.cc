@@ -156,22 +156,20 @@ LocalTransport::Reply LocalTransport::Answer(const LocalDatagram& datagram,
 }
 
 absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection* connection,
-                                      google::protobuf::Arena* arena,
-                                      v1::LocalResponse* response, Reply* reply) {
+                                      google::protobuf::Arena* arena, v1::LocalResponse* response,
+                                      Reply* reply) {
   if (datagram.control_truncated) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the request's descriptors were cut short (MSG_CTRUNC): at most ", kMaxLocalFds,
-        " may come with one request"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request's descriptors were cut short (MSG_CTRUNC): at most ",
+                     kMaxLocalFds, " may come with one request"));
   }
   if (datagram.truncated) {
-    return absl::InvalidArgumentError(absl::StrCat("a local request of more than ",
-                                                   kMaxLocalMessageBytes,
-                                                   " bytes; send it over gRPC"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a local request of more than ", kMaxLocalMessageBytes, " bytes; send it over gRPC"));
   }
   v1::LocalRequest& request = *google::protobuf::Arena::CreateMessage<v1::LocalRequest>(arena);
   if (!request.ParseFromString(datagram.bytes)) {
-    return absl::InvalidArgumentError(
-        "the datagram does not parse as an asarray.v1.LocalRequest");
+    return absl::InvalidArgumentError("the datagram does not parse as an asarray.v1.LocalRequest");
   }
   const size_t attached = datagram.fds.size();
   const Caller& caller = connection->caller;
@@ -182,7 +180,7 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
       return Convert(request.convert(), datagram, connection, response->mutable_convert(), reply);
     case v1::LocalRequest::kRelease:
       reply->method = CallMethod::kRelease;
-      RETURN_IF_ERROR(CheckAttached(attached, 0, "Release"));
+      ASARRAY_RETURN_IF_ERROR(CheckAttached(attached, 0, "Release"));
       response->mutable_release();
       return service_->ReleaseNow(request.release(), caller);
     case v1::LocalRequest::kConvertBatch:
@@ -192,11 +190,11 @@ absl::Status LocalTransport::Dispatch(const LocalDatagram& datagram, Connection*
                           response->mutable_convert_batch(), reply);
     case v1::LocalRequest::kRenew:
       reply->method = CallMethod::kRenew;
-      RETURN_IF_ERROR(CheckAttached(attached, 0, "Renew"));
+      ASARRAY_RETURN_IF_ERROR(CheckAttached(attached, 0, "Renew"));
       return service_->RenewNow(request.renew(), caller, response->mutable_renew());
     case v1::LocalRequest::kStats:
       reply->method = CallMethod::kStats;
-      RETURN_IF_ERROR(CheckAttached(attached, 0, "Stats"));
+      ASARRAY_RETURN_IF_ERROR(CheckAttached(attached, 0, "Stats"));
       service_->StatsNow(response->mutable_stats());
       return absl::OkStatus();
     case v1::LocalRequest::METHOD_NOT_SET:
@@ -215,9 +213,9 @@ absl::Status LocalTransport::Convert(const v1::ConvertRequest& request,
   const size_t attached = datagram.fds.size();
   if (request.source().has_fd()) {
     // An fd_index past the attached ones is the converter's to report.
-    if (attached > 1) RETURN_IF_ERROR(CheckAttached(attached, 1, "Convert"));
+    if (attached > 1) ASARRAY_RETURN_IF_ERROR(CheckAttached(attached, 1, "Convert"));
   } else {
-    RETURN_IF_ERROR(CheckAttached(attached, 0, "Convert"));
+    ASARRAY_RETURN_IF_ERROR(CheckAttached(attached, 0, "Convert"));
   }
   if (request.return_data()) {
     return absl::InvalidArgumentError(
@@ -242,9 +240,11 @@ absl::Status LocalTransport::ConvertBatch(const v1::ConvertBatchRequest& request
   // answered here, and is refused before any work.
   constexpr size_t kMinHandleBytes = 36;
   if (static_cast<size_t>(request.items_size()) > kMaxLocalMessageBytes / kMinHandleBytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "a batch of ", request.items_size(), " items has more handles than a local datagram "
-        "carries (", kMaxLocalMessageBytes, " bytes): send fewer items a call, or use gRPC"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a batch of ", request.items_size(),
+                     " items has more handles than a local datagram "
+                     "carries (",
+                     kMaxLocalMessageBytes, " bytes): send fewer items a call, or use gRPC"));
   }
   // Every attached descriptor must be named by an item; an index past them
   // is the converter's to report, with the item's number.
@@ -268,7 +268,7 @@ absl::Status LocalTransport::ConvertBatch(const v1::ConvertBatchRequest& request
         service_->RunBatchWork(prepared, std::move(work));
       },
       [&](LocalCall* local) -> absl::Status {
-        RETURN_IF_ERROR(
+        ASARRAY_RETURN_IF_ERROR(
             service_->ConvertBatchNow(std::move(prepared), request, caller, response, local));
         // The answer must fit one datagram, with its descriptors.
         const size_t bytes = response->ByteSizeLong() + 16;

@@ -60,8 +60,8 @@ class LocalTransport {
   struct Reply {
     std::string bytes;
     std::vector<std::shared_ptr<const HostMemory>> memory;
-    bool convert = false;  // the request was a Convert
-    int batch_items = 0;   // the items of a ConvertBatch request, failed or not
+    bool convert = false;                      // the request was a Convert
+    int batch_items = 0;                       // the items of a ConvertBatch request, failed or not
     CallMethod method = CallMethod::kUnknown;  // the request's, for the metrics
     absl::StatusCode code = absl::StatusCode::kOk;
     std::vector<int> fds() const;
@@ -94,13 +94,12 @@ class LocalTransport {
   void Finished(uint64_t thread_id, int fd);
   // `request` and `response` live on `arena`.
   absl::Status Dispatch(const LocalDatagram& datagram, Connection* connection,
-                        google::protobuf::Arena* arena, v1::LocalResponse* response,
-                        Reply* reply);
+                        google::protobuf::Arena* arena, v1::LocalResponse* response, Reply* reply);
   absl::Status Convert(const v1::ConvertRequest& request, const LocalDatagram& datagram,
                        Connection* connection, v1::ConvertResponse* response, Reply* reply);
-  absl::Status ConvertBatch(const v1::ConvertBatchRequest& request,
-                            const LocalDatagram& datagram, Connection* connection,
-                            v1::ConvertBatchResponse* response, Reply* reply);
+  absl::Status ConvertBatch(const v1::ConvertBatchRequest& request, const LocalDatagram& datagram,
+                            Connection* connection, v1::ConvertBatchResponse* response,
+                            Reply* reply);
   // Runs `convert` where `schedule` (given the call, on this thread) puts it,
   // as gRPC would (see AsArrayService::RunConvertWork), and waits for it; the
   // call's descriptors go in `reply`.

@@ -13,11 +13,11 @@
 #include "absl/flags/internal/parse.h"
 #include "absl/flags/internal/usage.h"
 #include "absl/flags/parse.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/server.h"
 #include "wire/posix_util.h"
@@ -37,8 +37,7 @@ ABSL_FLAG(bool, allow_insecure_tcp, false,
           "otherwise be on 127.0.0.0/8, ::1 or localhost).");
 ABSL_FLAG(std::string, shm_prefix, "asarrayd",
           "Prefix of the shared-memory segments this server creates.");
-ABSL_FLAG(absl::Duration, lease_ttl, absl::Minutes(10),
-          "Lease of each handle unless renewed.");
+ABSL_FLAG(absl::Duration, lease_ttl, absl::Minutes(10), "Lease of each handle unless renewed.");
 ABSL_FLAG(absl::Duration, max_lease_ttl, absl::Hours(24), "Longest lease a renewal may ask.");
 ABSL_FLAG(uint64_t, max_bytes, 0,
           "Quota on the bytes of all result segments together; 0 means none.");
@@ -84,7 +83,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (rest.size() > 1) {
-    std::fprintf(stderr, "asarrayd: unexpected argument '%s'; flags are --name=value (see --help)\n",
+    std::fprintf(stderr,
+                 "asarrayd: unexpected argument '%s'; flags are --name=value (see --help)\n",
                  rest[1]);
     return 2;
   }

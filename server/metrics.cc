@@ -100,8 +100,11 @@ struct Figure {
 };
 
 void AppendStatsFamilies(const v1::StatsResponse& s, std::vector<MetricFamily>* out) {
-  MetricFamily info{"asarrayd_info", "The server's instance id, as in its segment names.",
-                    MetricType::kGauge, {}, {}};
+  MetricFamily info{"asarrayd_info",
+                    "The server's instance id, as in its segment names.",
+                    MetricType::kGauge,
+                    {},
+                    {}};
   info.samples.push_back({{{"instance", s.instance()}}, uint64_t{1}});
   out->push_back(std::move(info));
   // The local transport's Convert, request received to answer sent, and to
@@ -110,8 +113,7 @@ void AppendStatsFamilies(const v1::StatsResponse& s, std::vector<MetricFamily>* 
       {"asarrayd_uptime_seconds", "Time since the server started.",
        static_cast<double>(s.uptime_ms()) / 1e3},
       {"asarrayd_tensors", "Live handles.", s.tensors()},
-      {"asarrayd_segments", "Shared-memory segments the server created and holds.",
-       s.segments()},
+      {"asarrayd_segments", "Shared-memory segments the server created and holds.", s.segments()},
       {"asarrayd_segment_bytes", "Bytes those segments hold, counted against the quota.",
        s.bytes_in_use()},
       {"asarrayd_quota_bytes", "The quota on segment bytes (--max_bytes); 0 when unlimited.",
@@ -154,8 +156,7 @@ void AppendStatsFamilies(const v1::StatsResponse& s, std::vector<MetricFamily>* 
       {"asarrayd_converts_total", "Successful conversions.", s.converts()},
       {"asarrayd_errors_total", "Failed calls.", s.errors()},
       {"asarrayd_lease_expiries_total", "Leases the sweeper ended.", s.expired()},
-      {"asarrayd_pool_hits_total", "Results that took a warm segment of the pool.",
-       s.pool_hits()},
+      {"asarrayd_pool_hits_total", "Results that took a warm segment of the pool.", s.pool_hits()},
       {"asarrayd_local_converts_total", "Convert calls over the local transport.",
        s.local_converts()},
       {"asarrayd_local_convert_work_seconds_total",
@@ -181,10 +182,14 @@ void AppendStatsFamilies(const v1::StatsResponse& s, std::vector<MetricFamily>* 
 void AppendCallFamilies(const CallMetrics::Snapshot& snapshot, std::vector<MetricFamily>* out) {
   MetricFamily calls{"asarrayd_calls_total",
                      "Calls answered, by transport, method and status code.",
-                     MetricType::kCounter, {}, {}};
+                     MetricType::kCounter,
+                     {},
+                     {}};
   MetricFamily latency{"asarrayd_call_duration_seconds",
                        "Time from a call's start to its status, by transport and method.",
-                       MetricType::kHistogram, {}, {}};
+                       MetricType::kHistogram,
+                       {},
+                       {}};
   std::vector<double> bounds;
   for (const uint64_t ns : kLatencyBoundsNs) bounds.push_back(Seconds(ns));
   for (int t = 0; t < kTransports; ++t) {
@@ -200,8 +205,7 @@ void AppendCallFamilies(const CallMetrics::Snapshot& snapshot, std::vector<Metri
         if (n == 0) continue;
         seen = true;
         MetricLabels with_code = labels;
-        with_code.emplace_back("code",
-                               absl::StatusCodeToString(static_cast<absl::StatusCode>(c)));
+        with_code.emplace_back("code", absl::StatusCodeToString(static_cast<absl::StatusCode>(c)));
         calls.samples.push_back({std::move(with_code), n});
       }
       if (!seen) continue;
@@ -234,8 +238,7 @@ std::string FormatMetricValue(double value) {
   const std::chars_format format = magnitude == 0 || (magnitude >= 1e-4 && magnitude < 1e15)
                                        ? std::chars_format::fixed
                                        : std::chars_format::scientific;
-  const std::to_chars_result result =
-      std::to_chars(buffer, buffer + sizeof(buffer), value, format);
+  const std::to_chars_result result = std::to_chars(buffer, buffer + sizeof(buffer), value, format);
   return std::string(buffer, result.ptr);
 }
 

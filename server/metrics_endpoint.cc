@@ -76,11 +76,11 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(absl::st
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* resolved = nullptr;
-  const int gai = getaddrinfo(where->host.c_str(), std::to_string(where->port).c_str(), &hints,
-                              &resolved);
+  const int gai =
+      getaddrinfo(where->host.c_str(), std::to_string(where->port).c_str(), &hints, &resolved);
   if (gai != 0) {
-    return BadAddress(address, absl::StrCat("cannot resolve '", where->host,
-                                            "': ", gai_strerror(gai)));
+    return BadAddress(address,
+                      absl::StrCat("cannot resolve '", where->host, "': ", gai_strerror(gai)));
   }
   freeaddrinfo(resolved);
 
@@ -102,10 +102,10 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(absl::st
     // thread, and Stop(), for seconds.
     http.set_keep_alive_max_count(1);
     http.set_payload_max_length(kMaxRequestBodyBytes);
-    http.Get("/metrics", [render = std::move(render)](const httplib::Request&,
-                                                       httplib::Response& response) {
-      response.set_content(render(), std::string(kMetricsContentType));
-    });
+    http.Get("/metrics",
+             [render = std::move(render)](const httplib::Request&, httplib::Response& response) {
+               response.set_content(render(), std::string(kMetricsContentType));
+             });
     http.set_error_handler([](const httplib::Request&, httplib::Response& response) {
       if (response.status == 404) {
         response.set_content("asarrayd serves GET /metrics only\n", "text/plain");
@@ -122,13 +122,12 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(absl::st
     return absl::InternalError(absl::StrCat("metrics endpoint on ", address, ": ", e.what()));
   }
   if (port < 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen for metrics on ", address, ": ",
-        bind_errno != 0 ? std::strerror(bind_errno) : "the address cannot be bound"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for metrics on ", address, ": ",
+                     bind_errno != 0 ? std::strerror(bind_errno) : "the address cannot be bound"));
   }
   const bool v6 = absl::StrContains(where->host, ':');
-  endpoint->address_ =
-      absl::StrCat(v6 ? "[" : "", where->host, v6 ? "]" : "", ":", port);
+  endpoint->address_ = absl::StrCat(v6 ? "[" : "", where->host, v6 ? "]" : "", ":", port);
 
   MetricsEndpoint* self = endpoint.get();
   try {

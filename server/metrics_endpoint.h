@@ -54,7 +54,7 @@ class MetricsEndpoint {
 
   std::unique_ptr<Http> http_;
   std::string address_;
-  std::thread thread_;  // accepts, in httplib's listen loop
+  std::thread thread_;               // accepts, in httplib's listen loop
   std::atomic<bool> exited_{false};  // the loop returned
 };
 

@@ -14,10 +14,10 @@ absl::StatusOr<RowMajorStream> RowMajorStream::Open(const Converter* converter,
                                                     std::shared_ptr<const Tensor> tensor,
                                                     const HandleInfo& handle,
                                                     uint64_t chunk_bytes) {
-  ASSIGN_OR_RETURN(const ViewSizes sizes,
-                   ComputeViewSizes(tensor->layout, ItemSize(tensor->dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(const ViewSizes sizes,
+                           ComputeViewSizes(tensor->layout, ItemSize(tensor->dtype)));
   RowMajorStream stream;
-  RETURN_IF_ERROR(HandleToProto(handle, &stream.handle_));
+  ASARRAY_RETURN_IF_ERROR(HandleToProto(handle, &stream.handle_));
   stream.converter_ = converter;
   stream.tensor_ = std::move(tensor);
   stream.total_ = sizes.numel;
@@ -48,7 +48,7 @@ absl::Status RowMajorStream::Next(v1::ReadResponse* out) {
   if (count <= 0) return absl::OkStatus();  // an empty tensor's handle-only message
   std::string* data = out->mutable_data();
   data->resize(static_cast<size_t>(count) * item);
-  RETURN_IF_ERROR(converter_->ReadElements(*tensor_, sent_, count, data->data()));
+  ASARRAY_RETURN_IF_ERROR(converter_->ReadElements(*tensor_, sent_, count, data->data()));
   sent_ += count;
   return absl::OkStatus();
 }

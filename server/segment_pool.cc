@@ -100,9 +100,8 @@ void SegmentPool::Run() {
     evicted.clear();
     // Reserve and touch every page once, a step at a time: the costly first
     // write happens here, not while a client waits.
-    absl::StatusOr<std::unique_ptr<ShmSegment>> segment =
-        ShmSegment::CreateUnreserved(
-            key.second, size, key.second == ShmSegment::Kind::kNamed ? make_name_() : "");
+    absl::StatusOr<std::unique_ptr<ShmSegment>> segment = ShmSegment::CreateUnreserved(
+        key.second, size, key.second == ShmSegment::Kind::kNamed ? make_name_() : "");
     for (uint64_t at = 0; segment.ok() && at < size; at += kStepBytes) {
       if (!WaitForBackground()) {
         segment = absl::CancelledError("stopping");

@@ -64,7 +64,7 @@ class SegmentPool {
   uint64_t bytes() const;  // held now
   // Whether a warm segment of exactly `bytes` and of `kind` is ready.
   bool Holds(uint64_t bytes, ShmSegment::Kind kind) const;
-  uint64_t hits() const;   // Take() calls that got a segment
+  uint64_t hits() const;  // Take() calls that got a segment
 
  private:
   void Run();

@@ -20,11 +20,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "core/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "core/status_macros.h"
 #include "server/call_metrics.h"
 #include "server/metrics.h"
 #include "server/unparsable_request.h"
@@ -83,9 +83,8 @@ absl::Status PrepareSocketDirectory(const std::string& socket_path) {
     return absl::FailedPreconditionError(absl::StrCat(dir, " is not a directory"));
   }
   if (st.st_uid != geteuid()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("socket directory ", dir, " belongs to uid ", st.st_uid, ", not to ",
-                     geteuid()));
+    return absl::FailedPreconditionError(absl::StrCat("socket directory ", dir, " belongs to uid ",
+                                                      st.st_uid, ", not to ", geteuid()));
   }
   // A directory that admits others is narrowed to 0700 only when it is the
   // server's own: never one others share (/tmp, /run, a home), which the
@@ -139,12 +138,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
   if (!options.tls_cert_file.empty()) {
     grpc::SslServerCredentialsOptions ssl;
     grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-    ASSIGN_OR_RETURN(pair.private_key, ReadSmallFile(options.tls_key_file, "TLS key"));
-    ASSIGN_OR_RETURN(pair.cert_chain, ReadSmallFile(options.tls_cert_file, "TLS certificate"));
+    ASARRAY_ASSIGN_OR_RETURN(pair.private_key, ReadSmallFile(options.tls_key_file, "TLS key"));
+    ASARRAY_ASSIGN_OR_RETURN(pair.cert_chain,
+                             ReadSmallFile(options.tls_cert_file, "TLS certificate"));
     ssl.pem_key_cert_pairs.push_back(std::move(pair));
     if (!options.tls_client_ca_file.empty()) {
-      ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                       ReadSmallFile(options.tls_client_ca_file, "TLS client CA"));
+      ASARRAY_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                               ReadSmallFile(options.tls_client_ca_file, "TLS client CA"));
       ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
     }
     return grpc::SslServerCredentials(ssl);
@@ -154,9 +154,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
         "a TLS client CA verifies callers only under TLS: give a certificate and key too");
   }
   if (!IsLoopback(address) && !options.allow_insecure_tcp) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "refusing plaintext TCP on ", address, ", which is not a loopback address: give a TLS "
-        "certificate and key, or allow insecure TCP explicitly"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("refusing plaintext TCP on ", address,
+                     ", which is not a loopback address: give a TLS "
+                     "certificate and key, or allow insecure TCP explicitly"));
   }
   return grpc::InsecureServerCredentials();
 }
@@ -171,9 +172,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   server->cuda_ = CudaBackend::Create();
   server->store_ = std::make_unique<TensorStore>(options.store);
   server->executor_ = std::make_unique<Executor>(options.workers);
-  server->service_ = std::make_unique<AsArrayService>(
-      server->store_.get(), server->cuda_.get(), server->executor_.get(),
-      ServiceOptions{options.max_message_bytes});
+  server->service_ = std::make_unique<AsArrayService>(server->store_.get(), server->cuda_.get(),
+                                                      server->executor_.get(),
+                                                      ServiceOptions{options.max_message_bytes});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -196,7 +197,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
 
   if (!options.metrics_listen.empty()) {
-    ASSIGN_OR_RETURN(
+    ASARRAY_ASSIGN_OR_RETURN(
         server->metrics_,
         MetricsEndpoint::Start(options.metrics_listen, [service = server->service_.get()] {
           v1::StatsResponse stats;
@@ -213,15 +214,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       if (absl::StartsWith(path, "@")) {
         return absl::InvalidArgumentError("abstract Unix sockets are not supported: " + address);
       }
-      RETURN_IF_ERROR(PrepareSocketDirectory(std::string(path)));
-      ASSIGN_OR_RETURN(std::unique_ptr<UnixListener> listener,
-                       UnixListener::Bind(std::string(path), SOCK_STREAM));
+      ASARRAY_RETURN_IF_ERROR(PrepareSocketDirectory(std::string(path)));
+      ASARRAY_ASSIGN_OR_RETURN(std::unique_ptr<UnixListener> listener,
+                               UnixListener::Bind(std::string(path), SOCK_STREAM));
       server->listeners_.push_back(std::move(listener));
-      if (options.local_transport) RETURN_IF_ERROR(server->BindLocal(std::string(path)));
+      if (options.local_transport) ASARRAY_RETURN_IF_ERROR(server->BindLocal(std::string(path)));
       server->addresses_.push_back(address);
     } else {
-      ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
-                       TcpCredentials(address, options));
+      ASARRAY_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                               TcpCredentials(address, options));
       tcp_ports.emplace_back(address, std::make_unique<int>(0));
       builder.AddListeningPort(address, credentials, tcp_ports.back().second.get());
     }
@@ -265,8 +266,7 @@ absl::Status Server::BindLocal(const std::string& grpc_socket_path) {
   // instance's.
   struct stat st;
   if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
-  absl::StatusOr<std::unique_ptr<UnixListener>> listener =
-      UnixListener::Bind(path, SOCK_SEQPACKET);
+  absl::StatusOr<std::unique_ptr<UnixListener>> listener = UnixListener::Bind(path, SOCK_SEQPACKET);
   if (!listener.ok()) {
     // Clients fall back to gRPC; the server serves without it.
     std::fprintf(stderr, "asarrayd: no local transport beside %s: %s\n", grpc_socket_path.c_str(),

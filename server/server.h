@@ -100,7 +100,7 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<MetricsEndpoint> metrics_;  // reads service_ and store_
   std::vector<std::string> addresses_;
-  std::vector<std::unique_ptr<UnixListener>> listeners_;       // gRPC's
+  std::vector<std::unique_ptr<UnixListener>> listeners_;        // gRPC's
   std::vector<std::unique_ptr<UnixListener>> local_listeners_;  // the local transport's
   int orphans_swept_ = 0;
   bool shut_down_ = false;

@@ -1,8 +1,8 @@
 #include "server/service.h"
 
 #include <algorithm>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -10,11 +10,11 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "grpcpp/impl/codegen/server_callback_handlers.h"
-#include "grpcpp/support/byte_buffer.h"
 #include "core/cast.h"
 #include "core/quote.h"
 #include "core/status_macros.h"
+#include "grpcpp/impl/codegen/server_callback_handlers.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "server/peer.h"
 #include "server/tensor_handle.h"
 #include "server/tensor_streamer.h"
@@ -33,8 +33,7 @@ constexpr uint64_t kInlineWorkBytes = 256 << 10;
 
 AsArrayService::AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
                                ServiceOptions options)
-    : store_(store), cuda_(cuda), executor_(executor), options_(options),
-      converter_(store, cuda) {
+    : store_(store), cuda_(cuda), executor_(executor), options_(options), converter_(store, cuda) {
   // What the generated WithRawCallbackMethod_ConvertUpload would do; mixed
   // into CallbackService, that template hides the typed overload it replaces.
   const int method = v1::ConvertUploadRequest::descriptor()
@@ -43,15 +42,17 @@ AsArrayService::AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* 
                          ->FindMethodByName("ConvertUpload")
                          ->index();
   MarkMethodRawCallback(
-      method, new grpc::internal::CallbackClientStreamingHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
-                  [this](grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-                    return ConvertUploadRaw(context, response);
-                  }));
+      method,
+      new grpc::internal::CallbackClientStreamingHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+          [this](grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
+            return ConvertUploadRaw(context, response);
+          }));
 }
 
 uint64_t AsArrayService::ChunkBytes(uint64_t requested) const {
   // Leave room for the handle and framing in the first message.
-  const uint64_t limit = static_cast<uint64_t>(std::max<int64_t>(options_.max_message_bytes - 16384, 4096));
+  const uint64_t limit =
+      static_cast<uint64_t>(std::max<int64_t>(options_.max_message_bytes - 16384, 4096));
   const uint64_t chunk = requested == 0 ? kDefaultChunkBytes : std::min(requested, kMaxChunk);
   return std::min(chunk, limit);
 }
@@ -98,7 +99,7 @@ void AsArrayService::ReleaseCarried(const google::protobuf::RepeatedPtrField<std
 
 absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const Caller& caller,
                                         v1::ConvertResponse* response, LocalCall* local) {
-  ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller, local));
+  ASARRAY_ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller, local));
   CountConverted(tensor);
   if (!request.return_data()) {
     const TensorStore::Lease lease =
@@ -108,14 +109,14 @@ absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const
     return HandleToProto(ToHandleInfo(*lease.tensor, lease.expires, &request, local),
                          response->mutable_handle());
   }
-  ASSIGN_OR_RETURN(const ViewSizes sizes,
-                   ComputeViewSizes(tensor.layout, ItemSize(tensor.dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(const ViewSizes sizes,
+                           ComputeViewSizes(tensor.layout, ItemSize(tensor.dtype)));
   if (sizes.nbytes > options_.max_message_bytes - 4096) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the result holds ", sizes.nbytes, " bytes, more than one message may carry (",
         options_.max_message_bytes, "); use ConvertToData to stream it, or take a handle"));
   }
-  RETURN_IF_ERROR(HandleToProto(DataOnlyHandle(tensor), response->mutable_handle()));
+  ASARRAY_RETURN_IF_ERROR(HandleToProto(DataOnlyHandle(tensor), response->mutable_handle()));
   std::string* data = response->mutable_data();
   data->resize(static_cast<size_t>(sizes.nbytes));
   return converter_.ReadElements(tensor, 0, sizes.numel, data->data());
@@ -124,15 +125,14 @@ absl::Status AsArrayService::ConvertNow(const v1::ConvertRequest& request, const
 absl::Status AsArrayService::ConvertBatchNow(absl::StatusOr<Converter::PreparedBatch> prepared,
                                              const v1::ConvertBatchRequest& request,
                                              const Caller& caller,
-                                             v1::ConvertBatchResponse* response,
-                                             LocalCall* local) {
-  RETURN_IF_ERROR(prepared.status());
-  ASSIGN_OR_RETURN(std::vector<Tensor> tensors,
-                   converter_.RunBatch(*std::move(prepared), request, caller, local != nullptr));
+                                             v1::ConvertBatchResponse* response, LocalCall* local) {
+  ASARRAY_RETURN_IF_ERROR(prepared.status());
+  ASARRAY_ASSIGN_OR_RETURN(
+      std::vector<Tensor> tensors,
+      converter_.RunBatch(*std::move(prepared), request, caller, local != nullptr));
   const bool for_connection = local != nullptr && !request.has_ttl_ms();
-  const std::vector<TensorStore::Lease> leases =
-      store_->AddAll(std::move(tensors), TtlFromProto(request.ttl_ms()),
-                     for_connection ? local->connection : 0);
+  const std::vector<TensorStore::Lease> leases = store_->AddAll(
+      std::move(tensors), TtlFromProto(request.ttl_ms()), for_connection ? local->connection : 0);
   absl::Status status;
   for (int i = 0; i < static_cast<int>(leases.size()) && status.ok(); ++i) {
     const TensorStore::Lease& lease = leases[static_cast<size_t>(i)];
@@ -168,7 +168,7 @@ void AsArrayService::DropBatch(absl::Span<const absl::string_view> ids, const Ca
 
 absl::StatusOr<RowMajorStream> AsArrayService::ConvertToDataNow(const v1::ConvertRequest& request,
                                                                 const Caller& caller) {
-  ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller));
+  ASARRAY_ASSIGN_OR_RETURN(Tensor tensor, converter_.Convert(request, caller));
   CountConverted(tensor);
   auto held = std::make_shared<const Tensor>(std::move(tensor));
   return RowMajorStream::Open(&converter_, held, DataOnlyHandle(*held), ChunkBytes(0));
@@ -176,9 +176,8 @@ absl::StatusOr<RowMajorStream> AsArrayService::ConvertToDataNow(const v1::Conver
 
 absl::StatusOr<RowMajorStream> AsArrayService::ReadNow(const v1::ReadRequest& request,
                                                        const Caller& caller) {
-  ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(request.id(), caller));
-  return RowMajorStream::Open(&converter_, lease.tensor,
-                              ToHandleInfo(*lease.tensor, lease.expires),
+  ASARRAY_ASSIGN_OR_RETURN(const TensorStore::Lease lease, store_->Get(request.id(), caller));
+  return RowMajorStream::Open(&converter_, lease.tensor, ToHandleInfo(*lease.tensor, lease.expires),
                               ChunkBytes(request.chunk_size()));
 }
 
@@ -194,8 +193,8 @@ absl::Status CheckDistinctIds(const std::string& first,
   seen.insert(first);
   for (const std::string& id : more) {
     if (!seen.insert(id).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the ", method, " names handle ", Quote(id), " twice; nothing was done"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the ", method, " names handle ", Quote(id), " twice; nothing was done"));
     }
   }
   return absl::OkStatus();
@@ -205,7 +204,7 @@ absl::Status CheckDistinctIds(const std::string& first,
 
 absl::Status AsArrayService::RenewNow(const v1::RenewRequest& request, const Caller& caller,
                                       v1::RenewResponse* response) {
-  RETURN_IF_ERROR(CheckDistinctIds(request.id(), request.more_ids(), "Renew"));
+  ASARRAY_RETURN_IF_ERROR(CheckDistinctIds(request.id(), request.more_ids(), "Renew"));
   const absl::Duration ttl = TtlFromProto(request.ttl_ms());
   absl::StatusOr<absl::Time> expires = store_->Renew(request.id(), ttl, caller);
   absl::Status status = expires.status();
@@ -219,7 +218,7 @@ absl::Status AsArrayService::RenewNow(const v1::RenewRequest& request, const Cal
 }
 
 absl::Status AsArrayService::ReleaseNow(const v1::ReleaseRequest& request, const Caller& caller) {
-  RETURN_IF_ERROR(CheckDistinctIds(request.id(), request.more_ids(), "Release"));
+  ASARRAY_RETURN_IF_ERROR(CheckDistinctIds(request.id(), request.more_ids(), "Release"));
   std::vector<absl::string_view> ids = {request.id()};
   ids.insert(ids.end(), request.more_ids().begin(), request.more_ids().end());
   return store_->ReleaseAll(ids, caller);
@@ -331,9 +330,8 @@ grpc::ServerWriteReactor<v1::ReadResponse>* AsArrayService::ConvertToData(
     return streamer;
   }
   const Caller caller = CallerOf(context);
-  streamer->PrepareOnExecutor([this, streamer, request, caller] {
-    streamer->Start(ConvertToDataNow(*request, caller));
-  });
+  streamer->PrepareOnExecutor(
+      [this, streamer, request, caller] { streamer->Start(ConvertToDataNow(*request, caller)); });
   return streamer;
 }
 
@@ -364,13 +362,12 @@ grpc::ServerUnaryReactor* AsArrayService::Renew(grpc::CallbackServerContext* con
 }
 
 grpc::ServerUnaryReactor* AsArrayService::List(grpc::CallbackServerContext* context,
-                                               const v1::ListRequest*,
-                                               v1::ListResponse* response) {
+                                               const v1::ListRequest*, v1::ListResponse* response) {
   return ServeNow(context, [&](const Caller& caller) {
     absl::Status status;
     for (const TensorStore::Lease& lease : store_->List(caller)) {
-      status.Update(HandleToProto(ToHandleInfo(*lease.tensor, lease.expires),
-                                  response->add_tensors()));
+      status.Update(
+          HandleToProto(ToHandleInfo(*lease.tensor, lease.expires), response->add_tensors()));
     }
     return status;
   });

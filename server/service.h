@@ -40,8 +40,7 @@ struct ServiceOptions {
 // and its reactor decodes them itself (see server/upload_message.h).
 class AsArrayService final : public v1::AsArray::CallbackService {
  public:
-  AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor,
-                 ServiceOptions options);
+  AsArrayService(TensorStore* store, CudaBackend* cuda, Executor* executor, ServiceOptions options);
 
   grpc::ServerUnaryReactor* Convert(grpc::CallbackServerContext* context,
                                     const v1::ConvertRequest* request,

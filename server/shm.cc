@@ -37,8 +37,8 @@ absl::Status ValidateSegmentName(absl::string_view name) {
   if (absl::StrContains(name, "..")) return bad("must not contain '..'");
   if (name == "/.") return bad("names the shared-memory directory, not a segment");
   for (char ch : name.substr(1)) {
-    const bool ok = absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '.' ||
-                    ch == '_' || ch == '-';
+    const bool ok =
+        absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-';
     if (!ok) return bad("may hold only letters, digits, '.', '_' and '-' after its leading '/'");
   }
   return absl::OkStatus();
@@ -49,8 +49,8 @@ absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::Create(Kind kind, size_t
   return CreateMapped(kind, size, name, /*reserve=*/true);
 }
 
-absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateUnreserved(
-    Kind kind, size_t size, const std::string& name) {
+absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateUnreserved(Kind kind, size_t size,
+                                                                         const std::string& name) {
   return CreateMapped(kind, size, name, /*reserve=*/false);
 }
 
@@ -103,9 +103,12 @@ int PopulateAll(int fd, unsigned char* data, size_t size) {
 // How messages name a segment of `kind`.
 std::string Describe(ShmSegment::Kind kind, const std::string& name) {
   switch (kind) {
-    case ShmSegment::Kind::kNamed: return absl::StrCat("segment ", name);
-    case ShmSegment::Kind::kMemfd: return "a memfd";
-    case ShmSegment::Kind::kPrivate: break;
+    case ShmSegment::Kind::kNamed:
+      return absl::StrCat("segment ", name);
+    case ShmSegment::Kind::kMemfd:
+      return "a memfd";
+    case ShmSegment::Kind::kPrivate:
+      break;
   }
   return "private memory";
 }
@@ -143,9 +146,9 @@ absl::StatusOr<std::unique_ptr<ShmSegment>> ShmSegment::CreateMapped(Kind kind, 
     }
   }
   if (size > 0) {
-    void* p = shared ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-                     : mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* p = shared
+                  ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                  : mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return fail(errno, "mapping");
     data = static_cast<unsigned char*>(p);
     // A hint: where the kernel gives huge pages (always, for anonymous memory
@@ -241,8 +244,8 @@ absl::Status CheckClientFd(int fd, struct stat* st) {
   }
   if (fstat(fd, st) != 0) return CallerErrnoStatus(errno, "inspecting the attached descriptor");
   if (!S_ISREG(st->st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat("the attached descriptor is ",
-                                                   FileKind(st->st_mode), ", not a memfd"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the attached descriptor is ", FileKind(st->st_mode), ", not a memfd"));
   }
   const int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0) {
@@ -254,8 +257,8 @@ absl::Status CheckClientFd(int fd, struct stat* st) {
     return absl::PermissionDeniedError(
         "the attached memfd is open read-only; send a descriptor open for reading and writing");
   }
-  for (const auto& [seal, seal_name] : {std::pair{F_SEAL_SHRINK, "F_SEAL_SHRINK"},
-                                        std::pair{F_SEAL_GROW, "F_SEAL_GROW"}}) {
+  for (const auto& [seal, seal_name] :
+       {std::pair{F_SEAL_SHRINK, "F_SEAL_SHRINK"}, std::pair{F_SEAL_GROW, "F_SEAL_GROW"}}) {
     if ((seals & seal) == 0) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the attached memfd is not sealed with ", seal_name,

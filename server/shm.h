@@ -76,8 +76,8 @@ class ShmSegment final : public HostMemory {
   // The same, mapped but not yet reserved: the pages must go through
   // Prepare() before anything touches them. For the segment pool, which
   // prepares a segment in steps and hands it out only when done.
-  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateUnreserved(
-      Kind kind, size_t size, const std::string& name = "");
+  static absl::StatusOr<std::unique_ptr<ShmSegment>> CreateUnreserved(Kind kind, size_t size,
+                                                                      const std::string& name = "");
   // Reserves the pages of [offset, offset + size) and writes each once, so
   // that later writes there cost no page faults. RESOURCE_EXHAUSTED when
   // /dev/shm or memory is short. REQUIRES: the range lies within size().
@@ -198,7 +198,7 @@ class ClientSegment {
  private:
   const std::string name_;
   const int fd_;
-  absl::Mutex map_mu_;  // serializes the one mmap
+  absl::Mutex map_mu_;                         // serializes the one mmap
   std::atomic<unsigned char*> data_{nullptr};  // set once, under map_mu_; read without it
   const size_t size_;
   const dev_t dev_;

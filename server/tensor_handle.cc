@@ -34,9 +34,8 @@ HandleInfo ToHandleInfo(const Tensor& t, absl::Time expires, const v1::ConvertRe
     } else {
       // The results of a batch share one arena: its descriptor goes once.
       auto& sent = local->reply_memory;
-      const auto same_file = std::find_if(sent.begin(), sent.end(), [&](const auto& m) {
-        return m->fd() == t.memory->fd();
-      });
+      const auto same_file = std::find_if(sent.begin(), sent.end(),
+                                          [&](const auto& m) { return m->fd() == t.memory->fd(); });
       info.fd_index = static_cast<uint32_t>(same_file - sent.begin());
       if (same_file == sent.end()) sent.push_back(t.memory);
     }

@@ -51,7 +51,6 @@ std::string ThisInstance() {
 
 }  // namespace
 
-
 TensorStore::TensorStore(StoreOptions options)
     : options_(std::move(options)),
       instance_(ThisInstance()),
@@ -109,8 +108,10 @@ absl::StatusOr<std::shared_ptr<ShmSegment>> TensorStore::NewSegment(uint64_t byt
   });
 }
 
-absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
-    const std::string& name, uint64_t offset, uint64_t size, uid_t owner) {
+absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(const std::string& name,
+                                                                            uint64_t offset,
+                                                                            uint64_t size,
+                                                                            uid_t owner) {
   struct stat st;
   absl::StatusOr<int> fd = OpenClientSegment(name, owner, &st);
   if (!fd.ok()) return fd.status();
@@ -127,10 +128,10 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::OpenClientRegion(
 absl::StatusOr<std::shared_ptr<ClientSegment>> TensorStore::OpenClientFd(int fd,
                                                                          ClientFdCache* cache) {
   struct stat st;
-  RETURN_IF_ERROR(CheckClientFd(fd, &st));
+  ASARRAY_RETURN_IF_ERROR(CheckClientFd(fd, &st));
   std::shared_ptr<ClientSegment> segment = cache->Find(st);
   if (segment == nullptr) {
-    ASSIGN_OR_RETURN(const int own, ReopenClientFd(fd, st));
+    ASARRAY_ASSIGN_OR_RETURN(const int own, ReopenClientFd(fd, st));
     segment = std::make_shared<ClientSegment>("", own, st);
     cache->Insert(st, segment);
   }
@@ -151,8 +152,8 @@ absl::StatusOr<std::shared_ptr<ClientRegion>> TensorStore::CountedRegion(
   });
 }
 
-std::vector<TensorStore::Lease> TensorStore::AddAll(std::vector<Tensor> tensors,
-                                                   absl::Duration ttl, uint64_t connection) {
+std::vector<TensorStore::Lease> TensorStore::AddAll(std::vector<Tensor> tensors, absl::Duration ttl,
+                                                    uint64_t connection) {
   if (ttl <= absl::ZeroDuration()) ttl = options_.default_ttl;
   const absl::Time expires =
       connection != 0 ? absl::InfiniteFuture() : absl::Now() + std::min(ttl, options_.max_ttl);
@@ -164,8 +165,7 @@ std::vector<TensorStore::Lease> TensorStore::AddAll(std::vector<Tensor> tensors,
     leases.push_back(Lease{std::make_shared<const Tensor>(std::move(tensors[i])), expires});
   }
   absl::MutexLock lock(&mu_);
-  absl::flat_hash_set<std::string>* tied =
-      connection != 0 ? &by_connection_[connection] : nullptr;
+  absl::flat_hash_set<std::string>* tied = connection != 0 ? &by_connection_[connection] : nullptr;
   for (const Lease& lease : leases) {
     entries_[lease.tensor->id] = Entry{lease.tensor, expires, connection};
     if (tied != nullptr) tied->insert(lease.tensor->id);
@@ -212,7 +212,8 @@ int TensorStore::EndConnection(uint64_t connection) {
   return static_cast<int>(doomed.size());
 }
 
-absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id, const Caller& caller) const {
+absl::StatusOr<TensorStore::Lease> TensorStore::Get(const std::string& id,
+                                                    const Caller& caller) const {
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second.tensor->owner != caller ||
@@ -250,7 +251,8 @@ absl::Status TensorStore::ReleaseAll(absl::Span<const absl::string_view> ids,
     entries_.erase(it);
     if (expired) {
       ++expired_;
-      status.Update(absl::NotFoundError(absl::StrCat("no tensor ", Quote(id), ": its lease expired")));
+      status.Update(
+          absl::NotFoundError(absl::StrCat("no tensor ", Quote(id), ": its lease expired")));
     }
   }
   return status;

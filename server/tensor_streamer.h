@@ -22,8 +22,7 @@ namespace asarray::server {
 // Start(). Driven by gRPC's callbacks, one at a time.
 class TensorStreamer final : public ReactorBase<grpc::ServerWriteReactor<v1::ReadResponse>> {
  public:
-  TensorStreamer(AsArrayService* service, CallScope call)
-      : ReactorBase(service, std::move(call)) {}
+  TensorStreamer(AsArrayService* service, CallScope call) : ReactorBase(service, std::move(call)) {}
 
   // Runs `prepare` on the executor once gRPC has bound this reactor to its
   // call (the initial metadata went out). Starting writes from another thread

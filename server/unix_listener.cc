@@ -24,9 +24,9 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path[0] != '/' || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Unix socket path '", path, "' must be absolute and shorter than ",
-        sizeof(addr.sun_path), " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("Unix socket path '", path,
+                                                   "' must be absolute and shorter than ",
+                                                   sizeof(addr.sun_path), " bytes"));
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   const int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

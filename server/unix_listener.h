@@ -1,8 +1,8 @@
 // A Unix socket the server accepts on itself, so that it knows each
 // connection's peer (see peer.h); every accepted connection is handed to
-// gRPC (a SOCK_STREAM socket) or to the local transport (SOCK_SEQPACKET). The socket is created mode 0600 in a directory PrepareSocketDirectory
-// made private; abstract names are refused. One thread accepts; Stop() ends
-// it before gRPC shuts down, after which no connection is added.
+// gRPC (a SOCK_STREAM socket) or to the local transport (SOCK_SEQPACKET). The socket is created
+// mode 0600 in a directory PrepareSocketDirectory made private; abstract names are refused. One
+// thread accepts; Stop() ends it before gRPC shuts down, after which no connection is added.
 #ifndef ASARRAY_SERVER_UNIX_LISTENER_H_
 #define ASARRAY_SERVER_UNIX_LISTENER_H_
 
@@ -21,8 +21,7 @@ class UnixListener {
   // Binds and listens on `path` (its directory must already be private), a
   // socket of `type`: SOCK_STREAM, whose connections are handed over
   // non-blocking, or SOCK_SEQPACKET, blocking.
-  static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const std::string& path,
-                                                            int type);
+  static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const std::string& path, int type);
   // Stops accepting, closes the socket and unlinks its path.
   ~UnixListener();
   UnixListener(const UnixListener&) = delete;
@@ -50,7 +49,7 @@ class UnixListener {
   const std::string path_;
   const int fd_;
   const int accept_flags_;
-  const int wake_read_;   // readable once Stop() asks the thread to end
+  const int wake_read_;  // readable once Stop() asks the thread to end
   const int wake_write_;
   std::thread thread_;
 };

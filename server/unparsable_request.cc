@@ -3,8 +3,8 @@
 #include <string>
 #include <utility>
 
-#include "absl/status/status.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "asarray/v1/asarray.pb.h"
 #include "wire/proto_convert.h"
@@ -21,8 +21,8 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
             grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
       const grpc::Status sent = methods->GetSendStatus();
       if (sent.error_code() == grpc::StatusCode::UNIMPLEMENTED && sent.error_message().empty()) {
-        methods->ModifySendStatus(ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-            "the request to ", method_, " does not parse as its protobuf message"))));
+        methods->ModifySendStatus(ToGrpcStatus(absl::InvalidArgumentError(
+            absl::StrCat("the request to ", method_, " does not parse as its protobuf message"))));
       }
     }
     methods->Proceed();
@@ -37,8 +37,8 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
 bool IsServiceMethod(const std::string& path) {
   static const auto* methods = [] {
     auto* set = new absl::flat_hash_set<std::string>();
-    const google::protobuf::ServiceDescriptor* service = v1::ConvertRequest::descriptor()->file()
-        ->FindServiceByName("AsArray");
+    const google::protobuf::ServiceDescriptor* service =
+        v1::ConvertRequest::descriptor()->file()->FindServiceByName("AsArray");
     for (int i = 0; service != nullptr && i < service->method_count(); ++i) {
       set->insert(absl::StrCat("/", service->full_name(), "/", service->method(i)->name()));
     }

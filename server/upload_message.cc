@@ -64,7 +64,7 @@ class Cursor {
 
 // The wire format as protobuf's own parser (3.21) accepts it, so that a
 // message parses here exactly when ParseFromString would parse it.
-constexpr int kMaxGroupDepth = 100;  // protobuf's default recursion limit
+constexpr int kMaxGroupDepth = 100;          // protobuf's default recursion limit
 constexpr uint32_t kMaxSize = INT_MAX - 16;  // ParseContext::kSlopBytes below INT_MAX
 
 // A varint of at most `max_bytes` bytes, truncated to 64 bits.
@@ -88,9 +88,7 @@ bool ReadTag(Cursor& in, uint32_t* tag) {
 }
 
 // The length of a length-delimited field: at most five bytes, below 2 GiB.
-bool ReadSize(Cursor& in, uint64_t* size) {
-  return ReadVarint(in, 5, size) && *size <= kMaxSize;
-}
+bool ReadSize(Cursor& in, uint64_t* size) { return ReadVarint(in, 5, size) && *size <= kMaxSize; }
 
 // Skips the value of an unknown field whose tag was just read.
 bool SkipField(Cursor& in, uint32_t tag, int depth) {

@@ -68,7 +68,9 @@ grpc::ByteBuffer Serialized(const google::protobuf::MessageLite& message) {
 
 UploadReceiver::UploadReceiver(AsArrayService* service, CallScope call, const Caller& caller,
                                grpc::ByteBuffer* response)
-    : ReactorBase(service, std::move(call)), caller_(caller), response_(response),
+    : ReactorBase(service, std::move(call)),
+      caller_(caller),
+      response_(response),
       foreground_(service->store()->MarkForeground()) {}
 
 void UploadReceiver::Begin() {
@@ -132,9 +134,8 @@ UploadReceiver::Action UploadReceiver::Received(bool ok, absl::StatusOr<UploadMe
   // A message with no field set carries no data.
   const uint64_t n = message->part == UploadMessage::Part::kData ? message->data_size : 0;
   if (n > header_->storage_size() - received_) {
-    return FailLocked(absl::InvalidArgumentError(
-        absl::StrCat("upload sent ", received_ + n, " bytes, past the declared ",
-                     header_->storage_size())));
+    return FailLocked(absl::InvalidArgumentError(absl::StrCat(
+        "upload sent ", received_ + n, " bytes, past the declared ", header_->storage_size())));
   }
   if (n == 0) return ReadLocked();
   received_ += n;
@@ -216,8 +217,8 @@ void UploadReceiver::Work() {
     }
     // Every byte is in.
     if (copied_ != storage_->size()) {
-      FailLocked(absl::InvalidArgumentError(absl::StrCat(
-          "upload ended after ", copied_, " of ", storage_->size(), " declared bytes")));
+      FailLocked(absl::InvalidArgumentError(absl::StrCat("upload ended after ", copied_, " of ",
+                                                         storage_->size(), " declared bytes")));
       continue;
     }
     worker_running_ = false;

@@ -22,16 +22,15 @@ void UniqueFd::Reset() {
 absl::StatusOr<UniqueFd> ConnectLocal(const std::string& path) {
   sockaddr_un addr{};
   if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path of ", path.size(),
-                                                   " bytes is too long for a Unix socket"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path of ", path.size(), " bytes is too long for a Unix socket"));
   }
   UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return ErrnoStatus(errno, "creating a local-transport socket");
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.data(), path.size());
   if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("connecting to ", path, ": ", std::strerror(errno)));
+    return absl::UnavailableError(absl::StrCat("connecting to ", path, ": ", std::strerror(errno)));
   }
   return fd;
 }

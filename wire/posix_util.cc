@@ -1,10 +1,9 @@
 #include "wire/posix_util.h"
 
 #include <dirent.h>
-#include <sys/resource.h>
-
 #include <errno.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 
 #include <cstring>
 #include <fstream>
@@ -42,32 +41,40 @@ uint64_t RaiseFdLimit() {
 absl::Status ErrnoStatus(int err, absl::string_view what) {
   const std::string message = absl::StrCat(what, ": ", std::strerror(err));
   switch (err) {
-    case ENOENT: return absl::NotFoundError(message);
-    case EEXIST: return absl::AlreadyExistsError(message);
+    case ENOENT:
+      return absl::NotFoundError(message);
+    case EEXIST:
+      return absl::AlreadyExistsError(message);
     case EACCES:
-    case EPERM: return absl::PermissionDeniedError(message);
+    case EPERM:
+      return absl::PermissionDeniedError(message);
     case ENOSPC:
     case ENOMEM:
     case EMFILE:
     case ENFILE:
-    case EFBIG: return absl::ResourceExhaustedError(message);
-    default: return absl::InternalError(message);
+    case EFBIG:
+      return absl::ResourceExhaustedError(message);
+    default:
+      return absl::InternalError(message);
   }
 }
 
 absl::Status CallerErrnoStatus(int err, absl::string_view what) {
   const std::string message = absl::StrCat(what, ": ", std::strerror(err));
   switch (err) {
-    case ENOENT: return absl::NotFoundError(message);
+    case ENOENT:
+      return absl::NotFoundError(message);
     case EACCES:
     case EPERM:
-    case EROFS: return absl::PermissionDeniedError(message);
+    case EROFS:
+      return absl::PermissionDeniedError(message);
     case ENOMEM:
     case EMFILE:
     case ENFILE:
     case ENOSPC:
     case EOVERFLOW:
-    case EFBIG: return absl::ResourceExhaustedError(message);
+    case EFBIG:
+      return absl::ResourceExhaustedError(message);
     // What the name or descriptor is, not what it is in use for: a symlink,
     // a directory, a socket or device, a name too long or not a path.
     case ELOOP:
@@ -81,10 +88,12 @@ absl::Status CallerErrnoStatus(int err, absl::string_view what) {
     case ESPIPE:
     case ENOTSOCK:
     case EOPNOTSUPP:
-    case EFAULT: return absl::InvalidArgumentError(message);
+    case EFAULT:
+      return absl::InvalidArgumentError(message);
     // Anything else (EBUSY, ETXTBSY, EAGAIN, EIO, ...) is the state the
     // caller's object is in.
-    default: return absl::FailedPreconditionError(message);
+    default:
+      return absl::FailedPreconditionError(message);
   }
 }
 

@@ -9,7 +9,7 @@
 namespace asarray {
 
 static_assert(static_cast<int>(absl::StatusCode::kResourceExhausted) ==
-                  static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) &&
+                      static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) &&
                   static_cast<int>(absl::StatusCode::kUnauthenticated) ==
                       static_cast<int>(grpc::StatusCode::UNAUTHENTICATED),
               "absl and gRPC status codes must agree");
@@ -27,8 +27,8 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 namespace {
 
 constexpr DType kProtoOrder[] = {
-    DType::kBool,    DType::kUInt8,   DType::kInt8,     DType::kInt16,
-    DType::kInt32,   DType::kInt64,   DType::kFloat16,  DType::kBFloat16,
+    DType::kBool,    DType::kUInt8,   DType::kInt8,      DType::kInt16,
+    DType::kInt32,   DType::kInt64,   DType::kFloat16,   DType::kBFloat16,
     DType::kFloat32, DType::kFloat64, DType::kComplex64, DType::kComplex128,
 };
 
@@ -40,18 +40,26 @@ absl::Status TooDeep() {
 // Decodes the subtree starting at nodes[*next], advancing *next past it.
 absl::Status LiteralFromNodes(const v1::Literal& proto, int depth, int* next, Literal* out) {
   if (*next >= proto.nodes_size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "literal ends after ", proto.nodes_size(), " nodes, inside a list that needs more"));
+    return absl::InvalidArgumentError(absl::StrCat("literal ends after ", proto.nodes_size(),
+                                                   " nodes, inside a list that needs more"));
   }
   const v1::LiteralNode& node = proto.nodes((*next)++);
   switch (node.value_case()) {
-    case v1::LiteralNode::kBoolValue: *out = Literal::Bool(node.bool_value()); break;
-    case v1::LiteralNode::kIntValue: *out = Literal::Int(node.int_value()); break;
-    case v1::LiteralNode::kFloatValue: *out = Literal::Float(node.float_value()); break;
+    case v1::LiteralNode::kBoolValue:
+      *out = Literal::Bool(node.bool_value());
+      break;
+    case v1::LiteralNode::kIntValue:
+      *out = Literal::Int(node.int_value());
+      break;
+    case v1::LiteralNode::kFloatValue:
+      *out = Literal::Float(node.float_value());
+      break;
     case v1::LiteralNode::kComplexValue:
       *out = Literal::Complex(node.complex_value().real(), node.complex_value().imag());
       break;
-    case v1::LiteralNode::kNotANumber: *out = Literal::Invalid(Cut(node.not_a_number())); break;
+    case v1::LiteralNode::kNotANumber:
+      *out = Literal::Invalid(Cut(node.not_a_number()));
+      break;
     case v1::LiteralNode::VALUE_NOT_SET:
       return absl::InvalidArgumentError(
           absl::StrCat("literal node ", *next - 1, " has no value set"));
@@ -59,12 +67,13 @@ absl::Status LiteralFromNodes(const v1::Literal& proto, int depth, int* next, Li
       if (depth >= kMaxRank) return TooDeep();
       // Every item takes at least one node: a longer list cannot be honest.
       if (node.list_length() > static_cast<uint64_t>(proto.nodes_size() - *next)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "literal node ", *next - 1, " declares a list of ", node.list_length(),
-            " items but only ", proto.nodes_size() - *next, " nodes follow"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("literal node ", *next - 1, " declares a list of ", node.list_length(),
+                         " items but only ", proto.nodes_size() - *next, " nodes follow"));
       }
       std::vector<Literal> items(node.list_length());
-      for (Literal& item : items) RETURN_IF_ERROR(LiteralFromNodes(proto, depth + 1, next, &item));
+      for (Literal& item : items)
+        ASARRAY_RETURN_IF_ERROR(LiteralFromNodes(proto, depth + 1, next, &item));
       *out = Literal::List(std::move(items));
       break;
     }
@@ -75,19 +84,27 @@ absl::Status LiteralFromNodes(const v1::Literal& proto, int depth, int* next, Li
 absl::Status LiteralToNodes(const Literal& literal, int depth, v1::Literal* proto) {
   v1::LiteralNode* node = proto->add_nodes();
   switch (literal.kind()) {
-    case Literal::Kind::kBool: node->set_bool_value(literal.bool_value()); break;
-    case Literal::Kind::kInt: node->set_int_value(literal.int_value()); break;
-    case Literal::Kind::kFloat: node->set_float_value(literal.float_value()); break;
+    case Literal::Kind::kBool:
+      node->set_bool_value(literal.bool_value());
+      break;
+    case Literal::Kind::kInt:
+      node->set_int_value(literal.int_value());
+      break;
+    case Literal::Kind::kFloat:
+      node->set_float_value(literal.float_value());
+      break;
     case Literal::Kind::kComplex:
       node->mutable_complex_value()->set_real(literal.float_value());
       node->mutable_complex_value()->set_imag(literal.imag_value());
       break;
-    case Literal::Kind::kInvalid: node->set_not_a_number(literal.invalid_description()); break;
+    case Literal::Kind::kInvalid:
+      node->set_not_a_number(literal.invalid_description());
+      break;
     case Literal::Kind::kList:
       if (depth >= kMaxRank) return TooDeep();
       node->set_list_length(literal.items().size());
       for (const Literal& item : literal.items()) {
-        RETURN_IF_ERROR(LiteralToNodes(item, depth + 1, proto));
+        ASARRAY_RETURN_IF_ERROR(LiteralToNodes(item, depth + 1, proto));
       }
       break;
   }
@@ -98,9 +115,9 @@ absl::Status LiteralToNodes(const Literal& literal, int depth, v1::Literal* prot
 
 absl::StatusOr<DType> DTypeFromProto(int proto_dtype) {
   if (proto_dtype >= 1 && proto_dtype <= kNumDTypes) return kProtoOrder[proto_dtype - 1];
-  return absl::InvalidArgumentError(
-      proto_dtype == 0 ? std::string("dtype is unspecified")
-                       : absl::StrCat("unknown dtype enum value ", proto_dtype));
+  return absl::InvalidArgumentError(proto_dtype == 0
+                                        ? std::string("dtype is unspecified")
+                                        : absl::StrCat("unknown dtype enum value ", proto_dtype));
 }
 
 v1::DType DTypeToProto(DType dtype) {
@@ -115,7 +132,7 @@ absl::StatusOr<Layout> LayoutFromProto(const v1::Layout& proto) {
   layout.shape.assign(proto.shape().begin(), proto.shape().end());
   layout.strides.assign(proto.strides().begin(), proto.strides().end());
   layout.offset = proto.offset();
-  RETURN_IF_ERROR(ValidateLayout(layout));
+  ASARRAY_RETURN_IF_ERROR(ValidateLayout(layout));
   return layout;
 }
 
@@ -128,10 +145,10 @@ void LayoutToProto(const Layout& layout, v1::Layout* proto) {
 absl::StatusOr<ConvertOptions> OptionsFromProto(const v1::Options& proto) {
   ConvertOptions options;
   if (proto.has_dtype()) {
-    ASSIGN_OR_RETURN(options.dtype, DTypeFromProto(proto.dtype()));
+    ASARRAY_ASSIGN_OR_RETURN(options.dtype, DTypeFromProto(proto.dtype()));
   }
   if (!proto.device().empty()) {
-    ASSIGN_OR_RETURN(options.device, ParseDevice(proto.device()));
+    ASARRAY_ASSIGN_OR_RETURN(options.device, ParseDevice(proto.device()));
   }
   if (proto.has_copy()) options.copy = proto.copy();
   options.requires_grad = proto.requires_grad();
@@ -148,10 +165,10 @@ void OptionsToProto(const ConvertOptions& options, v1::Options* proto) {
 absl::StatusOr<Literal> LiteralFromProto(const v1::Literal& proto) {
   Literal literal;
   int next = 0;
-  RETURN_IF_ERROR(LiteralFromNodes(proto, 0, &next, &literal));
+  ASARRAY_RETURN_IF_ERROR(LiteralFromNodes(proto, 0, &next, &literal));
   if (next != proto.nodes_size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "literal has ", proto.nodes_size() - next, " nodes after its end (node ", next, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("literal has ", proto.nodes_size() - next,
+                                                   " nodes after its end (node ", next, ")"));
   }
   return literal;
 }
@@ -162,7 +179,8 @@ absl::Status LiteralToProto(const Literal& literal, v1::Literal* proto) {
 }
 
 absl::Status HandleToProto(const HandleInfo& info, v1::TensorHandle* proto) {
-  ASSIGN_OR_RETURN(const ViewSizes sizes, ComputeViewSizes(info.layout, ItemSize(info.dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(const ViewSizes sizes,
+                           ComputeViewSizes(info.layout, ItemSize(info.dtype)));
   proto->set_id(info.id);
   proto->set_dtype(DTypeToProto(info.dtype));
   LayoutToProto(info.layout, proto->mutable_layout());
@@ -205,9 +223,9 @@ absl::Duration TtlFromProto(uint64_t ttl_ms) {
 absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto) {
   HandleInfo info;
   info.id = proto.id();
-  ASSIGN_OR_RETURN(info.dtype, DTypeFromProto(proto.dtype()));
-  ASSIGN_OR_RETURN(info.layout, LayoutFromProto(proto.layout()));
-  ASSIGN_OR_RETURN(info.device, ParseDevice(proto.device()));
+  ASARRAY_ASSIGN_OR_RETURN(info.dtype, DTypeFromProto(proto.dtype()));
+  ASARRAY_ASSIGN_OR_RETURN(info.layout, LayoutFromProto(proto.layout()));
+  ASARRAY_ASSIGN_OR_RETURN(info.device, ParseDevice(proto.device()));
   info.requires_grad = proto.requires_grad();
   info.shares_memory = proto.shares_memory();
   info.warnings.assign(proto.warnings().begin(), proto.warnings().end());
@@ -218,9 +236,8 @@ absl::StatusOr<HandleInfo> HandleFromProto(const v1::TensorHandle& proto) {
   }
   if (proto.has_cuda()) {
     if (info.device.type != Device::Type::kCUDA || proto.cuda().device() != info.device.index) {
-      return absl::InvalidArgumentError(absl::StrCat("a handle on ", proto.device(),
-                                                     " names CUDA memory on device ",
-                                                     proto.cuda().device()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a handle on ", proto.device(), " names CUDA memory on device ", proto.cuda().device()));
     }
     info.cuda_ipc_handle = proto.cuda().ipc_handle();
     info.cuda_offset = proto.cuda().offset();

@@ -1,11 +1,10 @@
-#include "server/cuda/cast_kernels.h"
-
 #include <algorithm>
 #include <cstdint>
 
 #include "core/dtype_dispatch.h"
 #include "core/element_convert.h"
 #include "core/layout.h"
+#include "server/cuda/cast_kernels.h"
 
 namespace asarray::server {
 namespace {
@@ -35,9 +34,8 @@ __device__ __forceinline__ int64_t GridSize() {
 
 // Any layout: each thread finds its element's offsets from its linear index.
 template <typename S, typename D>
-__global__ void CastStridedKernel(const S* __restrict__ src, D* __restrict__ dst,
-                                  KernelLoop loop, int64_t begin, int64_t count,
-                                  int64_t dst_origin) {
+__global__ void CastStridedKernel(const S* __restrict__ src, D* __restrict__ dst, KernelLoop loop,
+                                  int64_t begin, int64_t count, int64_t dst_origin) {
   for (int64_t i = ThreadIndex(); i < count; i += GridSize()) {
     int64_t rest = begin + i, s = 0, d = 0;
     for (int k = loop.rank - 1; k >= 0; --k) {
@@ -53,8 +51,7 @@ __global__ void CastStridedKernel(const S* __restrict__ src, D* __restrict__ dst
 // Both sides contiguous and aligned to K elements: K elements a thread, in
 // one vector load and one vector store.
 template <typename S, typename D, int K>
-__global__ void CastContiguousKernel(const S* __restrict__ src, D* __restrict__ dst,
-                                     int64_t n) {
+__global__ void CastContiguousKernel(const S* __restrict__ src, D* __restrict__ dst, int64_t n) {
   const int64_t vectors = n / K;
   const auto* in = reinterpret_cast<const Vec<S, K>*>(src);
   auto* out = reinterpret_cast<Vec<D, K>*>(dst);
@@ -73,9 +70,7 @@ int Blocks(int64_t work) {
   return static_cast<int>(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, kMaxBlocks));
 }
 
-bool Aligned(const void* p, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
+bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename S, typename D>
 void Launch(const S* src, D* dst, const std::vector<LoopDim>& loop, int64_t begin, int64_t count,
@@ -98,8 +93,8 @@ void Launch(const S* src, D* dst, const std::vector<LoopDim>& loop, int64_t begi
     args.src[k] = loop[k].src;
     args.dst[k] = loop[k].dst;
   }
-  CastStridedKernel<S, D><<<Blocks(count), kThreads, 0, stream>>>(src, dst, args, begin, count,
-                                                                  dst_origin);
+  CastStridedKernel<S, D>
+      <<<Blocks(count), kThreads, 0, stream>>>(src, dst, args, begin, count, dst_origin);
 }
 
 }  // namespace

@@ -87,8 +87,12 @@ class OwnedAllocation final : public DeviceMemory {
  public:
   OwnedAllocation(int device, void* data, uint64_t size, uint64_t allocated, std::string handle,
                   std::shared_ptr<Counters> counters)
-      : device_(device), data_(data), size_(size), allocated_(allocated),
-        handle_(std::move(handle)), counters_(std::move(counters)) {
+      : device_(device),
+        data_(data),
+        size_(size),
+        allocated_(allocated),
+        handle_(std::move(handle)),
+        counters_(std::move(counters)) {
     ++counters_->allocations;
     counters_->bytes += allocated_;
   }
@@ -120,7 +124,10 @@ class IpcMapping {
  public:
   IpcMapping(int device, void* base, uint64_t size, std::string handle,
              std::shared_ptr<Counters> counters)
-      : device_(device), base_(base), size_(size), handle_(std::move(handle)),
+      : device_(device),
+        base_(base),
+        size_(size),
+        handle_(std::move(handle)),
         counters_(std::move(counters)) {
     ++counters_->ipc_opened;
   }
@@ -181,7 +188,7 @@ class ScratchBuffer {
 
 // The byte range a view touches, which must start at or after its storage.
 absl::StatusOr<ByteRange> RangeOf(const Layout& layout, DType dtype) {
-  ASSIGN_OR_RETURN(const ByteRange range, ComputeByteRange(layout, ItemSize(dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(const ByteRange range, ComputeByteRange(layout, ItemSize(dtype)));
   if (range.begin < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("view with strides ", DimsToString(layout.strides), " and offset ",
@@ -209,7 +216,7 @@ unsigned char* ElementZero(const StridedView& v) {
 absl::Status LaunchWholeCast(DType src_dtype, const void* src, DType dst_dtype, void* dst,
                              const Layout& src_layout, const Layout& dst_layout) {
   const std::vector<LoopDim> loop = MakeCopyLoop(src_layout, dst_layout);
-  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src_layout.shape));
+  ASARRAY_ASSIGN_OR_RETURN(const int64_t numel, NumElements(src_layout.shape));
   ASARRAY_CUDA_RETURN_IF_ERROR(
       LaunchCast(src_dtype, src, dst_dtype, dst, loop, 0, numel, 0, Stream()),
       absl::StrCat("launching the ", DTypeName(src_dtype), " to ", DTypeName(dst_dtype),
@@ -228,7 +235,7 @@ unsigned char* ElementZeroIn(unsigned char* copy, const Layout& layout, DType dt
 // `dst`'s bytes `range`, laid out as `dst` (dense, so that the cast fills it).
 absl::Status CastIntoScratch(const ConstStridedView& src, const StridedView& dst,
                              const ByteRange& range, ScratchBuffer* scratch) {
-  RETURN_IF_ERROR(scratch->Allocate(range.end - range.begin));
+  ASARRAY_RETURN_IF_ERROR(scratch->Allocate(range.end - range.begin));
   return LaunchWholeCast(src.dtype, ElementZero(src), dst.dtype,
                          ElementZeroIn(scratch->data(), dst.layout, dst.dtype, range), src.layout,
                          dst.layout);
@@ -305,7 +312,7 @@ class StagingRing {
   absl::Status Init() {
     slots_.resize(kStagingDepth);
     for (Slot& s : slots_) {
-      ASSIGN_OR_RETURN(s.buffer, pool_->Take());
+      ASARRAY_ASSIGN_OR_RETURN(s.buffer, pool_->Take());
       ASARRAY_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&s.event, cudaEventDisableTiming),
                                    "creating a staging event");
     }
@@ -335,7 +342,7 @@ absl::Status CudaBackend::Impl::HostToDevice(void* device, const void* host, uin
     return absl::OkStatus();
   }
   StagingRing ring(&staging);
-  RETURN_IF_ERROR(ring.Init());
+  ASARRAY_RETURN_IF_ERROR(ring.Init());
   size_t k = 0;
   for (uint64_t offset = 0; offset < bytes; offset += kStagingChunk, ++k) {
     StagingRing::Slot& slot = ring[k];
@@ -343,10 +350,9 @@ absl::Status CudaBackend::Impl::HostToDevice(void* device, const void* host, uin
     ASARRAY_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(slot.event), "waiting for a staging copy");
     const uint64_t length = std::min(kStagingChunk, bytes - offset);
     ParallelMemcpy(slot.buffer, static_cast<const char*>(host) + offset, length);
-    ASARRAY_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(static_cast<char*>(device) + offset, slot.buffer, length,
-                        cudaMemcpyHostToDevice, Stream()),
-        "copying to the device");
+    ASARRAY_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(static_cast<char*>(device) + offset, slot.buffer,
+                                                 length, cudaMemcpyHostToDevice, Stream()),
+                                 "copying to the device");
     ASARRAY_CUDA_RETURN_IF_ERROR(cudaEventRecord(slot.event, Stream()), "recording a staging copy");
   }
   return absl::OkStatus();
@@ -360,7 +366,7 @@ absl::Status CudaBackend::Impl::DeviceToHost(void* host, const void* device, uin
     return Synchronize("copying from the device");
   }
   StagingRing ring(&staging);
-  RETURN_IF_ERROR(ring.Init());
+  ASARRAY_RETURN_IF_ERROR(ring.Init());
   const uint64_t chunks = (bytes + kStagingChunk - 1) / kStagingChunk;
   // Keeps kStagingDepth DMAs queued ahead of the host memcpy that drains them.
   auto issue = [&](uint64_t chunk) -> absl::Status {
@@ -374,12 +380,13 @@ absl::Status CudaBackend::Impl::DeviceToHost(void* host, const void* device, uin
     ASARRAY_CUDA_RETURN_IF_ERROR(cudaEventRecord(slot.event, Stream()), "recording a staging copy");
     return absl::OkStatus();
   };
-  for (uint64_t c = 0; c < std::min<uint64_t>(chunks, kStagingDepth); ++c) RETURN_IF_ERROR(issue(c));
+  for (uint64_t c = 0; c < std::min<uint64_t>(chunks, kStagingDepth); ++c)
+    ASARRAY_RETURN_IF_ERROR(issue(c));
   for (uint64_t c = 0; c < chunks; ++c) {
     StagingRing::Slot& slot = ring[c];
     ASARRAY_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(slot.event), "waiting for a staging copy");
     ParallelMemcpy(static_cast<char*>(host) + slot.offset, slot.buffer, slot.length);
-    if (c + kStagingDepth < chunks) RETURN_IF_ERROR(issue(c + kStagingDepth));
+    if (c + kStagingDepth < chunks) ASARRAY_RETURN_IF_ERROR(issue(c + kStagingDepth));
   }
   return absl::OkStatus();
 }
@@ -454,7 +461,7 @@ absl::Status CudaBackend::CheckDevice(const Device& device) const {
 }
 
 absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::Allocate(int device, uint64_t bytes) {
-  RETURN_IF_ERROR(CheckDevice(Device{Device::Type::kCUDA, device}));
+  ASARRAY_RETURN_IF_ERROR(CheckDevice(Device{Device::Type::kCUDA, device}));
   if (bytes > (uint64_t{1} << 62)) {
     return absl::ResourceExhaustedError(absl::StrCat(bytes, " bytes is beyond any device"));
   }
@@ -462,11 +469,10 @@ absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::Allocate(int device, 
       std::max<uint64_t>(1, (bytes + kAllocationGranule - 1) / kAllocationGranule) *
       kAllocationGranule;
   DeviceScope scope(device);
-  RETURN_IF_ERROR(scope.status());
+  ASARRAY_RETURN_IF_ERROR(scope.status());
   void* data = nullptr;
-  ASARRAY_CUDA_RETURN_IF_ERROR(
-      cudaMalloc(&data, allocated),
-      absl::StrCat("allocating ", allocated, " bytes on cuda:", device));
+  ASARRAY_CUDA_RETURN_IF_ERROR(cudaMalloc(&data, allocated),
+                               absl::StrCat("allocating ", allocated, " bytes on cuda:", device));
   cudaIpcMemHandle_t handle;
   const cudaError_t error = cudaIpcGetMemHandle(&handle, data);
   if (error != cudaSuccess) {
@@ -481,11 +487,10 @@ absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::Allocate(int device, 
 absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::OpenIpc(const std::string& handle,
                                                                    int device, uint64_t offset,
                                                                    uint64_t size) {
-  RETURN_IF_ERROR(CheckDevice(Device{Device::Type::kCUDA, device}));
+  ASARRAY_RETURN_IF_ERROR(CheckDevice(Device{Device::Type::kCUDA, device}));
   if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
-    return absl::InvalidArgumentError(absl::StrCat("a CUDA IPC handle holds ",
-                                                   sizeof(cudaIpcMemHandle_t), " bytes, not ",
-                                                   handle.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a CUDA IPC handle holds ", sizeof(cudaIpcMemHandle_t), " bytes, not ", handle.size()));
   }
   std::shared_ptr<IpcMapping> mapping;
   {
@@ -494,7 +499,7 @@ absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::OpenIpc(const std::st
     if (it != impl_->ipc_open.end()) mapping = it->second.lock();
     if (mapping == nullptr) {
       DeviceScope scope(device);
-      RETURN_IF_ERROR(scope.status());
+      ASARRAY_RETURN_IF_ERROR(scope.status());
       cudaIpcMemHandle_t h;
       std::memcpy(&h, handle.data(), sizeof h);
       void* base = nullptr;
@@ -509,8 +514,8 @@ absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::OpenIpc(const std::st
       CUdeviceptr range_base = 0;
       size_t range_size = 0;
       if (impl_->get_address_range == nullptr ||
-          impl_->get_address_range(&range_base, &range_size,
-                                   reinterpret_cast<CUdeviceptr>(base)) != CUDA_SUCCESS) {
+          impl_->get_address_range(&range_base, &range_size, reinterpret_cast<CUdeviceptr>(base)) !=
+              CUDA_SUCCESS) {
         cudaIpcCloseMemHandle(base);
         return absl::InternalError("cannot find the size of an opened CUDA IPC allocation");
       }
@@ -532,13 +537,13 @@ absl::StatusOr<std::shared_ptr<DeviceMemory>> CudaBackend::OpenIpc(const std::st
     }
   }
   if (mapping->device() != device) {
-    return absl::InvalidArgumentError(absl::StrCat("the CUDA IPC handle is open on cuda:",
-                                                   mapping->device(), ", not cuda:", device));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the CUDA IPC handle is open on cuda:", mapping->device(), ", not cuda:", device));
   }
   if (offset > mapping->size() || size > mapping->size() - offset) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "range [", offset, ", ", offset, " + ", size, ") lies outside the CUDA allocation of ",
-        mapping->size(), " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("range [", offset, ", ", offset, " + ", size,
+                                                   ") lies outside the CUDA allocation of ",
+                                                   mapping->size(), " bytes"));
   }
   return std::make_shared<ClientAllocation>(std::move(mapping), offset, size);
 }
@@ -564,40 +569,40 @@ absl::StatusOr<std::shared_ptr<void>> CudaBackend::PinHost(void* data, uint64_t 
 
 absl::Status CudaBackend::CastHostToDevice(const ConstStridedView& src, int dst_device,
                                            const StridedView& dst, bool pinned) {
-  RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
-  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
+  ASARRAY_RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
+  ASARRAY_ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
   if (numel == 0) return absl::OkStatus();
   DeviceScope scope(dst_device);
-  RETURN_IF_ERROR(scope.status());
-  ASSIGN_OR_RETURN(const ByteRange range, RangeOf(src.layout, src.dtype));
+  ASARRAY_RETURN_IF_ERROR(scope.status());
+  ASARRAY_ASSIGN_OR_RETURN(const ByteRange range, RangeOf(src.layout, src.dtype));
   const unsigned char* host = static_cast<const unsigned char*>(src.base) + range.begin;
   const uint64_t bytes = range.end - range.begin;
   if (SameBytes(src.dtype, src.layout, dst.dtype, dst.layout)) {
-    RETURN_IF_ERROR(impl_->HostToDevice(ElementZero(dst), host, bytes, pinned));
+    ASARRAY_RETURN_IF_ERROR(impl_->HostToDevice(ElementZero(dst), host, bytes, pinned));
     return Synchronize("copying to the device");
   }
   // The source's bytes go over as they are, and the cast runs on the device.
   ScratchBuffer staged;
-  RETURN_IF_ERROR(staged.Allocate(bytes));
-  RETURN_IF_ERROR(impl_->HostToDevice(staged.data(), host, bytes, pinned));
+  ASARRAY_RETURN_IF_ERROR(staged.Allocate(bytes));
+  ASARRAY_RETURN_IF_ERROR(impl_->HostToDevice(staged.data(), host, bytes, pinned));
   const unsigned char* src0 = ElementZeroIn(staged.data(), src.layout, src.dtype, range);
-  RETURN_IF_ERROR(
+  ASARRAY_RETURN_IF_ERROR(
       LaunchWholeCast(src.dtype, src0, dst.dtype, ElementZero(dst), src.layout, dst.layout));
   return Synchronize("casting on the device");
 }
 
 absl::Status CudaBackend::CastDeviceToHost(int src_device, const ConstStridedView& src,
                                            const StridedView& dst) {
-  RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
-  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
+  ASARRAY_RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
+  ASARRAY_ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
   if (numel == 0) return absl::OkStatus();
   DeviceScope scope(src_device);
-  RETURN_IF_ERROR(scope.status());
-  ASSIGN_OR_RETURN(const ByteRange range, RangeOf(dst.layout, dst.dtype));
+  ASARRAY_RETURN_IF_ERROR(scope.status());
+  ASARRAY_ASSIGN_OR_RETURN(const ByteRange range, RangeOf(dst.layout, dst.dtype));
   unsigned char* host = static_cast<unsigned char*>(dst.base) + range.begin;
   const uint64_t bytes = range.end - range.begin;
   if (SameBytes(src.dtype, src.layout, dst.dtype, dst.layout)) {
-    RETURN_IF_ERROR(impl_->DeviceToHost(host, ElementZero(src), bytes));
+    ASARRAY_RETURN_IF_ERROR(impl_->DeviceToHost(host, ElementZero(src), bytes));
     return Synchronize("copying from the device");
   }
   if (!IsNonOverlappingAndDense(dst.layout.shape, dst.layout.strides)) {
@@ -605,31 +610,31 @@ absl::Status CudaBackend::CastDeviceToHost(int src_device, const ConstStridedVie
   }
   // Cast on the device into the destination's layout, then copy that over.
   ScratchBuffer cast;
-  RETURN_IF_ERROR(CastIntoScratch(src, dst, range, &cast));
-  RETURN_IF_ERROR(impl_->DeviceToHost(host, cast.data(), bytes));
+  ASARRAY_RETURN_IF_ERROR(CastIntoScratch(src, dst, range, &cast));
+  ASARRAY_RETURN_IF_ERROR(impl_->DeviceToHost(host, cast.data(), bytes));
   return Synchronize("copying from the device");
 }
 
 absl::Status CudaBackend::CastDeviceToDevice(int src_device, const ConstStridedView& src,
                                              int dst_device, const StridedView& dst) {
-  RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
-  ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
+  ASARRAY_RETURN_IF_ERROR(CheckCastViews(src.layout, dst.layout));
+  ASARRAY_ASSIGN_OR_RETURN(const int64_t numel, NumElements(src.layout.shape));
   if (numel == 0) return absl::OkStatus();
   DeviceScope scope(src_device);
-  RETURN_IF_ERROR(scope.status());
+  ASARRAY_RETURN_IF_ERROR(scope.status());
   if (src_device == dst_device) {
-    RETURN_IF_ERROR(LaunchWholeCast(src.dtype, ElementZero(src), dst.dtype, ElementZero(dst),
-                                    src.layout, dst.layout));
+    ASARRAY_RETURN_IF_ERROR(LaunchWholeCast(src.dtype, ElementZero(src), dst.dtype,
+                                            ElementZero(dst), src.layout, dst.layout));
     return Synchronize("casting on the device");
   }
   if (!IsNonOverlappingAndDense(dst.layout.shape, dst.layout.strides)) {
     return absl::InvalidArgumentError("a copy between devices needs a dense destination");
   }
   // Cast on the source device into the destination's layout, then one peer copy.
-  ASSIGN_OR_RETURN(const ByteRange range, RangeOf(dst.layout, dst.dtype));
+  ASARRAY_ASSIGN_OR_RETURN(const ByteRange range, RangeOf(dst.layout, dst.dtype));
   const uint64_t bytes = range.end - range.begin;
   ScratchBuffer cast;
-  RETURN_IF_ERROR(CastIntoScratch(src, dst, range, &cast));
+  ASARRAY_RETURN_IF_ERROR(CastIntoScratch(src, dst, range, &cast));
   ASARRAY_CUDA_RETURN_IF_ERROR(
       cudaMemcpyPeerAsync(static_cast<unsigned char*>(dst.base) + range.begin, dst_device,
                           cast.data(), src_device, bytes, Stream()),
@@ -640,30 +645,30 @@ absl::Status CudaBackend::CastDeviceToDevice(int src_device, const ConstStridedV
 absl::Status CudaBackend::CopyRowMajorRangeToHost(int device, const ConstStridedView& src,
                                                   int64_t begin, int64_t count, void* dst) {
   // count * item_size <= nbytes, which the checked sizes bound.
-  ASSIGN_OR_RETURN(const ViewSizes sizes, ComputeViewSizes(src.layout, ItemSize(src.dtype)));
+  ASARRAY_ASSIGN_OR_RETURN(const ViewSizes sizes,
+                           ComputeViewSizes(src.layout, ItemSize(src.dtype)));
   const int64_t numel = sizes.numel;
   if (begin < 0 || count < 0 || begin > numel || count > numel - begin) {
-    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin,
-                                                   " + ", count,
-                                                   ") is outside [0, ", numel, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("element range [", begin, ", ", begin, " + ",
+                                                   count, ") is outside [0, ", numel, ")"));
   }
   if (count == 0) return absl::OkStatus();
   DeviceScope scope(device);
-  RETURN_IF_ERROR(scope.status());
+  ASARRAY_RETURN_IF_ERROR(scope.status());
   const uint64_t item = ItemSize(src.dtype);
   const uint64_t bytes = static_cast<uint64_t>(count) * item;
   if (IsContiguous(src.layout.shape, src.layout.strides)) {
-    RETURN_IF_ERROR(impl_->DeviceToHost(dst, ElementZero(src) + begin * item, bytes));
+    ASARRAY_RETURN_IF_ERROR(impl_->DeviceToHost(dst, ElementZero(src) + begin * item, bytes));
     return Synchronize("copying from the device");
   }
   ScratchBuffer gathered;
-  RETURN_IF_ERROR(gathered.Allocate(bytes));
+  ASARRAY_RETURN_IF_ERROR(gathered.Allocate(bytes));
   const Layout row_major{src.layout.shape, ContiguousStrides(src.layout.shape), 0};
   ASARRAY_CUDA_RETURN_IF_ERROR(
       LaunchCast(src.dtype, ElementZero(src), src.dtype, gathered.data(),
                  MakeCopyLoop(src.layout, row_major), begin, count, begin, Stream()),
       "launching the gather kernel");
-  RETURN_IF_ERROR(impl_->DeviceToHost(dst, gathered.data(), bytes));
+  ASARRAY_RETURN_IF_ERROR(impl_->DeviceToHost(dst, gathered.data(), bytes));
   return Synchronize("copying from the device");
 }
 

@@ -20,12 +20,12 @@ absl::Status CudaStatus(cudaError_t error, absl::string_view what);
 
 }  // namespace asarray::server
 
-#define ASARRAY_CUDA_RETURN_IF_ERROR(expr, what)                              \
-  do {                                                                        \
-    const cudaError_t asarray_cuda_error_ = (expr);                           \
-    if (asarray_cuda_error_ != cudaSuccess) {                                 \
-      return ::asarray::server::CudaStatus(asarray_cuda_error_, (what));      \
-    }                                                                         \
+#define ASARRAY_CUDA_RETURN_IF_ERROR(expr, what)                         \
+  do {                                                                   \
+    const cudaError_t asarray_cuda_error_ = (expr);                      \
+    if (asarray_cuda_error_ != cudaSuccess) {                            \
+      return ::asarray::server::CudaStatus(asarray_cuda_error_, (what)); \
+    }                                                                    \
   } while (false)
 
 #endif  // ASARRAY_SERVER_CUDA_CUDA_STATUS_H_

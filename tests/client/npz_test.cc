@@ -43,9 +43,9 @@ bool HaveNumpy() {
   return have;
 }
 
-#define SKIP_WITHOUT_NUMPY()                                                              \
-  if (!HaveNumpy())                                                                       \
-  GTEST_SKIP() << Python() << " cannot import numpy, the reference for .npz files "       \
+#define SKIP_WITHOUT_NUMPY()                                                        \
+  if (!HaveNumpy())                                                                 \
+  GTEST_SKIP() << Python() << " cannot import numpy, the reference for .npz files " \
                << "(scripts/deps.sh installs python3-numpy)"
 
 std::string ReadFile(const std::string& path) {
@@ -288,7 +288,8 @@ TEST_F(NpzTest, WriteRefusesBadArraysAndLeavesTheOldFile) {
   const Case cases[] = {
       {{}, "no arrays"},
       {{{"", DType::kUInt8, {8}, eight}}, "array '' has no name"},
-      {{{"a", DType::kUInt8, {8}, eight}, {"a", DType::kInt8, {8}, eight}}, "array 'a' is named twice"},
+      {{{"a", DType::kUInt8, {8}, eight}, {"a", DType::kInt8, {8}, eight}},
+       "array 'a' is named twice"},
       {{{std::string("n\0ul", 4), DType::kUInt8, {8}, eight}}, "has a NUL"},
       {{{"ok", DType::kUInt8, {8}, eight}, {"short", DType::kFloat32, {3}, eight}},
        "array 'short' has 8 bytes of data, not the 12 its shape [3] of float32 takes"},

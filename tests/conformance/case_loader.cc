@@ -130,14 +130,18 @@ bool HalfMatch(const char* a, const char* b, size_t n, bool bfloat) {
 bool DataMatches(DType dtype, const std::string& got, const std::string& want) {
   if (got.size() != want.size()) return false;
   switch (dtype) {
-    case DType::kFloat16: return HalfMatch(got.data(), want.data(), got.size(), false);
-    case DType::kBFloat16: return HalfMatch(got.data(), want.data(), got.size(), true);
+    case DType::kFloat16:
+      return HalfMatch(got.data(), want.data(), got.size(), false);
+    case DType::kBFloat16:
+      return HalfMatch(got.data(), want.data(), got.size(), true);
     case DType::kFloat32:
-    case DType::kComplex64: return ComponentsMatch<float>(got.data(), want.data(), got.size());
+    case DType::kComplex64:
+      return ComponentsMatch<float>(got.data(), want.data(), got.size());
     case DType::kFloat64:
     case DType::kComplex128:
       return ComponentsMatch<double>(got.data(), want.data(), got.size());
-    default: return got == want;
+    default:
+      return got == want;
   }
 }
 
@@ -158,8 +162,7 @@ absl::StatusOr<std::vector<ConformanceCase>> LoadCases(const std::string& path) 
       s = absl::InvalidArgumentError(e.what());
     }
     if (!s.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", number, ": ", s.message()));
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", number, ": ", s.message()));
     }
     cases.push_back(std::move(c));
   }
@@ -173,8 +176,8 @@ std::string Judge(const ConformanceCase& c, const Outcome& outcome, bool inline_
   }
   if (want_error) {
     if (outcome.status.code() != *want_error) {
-      return absl::StrCat("expected ", absl::StatusCodeToString(*want_error), " (torch: ",
-                          c.torch_message, "), got ", outcome.status.ToString());
+      return absl::StrCat("expected ", absl::StatusCodeToString(*want_error),
+                          " (torch: ", c.torch_message, "), got ", outcome.status.ToString());
     }
     if (outcome.status.message().empty()) return "error without a message";
     return "";
@@ -182,16 +185,16 @@ std::string Judge(const ConformanceCase& c, const Outcome& outcome, bool inline_
   if (!outcome.status.ok()) return absl::StrCat("unexpected error ", outcome.status.ToString());
   std::string diff;
   if (outcome.dtype != c.expect_dtype) {
-    absl::StrAppend(&diff, " dtype ", DTypeName(outcome.dtype), " != ",
-                    DTypeName(c.expect_dtype), ";");
+    absl::StrAppend(&diff, " dtype ", DTypeName(outcome.dtype), " != ", DTypeName(c.expect_dtype),
+                    ";");
   }
   if (outcome.shape != c.expect_shape) {
     absl::StrAppend(&diff, " shape ", DimsToString(outcome.shape),
                     " != ", DimsToString(c.expect_shape), ";");
   }
   if (outcome.strides != c.expect_strides) {
-    absl::StrAppend(&diff, " strides ", DimsToString(outcome.strides), " != ",
-                    DimsToString(c.expect_strides), ";");
+    absl::StrAppend(&diff, " strides ", DimsToString(outcome.strides),
+                    " != ", DimsToString(c.expect_strides), ";");
   }
   if (outcome.requires_grad != c.expect_requires_grad) absl::StrAppend(&diff, " requires_grad;");
   const std::optional<bool> want_shares =
@@ -202,8 +205,9 @@ std::string Judge(const ConformanceCase& c, const Outcome& outcome, bool inline_
   if (c.expect_warning && outcome.warnings.empty()) absl::StrAppend(&diff, " missing warning;");
   if (!DataMatches(c.expect_dtype, outcome.data, c.expect_data)) {
     absl::StrAppend(&diff, " data differs (", outcome.data.size(), " bytes vs ",
-                    c.expect_data.size(), ": got ", absl::BytesToHexString(outcome.data.substr(0, 32)),
-                    " want ", absl::BytesToHexString(c.expect_data.substr(0, 32)), ");");
+                    c.expect_data.size(), ": got ",
+                    absl::BytesToHexString(outcome.data.substr(0, 32)), " want ",
+                    absl::BytesToHexString(c.expect_data.substr(0, 32)), ");");
   }
   return diff;
 }

@@ -37,7 +37,7 @@ struct ConformanceCase {
   DType expect_dtype = DType::kFloat32;
   Dims expect_shape;
   Dims expect_strides;
-  std::string expect_data;  // row-major logical bytes
+  std::string expect_data;                   // row-major logical bytes
   std::optional<bool> expect_shares_memory;  // nullopt: either answer is right
   bool expect_requires_grad = false;
   bool expect_warning = false;

@@ -46,8 +46,8 @@ Outcome RunArray(const ConformanceCase& c) {
     return out;
   }
   std::vector<unsigned char> result(range->end);
-  out.status = CastCopy({c.storage.data(), c.dtype, c.layout},
-                        {result.data(), plan->dtype, plan->layout});
+  out.status =
+      CastCopy({c.storage.data(), c.dtype, c.layout}, {result.data(), plan->dtype, plan->layout});
   out.data = GatherRowMajor(result.data(), plan->dtype, plan->layout);
   return out;
 }

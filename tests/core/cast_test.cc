@@ -238,8 +238,8 @@ TEST(CastCopyTest, Float16FastPathAgreesWithTheScalarConversionOnEveryKindOfValu
   }
   for (uint64_t b = 0; b < (uint64_t{1} << 32); b += 4099) bits.push_back(static_cast<uint32_t>(b));
   for (uint32_t b : {0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00000u, 0x7F800001u, 0xFFBFFFFFu,
-                     0x7FFFFFFFu, 0x477FF000u, 0x477FEFFFu, 0x00000001u, 0x80000000u,
-                     0x33000000u, 0x33000001u, 0x38800000u, 0x387FFFFFu}) {
+                     0x7FFFFFFFu, 0x477FF000u, 0x477FEFFFu, 0x00000001u, 0x80000000u, 0x33000000u,
+                     0x33000001u, 0x38800000u, 0x387FFFFFu}) {
     bits.push_back(b);
   }
   const int64_t n = static_cast<int64_t>(bits.size());

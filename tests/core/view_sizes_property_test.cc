@@ -65,8 +65,10 @@ Expected Reference(const Layout& layout, size_t item) {
   if (numel > 0) {
     for (size_t d = 0; d < rank; ++d) {
       const Int128 reach = Int128{layout.shape[d] - 1} * layout.strides[d];
-      if (reach < 0) lo = Saturate(lo + reach);
-      else hi = Saturate(hi + reach);
+      if (reach < 0)
+        lo = Saturate(lo + reach);
+      else
+        hi = Saturate(hi + reach);
     }
     const Int128 begin = lo * static_cast<Int128>(item);
     const Int128 end = (hi + 1) * static_cast<Int128>(item);
@@ -101,10 +103,16 @@ class LayoutGenerator {
   int64_t Number(bool non_negative) {
     int64_t v;
     switch (Pick(10)) {
-      case 0: case 1: case 2: case 3: case 4:
+      case 0:
+      case 1:
+      case 2:
+      case 3:
+      case 4:
         v = boundaries_[Pick(boundaries_.size())];
         break;
-      case 5: case 6: case 7:
+      case 5:
+      case 6:
+      case 7:
         v = static_cast<int64_t>(Pick(9)) - 4;
         break;
       default:
@@ -117,9 +125,14 @@ class LayoutGenerator {
   Layout Next() {
     size_t rank;
     switch (Pick(20)) {
-      case 0: rank = 64; break;
-      case 1: rank = 5 + Pick(12); break;
-      default: rank = Pick(5);
+      case 0:
+        rank = 64;
+        break;
+      case 1:
+        rank = 5 + Pick(12);
+        break;
+      default:
+        rank = Pick(5);
     }
     if (Pick(200) == 0) rank = 65;
     Layout layout;
@@ -147,9 +160,9 @@ class LayoutGenerator {
 void ExpectMatches(const Layout& layout, size_t item) {
   const Expected want = Reference(layout, item);
   const absl::StatusOr<ViewSizes> got = ComputeViewSizes(layout, item);
-  const std::string where = absl::StrCat("shape ", DimsToString(layout.shape), " strides ",
-                                         DimsToString(layout.strides), " offset ",
-                                         layout.offset, " item ", item);
+  const std::string where =
+      absl::StrCat("shape ", DimsToString(layout.shape), " strides ", DimsToString(layout.strides),
+                   " offset ", layout.offset, " item ", item);
   ASSERT_EQ(got.status().code(), want.code) << where << ": " << got.status();
   if (!got.ok()) {
     ASSERT_FALSE(got.status().message().empty()) << where;
@@ -185,9 +198,14 @@ TEST(ViewSizesPropertyTest, RandomLayoutsMatchExactArithmetic) {
     ExpectMatches(layout, item);
     if (HasFatalFailure()) return;
     switch (Reference(layout, item).code) {
-      case absl::StatusCode::kOk: ++ok; break;
-      case absl::StatusCode::kResourceExhausted: ++refused_bytes; break;
-      default: ++refused_layout;
+      case absl::StatusCode::kOk:
+        ++ok;
+        break;
+      case absl::StatusCode::kResourceExhausted:
+        ++refused_bytes;
+        break;
+      default:
+        ++refused_layout;
     }
   }
   // The generator reaches every outcome, each many times.
@@ -199,14 +217,14 @@ TEST(ViewSizesPropertyTest, RandomLayoutsMatchExactArithmetic) {
 TEST(ViewSizesPropertyTest, BoundaryCasesMatchExactArithmetic) {
   const int64_t p61 = int64_t{1} << 61, p62 = int64_t{1} << 62;
   const std::vector<Layout> cases = {
-      {{p61}, {0}, 0},                 // the broadcast that once wrapped to 2^63
-      {{p62}, {0}, 0},                 // and to 0
-      {{p61 - 1}, {0}, 0},             // fits for 4-byte items
-      {{p62, 4, 0}, {1, 1, 1}, 0},     // empty, whatever the rest multiplies to
-      {{p62}, {-4}, kMax - 1},         // a reach past int64 that the offset brings back
+      {{p61}, {0}, 0},              // the broadcast that once wrapped to 2^63
+      {{p62}, {0}, 0},              // and to 0
+      {{p61 - 1}, {0}, 0},          // fits for 4-byte items
+      {{p62, 4, 0}, {1, 1, 1}, 0},  // empty, whatever the rest multiplies to
+      {{p62}, {-4}, kMax - 1},      // a reach past int64 that the offset brings back
       {{2}, {kMax}, 0},
       {{2}, {kMin}, kMax},
-      {{2}, {kMin}, 0},                // starts at byte INT64_MIN for 1-byte items
+      {{2}, {kMin}, 0},  // starts at byte INT64_MIN for 1-byte items
       {{kMax}, {1}, 0},
       {{1}, {kMin}, kMax},
       {{}, {}, kMax / 16},

@@ -34,8 +34,8 @@ ChildServer::~ChildServer() {
   const int status = process_->Kill(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
       << "asarrayd ended with status " << status;
-  EXPECT_EQ(CountSegments(prefix_), 0) << "segments with prefix " << prefix_
-                                       << " outlived the server";
+  EXPECT_EQ(CountSegments(prefix_), 0)
+      << "segments with prefix " << prefix_ << " outlived the server";
 }
 
 std::unique_ptr<Client> ChildServer::NewClient() const {

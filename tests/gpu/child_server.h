@@ -41,11 +41,11 @@ const server::CudaBackend& LocalCuda();
 }  // namespace asarray::testing
 
 // Skips the test, saying why, when this host has no usable CUDA device.
-#define ASARRAY_REQUIRE_GPU()                                                   \
-  do {                                                                          \
-    if (::asarray::testing::LocalCuda().device_count() == 0) {                  \
+#define ASARRAY_REQUIRE_GPU()                                                           \
+  do {                                                                                  \
+    if (::asarray::testing::LocalCuda().device_count() == 0) {                          \
       GTEST_SKIP() << "no CUDA device: " << ::asarray::testing::LocalCuda().Describe(); \
-    }                                                                           \
+    }                                                                                   \
   } while (false)
 
 #endif  // ASARRAY_TESTS_GPU_CHILD_SERVER_H_

@@ -76,8 +76,8 @@ class Runner {
     as_is.copy = true;
     absl::StatusOr<MappedTensor> held = ConvertCaseInRegion(*client_, c, as_is);
     if (!held.ok()) {
-      RecordCase(c.id, absl::StrCat(" cannot put the input on the device: ",
-                                    held.status().ToString()));
+      RecordCase(c.id,
+                 absl::StrCat(" cannot put the input on the device: ", held.status().ToString()));
       return;
     }
     ConformanceCase from_held = moved;

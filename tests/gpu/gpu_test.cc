@@ -22,9 +22,9 @@
 namespace asarray::testing {
 namespace {
 
-using ::testing::HasSubstr;
 using server::CudaBackend;
 using server::DeviceMemory;
+using ::testing::HasSubstr;
 
 const absl::Span<const DType> kAllDTypes = absl::MakeConstSpan(AllDTypes(), kNumDTypes);
 
@@ -55,8 +55,8 @@ std::string ReadBack(CudaBackend& cuda, const DeviceMemory& memory, DType dtype,
                      const Layout& layout) {
   const int64_t numel = NumElements(layout.shape).value();
   std::string out(numel * ItemSize(dtype), '\0');
-  absl::Status s = cuda.CopyRowMajorRangeToHost(memory.device(), {memory.data(), dtype, layout},
-                                                0, numel, out.data());
+  absl::Status s = cuda.CopyRowMajorRangeToHost(memory.device(), {memory.data(), dtype, layout}, 0,
+                                                numel, out.data());
   EXPECT_TRUE(s.ok()) << s;
   return out;
 }
@@ -86,8 +86,9 @@ TEST_F(GpuBackendTest, CastKernelsMatchTheCpuBitForBit) {
       // The source on the device, as it is.
       absl::StatusOr<std::shared_ptr<DeviceMemory>> on_device = cuda_->Allocate(0, src_bytes);
       ASSERT_TRUE(on_device.ok()) << on_device.status();
-      ASSERT_TRUE(cuda_->CastHostToDevice({src.data(), from, src_layout}, 0,
-                                          {(*on_device)->data(), from, src_layout})
+      ASSERT_TRUE(cuda_
+                      ->CastHostToDevice({src.data(), from, src_layout}, 0,
+                                         {(*on_device)->data(), from, src_layout})
                       .ok());
       for (DType to : kAllDTypes) {
         SCOPED_TRACE(absl::StrCat(DTypeName(from), " -> ", DTypeName(to), " rank ",
@@ -97,21 +98,24 @@ TEST_F(GpuBackendTest, CastKernelsMatchTheCpuBitForBit) {
         // host -> device, cast on the device
         absl::StatusOr<std::shared_ptr<DeviceMemory>> dst = cuda_->Allocate(0, dst_bytes);
         ASSERT_TRUE(dst.ok());
-        ASSERT_TRUE(cuda_->CastHostToDevice({src.data(), from, src_layout}, 0,
-                                            {(*dst)->data(), to, dst_layout})
+        ASSERT_TRUE(cuda_
+                        ->CastHostToDevice({src.data(), from, src_layout}, 0,
+                                           {(*dst)->data(), to, dst_layout})
                         .ok());
         EXPECT_EQ(ReadBack(*cuda_, **dst, to, dst_layout), want) << "host to device";
         // device -> device
         absl::StatusOr<std::shared_ptr<DeviceMemory>> dst2 = cuda_->Allocate(0, dst_bytes);
         ASSERT_TRUE(dst2.ok());
-        ASSERT_TRUE(cuda_->CastDeviceToDevice(0, {(*on_device)->data(), from, src_layout}, 0,
-                                              {(*dst2)->data(), to, dst_layout})
+        ASSERT_TRUE(cuda_
+                        ->CastDeviceToDevice(0, {(*on_device)->data(), from, src_layout}, 0,
+                                             {(*dst2)->data(), to, dst_layout})
                         .ok());
         EXPECT_EQ(ReadBack(*cuda_, **dst2, to, dst_layout), want) << "device to device";
         // device -> host
         std::string host(dst_bytes, '\0');
-        ASSERT_TRUE(cuda_->CastDeviceToHost(0, {(*on_device)->data(), from, src_layout},
-                                            {host.data(), to, dst_layout})
+        ASSERT_TRUE(cuda_
+                        ->CastDeviceToHost(0, {(*on_device)->data(), from, src_layout},
+                                           {host.data(), to, dst_layout})
                         .ok());
         EXPECT_EQ(host, want) << "device to host";
         ++checked;
@@ -123,18 +127,20 @@ TEST_F(GpuBackendTest, CastKernelsMatchTheCpuBitForBit) {
 
 // Large copies stream through the pinned staging ring in several chunks.
 TEST_F(GpuBackendTest, LargeCopiesThroughStagingKeepEveryByte) {
-  const int64_t n = (int64_t{100} << 20) / 4 + 3;  // 100 MiB and a bit: the ring wraps, a ragged end
+  const int64_t n =
+      (int64_t{100} << 20) / 4 + 3;  // 100 MiB and a bit: the ring wraps, a ragged end
   const Layout layout{{n}, {1}, 0};
   const std::string src = RandomBytes(n * 4, 7);
   absl::StatusOr<std::shared_ptr<DeviceMemory>> dev = cuda_->Allocate(0, n * 4);
   ASSERT_TRUE(dev.ok());
-  ASSERT_TRUE(
-      cuda_->CastHostToDevice({src.data(), DType::kInt32, layout}, 0,
-                              {(*dev)->data(), DType::kInt32, layout})
-          .ok());
+  ASSERT_TRUE(cuda_
+                  ->CastHostToDevice({src.data(), DType::kInt32, layout}, 0,
+                                     {(*dev)->data(), DType::kInt32, layout})
+                  .ok());
   std::string back(n * 4, '\0');
-  ASSERT_TRUE(cuda_->CastDeviceToHost(0, {(*dev)->data(), DType::kInt32, layout},
-                                      {back.data(), DType::kInt32, layout})
+  ASSERT_TRUE(cuda_
+                  ->CastDeviceToHost(0, {(*dev)->data(), DType::kInt32, layout},
+                                     {back.data(), DType::kInt32, layout})
                   .ok());
   EXPECT_TRUE(back == src);
 }
@@ -144,8 +150,9 @@ TEST_F(GpuBackendTest, RowMajorRangesOfAStridedView) {
   const std::string src = RandomBytes(300 * 500 * 8, 11);
   absl::StatusOr<std::shared_ptr<DeviceMemory>> dev = cuda_->Allocate(0, src.size());
   ASSERT_TRUE(dev.ok());
-  ASSERT_TRUE(cuda_->CastHostToDevice({src.data(), DType::kFloat64, transposed}, 0,
-                                      {(*dev)->data(), DType::kFloat64, transposed})
+  ASSERT_TRUE(cuda_
+                  ->CastHostToDevice({src.data(), DType::kFloat64, transposed}, 0,
+                                     {(*dev)->data(), DType::kFloat64, transposed})
                   .ok());
   for (const auto& [begin, count] :
        std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {499, 502}, {1000, 131072}, {0, 150000}}) {
@@ -153,13 +160,15 @@ TEST_F(GpuBackendTest, RowMajorRangesOfAStridedView) {
     ASSERT_TRUE(
         CopyRowMajorRange({src.data(), DType::kFloat64, transposed}, begin, count, want.data())
             .ok());
-    ASSERT_TRUE(cuda_->CopyRowMajorRangeToHost(0, {(*dev)->data(), DType::kFloat64, transposed},
-                                               begin, count, got.data())
+    ASSERT_TRUE(cuda_
+                    ->CopyRowMajorRangeToHost(0, {(*dev)->data(), DType::kFloat64, transposed},
+                                              begin, count, got.data())
                     .ok());
     EXPECT_TRUE(got == want) << "range " << begin << " + " << count;
   }
-  EXPECT_EQ(cuda_->CopyRowMajorRangeToHost(0, {(*dev)->data(), DType::kFloat64, transposed},
-                                           149999, 2, nullptr)
+  EXPECT_EQ(cuda_
+                ->CopyRowMajorRangeToHost(0, {(*dev)->data(), DType::kFloat64, transposed}, 149999,
+                                          2, nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -199,11 +208,13 @@ TEST_F(GpuBackendTest, CastBetweenTwoDevices) {
   absl::StatusOr<std::shared_ptr<DeviceMemory>> a = cuda_->Allocate(0, 4000);
   absl::StatusOr<std::shared_ptr<DeviceMemory>> b = cuda_->Allocate(1, 2000);
   ASSERT_TRUE(a.ok() && b.ok());
-  ASSERT_TRUE(cuda_->CastHostToDevice({src.data(), DType::kFloat32, layout}, 0,
-                                      {(*a)->data(), DType::kFloat32, layout})
+  ASSERT_TRUE(cuda_
+                  ->CastHostToDevice({src.data(), DType::kFloat32, layout}, 0,
+                                     {(*a)->data(), DType::kFloat32, layout})
                   .ok());
-  ASSERT_TRUE(cuda_->CastDeviceToDevice(0, {(*a)->data(), DType::kFloat32, layout}, 1,
-                                        {(*b)->data(), DType::kBFloat16, layout})
+  ASSERT_TRUE(cuda_
+                  ->CastDeviceToDevice(0, {(*a)->data(), DType::kFloat32, layout}, 1,
+                                       {(*b)->data(), DType::kBFloat16, layout})
                   .ok());
   EXPECT_EQ(ReadBack(*cuda_, **b, DType::kBFloat16, layout),
             CpuCast(src, DType::kFloat32, layout, DType::kBFloat16, layout, 2000));
@@ -248,8 +259,8 @@ TEST_F(GpuServiceTest, ServerExportsAndThisProcessOpensTheHandle) {
   const Layout layout{{64, 33}, {33, 1}, 0};
   const std::string src = RandomBytes(64 * 33 * 4, 21);
   {
-    absl::StatusOr<MappedTensor> t = client_->ConvertInline(
-        src.data(), src.size(), DType::kFloat32, layout, OnCuda(DType::kBFloat16));
+    absl::StatusOr<MappedTensor> t = client_->ConvertInline(src.data(), src.size(), DType::kFloat32,
+                                                            layout, OnCuda(DType::kBFloat16));
     ASSERT_TRUE(t.ok()) << t.status();
     const HandleInfo& h = t->handle();
     EXPECT_EQ(DeviceName(h.device), "cuda:0");
@@ -260,8 +271,8 @@ TEST_F(GpuServiceTest, ServerExportsAndThisProcessOpensTheHandle) {
     EXPECT_FALSE(h.shares_memory);
     ASSERT_TRUE(t->on_device());
     EXPECT_NE(t->data(), nullptr);
-    const std::string want = CpuCast(src, DType::kFloat32, layout, DType::kBFloat16, layout,
-                                     64 * 33 * 2);
+    const std::string want =
+        CpuCast(src, DType::kFloat32, layout, DType::kBFloat16, layout, 64 * 33 * 2);
     absl::StatusOr<std::string> opened = t->RowMajorBytes();  // through cudaIpcOpenMemHandle
     ASSERT_TRUE(opened.ok()) << opened.status();
     EXPECT_TRUE(*opened == want);
@@ -278,10 +289,10 @@ TEST_F(GpuServiceTest, ServerExportsAndThisProcessOpensTheHandle) {
 
 TEST_F(GpuServiceTest, DeviceResultsGoBackToTheCpuAndBetweenSources) {
   // A literal, straight onto the device.
-  absl::StatusOr<MappedTensor> lit = client_->ConvertLiteral(
-      Literal::List({Literal::List({Literal::Int(1), Literal::Float(2.5)}),
-                     Literal::List({Literal::Int(3), Literal::Int(4)})}),
-      OnCuda());
+  absl::StatusOr<MappedTensor> lit =
+      client_->ConvertLiteral(Literal::List({Literal::List({Literal::Int(1), Literal::Float(2.5)}),
+                                             Literal::List({Literal::Int(3), Literal::Int(4)})}),
+                              OnCuda());
   ASSERT_TRUE(lit.ok()) << lit.status();
   EXPECT_EQ(lit->dtype(), DType::kFloat32);
   const float want[] = {1, 2.5, 3, 4};
@@ -306,15 +317,16 @@ TEST_F(GpuServiceTest, DeviceResultsGoBackToTheCpuAndBetweenSources) {
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   // Host memory onto the device with copy=False: a copy is needed.
   SharedRegion region = SharedRegion::Create(16).value();
-  s = client_->ConvertRegion(region.name(), 0, 16, DType::kFloat32, {{4}, {1}, 0},
-                             OnCuda(std::nullopt, false))
+  s = client_
+          ->ConvertRegion(region.name(), 0, 16, DType::kFloat32, {{4}, {1}, 0},
+                          OnCuda(std::nullopt, false))
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   // A streamed upload lands on the device too.
   client_->set_upload_threshold(1024);
   const std::string big = RandomBytes(1 << 20, 3);
-  absl::StatusOr<MappedTensor> up = client_->ConvertInline(
-      big.data(), big.size(), DType::kInt16, {{1 << 19}, {1}, 0}, OnCuda());
+  absl::StatusOr<MappedTensor> up =
+      client_->ConvertInline(big.data(), big.size(), DType::kInt16, {{1 << 19}, {1}, 0}, OnCuda());
   ASSERT_TRUE(up.ok()) << up.status();
   absl::StatusOr<std::string> up_bytes = up->RowMajorBytes();
   ASSERT_TRUE(up_bytes.ok());
@@ -386,8 +398,7 @@ TEST_F(GpuServiceTest, ThisProcessExportsAndTheServerAliasesOrCasts) {
     absl::StatusOr<std::string> got = t->RowMajorBytes();
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_TRUE(*got == CpuCast(src, DType::kFloat32, view, to,
-                                {view.shape, ContiguousStrides(view.shape), 0},
-                                n * ItemSize(to)));
+                                {view.shape, ContiguousStrides(view.shape), 0}, n * ItemSize(to)));
   }
   // Device -> CPU from the client's allocation.
   ConvertOptions to_cpu;
@@ -427,8 +438,8 @@ TEST_F(GpuServiceTest, ReusedBigRegionsArePinnedAndReadDirectly) {
       for (int64_t i = 0; i < n; ++i) values[i] = static_cast<int32_t>(i * 7 + round);
       const std::string src(static_cast<const char*>(region.data()), n * 4);
       for (DType to : {DType::kInt32, DType::kFloat64}) {
-        absl::StatusOr<MappedTensor> t = client_->ConvertRegion(
-            region.name(), 0, n * 4, DType::kInt32, layout, OnCuda(to));
+        absl::StatusOr<MappedTensor> t =
+            client_->ConvertRegion(region.name(), 0, n * 4, DType::kInt32, layout, OnCuda(to));
         ASSERT_TRUE(t.ok()) << t.status();
         absl::StatusOr<std::string> got = t->RowMajorBytes();
         ASSERT_TRUE(got.ok()) << got.status();

@@ -21,9 +21,7 @@ std::string Env(const char* name) {
   return value == nullptr ? "" : value;
 }
 
-ClientOptions As(const std::string& who) {
-  return testing::TlsAs(Env("ASARRAY_REMOTE_PKI"), who);
-}
+ClientOptions As(const std::string& who) { return testing::TlsAs(Env("ASARRAY_REMOTE_PKI"), who); }
 
 std::unique_ptr<Client> Connect(const ClientOptions& options) {
   absl::StatusOr<std::unique_ptr<Client>> client =
@@ -106,8 +104,9 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   if (std::getenv("ASARRAY_REMOTE_SERVER") == nullptr ||
       std::getenv("ASARRAY_REMOTE_PKI") == nullptr) {
-    std::fprintf(stderr, "second_host_client: run by two_hosts_test.sh, which sets "
-                         "ASARRAY_REMOTE_SERVER and ASARRAY_REMOTE_PKI\n");
+    std::fprintf(stderr,
+                 "second_host_client: run by two_hosts_test.sh, which sets "
+                 "ASARRAY_REMOTE_SERVER and ASARRAY_REMOTE_PKI\n");
     return 2;
   }
   return RUN_ALL_TESTS();

@@ -20,12 +20,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-
 #include "asarray/v1/asarray.grpc.pb.h"
 #include "client/client.h"
 #include "gmock/gmock.h"
-#include "grpcpp/create_channel.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "server/local_transport.h"
@@ -51,8 +50,8 @@ class Rpc {
     grpc::ChannelArguments args;
     args.SetMaxSendMessageSize(-1);
     args.SetMaxReceiveMessageSize(-1);
-    channel_ = grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(),
-                                         args);
+    channel_ =
+        grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args);
     stub_ = v1::AsArray::NewStub(channel_);
     client_ = server.NewClient();
   }
@@ -845,9 +844,9 @@ class BadInputTest : public ::testing::TestWithParam<BadRequest> {
   // One server takes the whole table: each row must leave it serving.
   static void SetUpTestSuite() {
     server_ = TestServer::Start([](server::ServerOptions& o) {
-      o.max_message_bytes = kMaxMessage;
-      o.store.max_bytes = kQuota;
-    }).release();
+                o.max_message_bytes = kMaxMessage;
+                o.store.max_bytes = kQuota;
+              }).release();
     ASSERT_NE(server_, nullptr);
   }
   static void TearDownTestSuite() {
@@ -880,8 +879,8 @@ TEST_P(BadInputTest, GetsItsCodeAndLeavesNothing) {
   const auto settled = [&] {
     const server::StoreStats now = server_->server().store().Stats();
     return now.tensors == before.tensors && now.segments == before.segments &&
-           now.bytes_in_use == before.bytes_in_use &&
-           now.client_regions == before.client_regions && server_->SegmentsInDevShm() == 0;
+           now.bytes_in_use == before.bytes_in_use && now.client_regions == before.client_regions &&
+           server_->SegmentsInDevShm() == 0;
   };
   Eventually(settled);
   const server::StoreStats after = server_->server().store().Stats();
@@ -897,9 +896,7 @@ INSTANTIATE_TEST_SUITE_P(AllRpcs, BadInputTest, ::testing::ValuesIn(Table()),
                            return std::string(p.param.name);
                          });
 
-TEST(BadInputTable, KeepsAtLeastFortyRows) {
-  EXPECT_GE(Table().size(), 40u);
-}
+TEST(BadInputTable, KeepsAtLeastFortyRows) { EXPECT_GE(Table().size(), 40u); }
 
 // Every errno an operation on a caller's name or descriptor can fail with
 // is the caller's to fix: none may read as a fault of the server.
@@ -940,8 +937,8 @@ TEST(RenewExtremes, TtlsPastInt64GetTheMaximumLease) {
     ASSERT_TRUE(stub->Renew(&context, request, &response).ok()) << ttl;
     EXPECT_GE(response.lease_expires_unix_ms(), now + absl::ToInt64Milliseconds(absl::Hours(2)))
         << ttl;
-    EXPECT_LE(response.lease_expires_unix_ms(),
-              absl::ToUnixMillis(absl::Now() + absl::Hours(2))) << ttl;
+    EXPECT_LE(response.lease_expires_unix_ms(), absl::ToUnixMillis(absl::Now() + absl::Hours(2)))
+        << ttl;
   }
   v1::ReleaseRequest release;
   release.set_id(id);
@@ -1002,8 +999,8 @@ TEST(StockClient, ChunksSmallerThanAnElementCarryOneEach) {
   v1::ConvertResponse converted;
   {
     grpc::ClientContext context;
-    ASSERT_TRUE(stub->Convert(&context, Inline(v1::DTYPE_FLOAT64, {4}, {1}, 0, 32), &converted)
-                    .ok());
+    ASSERT_TRUE(
+        stub->Convert(&context, Inline(v1::DTYPE_FLOAT64, {4}, {1}, 0, 32), &converted).ok());
   }
   grpc::ClientContext context;
   v1::ReadRequest read;

@@ -136,7 +136,8 @@ absl::StatusOr<CaseBatch> BuildBatch(const std::vector<const ConformanceCase*>& 
     if (c->is_array) bytes = AlignUp(bytes + c->storage.size());
   }
   if (mode == Mode::kFd) {
-    ASSIGN_OR_RETURN(SharedRegion region, SharedRegion::CreateMemfd(std::max<uint64_t>(bytes, 1)));
+    ASARRAY_ASSIGN_OR_RETURN(SharedRegion region,
+                             SharedRegion::CreateMemfd(std::max<uint64_t>(bytes, 1)));
     batch.region.emplace(std::move(region));
   }
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -186,8 +187,9 @@ TEST_P(BatchConformance, TheCorpusInBatchesMatchesSingleConverts) {
   for (size_t start = 0; start < order.size();) {
     const size_t size =
         std::min<size_t>(std::uniform_int_distribution<size_t>(1, 64)(rng), order.size() - start);
-    std::vector<const ConformanceCase*> left(order.begin() + static_cast<std::ptrdiff_t>(start),
-                                             order.begin() + static_cast<std::ptrdiff_t>(start + size));
+    std::vector<const ConformanceCase*> left(
+        order.begin() + static_cast<std::ptrdiff_t>(start),
+        order.begin() + static_cast<std::ptrdiff_t>(start + size));
     start += size;
     while (!left.empty()) {
       absl::StatusOr<CaseBatch> batch = BuildBatch(left, mode);
@@ -226,9 +228,10 @@ TEST_P(BatchConformance, TheCorpusInBatchesMatchesSingleConverts) {
                 ? (mode == Mode::kInline
                        ? client->ConvertInline(c.storage.data(), c.storage.size(), c.dtype,
                                                c.layout, c.options)
-                       : client->ConvertRegion(*batch->region, batch->request.items(
-                                                   static_cast<int>(i)).source().fd().offset(),
-                                               c.storage.size(), c.dtype, c.layout, c.options))
+                       : client->ConvertRegion(
+                             *batch->region,
+                             batch->request.items(static_cast<int>(i)).source().fd().offset(),
+                             c.storage.size(), c.dtype, c.layout, c.options))
                 : client->ConvertLiteral(c.literal, c.options);
         const Outcome alone = OutcomeOf(single);
         ASSERT_TRUE(alone.status.ok()) << c.id << ": " << alone.status;
@@ -262,8 +265,7 @@ TEST_P(BatchConformance, TheCorpusInBatchesMatchesSingleConverts) {
   server->Stop();
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, BatchConformance,
-                         ::testing::Values(Mode::kInline, Mode::kFd),
+INSTANTIATE_TEST_SUITE_P(Transports, BatchConformance, ::testing::Values(Mode::kInline, Mode::kFd),
                          [](const ::testing::TestParamInfo<Mode>& p) {
                            return p.param == Mode::kInline ? "Grpc" : "Local";
                          });
@@ -300,8 +302,7 @@ TEST_P(BatchTest, CopiesShareOneArenaEachAligned) {
   }
   const server::StoreStats before = Stats();
   std::vector<UniqueFd> received;
-  absl::StatusOr<v1::ConvertBatchResponse> response =
-      client_->ConvertBatch(batch, {}, &received);
+  absl::StatusOr<v1::ConvertBatchResponse> response = client_->ConvertBatch(batch, {}, &received);
   ASSERT_TRUE(response.ok()) << response.status();
   ASSERT_EQ(response->handles_size(), 16);
   EXPECT_EQ(Stats().segments, before.segments + 1);
@@ -390,8 +391,7 @@ TEST_P(BatchTest, AliasesStayAliases) {
   }
   const uint64_t segments = Stats().segments;
   std::vector<UniqueFd> received;
-  absl::StatusOr<v1::ConvertBatchResponse> response =
-      client_->ConvertBatch(batch, fds, &received);
+  absl::StatusOr<v1::ConvertBatchResponse> response = client_->ConvertBatch(batch, fds, &received);
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_TRUE(response->handles(0).shares_memory());
   EXPECT_FALSE(response->handles(1).shares_memory());
@@ -450,8 +450,9 @@ TEST_P(BatchTest, ViewsOfAHeldTensorAliasItsMemory) {
   for (int i = 0; i < 3; ++i) {
     const HandleInfo& h = (*mapped)[static_cast<size_t>(i)].handle();
     EXPECT_TRUE(h.shares_memory) << i;
-    const uint64_t want = (local() ? whole->fd_offset : whole->shm_offset) +
-                          (i == 0 ? 0 : i == 1 ? 128 : 64);
+    const uint64_t want = (local() ? whole->fd_offset : whole->shm_offset) + (i == 0   ? 0
+                                                                              : i == 1 ? 128
+                                                                                       : 64);
     EXPECT_EQ(local() ? h.fd_offset : h.shm_offset, want) << i;
     if (!local()) {
       EXPECT_EQ(h.shm_name, whole->shm_name);
@@ -484,7 +485,8 @@ TEST_P(BatchTest, ViewsOfAHeldTensorAliasItsMemory) {
 // Many ids released and renewed in one call; an id twice is refused first.
 TEST_P(BatchTest, ReleaseAndRenewTakeManyIdsAndRefuseDuplicates) {
   v1::ConvertBatchRequest batch;
-  for (int i = 0; i < 3; ++i) *batch.add_items() = InlineItem(DType::kInt32, Vector(1), Int32s({i}));
+  for (int i = 0; i < 3; ++i)
+    *batch.add_items() = InlineItem(DType::kInt32, Vector(1), Int32s({i}));
   batch.set_ttl_ms(60000);
   absl::StatusOr<v1::ConvertBatchResponse> response = client_->ConvertBatch(batch);
   ASSERT_TRUE(response.ok()) << response.status();
@@ -524,8 +526,7 @@ TEST_P(BatchTest, AFailureAtAnyPositionKeepsNothing) {
   int ran = 0;
   server_->server().service().converter()->set_batch_fault_for_testing([&](int item) {
     ++ran;
-    return item == faulty ? absl::ResourceExhaustedError("out of device memory")
-                          : absl::OkStatus();
+    return item == faulty ? absl::ResourceExhaustedError("out of device memory") : absl::OkStatus();
   });
   for (const bool in_arena : {false, true}) {
     for (int bad = 0; bad < 6; ++bad) {
@@ -802,8 +803,8 @@ TEST(BatchRemote, ARemoteBatchComesBackAsBytesAndKeepsNothing) {
   ASSERT_TRUE(client.ok()) << client.status();
   ASSERT_TRUE((*client)->remote());
   v1::ConvertBatchRequest batch;
-  *batch.add_items() = InlineItem(DType::kInt32, Vector(3), Int32s({1, -2, 3}),
-                                  ToDType(DType::kFloat64));
+  *batch.add_items() =
+      InlineItem(DType::kInt32, Vector(3), Int32s({1, -2, 3}), ToDType(DType::kFloat64));
   Literal literal = Literal::List({Literal::Int(4), Literal::Int(5)});
   *batch.add_items() = LiteralItem(literal, ToDType(DType::kInt8));
   const int memfds = CountMemfds();

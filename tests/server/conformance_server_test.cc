@@ -13,7 +13,6 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-
 #include "client/client.h"
 #include "gtest/gtest.h"
 #include "tests/conformance/case_loader.h"
@@ -86,8 +85,8 @@ TEST(ConformanceServer, EveryCase) {
     RecordCase(absl::StrCat(c.id, " (", g_transport, ")"), diff);
   }
   if (g_transport == "fd" || remote) {
-    EXPECT_EQ(server->SegmentsInDevShm(), 0) << "the " << g_transport
-                                             << " path named memory in /dev/shm";
+    EXPECT_EQ(server->SegmentsInDevShm(), 0)
+        << "the " << g_transport << " path named memory in /dev/shm";
     EXPECT_EQ(CountSegments(absl::StrCat("asarray-client-", getpid(), "-")), 0);
   }
   // Every handle was released as its MappedTensor died.

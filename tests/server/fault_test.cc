@@ -65,8 +65,8 @@ TEST(Faults, ClientKilledHoldingLeasesIsReclaimedWhenTheyExpire) {
   std::unique_ptr<TestServer> server = TestServer::Start(
       [](server::ServerOptions& o) { o.store.default_ttl = absl::Milliseconds(300); });
   ASSERT_NE(server, nullptr);
-  Child client({ASARRAY_PEER_CLIENT, server->address(), "literal", "literal",
-                "own-region:4096", "hang"});
+  Child client(
+      {ASARRAY_PEER_CLIENT, server->address(), "literal", "literal", "own-region:4096", "hang"});
   std::vector<std::string> ids;
   for (int i = 0; i < 2; ++i) {
     auto [code, id] = Parse(client.ReadLine());
@@ -97,9 +97,9 @@ TEST(Faults, ReaderKilledMidStreamLeavesTheTensorIntact) {
   std::iota(values.begin(), values.end(), 0);
   std::string id;
   {
-    absl::StatusOr<MappedTensor> t = client->ConvertInline(
-        values.data(), values.size() * 4, DType::kInt32,
-        Layout{{static_cast<int64_t>(values.size())}, {1}, 0}, {});
+    absl::StatusOr<MappedTensor> t =
+        client->ConvertInline(values.data(), values.size() * 4, DType::kInt32,
+                              Layout{{static_cast<int64_t>(values.size())}, {1}, 0}, {});
     ASSERT_TRUE(t.ok()) << t.status();
     t->DetachLease();
     id = t->id();
@@ -159,9 +159,9 @@ TEST(Faults, ServerKilledWithLiveTensorsIsSweptAtTheNextStart) {
 
 // Whether this process may create a mount namespace and mount a tmpfs in it.
 bool CanMountTmpfs() {
-  return geteuid() == 0 &&
-         std::system("unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs /mnt' "
-                     ">/dev/null 2>&1") == 0;
+  return geteuid() == 0 && std::system(
+                               "unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs /mnt' "
+                               ">/dev/null 2>&1") == 0;
 }
 
 TEST(Faults, FullDevShmIsResourceExhaustedAndTheServerKeepsServing) {
@@ -169,10 +169,10 @@ TEST(Faults, FullDevShmIsResourceExhaustedAndTheServerKeepsServing) {
   TempDir dir;
   const std::string socket = dir.path() + "/sock/asarrayd.sock";
   // The server's /dev/shm is a 4 MiB tmpfs in a mount namespace of its own.
-  std::unique_ptr<Child> asarrayd = StartAsarrayd(
-      socket, absl::StrCat("asarrayd-full-", getpid()),
-      {"unshare", "-m", "sh", "-c",
-       "mount -t tmpfs -o size=4m tmpfs /dev/shm && exec \"$0\" \"$@\""});
+  std::unique_ptr<Child> asarrayd =
+      StartAsarrayd(socket, absl::StrCat("asarrayd-full-", getpid()),
+                    {"unshare", "-m", "sh", "-c",
+                     "mount -t tmpfs -o size=4m tmpfs /dev/shm && exec \"$0\" \"$@\""});
   ASSERT_NE(asarrayd, nullptr);
   std::unique_ptr<Client> client = *Client::Connect("unix:" + socket, TestServer::GrpcOnly());
   constexpr size_t kBig = 3 << 20;

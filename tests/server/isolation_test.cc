@@ -124,7 +124,8 @@ TEST_F(IsolationTest, AnotherUidCannotReachThisUidsHandlesOrRegions) {
 
   // The handles the other uid made are its own, and invisible from here.
   std::vector<std::string> their_ids;
-  for (const server::TensorStore::Lease& lease : server_->server().store().List(server::Caller::Local(kNobody))) {
+  for (const server::TensorStore::Lease& lease :
+       server_->server().store().List(server::Caller::Local(kNobody))) {
     EXPECT_EQ(lease.tensor->owner.uid, kNobody);
     their_ids.push_back(lease.tensor->id);
   }
@@ -335,8 +336,8 @@ TEST(UnixSocket, ASharedDirectoryIsRefusedAndLeftAsItIs) {
   ASSERT_EQ(mkdir(busy.c_str(), 0700), 0);
   ASSERT_EQ(chmod(busy.c_str(), 0755), 0);
   { std::ofstream(busy + "/notes.txt") << "someone else's"; }
-  for (const std::pair<std::string, mode_t>& shared : {std::pair<std::string, mode_t>{sticky, 01777},
-                                                       {busy, 0755}}) {
+  for (const std::pair<std::string, mode_t>& shared :
+       {std::pair<std::string, mode_t>{sticky, 01777}, {busy, 0755}}) {
     const std::string& path = shared.first;
     const mode_t mode = shared.second;
     const std::string listen = absl::StrCat("unix:", path, "/asarrayd.sock");

@@ -113,15 +113,34 @@ class Worker {
  private:
   void Step() {
     switch (Pick(10)) {
-      case 0: ConvertInline(); break;
-      case 1: ConvertUpload(); break;
-      case 2: ConvertLiteral(); break;
-      case 3: ConvertRegion(); break;
-      case 4: ConvertHeld(); break;
-      case 5: case 6: ReadHeld(); break;
-      case 7: RenewHeld(); break;
-      case 8: ListHeld(); break;
-      default: ReleaseOne(); break;
+      case 0:
+        ConvertInline();
+        break;
+      case 1:
+        ConvertUpload();
+        break;
+      case 2:
+        ConvertLiteral();
+        break;
+      case 3:
+        ConvertRegion();
+        break;
+      case 4:
+        ConvertHeld();
+        break;
+      case 5:
+      case 6:
+        ReadHeld();
+        break;
+      case 7:
+        RenewHeld();
+        break;
+      case 8:
+        ListHeld();
+        break;
+      default:
+        ReleaseOne();
+        break;
     }
     while (held_.size() > 4) ReleaseOne();
   }
@@ -172,10 +191,11 @@ class Worker {
     const bool cast = Pick(2) == 0;
     if (cast) options.dtype = DType::kFloat64;
     Keep(name,
-         Timed(name, [&] {
-           return client_->ConvertInline(v.data(), v.size() * 4, DType::kInt32,
-                                         Layout{{n}, {1}, 0}, options);
-         }),
+         Timed(name,
+               [&] {
+                 return client_->ConvertInline(v.data(), v.size() * 4, DType::kInt32,
+                                               Layout{{n}, {1}, 0}, options);
+               }),
          cast ? AsDoubleHash(v) : Fnv1a(v.data(), v.size() * 4));
   }
 
@@ -221,8 +241,8 @@ class Worker {
     Keep("convert_region",
          Timed("convert_region",
                [&] {
-                 return client_->ConvertRegion(region->name(), 0, region->size(),
-                                               DType::kInt32, layout, options);
+                 return client_->ConvertRegion(region->name(), 0, region->size(), DType::kInt32,
+                                               layout, options);
                }),
          Fnv1a(transposed.data(), transposed.size() * 4), region);
   }
@@ -235,8 +255,8 @@ class Worker {
     const uint64_t hash = h->hash;
     std::shared_ptr<SharedRegion> region = h->region;
     Keep("convert_tensor",
-         Timed("convert_tensor", [&] { return client_->ConvertTensor(h->tensor.id(), {}); }),
-         hash, std::move(region));
+         Timed("convert_tensor", [&] { return client_->ConvertTensor(h->tensor.id(), {}); }), hash,
+         std::move(region));
   }
 
   void ReadHeld() {
@@ -325,13 +345,15 @@ TEST(Load, MixedCallsFromManyClientsLeaveNothingAndKeepTheHeapFlat) {
   std::printf("load: %d clients, %.1f s, %zu calls, %.0f calls/s, p50 %.0f us, p99 %.0f us\n",
               clients, elapsed_s, lat.size(), lat.size() / elapsed_s, lat[lat.size() / 2],
               lat[lat.size() * 99 / 100]);
-  for (const auto& [name, n] : totals.calls) std::printf("  %-16s %llu\n", name.c_str(),
-                                                         static_cast<unsigned long long>(n));
-  std::printf("  server RssAnon kB each second: %s\n", [&] {
-    std::string s;
-    for (int64_t kb : rss_kb) absl::StrAppend(&s, kb, " ");
-    return s;
-  }().c_str());
+  for (const auto& [name, n] : totals.calls)
+    std::printf("  %-16s %llu\n", name.c_str(), static_cast<unsigned long long>(n));
+  std::printf("  server RssAnon kB each second: %s\n",
+              [&] {
+                std::string s;
+                for (int64_t kb : rss_kb) absl::StrAppend(&s, kb, " ");
+                return s;
+              }()
+                  .c_str());
 
   // Nothing is left once every client released what it held.
   std::unique_ptr<Client> client = *Client::Connect("unix:" + socket);

@@ -3,6 +3,8 @@
 // that end with their connection. Every test also checks that nothing of
 // this path is named in /dev/shm, and that every descriptor the server
 // received was closed.
+#include "server/local_transport.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -29,7 +31,6 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
-#include "server/local_transport.h"
 #include "tests/server/test_server.h"
 #include "wire/proto_convert.h"
 
@@ -112,9 +113,9 @@ class LocalTransportTest : public ::testing::Test {
   static double WaitFor(Done done) {
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
-      const double ms = std::chrono::duration<double, std::milli>(
-                            std::chrono::steady_clock::now() - start)
-                            .count();
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count();
       if (done()) return ms;
       if (ms > 5000) return -1;
       std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -139,8 +140,8 @@ TEST_F(LocalTransportTest, ResultsAreSealedMemfdsSentWithTheAnswer) {
   ASSERT_TRUE(local.connected());
   v1::ConvertResponse response;
   std::vector<UniqueFd> received;
-  ASSERT_TRUE(local.Convert(InlineFloats({1, 2, 3, 4}, {2, 2}, {1, 2}), {}, &response, &received)
-                  .ok());
+  ASSERT_TRUE(
+      local.Convert(InlineFloats({1, 2, 3, 4}, {2, 2}, {1, 2}), {}, &response, &received).ok());
   const v1::TensorHandle& handle = response.handle();
   ASSERT_TRUE(handle.has_fd()) << handle.DebugString();
   EXPECT_FALSE(handle.fd().request_fd());
@@ -175,8 +176,8 @@ TEST_F(LocalTransportTest, ResultsAreSealedMemfdsSentWithTheAnswer) {
   grpc::ClientContext context;
   v1::ConvertResponse ignored;
   const grpc::Status over_grpc =
-      v1::AsArray::NewStub(grpc::CreateChannel(server_->address(),
-                                               grpc::InsecureChannelCredentials()))
+      v1::AsArray::NewStub(
+          grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()))
           ->Convert(&context, no_copy, &ignored);
   EXPECT_EQ(std::string(refused.message()), over_grpc.error_message());
 }
@@ -301,8 +302,8 @@ TEST_F(LocalTransportTest, AKilledClientsHandlesAreReclaimed) {
     LocalConnection local(server_->address());
     UniqueFd memfd = SealedMemfd(4096);
     for (int i = 0; i < kHandles; ++i) {
-      v1::ConvertRequest request = i % 2 == 0 ? InlineFloats({1, 2}, {2}, {1})
-                                              : FdFloats({4}, 0, 16);
+      v1::ConvertRequest request =
+          i % 2 == 0 ? InlineFloats({1, 2}, {2}, {1}) : FdFloats({4}, 0, 16);
       if (!local.Convert(request, i % 2 == 0 ? std::vector<int>{} : std::vector<int>{memfd.get()})
                .ok()) {
         _exit(1);
@@ -381,7 +382,6 @@ TEST_F(LocalTransportTest, TheCppClientUsesItByDefaultAndItsHandlesEndWithIt) {
   EXPECT_TRUE(client_->Release(big_id).ok());
 }
 
-
 // How many mappings of this process show the file behind `fd`.
 int MappingsOf(int fd) {
   struct stat st;
@@ -446,8 +446,8 @@ TEST_F(LocalTransportTest, TheCppClientMapsAFileOnceAndClosesWhatItReceives) {
   // A big file is mapped per handle, from the pages each needs.
   absl::StatusOr<SharedRegion> big = SharedRegion::CreateMemfd(size_t{4} << 20);
   ASSERT_TRUE(big.ok()) << big.status();
-  absl::StatusOr<MappedTensor> big_held = producer->ConvertRegion(
-      *big, 8192, 4096, DType::kUInt8, Layout{{4096}, {1}, 0}, no_copy);
+  absl::StatusOr<MappedTensor> big_held =
+      producer->ConvertRegion(*big, 8192, 4096, DType::kUInt8, Layout{{4096}, {1}, 0}, no_copy);
   ASSERT_TRUE(big_held.ok()) << big_held.status();
   absl::StatusOr<MappedTensor> big_a = consumer->ConvertTensor(big_held->id(), no_copy);
   absl::StatusOr<MappedTensor> big_b = consumer->ConvertTensor(big_held->id(), no_copy);
@@ -556,15 +556,13 @@ TEST_F(LocalTransportTest, BadDescriptorsGetTheirCodeAndNothingIsKept) {
   rows.push_back({"no grow seal", One(SealedMemfd(16, "", F_SEAL_SHRINK).Release()),
                   FdFloats({4}, 0, 16), absl::StatusCode::kFailedPrecondition,
                   "not sealed with F_SEAL_GROW"});
-  rows.push_back({"write seal",
-                  One(SealedMemfd(16, "", F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE).Release()),
-                  FdFloats({4}, 0, 16), absl::StatusCode::kFailedPrecondition,
-                  "sealed against writing"});
+  rows.push_back(
+      {"write seal", One(SealedMemfd(16, "", F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE).Release()),
+       FdFloats({4}, 0, 16), absl::StatusCode::kFailedPrecondition, "sealed against writing"});
   rows.push_back({"smaller than offset + size", One(SealedMemfd(16).Release()),
                   FdFloats({4}, 8, 16), absl::StatusCode::kInvalidArgument, "lies outside"});
-  rows.push_back({"offset past the end", One(SealedMemfd(16).Release()),
-                  FdFloats({0}, 1u << 30, 0), absl::StatusCode::kInvalidArgument,
-                  "lies outside"});
+  rows.push_back({"offset past the end", One(SealedMemfd(16).Release()), FdFloats({0}, 1u << 30, 0),
+                  absl::StatusCode::kInvalidArgument, "lies outside"});
   rows.push_back({"a pipe", Pipe(), FdFloats({4}, 0, 16), absl::StatusCode::kInvalidArgument,
                   "is a FIFO, not a memfd"});
   rows.push_back({"a directory", One(open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)),
@@ -633,8 +631,8 @@ TEST_F(LocalTransportTest, BadDescriptorsGetTheirCodeAndNothingIsKept) {
       c->cmsg_len = CMSG_LEN(sizeof(int) * raw.size());
       std::memcpy(CMSG_DATA(c), raw.data(), sizeof(int) * raw.size());
     }
-    ASSERT_GE(sendmsg(local.socket(), &msg, MSG_NOSIGNAL), 0) << row.name << ": "
-                                                              << std::strerror(errno);
+    ASSERT_GE(sendmsg(local.socket(), &msg, MSG_NOSIGNAL), 0)
+        << row.name << ": " << std::strerror(errno);
     absl::StatusOr<LocalDatagram> answer = ReceiveLocal(local.socket(), kMaxLocalMessageBytes);
     ASSERT_TRUE(answer.ok()) << row.name << ": " << answer.status();
     EXPECT_TRUE(answer->fds.empty()) << row.name;
@@ -708,8 +706,8 @@ TEST_F(LocalTransportTest, AnFdSourceOverGrpcIsRefused) {
   grpc::ClientContext context;
   v1::ConvertResponse response;
   const grpc::Status status =
-      v1::AsArray::NewStub(grpc::CreateChannel(server_->address(),
-                                               grpc::InsecureChannelCredentials()))
+      v1::AsArray::NewStub(
+          grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()))
           ->Convert(&context, FdFloats({4}, 0, 16), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("only over the local transport"));
@@ -729,9 +727,10 @@ TEST_F(LocalTransportTest, ServesConnectionsAtOnceAndStopsWithThemOpen) {
         v1::ConvertResponse response;
         std::vector<UniqueFd> received;
         const bool by_fd = i % 2 == 0;
-        if (!local.Convert(by_fd ? FdFloats({2}, 0, 8) : InlineFloats({1, 2}, {2}, {1}),
-                           by_fd ? std::vector<int>{memfd.get()} : std::vector<int>{}, &response,
-                           &received)
+        if (!local
+                 .Convert(by_fd ? FdFloats({2}, 0, 8) : InlineFloats({1, 2}, {2}, {1}),
+                          by_fd ? std::vector<int>{memfd.get()} : std::vector<int>{}, &response,
+                          &received)
                  .ok()) {
           return;
         }

@@ -126,8 +126,8 @@ TEST(CallMetricsTest, CountsByTransportMethodAndCode) {
   EXPECT_EQ(convert.latency_sum_ns, 2'004'000u);
   const auto& release = s.methods[1][static_cast<size_t>(CallMethod::kRelease)];
   EXPECT_EQ(release.calls[static_cast<size_t>(absl::StatusCode::kNotFound)], 1u);
-  EXPECT_EQ(s.methods[0][static_cast<size_t>(CallMethod::kRelease)].calls
-                [static_cast<size_t>(absl::StatusCode::kNotFound)],
+  EXPECT_EQ(s.methods[0][static_cast<size_t>(CallMethod::kRelease)]
+                .calls[static_cast<size_t>(absl::StatusCode::kNotFound)],
             0u);
   EXPECT_EQ(s.methods[1][static_cast<size_t>(CallMethod::kStats)]
                 .calls[static_cast<size_t>(absl::StatusCode::kUnknown)],
@@ -147,9 +147,8 @@ TEST(CallMetricsTest, RecordsFromManyThreadsWhileSnapshotsAreTaken) {
   std::thread reader([&] {
     uint64_t last = 0;
     while (!done.load(std::memory_order_acquire)) {
-      const uint64_t now = metrics.TakeSnapshot()
-                               .methods[1][static_cast<size_t>(CallMethod::kConvert)]
-                               .calls[0];
+      const uint64_t now =
+          metrics.TakeSnapshot().methods[1][static_cast<size_t>(CallMethod::kConvert)].calls[0];
       monotonic &= now >= last;
       last = now;
     }
@@ -210,8 +209,7 @@ TEST(ServerMetricFamiliesTest, ReportsStatsCallsSeenAndBytes) {
   metrics.RecordCall(Transport::kLocal, CallMethod::kRelease, absl::StatusCode::kNotFound, 30'000);
   metrics.CountResult(100, /*aliased=*/false);
   metrics.CountResult(28, /*aliased=*/true);
-  const std::vector<MetricFamily> families =
-      ServerMetricFamilies(stats, metrics.TakeSnapshot());
+  const std::vector<MetricFamily> families = ServerMetricFamilies(stats, metrics.TakeSnapshot());
   for (const MetricFamily& f : families) {
     EXPECT_EQ(absl::EndsWith(f.name, "_total"), f.type == MetricType::kCounter) << f.name;
     EXPECT_TRUE(absl::StartsWith(f.name, "asarrayd_")) << f.name;
@@ -225,8 +223,10 @@ TEST(ServerMetricFamiliesTest, ReportsStatsCallsSeenAndBytes) {
   EXPECT_THAT(text, HasSubstr("\nasarrayd_uptime_seconds 1.5\n"));
   EXPECT_THAT(text, HasSubstr("\nasarrayd_local_convert_p50_seconds 1.2e-05\n"));
   EXPECT_THAT(text, HasSubstr("\nasarrayd_info{instance=\"ab\\\"c\"} 1\n"));
-  EXPECT_THAT(text, HasSubstr(
-      "\nasarrayd_calls_total{transport=\"local\",method=\"Release\",code=\"NOT_FOUND\"} 2\n"));
+  EXPECT_THAT(
+      text,
+      HasSubstr(
+          "\nasarrayd_calls_total{transport=\"local\",method=\"Release\",code=\"NOT_FOUND\"} 2\n"));
   EXPECT_THAT(text, HasSubstr("\nasarrayd_call_duration_seconds_bucket{transport=\"local\","
                               "method=\"Release\",le=\"2.5e-05\"} 0\n"
                               "asarrayd_call_duration_seconds_bucket{transport=\"local\","
@@ -257,9 +257,8 @@ TEST(ParseMetricsAddressTest, LoopbackUnlessAHostIsNamed) {
 }
 
 TEST(ParseMetricsAddressTest, RefusesWhatIsNoAddress) {
-  for (absl::string_view bad :
-       {"", ":", "host:", "host:http", "1:65536", "1:-1", "1:+80", "1:123456", "::1:80",
-        "[::1]", "[::1]80", "[]:80", "[::1:80"}) {
+  for (absl::string_view bad : {"", ":", "host:", "host:http", "1:65536", "1:-1", "1:+80",
+                                "1:123456", "::1:80", "[::1]", "[::1]80", "[]:80", "[::1:80"}) {
     absl::StatusOr<MetricsAddress> a = ParseMetricsAddress(bad);
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_THAT(a.status().message(), HasSubstr(absl::StrCat("'", bad, "'"))) << bad;
@@ -310,12 +309,16 @@ TEST(MetricsEndpointTest, ServesGetMetricsOnlyAndStops) {
   EXPECT_THAT(first, HasSubstr("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
   EXPECT_TRUE(absl::EndsWith(first, "\r\n\r\ntest_renders 1\n")) << first;
   EXPECT_TRUE(absl::EndsWith(Get(port, "/metrics?x=1"), "\r\n\r\ntest_renders 2\n"));
-  for (const auto& [method, path] : std::vector<std::pair<std::string, std::string>>{
-           {"GET", "/"}, {"GET", "/metrics/x"}, {"GET", "/metricsx"}, {"POST", "/metrics"},
-           {"PUT", "/metrics"}, {"DELETE", "/metrics"}}) {
+  for (const auto& [method, path] :
+       std::vector<std::pair<std::string, std::string>>{{"GET", "/"},
+                                                        {"GET", "/metrics/x"},
+                                                        {"GET", "/metricsx"},
+                                                        {"POST", "/metrics"},
+                                                        {"PUT", "/metrics"},
+                                                        {"DELETE", "/metrics"}}) {
     const std::string answer = Get(port, path, method);
-    EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 404 Not Found\r\n")) << method << " " << path
-                                                                       << ": " << answer;
+    EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 404 Not Found\r\n"))
+        << method << " " << path << ": " << answer;
   }
   EXPECT_EQ(renders.load(), 2);
 

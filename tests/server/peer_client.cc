@@ -49,7 +49,8 @@ void Say(const std::string& op, const absl::Status& status, const std::string& d
 
 // The operations that leave a call open until the process is killed.
 void RunAndHang(const std::string& address, const std::vector<std::string>& op) {
-  auto stub = v1::AsArray::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::AsArray::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   uint64_t bytes = 0;
   if (op[0] == "upload-half" && op.size() == 2 && absl::SimpleAtoi(op[1], &bytes)) {
@@ -70,8 +71,7 @@ void RunAndHang(const std::string& address, const std::vector<std::string>& op) 
     request.set_chunk_size(4096);
     auto reader = stub->Read(&context, request);
     v1::ReadResponse response;
-    Say(op[0], reader->Read(&response) ? absl::OkStatus() : absl::UnavailableError("no data"),
-        "");
+    Say(op[0], reader->Read(&response) ? absl::OkStatus() : absl::UnavailableError("no data"), "");
   } else {
     Say(op[0], absl::OkStatus(), "");
   }

@@ -151,9 +151,9 @@ TEST(RemoteClient, ResultsComeBackAsBytesAndNothingStays) {
   const std::vector<float> values = {1, 2, 3, 4, 5, 6};
   ConvertOptions to_double;
   to_double.dtype = DType::kFloat64;
-  absl::StatusOr<MappedTensor> cast = client->ConvertInline(
-      values.data(), values.size() * sizeof(float), DType::kFloat32, {{3, 2}, {1, 3}, 0},
-      to_double);
+  absl::StatusOr<MappedTensor> cast =
+      client->ConvertInline(values.data(), values.size() * sizeof(float), DType::kFloat32,
+                            {{3, 2}, {1, 3}, 0}, to_double);
   ASSERT_TRUE(cast.ok()) << cast.status();
   EXPECT_TRUE(cast->id().empty());
   EXPECT_EQ(cast->dtype(), DType::kFloat64);
@@ -215,7 +215,8 @@ TEST(RemoteClient, HeldResultsArePrivateMemoryOfTheServer) {
 
   const server::Caller alice = server::Caller::Remote("CN=alice,O=asarrayd test");
   for (const MappedTensor* held : {&*uploaded, &*cast}) {
-    absl::StatusOr<server::TensorStore::Lease> lease = server->server().store().Get(held->id(), alice);
+    absl::StatusOr<server::TensorStore::Lease> lease =
+        server->server().store().Get(held->id(), alice);
     ASSERT_TRUE(lease.ok()) << lease.status();
     const auto* memory = dynamic_cast<const server::ShmSegment*>(lease->tensor->memory.get());
     ASSERT_NE(memory, nullptr);
@@ -256,8 +257,8 @@ class FlakyService final : public v1::AsArray::CallbackService {
                                  : grpc::Status::OK);
     return reactor;
   }
-  grpc::ServerUnaryReactor* Convert(grpc::CallbackServerContext* context,
-                                    const v1::ConvertRequest*, v1::ConvertResponse*) override {
+  grpc::ServerUnaryReactor* Convert(grpc::CallbackServerContext* context, const v1::ConvertRequest*,
+                                    v1::ConvertResponse*) override {
     ++converts;
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "not yet"));
@@ -331,8 +332,8 @@ TEST(RemoteConventions, AnIdleConnectionThatPingsStaysUp) {
   ASSERT_EQ(client->channel()->GetState(false), GRPC_CHANNEL_READY);
   for (int i = 0; i < 60; ++i) {  // without asarrayd's policy it drops at about 3 s
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    ASSERT_EQ(client->channel()->GetState(false), GRPC_CHANNEL_READY) << "after " << i * 100
-                                                                      << " ms idle";
+    ASSERT_EQ(client->channel()->GetState(false), GRPC_CHANNEL_READY)
+        << "after " << i * 100 << " ms idle";
   }
   EXPECT_TRUE(client->Health().ok());
 }

@@ -139,8 +139,8 @@ TEST_F(SegmentPoolTest, DisabledPoolHoldsNothing) {
 }
 
 TEST(SegmentPoolInStore, ResultsTakeWarmSegmentsAndShutdownUnlinksThePool) {
-  std::unique_ptr<testing::TestServer> server = testing::TestServer::Start(
-      [](ServerOptions& o) { o.store.pool_bytes = 16 << 20; });
+  std::unique_ptr<testing::TestServer> server =
+      testing::TestServer::Start([](ServerOptions& o) { o.store.pool_bytes = 16 << 20; });
   ASSERT_NE(server, nullptr);
   std::unique_ptr<Client> client = server->NewGrpcClient();
   std::vector<uint8_t> bytes(2 << 20, 9);

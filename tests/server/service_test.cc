@@ -40,8 +40,8 @@ class ServiceTest : public ::testing::Test {
     grpc::ChannelArguments args;
     args.SetMaxSendMessageSize(-1);
     args.SetMaxReceiveMessageSize(-1);
-    stub_ = v1::AsArray::NewStub(grpc::CreateCustomChannel(
-        server_->address(), grpc::InsecureChannelCredentials(), args));
+    stub_ = v1::AsArray::NewStub(
+        grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), args));
   }
   void SetUp() override { StartServer(); }
 
@@ -54,14 +54,15 @@ class ServiceTest : public ::testing::Test {
     server_->Stop();
   }
 
-  absl::Status RawConvert(const v1::ConvertRequest& request, v1::ConvertResponse* response = nullptr) {
+  absl::Status RawConvert(const v1::ConvertRequest& request,
+                          v1::ConvertResponse* response = nullptr) {
     grpc::ClientContext context;
     v1::ConvertResponse unused;
     return FromGrpcStatus(stub_->Convert(&context, request, response ? response : &unused));
   }
 
-  static v1::ConvertRequest InlineFloats(const std::vector<float>& values, Dims shape,
-                                         Dims strides, int64_t offset = 0) {
+  static v1::ConvertRequest InlineFloats(const std::vector<float>& values, Dims shape, Dims strides,
+                                         int64_t offset = 0) {
     v1::ConvertRequest request;
     v1::InlineArray* a = request.mutable_source()->mutable_inline_array();
     a->set_dtype(v1::DTYPE_FLOAT32);
@@ -94,15 +95,17 @@ TEST(ServiceLimits, RequestOverTheMessageLimitIsResourceExhausted) {
   ASSERT_NE(server, nullptr);
   std::unique_ptr<Client> client = server->NewGrpcClient();
   client->set_upload_threshold(SIZE_MAX);  // force a single unary message
-  std::vector<float> big(512 * 1024);  // 2 MiB
-  absl::Status s = client->ConvertInline(big.data(), big.size() * 4, DType::kFloat32,
-                                         Layout{{static_cast<int64_t>(big.size())}, {1}, 0}, {})
+  std::vector<float> big(512 * 1024);      // 2 MiB
+  absl::Status s = client
+                       ->ConvertInline(big.data(), big.size() * 4, DType::kFloat32,
+                                       Layout{{static_cast<int64_t>(big.size())}, {1}, 0}, {})
                        .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   // The same bytes stream through ConvertUpload.
   client->set_upload_threshold(64 << 10);
-  absl::StatusOr<MappedTensor> t = client->ConvertInline(
-      big.data(), big.size() * 4, DType::kFloat32, Layout{{static_cast<int64_t>(big.size())}, {1}, 0}, {});
+  absl::StatusOr<MappedTensor> t =
+      client->ConvertInline(big.data(), big.size() * 4, DType::kFloat32,
+                            Layout{{static_cast<int64_t>(big.size())}, {1}, 0}, {});
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_TRUE(client->Health().ok());
 }
@@ -261,7 +264,6 @@ TEST_F(ServiceTest, AConvertCarriesReleasesWhateverBecomesOfIt) {
   EXPECT_EQ(client_->Stats()->tensors(), 0u);
 }
 
-
 TEST(HandleProtoTest, CudaLocationRoundTrips) {
   HandleInfo info;
   info.id = "abc";
@@ -317,8 +319,8 @@ TEST_F(ServiceTest, ShmSourceIsAliasedWithoutACopy) {
   float* values = static_cast<float*>(region->data());
   std::iota(values, values + 12, 0.0f);
   // A transposed 3x4 view starting 64 bytes into the segment.
-  absl::StatusOr<MappedTensor> t = client_->ConvertRegion(
-      region->name(), 64, 48, DType::kFloat32, Layout{{4, 3}, {1, 4}, 0}, {});
+  absl::StatusOr<MappedTensor> t = client_->ConvertRegion(region->name(), 64, 48, DType::kFloat32,
+                                                          Layout{{4, 3}, {1, 4}, 0}, {});
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_TRUE(t->handle().shares_memory);
   EXPECT_EQ(t->handle().shm_name, region->name());
@@ -356,8 +358,8 @@ TEST_F(ServiceTest, CopyTrueAndCastsMakeNewSegments) {
 }
 
 TEST_F(ServiceTest, HeldTensorIsASourceAliasedOrCast) {
-  absl::StatusOr<MappedTensor> base = client_->ConvertLiteral(
-      Literal::List({Literal::Float(1.5), Literal::Float(-2.5)}), {});
+  absl::StatusOr<MappedTensor> base =
+      client_->ConvertLiteral(Literal::List({Literal::Float(1.5), Literal::Float(-2.5)}), {});
   ASSERT_TRUE(base.ok());
   absl::StatusOr<MappedTensor> alias = client_->ConvertTensor(base->id(), {});
   ASSERT_TRUE(alias.ok());
@@ -381,7 +383,8 @@ TEST_F(ServiceTest, HeldTensorIsASourceAliasedOrCast) {
 TEST_F(ServiceTest, LeasesExpireUnlessRenewed) {
   server_.reset();
   StartServer([](server::ServerOptions& o) { o.store.default_ttl = absl::Milliseconds(200); });
-  absl::StatusOr<MappedTensor> doomed = client_->ConvertLiteral(Literal::List({Literal::Int(1)}), {});
+  absl::StatusOr<MappedTensor> doomed =
+      client_->ConvertLiteral(Literal::List({Literal::Int(1)}), {});
   absl::StatusOr<MappedTensor> kept = client_->ConvertLiteral(Literal::List({Literal::Int(2)}), {});
   ASSERT_TRUE(doomed.ok() && kept.ok());
   absl::StatusOr<absl::Time> renewed = client_->Renew(kept->id(), absl::Seconds(60));
@@ -401,8 +404,8 @@ TEST_F(ServiceTest, ReadStreamsRowMajorBytesOfAStridedTensor) {
   ASSERT_TRUE(region.ok());
   std::iota(static_cast<int32_t*>(region->data()), static_cast<int32_t*>(region->data()) + 6, 0);
   // The 2x3 storage read as its 3x2 transpose.
-  absl::StatusOr<MappedTensor> t = client_->ConvertRegion(region->name(), 0, 24, DType::kInt32,
-                                                          Layout{{3, 2}, {1, 3}, 0}, {});
+  absl::StatusOr<MappedTensor> t =
+      client_->ConvertRegion(region->name(), 0, 24, DType::kInt32, Layout{{3, 2}, {1, 3}, 0}, {});
   ASSERT_TRUE(t.ok());
   HandleInfo handle;
   absl::StatusOr<std::string> bytes = client_->ReadBytes(t->id(), &handle);
@@ -435,8 +438,8 @@ TEST_F(ServiceTest, UploadedStorageBecomesTheResultWhenNoCastIsNeeded) {
   std::vector<int16_t> values(100);
   std::iota(values.begin(), values.end(), -50);
   // A strided view: every other element of the first 80.
-  absl::StatusOr<MappedTensor> t = client_->ConvertInline(
-      values.data(), values.size() * 2, DType::kInt16, Layout{{40}, {2}, 0}, {});
+  absl::StatusOr<MappedTensor> t = client_->ConvertInline(values.data(), values.size() * 2,
+                                                          DType::kInt16, Layout{{40}, {2}, 0}, {});
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_FALSE(t->handle().shares_memory);
   EXPECT_EQ(t->strides(), Dims{2});  // the uploaded storage itself, no relayout

@@ -18,8 +18,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "gtest/gtest.h"
 #include "core/status_macros.h"
+#include "gtest/gtest.h"
 #include "server/local_transport.h"
 
 extern char** environ;
@@ -35,8 +35,9 @@ LocalConnection::LocalConnection(const std::string& grpc_address) {
 absl::Status LocalConnection::CallRaw(const std::string& datagram, absl::Span<const int> fds,
                                       v1::LocalResponse* response,
                                       std::vector<UniqueFd>* received) {
-  RETURN_IF_ERROR(SendLocal(socket_.get(), datagram, fds));
-  ASSIGN_OR_RETURN(LocalDatagram answer, ReceiveLocal(socket_.get(), kMaxLocalMessageBytes));
+  ASARRAY_RETURN_IF_ERROR(SendLocal(socket_.get(), datagram, fds));
+  ASARRAY_ASSIGN_OR_RETURN(LocalDatagram answer,
+                           ReceiveLocal(socket_.get(), kMaxLocalMessageBytes));
   v1::LocalResponse parsed;
   if (!parsed.ParseFromString(answer.bytes)) {
     return absl::InternalError("the answer does not parse as a LocalResponse");
@@ -50,13 +51,13 @@ absl::Status LocalConnection::CallRaw(const std::string& datagram, absl::Span<co
   return absl::OkStatus();
 }
 
-absl::Status LocalConnection::Convert(const v1::ConvertRequest& request,
-                                      absl::Span<const int> fds, v1::ConvertResponse* response,
+absl::Status LocalConnection::Convert(const v1::ConvertRequest& request, absl::Span<const int> fds,
+                                      v1::ConvertResponse* response,
                                       std::vector<UniqueFd>* received) {
   v1::LocalRequest local;
   *local.mutable_convert() = request;
   v1::LocalResponse answer;
-  RETURN_IF_ERROR(Call(local, fds, &answer, received));
+  ASARRAY_RETURN_IF_ERROR(Call(local, fds, &answer, received));
   if (!answer.has_convert()) return absl::InternalError("a Convert answer without a response");
   if (response != nullptr) *response = answer.convert();
   return absl::OkStatus();
@@ -73,8 +74,7 @@ UniqueFd SealedMemfd(size_t size, const std::string& bytes, int seals) {
   EXPECT_TRUE(fd.valid()) << std::strerror(errno);
   EXPECT_EQ(ftruncate(fd.get(), static_cast<off_t>(size)), 0);
   if (!bytes.empty()) {
-    EXPECT_EQ(pwrite(fd.get(), bytes.data(), bytes.size(), 0),
-              static_cast<ssize_t>(bytes.size()));
+    EXPECT_EQ(pwrite(fd.get(), bytes.data(), bytes.size(), 0), static_cast<ssize_t>(bytes.size()));
   }
   if (seals != 0) {
     EXPECT_EQ(fcntl(fd.get(), F_ADD_SEALS, seals), 0) << std::strerror(errno);
@@ -267,8 +267,8 @@ std::unique_ptr<TestServer> TestServer::Start(
 void TestServer::Stop() {
   if (server_ == nullptr) return;
   server_.reset();
-  EXPECT_EQ(CountSegments(prefix_), 0) << "segments with prefix " << prefix_
-                                       << " outlived the server";
+  EXPECT_EQ(CountSegments(prefix_), 0)
+      << "segments with prefix " << prefix_ << " outlived the server";
 }
 
 TestServer::~TestServer() {

@@ -96,11 +96,11 @@ TEST(UploadMessageTest, FollowsProtobufOnUnknownFieldsAndRepeatedOneofFields) {
   const v1::ConvertUploadRequest header = HeaderMessage();
   v1::ConvertUploadRequest second_header;
   second_header.mutable_header()->set_storage_size(99);
-  const std::string unknown = std::string("\x18\x05", 2) +           // field 3, varint
+  const std::string unknown = std::string("\x18\x05", 2) +                    // field 3, varint
                               std::string("\x21", 1) + std::string(8, 'x') +  // 4, fixed64
                               std::string("\x2d", 1) + std::string(4, 'y') +  // 5, fixed32
-                              std::string("\x32\x02zz", 4) +                   // 6, bytes
-                              std::string("\x10\x07", 2);                      // 2 as a varint
+                              std::string("\x32\x02zz", 4) +                  // 6, bytes
+                              std::string("\x10\x07", 2);                     // 2 as a varint
   const std::vector<std::string> wires = {
       unknown + data_first.SerializeAsString(),
       data_first.SerializeAsString() + header.SerializeAsString(),
@@ -129,23 +129,24 @@ TEST(UploadMessageTest, MalformedMessagesAreInvalidArgumentAsForProtobuf) {
   const std::string whole = data.SerializeAsString();
   const std::string header = HeaderMessage().SerializeAsString();
   const std::vector<std::string> wires = {
-      whole.substr(0, whole.size() - 1),   // data cut short
-      whole.substr(0, 2),                  // length cut short
-      header.substr(0, header.size() - 3), // header cut short
-      std::string("\x00", 1),              // tag 0
-      std::string("\x0a\x02\xff\xff", 4),  // a header that does not parse
-      std::string("\x0c", 1),              // an end-group with no start
+      whole.substr(0, whole.size() - 1),           // data cut short
+      whole.substr(0, 2),                          // length cut short
+      header.substr(0, header.size() - 3),         // header cut short
+      std::string("\x00", 1),                      // tag 0
+      std::string("\x0a\x02\xff\xff", 4),          // a header that does not parse
+      std::string("\x0c", 1),                      // an end-group with no start
       std::string("\x12\xff\xff\xff\xff\x0f", 6),  // a length past the message
       // Found by the fuzzer: varints that a lenient reader takes, protobuf not.
-      std::string("\x8a\x80\x80\x80\x80\x00\x00", 7),  // a six-byte tag
-      std::string("\x12\x80\x80\x80\x80\x80\x00", 7),  // a six-byte length
-      std::string("\x12\x80\x80\x80\x80\x08", 6),       // a length of 2 GiB
+      std::string("\x8a\x80\x80\x80\x80\x00\x00", 7),       // a six-byte tag
+      std::string("\x12\x80\x80\x80\x80\x80\x00", 7),       // a six-byte length
+      std::string("\x12\x80\x80\x80\x80\x08", 6),           // a length of 2 GiB
       std::string(101, '\x1b') + std::string(101, '\x1c'),  // groups 101 deep
-      std::string("\x1b\x24", 2),                          // a group ended by another number
+      std::string("\x1b\x24", 2),                           // a group ended by another number
   };
   for (const std::string& wire : wires) {
     v1::ConvertUploadRequest reference;
-    EXPECT_FALSE(reference.ParseFromString(wire)) << "protobuf accepts case " << &wire - wires.data();
+    EXPECT_FALSE(reference.ParseFromString(wire))
+        << "protobuf accepts case " << &wire - wires.data();
     absl::StatusOr<UploadMessage> m = ParseUploadMessage({wire});
     ASSERT_FALSE(m.ok()) << "case " << &wire - wires.data();
     EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
