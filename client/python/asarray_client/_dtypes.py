@@ -1,40 +1,49 @@
-"""The dtypes asarrayd supports: their names as torch spells them, their
-proto enum values, the numpy dtype each is stored as here (bfloat16, which
-numpy lacks, as its uint16 bits), torch's ScalarType names, and torch's
-rules for them (naming a dtype given any way, promotion)."""
+"""The dtypes asarrayd supports, as the proto's DType declares them (the
+one source: names, enum values, item sizes and torch's ScalarType names
+are read from its descriptor): the numpy dtype each is stored as here
+(bfloat16, which numpy lacks, as its uint16 bits), and torch's rules for
+them (naming a dtype given any way, promotion)."""
 import numpy as np
 
 from asarray.v1 import asarray_pb2 as pb
 
 from ._torch import torch
 
-# name: (proto enum, numpy dtype of the storage). bfloat16 is held as uint16.
-_DTYPES = {
-    "bool": (pb.DTYPE_BOOL, np.dtype(np.bool_)),
-    "uint8": (pb.DTYPE_UINT8, np.dtype(np.uint8)),
-    "int8": (pb.DTYPE_INT8, np.dtype(np.int8)),
-    "int16": (pb.DTYPE_INT16, np.dtype("<i2")),
-    "int32": (pb.DTYPE_INT32, np.dtype("<i4")),
-    "int64": (pb.DTYPE_INT64, np.dtype("<i8")),
-    "float16": (pb.DTYPE_FLOAT16, np.dtype("<f2")),
-    "bfloat16": (pb.DTYPE_BFLOAT16, np.dtype("<u2")),
-    "float32": (pb.DTYPE_FLOAT32, np.dtype("<f4")),
-    "float64": (pb.DTYPE_FLOAT64, np.dtype("<f8")),
-    "complex64": (pb.DTYPE_COMPLEX64, np.dtype("<c8")),
-    "complex128": (pb.DTYPE_COMPLEX128, np.dtype("<c16")),
-}
+
+def _storage(name, item_size):
+    """The numpy dtype an element of dtype `name` is held as here,
+    little-endian as on the wire: numpy's own, or for bfloat16, which numpy
+    lacks, its bits as an unsigned integer."""
+    if name == "bfloat16":
+        return np.dtype(f"<u{item_size}")
+    # As np.dtype("<i2") makes it: in native order ("=") on a little-endian host.
+    storage = np.dtype(np.dtype(name).newbyteorder("<").str)
+    if storage.itemsize != item_size:
+        raise ImportError(f"asarray.proto gives {name} {item_size} bytes an element, "
+                          f"numpy {storage.itemsize}")
+    return storage
+
+
+def _read_proto():
+    """({name: (proto enum, numpy storage)}, {name: ScalarType name}) of the
+    DType values of the proto, read from its descriptor (see DType there)."""
+    dtypes, scalar_types = {}, {}
+    for value in pb.DType.DESCRIPTOR.values:
+        if value.number == pb.DTYPE_UNSPECIFIED:
+            continue
+        name = value.name.removeprefix("DTYPE_").lower()
+        options = value.GetOptions()
+        dtypes[name] = (value.number, _storage(name, options.Extensions[pb.dtype_item_size]))
+        scalar_types[name] = options.Extensions[pb.dtype_scalar_type]
+    return dtypes, scalar_types
+
+
+# name: (proto enum, numpy dtype of the storage); name: ScalarType name, as
+# torch's messages print it.
+_DTYPES, _SCALAR_TYPES = _read_proto()
 _NAME_OF_ENUM = {enum: name for name, (enum, _) in _DTYPES.items()}
-_NAME_OF_NUMPY = {np.dtype(np.bool_): "bool", np.dtype(np.uint8): "uint8",
-                  np.dtype(np.int8): "int8", np.dtype(np.int16): "int16",
-                  np.dtype(np.int32): "int32", np.dtype(np.int64): "int64",
-                  np.dtype(np.float16): "float16", np.dtype(np.float32): "float32",
-                  np.dtype(np.float64): "float64", np.dtype(np.complex64): "complex64",
-                  np.dtype(np.complex128): "complex128"}
-# ScalarType names, as torch's messages print them.
-_SCALAR_TYPES = {"bool": "Bool", "uint8": "Byte", "int8": "Char", "int16": "Short",
-                 "int32": "Int", "int64": "Long", "float16": "Half", "bfloat16": "BFloat16",
-                 "float32": "Float", "float64": "Double", "complex64": "ComplexFloat",
-                 "complex128": "ComplexDouble"}
+# bfloat16's storage, uint16, names no dtype: asarrayd has no uint16.
+_NAME_OF_NUMPY = {storage: name for name, (_, storage) in _DTYPES.items() if name != "bfloat16"}
 
 
 _DTYPE_NAMES: dict[object, str | None] = {}  # what _dtype_name found, by the dtype given

@@ -1,8 +1,9 @@
-"""How a client reaches asarrayd: the default address, the gRPC channel's
-configuration (retries, keepalive, TLS, and what a refused connection says
-about them), and the local transport: SOCK_SEQPACKET connections to the
-socket beside the server's Unix one, LocalRequest datagrams with file
-descriptors passed as SCM_RIGHTS (see LocalRequest in the proto)."""
+"""How a client reaches asarrayd: the default address (as the proto says),
+the gRPC channel's configuration (retries, keepalive, TLS, and what a
+refused connection says about them), and the local transport:
+SOCK_SEQPACKET connections to the socket beside the server's Unix one,
+LocalRequest datagrams with file descriptors passed as SCM_RIGHTS (see
+LocalRequest in the proto)."""
 import json
 import os
 import socket
@@ -26,10 +27,14 @@ _RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
 
 
 def default_socket_path() -> str:
+    """The socket asarrayd listens on by default: the rule and the paths
+    are the proto's (see default_socket_in_runtime_dir there), which the
+    server reads too."""
+    options = pb.DESCRIPTOR.GetOptions().Extensions
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime.startswith("/"):
-        return f"{runtime}/asarrayd/asarrayd.sock"
-    return f"/tmp/asarrayd-{os.geteuid()}/asarrayd.sock"
+        return f"{runtime}/{options[pb.default_socket_in_runtime_dir]}"
+    return options[pb.default_socket_otherwise].replace("{uid}", str(os.geteuid()))
 
 
 def _pem(value):
