@@ -7,7 +7,8 @@
 namespace asarray {
 
 // $XDG_RUNTIME_DIR/asarrayd/asarrayd.sock, or /tmp/asarrayd-<uid>/asarrayd.sock
-// when XDG_RUNTIME_DIR is unset or not absolute.
+// when XDG_RUNTIME_DIR is unset or not absolute: the paths are the proto's
+// default_socket_in_runtime_dir and default_socket_otherwise options.
 std::string DefaultSocketPath();
 
 // "unix:" + DefaultSocketPath().

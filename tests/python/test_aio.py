@@ -16,7 +16,7 @@ import torch
 import asarray_client
 from asarray_client import (AsArrayError, AsArrayNotFoundError, AsArrayTypeError,
                             AsArrayValueError, Client, TensorRef, TreeRef, aio)
-from asarray_client.client import _Local
+from asarray_client._transport import _Local
 
 import test_conformance as conformance
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from asarray_client import Client, TensorRef
-from asarray_client.client import _Local
+from asarray_client._transport import _Local
 from asarray_client.errors import AsArrayNotFoundError, AsArrayValueError
 
 

@@ -9,7 +9,8 @@ over gRPC).
 For asyncio, asarray_client.aio.Client has the same methods as coroutines.
 """
 from . import aio
-from .client import Client, Handle, SharedArrayRef, TensorRef, TreeRef, ViewRef
+from ._refs import Handle, SharedArrayRef, TensorRef, TreeRef, ViewRef
+from .client import Client
 from .errors import (AsArrayError, AsArrayNotFoundError, AsArrayRuntimeError,
                      AsArrayTypeError, AsArrayValueError)
 

@@ -10,7 +10,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import torch
 
-    from .client import Handle, SharedArrayRef, TensorRef, TreeRef, ViewRef
+    from ._refs import Handle, SharedArrayRef, TensorRef, TreeRef, ViewRef
 
 # What a result is returned as: a torch tensor, or a numpy array.
 Like = Literal["torch", "numpy"]

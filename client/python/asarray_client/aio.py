@@ -1,7 +1,7 @@
 """asarray_client.aio.Client: asarray_client.Client for asyncio services.
 
 The same methods, those that talk to the server as coroutines. Each is the
-sync client's own code (its steps, see _LocalCall in client.py) with every
+sync client's own code (its steps, see _steps.py) with every
 call to the server awaited here instead of made on the calling thread: gRPC
 through grpc.aio, and the local transport on non-blocking sockets that the
 event loop watches. No call blocks the loop on a round trip, and any number
@@ -31,9 +31,10 @@ from asarray.v1 import asarray_pb2 as pb
 from asarray.v1 import asarray_pb2_grpc as pb_grpc
 
 from . import client as _client
+from ._refs import Handle, TensorRef, TreeRef
+from ._steps import _SEND_PENDING, _Drive, _LocalCall, _Rpc
+from ._transport import _close_all, _Local, _LocalError, _pack_fds
 from ._types import Array, Device, DTypeLike, Like, Ref, Result, Source, Target, Targets, Tree
-from .client import (_SEND_PENDING, Handle, TensorRef, TreeRef, _Drive, _Local, _LocalCall,
-                     _LocalError, _Rpc, _close_all, _open_channel, _pack_fds)
 
 
 class _AioLocal:
@@ -233,7 +234,7 @@ class Client:
         # of collected views, which its thread sends) and builds requests;
         # this one makes the calls.
         self._core = _client.Client(address, local, named, **options)
-        self._channel = _open_channel(grpc.aio, self._core.address, *self._core._channel_config)
+        self._channel = self._core._channel_config.open(grpc.aio)
         sync_local, transport = self._core._local, None
         if sync_local is not None:
             transport = _AioLocal(sync_local._path, self._core._releaser)
